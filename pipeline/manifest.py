@@ -1,0 +1,134 @@
+"""The run manifest: which stage of which iteration is pending, running, done or failed.
+
+The manifest is the single source of truth for resume: a stage is done only
+once its outputs are on disk (written atomically) *and* the manifest says so
+with their digests. It is rewritten atomically on every change, so a crash
+mid-write leaves the previous version readable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.atomic import file_digest, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+STAGES: tuple[str, ...] = ("rollout", "curate", "train", "eval")
+
+
+class StageState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class StageRecord:
+    state: StageState = StageState.PENDING
+    started_at: str | None = None
+    finished_at: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageRecord":
+        return cls(**{**data, "state": StageState(data["state"])})
+
+
+def stage_key(iteration: int, stage: str) -> str:
+    return f"iter_{iteration}/{stage}"
+
+
+def planned_stages(iterations: int) -> list[tuple[int, str]]:
+    """The order a run goes through: the base model's eval, then each iteration's stages."""
+    plan = [(0, "eval")]
+    for iteration in range(1, iterations + 1):
+        plan.extend((iteration, stage) for stage in STAGES)
+    return plan
+
+
+class Manifest:
+    """Stage records of one run, persisted as ``manifest.json`` in the run directory."""
+
+    def __init__(self, run_dir: Path, run_name: str, stages: dict[str, StageRecord] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.stages: dict[str, StageRecord] = stages or {}
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    @classmethod
+    def create(cls, run_dir: Path, run_name: str, iterations: int) -> "Manifest":
+        manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in planned_stages(iterations)})
+        manifest.save()
+        return manifest
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Manifest":
+        path = Path(run_dir) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no run manifest at {path}: is {run_dir} a run directory?")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        stages = {key: StageRecord.from_dict(value) for key, value in data["stages"].items()}
+        return cls(Path(run_dir), data["run"], stages)
+
+    def save(self) -> None:
+        write_json_atomic(
+            self.path,
+            {"run": self.run_name, "updated_at": _now(), "stages": {k: v.to_dict() for k, v in self.stages.items()}},
+        )
+
+    def record(self, iteration: int, stage: str) -> StageRecord:
+        return self.stages.setdefault(stage_key(iteration, stage), StageRecord())
+
+    def is_done(self, iteration: int, stage: str) -> bool:
+        return self.record(iteration, stage).state is StageState.DONE
+
+    def start(self, iteration: int, stage: str) -> None:
+        record = self.record(iteration, stage)
+        record.state = StageState.RUNNING
+        record.started_at = _now()
+        record.finished_at = None
+        record.error = None
+        record.attempts += 1
+        self.save()
+
+    def complete(self, iteration: int, stage: str, outputs: Iterable[Path]) -> None:
+        """Mark a stage done, recording a digest of each output file (relative to the run dir)."""
+        record = self.record(iteration, stage)
+        record.outputs = {str(Path(p).relative_to(self.run_dir)): file_digest(p) for p in outputs}
+        record.state = StageState.DONE
+        record.finished_at = _now()
+        self.save()
+
+    def fail(self, iteration: int, stage: str, error: str) -> None:
+        record = self.record(iteration, stage)
+        record.state = StageState.FAILED
+        record.finished_at = _now()
+        record.error = error
+        self.save()
+
+    def first_unfinished(self) -> tuple[int, str] | None:
+        for key, record in self.stages.items():
+            if record.state is not StageState.DONE:
+                iteration, stage = key.split("/")
+                return int(iteration.removeprefix("iter_")), stage
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

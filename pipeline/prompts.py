@@ -1,0 +1,19 @@
+"""Default prompt templates of the multi-turn revision protocol.
+
+RISE-style turns retry after feedback; ExIt-style steps ask for an improvement
+of the current response, or (exploration) for a significantly different one.
+Every template can be replaced from the ``rollout.templates`` config section.
+``{feedback}`` in ``grader_feedback`` receives the grader's own text.
+"""
+
+DEFAULT_TEMPLATES: dict[str, str | None] = {
+    "system": None,
+    "binary_feedback": "Your answer is incorrect. Please try again.",
+    "grader_feedback": "Your answer is incorrect.\n{feedback}\nPlease try again.",
+    "no_feedback": "Review your previous answer. If you find a mistake, correct it; then give your final answer.",
+    "improve": "Improve your current response to this request.",
+    "diverge": (
+        "Improve your current response to this request by taking a SIGNIFICANTLY different approach "
+        "from the one above."
+    ),
+}

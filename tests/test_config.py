@@ -1,0 +1,128 @@
+"""Run-config validation: good configs load, bad ones fail early naming the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, ExitSection, RiseSection, dump_config, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = {
+    "tasks": {
+        "train": {"source": "arithmetic", "options": {"seed": 1}},
+        "eval": {"source": "arithmetic", "options": {"seed": 1}},
+    }
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_minimal_config_gets_defaults_that_run(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert isinstance(config.method, RiseSection)
+    assert config.method.tau == 0.4
+    assert config.rollout.backend == "vllm"
+    assert config.model.name_or_path == "embedded:smollm2-135m-instruct"
+    assert config.run_dir == Path("runs/run")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    load_config(path)
+
+
+def test_dump_then_load_round_trips(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    again = tmp_path / "resolved.yaml"
+    again.write_text(dump_config(config))
+    assert load_config(again) == config
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"rollout": {"turns": 0}}, "rollout.turns: Input should be greater than or equal to 1"),
+        ({"rollout": {"sampling": {"temperature": "hot"}}}, "rollout.sampling.temperature: Input should be a valid number"),
+        ({"rollout": {"tunrs": 3}}, "rollout.tunrs: Extra inputs are not permitted"),
+        ({"bogus_section": {}}, "bogus_section: Extra inputs are not permitted"),
+        ({"rollout": {"backend": "tgi"}}, "rollout.backend: Input should be 'vllm' or 'hf'"),
+        ({"method": {"name": "rise", "tau": -1}}, "method.tau: Input should be greater than 0"),
+        ({"method": {"name": "exit", "group_size": 1}}, "method.group_size: Input should be greater than or equal to 2"),
+        ({"method": {"name": "ppo"}}, "method: Input tag 'ppo' found using 'name' does not match"),
+        ({"grader": {"name": "nope"}}, "grader.name: unknown grader 'nope'"),
+        ({"tasks": {"train": {"source": "nope"}}}, "tasks.train.source: unknown task source 'nope'"),
+        (
+            {"tasks": {"train": {"source": "jsonl", "options": {"train_path": "/no/such/file.jsonl"}}}},
+            "tasks.train.options: Value error, options.train_path: file not found: /no/such/file.jsonl",
+        ),
+        ({"training": {"accelerate_config": "/no/such.yaml"}}, "training.accelerate_config: file not found"),
+        ({"method": {"name": "rise", "mode": "distill"}}, "method.mode 'distill' needs rollout.teacher"),
+    ],
+)
+def test_bad_configs_name_the_bad_key(tmp_path: Path, patch: dict, message: str) -> None:
+    data = merge(MINIMAL, patch)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data))
+    assert message.replace("Value error, ", "") in str(info.value)
+
+
+def test_missing_required_section_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tasks: Field required"):
+        load_config(write(tmp_path, {"run": {"name": "x"}}))
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, merge(MINIMAL, {"rollout": {"turns": 0, "max_concurrency": 0}})))
+    assert "2 invalid setting(s)" in str(info.value)
+
+
+def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, MINIMAL),
+        ["rollout.turns=5", "rollout.urls=[http://h1:8000, http://h2:8000]", "method.name=exit", "method.kappa=2.5"],
+    )
+    assert config.rollout.turns == 5
+    assert config.rollout.urls == ["http://h1:8000", "http://h2:8000"]
+    assert isinstance(config.method, ExitSection) and config.method.kappa == 2.5
+
+
+def test_bad_overrides_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["rollout.turns"])
+    with pytest.raises(ConfigError, match="rollout.turns is not a section"):
+        load_config(path, ["rollout.turns.x=1"])
+    with pytest.raises(ConfigError, match="rollout.nonsense: Extra inputs are not permitted"):
+        load_config(path, ["rollout.nonsense=1"])
+
+
+def test_unreadable_files_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rollout: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(listing)
+
+
+def test_parse_config_accepts_dicts() -> None:
+    assert parse_config(MINIMAL).tasks.train.options == {"seed": 1}
+
+
+def merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,137 @@
+"""Batch grading in worker processes: same answers as serial, hard timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from rewards import GradeResult, GradingPool, get_grader, grade_batch
+from rewards.math_equiv import MathGrader
+
+# A genuinely slow input, no mock: math-verify evaluates 10^(10^10) when it
+# compares it with 1, which takes far longer than any timeout used here.
+HANGS = "\\boxed{10^{10^{10}}}"
+
+NUMERIC_PAIRS = [
+    (f"Step 1: {i} + {i} = {2 * i}.\nSo the answer is \\boxed{{{2 * i if i % 3 else 2 * i + 1}}}.", str(2 * i))
+    for i in range(30)
+] + [("", "1"), ("\\boxed{" * 3_000 + "7" + "}" * 3_000, "7"), ("no answer", "3"), ("\\boxed{\u22124}", "-4")]
+
+MATH_PAIRS = [
+    ("\\boxed{\\frac{1}{2}}", "0.5"),
+    ("\\boxed{\\frac{2}{3}}", "0.5"),
+    ("\\boxed{1/\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}"),
+    ("\\boxed{[1,2)}", "[1,2)"),
+    ("\\boxed{(1,2]}", "[1,2)"),
+    ("\\boxed{\\{3,2,1\\}}", "\\{1,2,3\\}"),
+    ("The final answer is $\\frac{3}{4}$.", "0.75"),
+    ("\\boxed{x^2+2x+1}", "(x+1)^2"),
+    ("", "1"),
+    ("\\boxed{A}", "3"),
+]
+
+
+class CrashingGrader:
+    """Test double: a grader whose worker process dies mid-task (as on a segfault)."""
+
+    name = "crash"
+
+    def grade(self, response: str, reference: object) -> GradeResult:
+        os._exit(3)
+
+
+class RaisingGrader:
+    """Test double: a grader that breaks the no-raise contract."""
+
+    name = "raise"
+
+    def grade(self, response: str, reference: object) -> GradeResult:
+        raise ZeroDivisionError("boom")
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[GradingPool]:
+    with GradingPool(max_workers=2, timeout_s=2) as shared:
+        yield shared
+
+
+def test_numeric_pool_matches_serial(pool: GradingPool) -> None:
+    grader = get_grader("numeric")
+    serial = [grader.grade(response, reference) for response, reference in NUMERIC_PAIRS]
+    assert pool.grade_many(grader, NUMERIC_PAIRS) == serial
+    assert sum(result.correct for result in serial) == 22  # 20 right of 30, the deep box, the minus
+
+
+def test_math_pool_matches_serial(pool: GradingPool) -> None:
+    grader = MathGrader()
+    serial = [grader.grade_here(response, reference) for response, reference in MATH_PAIRS]
+    assert pool.grade_many(grader, MATH_PAIRS) == serial
+    assert [result.correct for result in serial] == [True, False, True, True, False, True, True, True, False, False]
+
+
+def test_hung_item_times_out_without_blocking_the_others(pool: GradingPool) -> None:
+    grader = get_grader("math")
+    hung = pool.submit(grader, HANGS, "1")
+    quick = [pool.submit(grader, f"\\boxed{{{i}}}", str(i)) for i in range(8)]
+    done_when_hung_resolved: list[bool] = []
+    hung.add_done_callback(lambda _: done_when_hung_resolved.extend(f.done() for f in quick))
+    assert hung.result() == GradeResult.failure("timeout")
+    assert all(f.result().correct for f in quick)
+    assert done_when_hung_resolved == [True] * 8  # the other worker kept grading meanwhile
+
+
+def test_worker_is_replaced_after_a_timeout() -> None:
+    with GradingPool(max_workers=1, timeout_s=1) as single:
+        results = single.grade_many(get_grader("math"), [(HANGS, "1"), ("\\boxed{2}", "2"), (HANGS, "1"), ("\\boxed{3}", "4")])
+    assert [result.error for result in results] == ["timeout", None, "timeout", None]
+    assert [result.correct for result in results] == [False, True, False, False]
+
+
+def test_crashed_worker_fails_its_item_only(pool: GradingPool) -> None:
+    crashed = pool.submit(CrashingGrader(), "x", "1")
+    assert crashed.result() == GradeResult.failure("grading worker died")
+    assert pool.submit(get_grader("numeric"), "\\boxed{5}", "5").result().correct
+
+
+def test_raising_grader_becomes_a_failure(pool: GradingPool) -> None:
+    result = pool.submit(RaisingGrader(), "x", "1").result()
+    assert result.error == "grader raised ZeroDivisionError: boom" and result.score == 0.0
+
+
+def test_unpicklable_input_becomes_a_failure(pool: GradingPool) -> None:
+    result = pool.submit(get_grader("numeric"), threading.Lock(), "1").result()
+    assert result.error is not None and result.error.startswith("cannot send to a grading worker")
+
+
+def test_futures_can_be_awaited(pool: GradingPool) -> None:
+    async def grade_two() -> list[GradeResult]:
+        grader = get_grader("numeric")
+        futures = [asyncio.wrap_future(pool.submit(grader, f"\\boxed{{{i}}}", "1")) for i in (1, 2)]
+        return await asyncio.gather(*futures)
+
+    assert [result.correct for result in asyncio.run(grade_two())] == [True, False]
+
+
+def test_close_without_wait_fails_what_is_left() -> None:
+    single = GradingPool(max_workers=1, timeout_s=60)
+    running = single.submit(get_grader("math"), HANGS, "1")
+    queued = single.submit(get_grader("numeric"), "\\boxed{1}", "1")
+    single.close(wait=False)
+    assert running.result() == queued.result() == GradeResult.failure("pool closed")
+    with pytest.raises(RuntimeError):
+        single.submit(get_grader("numeric"), "\\boxed{1}", "1")
+    single.close()  # a second close is harmless
+
+
+def test_grade_batch() -> None:
+    grader = get_grader("numeric")
+    responses, references = zip(*NUMERIC_PAIRS)
+    serial = [grader.grade(r, ref) for r, ref in NUMERIC_PAIRS]
+    assert grade_batch(grader, responses, references) == serial
+    assert grade_batch(grader, responses[:3], references[:3], workers=1) == serial[:3]
+    with pytest.raises(ValueError):
+        grade_batch(grader, responses, references[:-1])

@@ -1,0 +1,114 @@
+"""The ``math`` grader: math-verify equivalence, run in grading workers."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import rewards
+from rewards import GradeResult, get_grader
+
+FIVE_MB = "We simplify the expression step by step. " * 125_000
+
+# (id, response, reference, correct, parsed); correct=None means a failure
+# result (score 0 with an error), and then ``parsed`` is the expected error.
+CASES = [
+    ("frac-vs-decimal", "So \\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
+    ("decimal-vs-frac", "\\boxed{0.5}", "\\frac{1}{2}", True, "0.5"),
+    ("unreduced-frac", "\\boxed{\\frac{2}{4}}", "\\frac12", True, "\\frac{2}{4}"),
+    ("dfrac", "\\boxed{\\dfrac{7}{2}}", "3.5", True, "\\dfrac{7}{2}"),
+    ("rationalised-root", "\\boxed{1/\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", True, "1/\\sqrt{2}"),
+    ("root-over-2", "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\sqrt{2}/2", True, "\\frac{1}{\\sqrt{2}}"),
+    ("root-simplified", "\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True, "\\sqrt{8}"),
+    ("root-3", "\\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{1}{\\sqrt{3}}", True, "\\frac{\\sqrt{3}}{3}"),
+    ("negative-frac", "\\boxed{-\\frac{1}{2}}", "-0.5", True, "-\\frac{1}{2}"),
+    ("unicode-minus", "\\boxed{\u22125}", "-5", True, "\u22125"),
+    ("interval", "\\boxed{[1,2)}", "[1,2)", True, "[1,2)"),
+    ("interval-wrong-ends", "\\boxed{(1,2]}", "[1,2)", False, "(1,2]"),
+    ("interval-infinite", "\\boxed{(-\\infty, 3]}", "(-\\infty, 3]", True, "(-\\infty, 3]"),
+    ("membership-vs-interval", "\\boxed{x \\in (0, 1)}", "(0,1)", True, "x \\in (0, 1)"),
+    ("set-order", "\\boxed{\\{3,2,1\\}}", "\\{1,2,3\\}", True, "\\{3,2,1\\}"),
+    ("set-union", "\\boxed{\\{1,2,3,4\\}}", "\\{1,3\\} \\cup \\{2,4\\}", True, "\\{1,2,3,4\\}"),
+    ("unordered-list", "\\boxed{2, 3}", "3, 2", True, "2, 3"),
+    ("tuple", "\\boxed{(1,2)}", "(1,2)", True, "(1,2)"),
+    ("matrix", "\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True, "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    ("polynomial", "\\boxed{x^2+2x+1}", "(x+1)^2", True, "x^2+2x+1"),
+    ("equation", "\\boxed{y = 2x + 1}", "y=2x+1", True, "y = 2x + 1"),
+    ("assignment-vs-value", "\\boxed{x=2}", "2", True, "x=2"),
+    ("value-vs-assignment", "\\boxed{2}", "x=2", True, "2"),
+    ("pi", "\\boxed{2\\pi}", "2\\pi", True, "2\\pi"),
+    ("pi-not-3.14", "\\boxed{\\pi}", "3.14", False, "\\pi"),
+    ("third-not-0.333", "\\boxed{0.333}", "\\frac{1}{3}", False, "0.333"),
+    ("infinity", "\\boxed{\\infty}", "\\infty", True, "\\infty"),
+    ("percent", "\\boxed{50\\%}", "50\\%", True, "50\\%"),
+    ("degrees", "\\boxed{90^\\circ}", "90", True, "90^\\circ"),
+    ("units-text", "\\boxed{5\\text{ cm}}", "5", True, "5\\text{ cm}"),
+    ("thousands", "\\boxed{1,234}", "1234", True, "1,234"),
+    ("choice-letter", "\\boxed{\\text{B}}", "B", True, "\\text{B}"),
+    ("integer", "The sum is \\boxed{42}.", "42", True, "42"),
+    ("integer-wrong", "\\boxed{41}", "42", False, "41"),
+    ("int-reference", "\\boxed{3}", 3, True, "3"),
+    ("boxed-reference", "\\boxed{3}", "The answer is \\boxed{3}", True, "3"),
+    ("unboxed-final-answer", "The final answer is $\\frac{3}{4}$.", "0.75", True, "\\frac{3}{4}"),
+    ("unboxed-number", "So the answer is 12.", "12", True, "12"),
+    ("several-boxed-last-wins", "\\boxed{3}, no wait: \\boxed{4}", "4", True, "4"),
+    ("several-boxed-last-wrong", "\\boxed{4}, then I changed it: \\boxed{3}", "4", False, "3"),
+    ("box-in-code-ignored", "```python\nprint('\\\\boxed{9}')\n```\nTherefore \\boxed{7}", "7", True, "7"),
+    ("box-only-in-code", "```latex\n\\boxed{8}\n```", "8", True, "8"),
+    ("empty-box-skipped", "Answer in \\boxed{}. The answer is 5", "5", True, "5"),
+    ("division-by-zero", "\\boxed{\\frac{1}{0}}", "1", False, "\\frac{1}{0}"),
+    ("non-math-box", "\\boxed{A}", "3", False, "A"),
+    ("huge-answer-at-end", FIVE_MB + "\\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
+    ("huge-no-answer", "x" * 5_000_000, "0.5", None, "no answer found"),
+    ("deep-braces-in-box", "\\boxed{" + "{" * 500 + "1" + "}" * 500 + "}", "1", None, "answer nested too deeply"),
+    ("deep-braces-unboxed", "x = " + "{" * 1_000 + "1" + "}" * 1_000, "1", None, "answer nested too deeply"),
+    ("deep-boxes", "\\boxed{" * 10_000 + "1" + "}" * 10_000, "1", True, "1"),
+    ("long-box", "\\boxed{" + "1+" * 1_500 + "1}", "3001", None, "answer too long"),
+    ("empty", "", "1", None, "no answer found"),
+    ("garbage", "garbage }{}{ \\frac{", "1", None, "no answer found"),
+    ("none-response", None, "1", None, "response is NoneType, not str"),
+    ("int-response", 3, "3", None, "response is int, not str"),
+    ("empty-reference", "\\boxed{3}", "", None, "reference could not be parsed: ''"),
+    ("dict-reference", "\\boxed{3}", {"answer": 3}, None, "reference could not be parsed: {'answer': 3}"),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_math_table(response: object, reference: object, correct: bool | None, expected: str) -> None:
+    result = get_grader("math").grade(response, reference)
+    assert isinstance(result, GradeResult)
+    if correct is None:
+        assert (result.score, result.correct, result.parsed, result.error) == (0.0, False, None, expected)
+    else:
+        assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), expected, None)
+
+
+def test_grade_is_safe_from_threads() -> None:
+    """math-verify's signal timeouts fail outside the main thread; grade() must not."""
+    grader = get_grader("math")
+    responses = [f"\\boxed{{\\frac{{{i}}}{{2}}}}" for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as threads:
+        results = list(threads.map(lambda r: (threading.current_thread() is threading.main_thread(), grader.grade(r, "1")), responses))
+    assert not any(in_main for in_main, _ in results)
+    assert [result.correct for _, result in results] == [i == 2 for i in range(8)]
+    assert all(result.error is None for _, result in results)
+
+
+def test_require_boxed() -> None:
+    grader = get_grader("math", require_boxed=True)
+    assert grader.grade("The final answer is $\\frac{3}{4}$.", "0.75").error == "no answer found"
+    assert grader.grade("\\boxed{\\frac{3}{4}}", "0.75").correct
+
+
+def test_feedback_names_the_parsed_answer_only() -> None:
+    result = get_grader("math").grade("\\boxed{\\frac{1}{3}}", "\\frac{2}{3}")
+    assert result.feedback.startswith("Your answer is incorrect.")
+    assert "\\frac{1}{3}" in result.feedback and "\\frac{2}{3}" not in result.feedback
+
+
+def test_registered_and_exported() -> None:
+    assert "math" in rewards.grader_names()
+    assert isinstance(get_grader("math"), rewards.MathGrader)
+    assert get_grader("math").name == "math"

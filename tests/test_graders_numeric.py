@@ -1,0 +1,120 @@
+"""The ``numeric`` grader: what counts as the answer, and how it is compared."""
+
+from __future__ import annotations
+
+import pytest
+
+import rewards
+from rewards import GradeResult, get_grader
+
+FIVE_MB = "Let me think step by step. " * 200_000
+DEEP = 10_000
+
+# (id, response, reference, correct, parsed); correct=None means a failure
+# result (score 0 with an error), and then ``parsed`` is the expected error.
+CASES = [
+    ("boxed", "Adding them gives \\boxed{42}.", "42", True, "42"),
+    ("plain-last-number", "3 apples and 4 more make 7. The answer is 7.", "7", True, "7"),
+    ("thousands-boxed", "\\boxed{1,234}", "1234", True, "1234"),
+    ("dollars-and-cents", "She pays $1,234.00 in total.", "1234", True, "1234"),
+    ("latex-dollar", "\\boxed{\\$18}", "18", True, "18"),
+    ("trailing-.0", "\\boxed{42.0}", "42", True, "42"),
+    ("trailing-.00", "\\boxed{42.00}", "42", True, "42"),
+    ("leading-zeros", "\\boxed{007}", "7", True, "7"),
+    ("unicode-minus", "The change is \\boxed{\u22127}.", "-7", True, "-7"),
+    ("unicode-minus-plain", "so the temperature is \u22123", "-3", True, "-3"),
+    ("leading-plus", "\\boxed{+5}", "5", True, "5"),
+    ("percent-latex", "\\boxed{50\\%}", "50", True, "50"),
+    ("percent-plain", "so 75% of them pass", "75", True, "75"),
+    ("spaces-in-box", "\\boxed{  12  }", "12", True, "12"),
+    ("decimal", "\\boxed{3.5}", "3.5", True, "3.5"),
+    ("decimal-trailing-zero", "\\boxed{3.50}", "3.5", True, "3.5"),
+    ("latex-fraction", "\\boxed{\\frac{7}{2}}", "3.5", True, "7/2"),
+    ("dfrac-within-tolerance", "\\boxed{\\dfrac{1}{3}}", "0.3333333", True, "1/3"),
+    ("negative-fraction", "\\boxed{-\\frac{1}{2}}", "-0.5", True, "-1/2"),
+    ("slash-fraction", "\\boxed{1/4}", "0.25", True, "1/4"),
+    ("equation-in-box", "\\boxed{x = 7}", "7", True, "7"),
+    ("units-in-box", "\\boxed{18 \\text{ dollars}}", "18", True, "18"),
+    ("thin-space-thousands", "\\boxed{1\\,000}", "1000", True, "1000"),
+    ("braced-comma-thousands", "\\boxed{1{,}000}", "1000", True, "1000"),
+    ("list-takes-last", "The values are 1,2,3,4", "4", True, "4"),
+    ("within-rel-tol", "It is 3.0000001", "3", True, "3.0000001"),
+    ("outside-rel-tol", "It is 3.001", "3", False, "3.001"),
+    ("wrong", "\\boxed{41}", "42", False, "41"),
+    ("minus-needs-to-touch", "the answer is 10 - 5", "-5", False, "5"),
+    ("negative-zero", "\\boxed{-0}", "0", True, "0"),
+    ("leading-dot-reference", "0.5", ".5", True, "0.5"),
+    ("several-boxed-last-wins", "First \\boxed{3}, but actually \\boxed{5}", "5", True, "5"),
+    ("several-boxed-last-wrong", "First \\boxed{5}, then I changed it to \\boxed{3}", "5", False, "3"),
+    ("fbox", "\\fbox{9}", "9", True, "9"),
+    ("box-beats-later-number", "\\boxed{9}. Check: 3 * 3 = 9, plus 1 is 10", "9", True, "9"),
+    ("nested-boxes", "\\boxed{\\boxed{4}}", "4", True, "4"),
+    ("unclosed-last-box", "\\boxed{5} and then \\boxed{6", "5", True, "5"),
+    ("empty-box-skipped", "Put it in \\boxed{}. The answer is 6", "6", True, "6"),
+    ("box-in-code-ignored", "```python\nprint('\\\\boxed{5}')\n```\nSo the answer is 12.", "12", True, "12"),
+    ("box-only-in-code", "```latex\n\\boxed{8}\n```", "8", True, "8"),
+    ("non-number-box", "\\boxed{A}", "3", False, "A"),
+    ("too-many-digits-box", "\\boxed{" + "9" * 250 + "}", "9", False, "9" * 197 + "..."),
+    ("gsm8k-reference", "\\boxed{1234}", "Half of 2468 is 1234.\n#### 1,234", True, "1234"),
+    ("int-reference", "\\boxed{7}", 7, True, "7"),
+    ("float-reference", "\\boxed{2.5}", 2.5, True, "2.5"),
+    ("huge-answer-at-end", FIVE_MB + "\\boxed{7}", "7", True, "7"),
+    ("huge-answer-at-start", "\\boxed{7}" + "x" * 5_000_000, "7", None, "no answer found"),
+    ("deep-braces-in-box", "\\boxed{" + "{" * 5_000 + "3" + "}" * 5_000 + "}", "3", True, "3"),
+    ("deep-boxes", "\\boxed{" * DEEP + "3" + "}" * DEEP, "3", True, "3"),
+    ("unbalanced-braces", "{" * DEEP + " the answer is 4", "4", True, "4"),
+    ("empty", "", "1", None, "no answer found"),
+    ("whitespace", "  \n\t ", "1", None, "no answer found"),
+    ("no-number", "I am not sure.", "1", None, "no answer found"),
+    ("garbage", "\x00\ufffd}{\\boxed{ }}{ \\frac{", "1", None, "no answer found"),
+    ("none-response", None, "1", None, "response is NoneType, not str"),
+    ("int-response", 42, "42", None, "response is int, not str"),
+    ("bytes-response", b"\\boxed{1}", "1", None, "response is bytes, not str"),
+    ("bad-reference", "\\boxed{1}", "one", None, "reference is not a number: 'one'"),
+    ("bool-reference", "\\boxed{1}", True, None, "reference is not a number: True"),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_numeric_table(response: object, reference: object, correct: bool | None, expected: str) -> None:
+    result = get_grader("numeric").grade(response, reference)
+    assert isinstance(result, GradeResult)
+    if correct is None:
+        assert (result.score, result.correct, result.parsed, result.error) == (0.0, False, None, expected)
+    else:
+        assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), expected, None)
+
+
+def test_feedback_texts() -> None:
+    grader = get_grader("numeric")
+    assert grader.grade("\\boxed{42}", "42").feedback == "Your answer is correct."
+    wrong = grader.grade("\\boxed{41}", "42").feedback
+    assert wrong.startswith("Your answer is incorrect.") and "41" in wrong and "42" not in wrong
+    assert "\\boxed{}" in grader.grade("no idea", "42").feedback
+
+
+def test_require_boxed_ignores_bare_numbers() -> None:
+    grader = get_grader("numeric", require_boxed=True)
+    assert grader.grade("The answer is 5", "5").error == "no answer found"
+    assert grader.grade("I think \\boxed{5}", "5").correct
+
+
+def test_rel_tol_option() -> None:
+    assert not get_grader("numeric").grade("\\boxed{3.01}", "3").correct
+    assert get_grader("numeric", rel_tol=0.01).grade("\\boxed{3.01}", "3").correct
+
+
+def test_tolerance_is_exact_for_huge_and_tiny_numbers() -> None:
+    grader = get_grader("numeric")
+    big = "9" * 60
+    assert grader.grade(f"\\boxed{{{big}}}", big).correct
+    assert not grader.grade(f"\\boxed{{{big}}}", "1" + "0" * 59).correct
+    tiny = "0." + "0" * 20 + "1"
+    assert grader.grade(f"\\boxed{{{tiny}}}", tiny).correct
+    assert not grader.grade(f"\\boxed{{{tiny}}}", "0").correct
+
+
+def test_registered_and_exported() -> None:
+    assert "numeric" in rewards.grader_names()
+    assert isinstance(get_grader("numeric"), rewards.NumericGrader)
+    assert get_grader("numeric").name == "numeric"

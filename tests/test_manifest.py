@@ -1,0 +1,127 @@
+"""The run manifest and run directory: states, digests, atomic writes under SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.atomic import file_digest, read_jsonl
+from pipeline.cli import app
+from pipeline.config import parse_config
+from pipeline.manifest import Manifest, StageState, planned_stages
+from pipeline.run_dir import RunDir, RunDirError
+
+CONFIG = {
+    "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+}
+
+
+def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
+    return RunDir.create(parse_config({**CONFIG, "run": {"name": "r", "output_dir": str(tmp_path), "iterations": iterations}}))
+
+
+def test_plan_is_base_eval_then_each_iteration() -> None:
+    assert planned_stages(2) == [
+        (0, "eval"),
+        (1, "rollout"), (1, "curate"), (1, "train"), (1, "eval"),
+        (2, "rollout"), (2, "curate"), (2, "train"), (2, "eval"),
+    ]
+
+
+def test_stage_lifecycle_is_persisted(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    output = run.stage_dir(0, "eval") / "eval.json"
+    output.write_text("{}")
+
+    run.manifest.start(0, "eval")
+    assert Manifest.load(run.root).record(0, "eval").state is StageState.RUNNING
+    run.manifest.complete(0, "eval", [output])
+    run.manifest.start(1, "rollout")
+    run.manifest.fail(1, "rollout", "boom")
+
+    loaded = Manifest.load(run.root)
+    assert loaded.record(0, "eval").state is StageState.DONE
+    assert loaded.record(0, "eval").outputs == {"iter_0/eval/eval.json": file_digest(output)}
+    assert loaded.record(1, "rollout").state is StageState.FAILED
+    assert loaded.record(1, "rollout").error == "boom"
+    assert loaded.record(1, "rollout").attempts == 1
+    assert loaded.first_unfinished() == (1, "rollout")
+
+
+def test_run_dir_refuses_to_overwrite_and_reopens(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    with pytest.raises(RunDirError, match="selfimprove resume"):
+        make_run(tmp_path)
+    reopened = RunDir.open(run.root)
+    assert reopened.config == run.config
+    with pytest.raises(RunDirError, match="not a run directory"):
+        RunDir.open(tmp_path / "elsewhere")
+
+
+def test_status_prints_the_manifest(tmp_path: Path) -> None:
+    run = make_run(tmp_path, iterations=1)
+    run.manifest.start(0, "eval")
+    result = CliRunner().invoke(app, ["status", str(run.root)])
+    assert result.exit_code == 0
+    assert "iter_0/eval" in result.output and "running" in result.output
+    assert "iter_1/train" in result.output and "pending" in result.output
+    missing = CliRunner().invoke(app, ["status", str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "no run manifest" in missing.output
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from pipeline.manifest import Manifest, StageRecord
+run_dir = Path(sys.argv[1])
+version = 0
+while True:
+    version += 1
+    # Big enough that one write takes many syscalls, so SIGKILL lands mid-write.
+    stages = {f"iter_{i}/rollout": StageRecord(error="x" * 2000 + str(version)) for i in range(500)}
+    Manifest(run_dir, f"v{version}", stages).save()
+"""
+
+
+def test_manifest_write_killed_midway_leaves_a_readable_manifest(tmp_path: Path) -> None:
+    make_run(tmp_path)
+    run_dir = tmp_path / "r"
+    for delay in (0.3, 0.45, 0.6, 0.8):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run_dir)], cwd=Path(__file__).resolve().parents[1])
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        manifest = Manifest.load(run_dir)  # raises if the file is torn
+        if manifest.run_name != "r":
+            assert all(record.error.endswith(manifest.run_name[1:]) for record in manifest.stages.values())
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    # Killed writers may leave their temp file behind, never a torn manifest.
+    assert all(name.startswith(".manifest.json.") for name in leftovers)
+
+
+def test_read_jsonl_drops_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
+    assert read_jsonl(path) == [{"a": 1}]
+
+
+def test_unlanded_commands_say_so_and_fail(tmp_path: Path) -> None:
+    for args in (["curate", str(tmp_path), "-i", "1"], ["train", str(tmp_path), "-i", "1"], ["report", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert "not available yet" in result.output
+
+
+def test_every_command_has_help() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    for command in ("run", "resume", "status", "rollout", "curate", "train", "eval", "serve", "report"):
+        assert command in result.output
+        assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0

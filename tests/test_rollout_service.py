@@ -1,0 +1,253 @@
+"""The rollout service for real: vLLM CPU servers on a tiny random-weights model.
+
+Each server here is started and stopped by the code under test. The random
+model never answers arithmetic correctly; the LoRA adapter trained by TRL in
+``conftest.py`` always answers ``\\boxed{7}``, which makes stop-at-success and
+adapter use observable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.adapters import AdapterError, check_adapter_dir
+from pipeline.atomic import read_jsonl
+from pipeline.config import PipelineConfig, parse_config
+from pipeline.generation import GenerationError, SamplingParams
+from pipeline.rollout import PARTIAL_NAME, TrajectoryRunner
+from pipeline.rollout_stage import collect, collection_spec, load_tasks, pooled_grading, run_rollout_stage
+from pipeline.run_dir import RunDir
+from pipeline.service_client import Endpoint, ServiceClient
+from pipeline.tasks import Task
+from pipeline.vllm_server import VLLMServer
+from rewards.pool import GradingPool
+
+pytestmark = pytest.mark.slow
+
+TURN_KEYS = {
+    "turn", "source", "messages", "candidates", "best", "response", "grade",
+    "prompt_tokens", "completion_tokens", "finish_reason", "feedback",
+}
+RECORD_KEYS = {"key", "task_id", "sample", "prompt", "reference", "adapter", "turns", "solved_at_turn", "error"}
+GRADE_KEYS = {"score", "correct", "parsed", "feedback", "error"}
+
+
+def make_config(tmp_path: Path, model: Path, **rollout: object) -> PipelineConfig:
+    return parse_config(
+        {
+            "run": {"name": "rollout-test", "output_dir": str(tmp_path)},
+            "model": {"name_or_path": str(model), "max_model_len": 1024},
+            "rollout": {
+                "turns": 3,
+                "samples_per_turn": 2,
+                "max_concurrency": 32,
+                "sampling": {"temperature": 0.8, "max_tokens": 24},
+                "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 64, "startup_timeout_s": 300},
+                **rollout,
+            },
+            "tasks": {
+                "train": {"source": "arithmetic", "options": {"seed": 0, "n_train": 16, "n_eval": 8}},
+                "eval": {"source": "arithmetic", "options": {"seed": 0, "n_train": 16, "n_eval": 8}},
+            },
+            "grader": {"name": "numeric", "workers": 1},
+        }
+    )
+
+
+def assert_well_formed(record: dict, turns: int, samples: int) -> None:
+    assert set(record) == RECORD_KEYS
+    assert record["error"] is None
+    assert 1 <= len(record["turns"]) <= turns
+    for index, turn in enumerate(record["turns"], start=1):
+        assert set(turn) == TURN_KEYS
+        assert turn["turn"] == index
+        assert len(turn["candidates"]) == samples
+        assert set(turn["grade"]) == GRADE_KEYS
+        assert turn["response"] == turn["candidates"][turn["best"]]["response"]
+        assert turn["grade"]["score"] == max(c["grade"]["score"] for c in turn["candidates"])
+        assert turn["finish_reason"] in {"stop", "length"}
+        assert turn["prompt_tokens"] > 0 and turn["completion_tokens"] > 0
+        # Turn t's input holds the prompt plus (attempt, feedback) for each earlier turn.
+        assert len(turn["messages"]) == 1 + 2 * (index - 1)
+        assert turn["messages"][0]["content"] == record["prompt"]
+        is_last = index == len(record["turns"])
+        assert (turn["feedback"] is None) == (is_last and (index == turns or turn["grade"]["correct"]))
+
+
+def port_is_open(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: Path, tiny_model: Path) -> None:
+    config = make_config(tmp_path, tiny_model)
+    run = RunDir.create(config)
+
+    path = run_rollout_stage(run, iteration=1, show_progress=False)
+
+    records = read_jsonl(path)
+    assert len(records) == 16
+    assert len({r["key"] for r in records}) == 16
+    for record in records:
+        assert_well_formed(record, turns=3, samples=2)
+    assert not (path.parent / PARTIAL_NAME).exists()
+    assert (path.parent / "vllm_server.log").stat().st_size > 0
+    manifest = RunDir.open(run.root).manifest
+    assert manifest.is_done(1, "rollout")
+    assert list(manifest.record(1, "rollout").outputs) == ["iter_1/rollout/rollouts.jsonl"]
+    # A rerun of a finished stage does nothing: no server, same file.
+    before = path.stat().st_mtime_ns
+    assert run_rollout_stage(RunDir.open(run.root), iteration=1, show_progress=False) == path
+    assert path.stat().st_mtime_ns == before
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    config = make_config(tmp_path_factory.mktemp("server"), tiny_model)
+    server = VLLMServer(str(tiny_model), config.model, config.rollout.server, tmp_path_factory.mktemp("log") / "vllm.log")
+    with server:
+        yield server
+    assert not server.is_running()
+
+
+def test_adapter_is_loaded_and_changes_greedy_output(vllm_server: VLLMServer, tiny_adapter: Path) -> None:
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    messages = [{"role": "user", "content": "What is 3 + 4?"}]
+
+    async def scenario() -> tuple[str, str]:
+        client = ServiceClient([Endpoint(vllm_server.url)], base_model="base")
+        try:
+            await client.load_adapter("tiny-iter1", str(tiny_adapter))
+            base = (await client.chat(messages, 1, greedy))[0].text
+            tuned = (await client.chat(messages, 1, greedy, adapter="tiny-iter1"))[0].text
+            with pytest.raises(GenerationError, match="not-loaded"):
+                await client.chat(messages, 1, greedy, adapter="not-loaded")
+            with pytest.raises(GenerationError, match="could not load adapter"):
+                await client.load_adapter("broken", str(tiny_adapter.parent))
+            return base, tuned
+        finally:
+            await client.aclose()
+
+    base, tuned = asyncio.run(scenario())
+    assert base != tuned
+    assert "7" in tuned
+
+
+def test_bad_adapter_directories_fail_with_the_reason(tmp_path: Path, tiny_adapter: Path) -> None:
+    with pytest.raises(AdapterError, match="not found"):
+        check_adapter_dir(tmp_path / "missing")
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        check_adapter_dir(tmp_path)
+    big = tmp_path / "rank64"
+    big.mkdir()
+    config = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    (big / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
+    (big / "adapter_model.safetensors").write_bytes((tiny_adapter / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(AdapterError, match="rank 64 > rollout.server.max_lora_rank 16"):
+        check_adapter_dir(big, max_lora_rank=16)
+
+
+def test_collection_stops_at_first_success(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, Path(vllm_server.model_path))
+    spec = collection_spec(config, adapter="tiny-iter1")
+    tasks = [Task("seven", "What is 3 + 4?", "7"), Task("eight", "What is 4 + 4?", "8")]
+
+    async def scenario() -> Path:
+        client = ServiceClient([Endpoint(vllm_server.url)], base_model="base")
+        try:
+            await client.load_adapter("tiny-iter1", str(tiny_adapter))
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
+                return await collect(tasks, runner, tmp_path / "out", "test", show_progress=False)
+        finally:
+            await client.aclose()
+
+    seven, eight = read_jsonl(asyncio.run(scenario()))
+    assert seven["solved_at_turn"] == 1 and len(seven["turns"]) == 1 and seven["adapter"] == "tiny-iter1"
+    assert eight["solved_at_turn"] is None and len(eight["turns"]) == 3
+    assert eight["turns"][0]["feedback"] == config.rollout.templates.binary_feedback
+
+
+def test_interrupted_rollout_resumes_to_the_same_trajectories(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    config = make_config(tmp_path, Path(vllm_server.model_path), max_concurrency=4)
+    tasks = load_tasks(config.tasks.train, "train")
+    spec = collection_spec(config, adapter=None)
+
+    async def run(out: Path, stop_after: int | None) -> None:
+        client = ServiceClient([Endpoint(vllm_server.url)], base_model="base", max_concurrency=4)
+        try:
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
+                job = asyncio.create_task(collect(tasks, runner, out, "test", show_progress=False))
+                while stop_after is not None and not job.done():
+                    partial = out / PARTIAL_NAME
+                    if partial.exists() and len(read_jsonl(partial)) >= stop_after:
+                        job.cancel()
+                    await asyncio.sleep(0.05)
+                await asyncio.gather(job, return_exceptions=stop_after is not None)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run(tmp_path / "whole", None))
+    asyncio.run(run(tmp_path / "resumed", stop_after=5))
+    interrupted = read_jsonl(tmp_path / "resumed" / PARTIAL_NAME)
+    assert 5 <= len(interrupted) < 16, "the interruption must leave work to resume"
+    asyncio.run(run(tmp_path / "resumed", None))
+
+    whole = read_jsonl(tmp_path / "whole" / "rollouts.jsonl")
+    resumed = read_jsonl(tmp_path / "resumed" / "rollouts.jsonl")
+    assert [r["key"] for r in resumed] == [r["key"] for r in whole]
+    # Trajectories finished before the interruption are kept as they were, not redone.
+    by_key = {r["key"]: r for r in resumed}
+    assert all(by_key[r["key"]] == r for r in interrupted)
+
+
+def test_server_killed_mid_rollout_is_restarted_and_the_rollout_completes(tiny_model: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, tiny_model, max_concurrency=8)
+    tasks = load_tasks(config.tasks.train, "train")
+    spec = collection_spec(config, adapter=None)
+    out = tmp_path / "out"
+    server = VLLMServer(str(tiny_model), config.model, config.rollout.server, tmp_path / "vllm.log")
+
+    async def scenario() -> tuple[Path, int]:
+        endpoint = Endpoint(server.url, server)
+        client = ServiceClient([endpoint], base_model="base", max_concurrency=8, max_restarts=2)
+        try:
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
+                job = asyncio.create_task(collect(tasks, runner, out, "test", show_progress=False))
+                while not ((out / PARTIAL_NAME).exists() and len(read_jsonl(out / PARTIAL_NAME)) >= 2):
+                    await asyncio.sleep(0.02)
+                os.kill(server.pid, signal.SIGKILL)  # the API server process, mid-rollout
+                return await job, endpoint.restarts
+        finally:
+            await client.aclose()
+
+    with server:
+        path, restarts = asyncio.run(scenario())
+    records = read_jsonl(path)
+    assert restarts == 1
+    assert sorted(r["key"] for r in records) == sorted(f"{t.task_id}#0" for t in tasks)
+    for record in records:
+        assert_well_formed(record, turns=3, samples=2)
+    assert not port_is_open(server.url)
+
+
+def test_hf_backend_rollout_has_the_same_schema(tmp_path: Path, tiny_model: Path) -> None:
+    config = make_config(tmp_path, tiny_model, backend="hf", hf_batch_size=8)
+    config.tasks.train.limit = 4
+    run = RunDir.create(config)
+
+    records = read_jsonl(run_rollout_stage(run, iteration=1, show_progress=False))
+
+    assert len(records) == 4
+    for record in records:
+        assert_well_formed(record, turns=3, samples=2)

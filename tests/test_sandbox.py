@@ -1,0 +1,223 @@
+"""The sandbox: limits, isolation and hostile programs.
+
+Each hostile program must end with a failed grade, leave the sandbox able to
+grade the next program, and leave this test process unharmed. Checks that
+depend on isolation only some set-ups provide (a separate uid, a network
+namespace) are skipped where the runner reports it does not have it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rewards.code import CodeGrader
+from rewards.sandbox import Limits, LocalRunner, SandboxResult, run_many
+
+ADD_REFERENCE = {"test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"], "entry_point": "add"}
+CORRECT_ADD = "def add(a, b):\n    return a + b\n"
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+RUNNER = LocalRunner()
+QUICK = Limits(timeout_s=10.0)
+
+
+@pytest.fixture(scope="module")
+def isolation() -> tuple[str, ...]:
+    """What this machine's runs actually get (e.g. netns, pidns, uid)."""
+    return RUNNER.run("pass", QUICK).isolation
+
+
+@pytest.fixture(scope="module")
+def grader() -> CodeGrader:
+    return CodeGrader(timeout_s=6.0, test_timeout_s=2.0)
+
+
+def fenced(code: str) -> str:
+    return f"```python\n{code}```"
+
+
+def assert_sandbox_intact(grader: CodeGrader) -> None:
+    """A well-behaved program still gets full marks, and this process can still fork."""
+    result = grader.grade(fenced(CORRECT_ADD), ADD_REFERENCE)
+    assert result.correct and result.score == 1.0, result.feedback
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+
+
+def sandbox_processes() -> list[int]:
+    """Pids of live processes under any of the runner's sandbox uids."""
+    pids = []
+    uids = range(RUNNER.uid_base, RUNNER.uid_base + RUNNER.uid_slots)
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
+        if any(int(uid) in uids for uid in uid_line.split()[1:]):
+            pids.append(int(entry.name))
+    return pids
+
+
+# ------------------------------------------------------------ plain runs
+
+
+def test_ok_run_captures_output_and_cleans_up() -> None:
+    result = RUNNER.run("import os, sys\nprint('out', os.getcwd())\nprint('err', file=sys.stderr)\n", QUICK)
+    assert result.status == "ok" and result.returncode == 0
+    assert result.stdout.startswith("out ") and result.stderr == "err\n"
+    scratch = result.stdout.split()[1]
+    assert not os.path.exists(scratch), "the scratch directory must be removed after the run"
+
+
+def test_statuses() -> None:
+    failed, killed, timeout = run_many(
+        ["raise SystemExit(3)", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "import time\ntime.sleep(60)"],
+        Limits(timeout_s=2.0),
+    )
+    assert (failed.status, failed.returncode) == ("failed", 3)
+    assert killed.status == "killed" or killed.returncode == -signal.SIGSEGV, killed
+    assert timeout.status == "timeout" and timeout.returncode is None
+    assert timeout.duration_s < 10
+
+
+def test_run_many_keeps_order() -> None:
+    results = run_many([f"print({i})" for i in range(12)], QUICK, workers=4)
+    assert [r.stdout.strip() for r in results] == [str(i) for i in range(12)]
+
+
+def test_environment_is_not_inherited(monkeypatch: pytest.MonkeyPatch, isolation: tuple[str, ...]) -> None:
+    monkeypatch.setenv("SELFIMPROVE_TEST_SECRET", "hunter2")
+    program = (
+        "import os\n"
+        "print(sorted(os.environ))\n"
+        f"try:\n    print(open('/proc/{os.getpid()}/environ', 'rb').read())\n"
+        "except OSError as exc:\n    print('denied', type(exc).__name__)\n"
+    )
+    result = RUNNER.run(program, QUICK)
+    assert result.status == "ok", result
+    assert "SELFIMPROVE_TEST_SECRET" not in result.stdout and "hunter2" not in result.stdout
+    if "uid" in isolation:  # as the same user, /proc/<pid>/environ of our own process is readable
+        assert "denied" in result.stdout
+
+
+def test_cpu_limit_kills_a_busy_loop_that_ignores_alarms() -> None:
+    result = RUNNER.run("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n", Limits(timeout_s=30.0, cpu_s=1))
+    assert result.status == "killed", result  # SIGKILL at the hard limit, long before the wall clock
+
+
+def test_runner_is_pluggable() -> None:
+    """Anything with ``run(program, limits)`` can stand in for the local runner."""
+
+    class Broken:
+        def run(self, program: str, limits: Limits) -> SandboxResult:
+            return SandboxResult("error", None, "", "", False, False, 0.0, "no container engine")
+
+    result = CodeGrader(runner=Broken()).grade(fenced(CORRECT_ADD), ADD_REFERENCE)
+    assert not result.correct and result.error == "no container engine"
+
+
+# ------------------------------------------------------- hostile programs
+
+
+def test_infinite_loop(grader: CodeGrader) -> None:
+    result = grader.grade(fenced(CORRECT_ADD + "while True:\n    pass\n"), ADD_REFERENCE)
+    assert not result.correct and result.score == 0.0
+    assert "CPU time" in result.feedback or "did not finish" in result.feedback
+    assert_sandbox_intact(grader)
+
+
+def test_fork_bomb(grader: CodeGrader, isolation: tuple[str, ...]) -> None:
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = grader.grade(fenced(CORRECT_ADD + bomb), ADD_REFERENCE)
+    assert not result.correct and result.score == 0.0
+    if "pidns" in isolation and "uid" in isolation:
+        assert sandbox_processes() == [], "every process of the bomb must be gone after the run"
+    assert_sandbox_intact(grader)
+
+
+def test_allocating_10_gb(grader: CodeGrader) -> None:
+    result = grader.grade(fenced(CORRECT_ADD + "blob = bytearray(10 * 1024 ** 3)\n"), ADD_REFERENCE)
+    assert not result.correct and "MemoryError" in result.feedback
+    assert_sandbox_intact(grader)
+
+
+def test_writing_outside_the_scratch_directory(grader: CodeGrader, tmp_path: Path, isolation: tuple[str, ...]) -> None:
+    if "uid" not in isolation:
+        pytest.skip("runs as the grading user here: file permissions cannot stop the write")
+    target = tmp_path / "escaped.txt"
+    result = grader.grade(fenced(f"open({str(target)!r}, 'w').write('x')\n" + CORRECT_ADD), ADD_REFERENCE)
+    assert not result.correct and "PermissionError" in result.feedback
+    assert not target.exists()
+    assert_sandbox_intact(grader)
+
+
+def test_reading_secrets_from_the_environment(grader: CodeGrader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SELFIMPROVE_TEST_SECRET", "hunter2")
+    leak = "import os\ndef add(a, b):\n    return os.environ.get('SELFIMPROVE_TEST_SECRET')\n"
+    result = grader.grade(fenced(leak), ADD_REFERENCE)
+    assert not result.correct and "Your function returned: None" in result.feedback
+    assert "hunter2" not in result.feedback
+    assert_sandbox_intact(grader)
+
+
+def test_killing_the_parent(grader: CodeGrader) -> None:
+    hostile = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGTERM)\n" + WRONG_ADD
+    result = grader.grade(fenced(hostile), ADD_REFERENCE)
+    assert not result.correct
+    assert_sandbox_intact(grader)  # and we are still here
+
+
+def test_connecting_to_a_loopback_port(grader: CodeGrader, isolation: tuple[str, ...]) -> None:
+    if "netns" not in isolation:
+        pytest.skip("no network namespace here: the sandbox cannot cut the network")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        hostile = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'leak')\n" + CORRECT_ADD
+        result = grader.grade(fenced(hostile), ADD_REFERENCE)
+        assert not result.correct and "OSError" in result.feedback or "unreachable" in result.feedback
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert_sandbox_intact(grader)
+
+
+def test_printing_100_mb_is_capped() -> None:
+    result = RUNNER.run("import sys\nsys.stdout.write('x' * 100_000_000)\nprint('END')\n", QUICK)
+    assert result.status == "ok" and result.stdout_truncated
+    assert len(result.stdout) <= QUICK.max_output_bytes + 100
+    assert result.stdout.rstrip().endswith("END"), "the tail of the output is kept"
+
+
+def test_printing_100_mb_still_grades(grader: CodeGrader) -> None:
+    noisy = "import sys\nsys.stdout.write('x' * 100_000_000)\n"
+    assert grader.grade(fenced(noisy + CORRECT_ADD), ADD_REFERENCE).correct  # the report comes last
+    assert not grader.grade(fenced(noisy + WRONG_ADD), ADD_REFERENCE).correct
+
+
+@pytest.mark.parametrize("close", ["sys.stdout.close()", "os.close(1)", "os.close(1); os.close(2)"])
+def test_closing_stdout_cannot_turn_a_failure_into_a_pass(grader: CodeGrader, close: str) -> None:
+    result = grader.grade(fenced(f"import os, sys\n{close}\n" + WRONG_ADD), ADD_REFERENCE)
+    assert not result.correct and result.score == 0.0
+    # The report goes through its own copy of stdout: a correct program still passes.
+    assert grader.grade(fenced(f"import os, sys\n{close}\n" + CORRECT_ADD), ADD_REFERENCE).correct
+
+
+@pytest.mark.parametrize("exit_call", ["sys.exit(0)", "os._exit(0)", "raise SystemExit(0)", "exit()"])
+def test_exiting_before_the_tests_is_not_a_pass(grader: CodeGrader, exit_call: str) -> None:
+    result = grader.grade(fenced(f"import os, sys\n{CORRECT_ADD}{exit_call}\n"), ADD_REFERENCE)
+    assert not result.correct and result.score == 0.0
+    assert "exit" in result.feedback.lower()
+
+
+def test_exiting_inside_a_test_fails_that_test(grader: CodeGrader) -> None:
+    program = "import sys\ndef add(a, b):\n    if a == 2:\n        sys.exit(0)\n    return a + b\n"
+    result = grader.grade(fenced(program), ADD_REFERENCE)
+    assert result.score == 0.5 and not result.correct
