@@ -28,8 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/quickstart.")]
@@ -125,9 +125,12 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
         if target.is_dir():
             return RunDir.open(target)
         config = load_config(target, overrides or [])
-        if (config.run_dir / "config.yaml").exists():
-            return RunDir.open(config.run_dir)
-        return RunDir.create(config)
+        if not (config.run_dir / "config.yaml").exists():
+            return RunDir.create(config)
+        run = RunDir.open(config.run_dir)
+        if run.config != config:
+            _fail(f"{run.root} holds a run with another config; pass the run directory, or set a new run.name")
+        return run
     except (ConfigError, RunDirError, FileNotFoundError) as exc:
         _fail(str(exc))
 

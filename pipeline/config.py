@@ -222,6 +222,15 @@ class PipelineConfig(StrictModel):
             raise ValueError("method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)")
         return self
 
+    @model_validator(mode="after")
+    def _greedy_means_one_sample(self) -> "PipelineConfig":
+        # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
+        if self.rollout.samples_per_turn > 1 and self.rollout.sampling.temperature == 0:
+            raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
+        if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
+            raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name

@@ -64,6 +64,10 @@ def test_dump_then_load_round_trips(tmp_path: Path) -> None:
         ),
         ({"training": {"accelerate_config": "/no/such.yaml"}}, "training.accelerate_config: file not found"),
         ({"method": {"name": "rise", "mode": "distill"}}, "method.mode 'distill' needs rollout.teacher"),
+        (
+            {"rollout": {"samples_per_turn": 4, "sampling": {"temperature": 0}}},
+            "rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0",
+        ),
     ],
 )
 def test_bad_configs_name_the_bad_key(tmp_path: Path, patch: dict, message: str) -> None:
@@ -99,7 +103,7 @@ def test_bad_overrides_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["rollout.turns"])
     with pytest.raises(ConfigError, match="rollout.turns is not a section"):
-        load_config(path, ["rollout.turns.x=1"])
+        load_config(path, ["rollout.turns=3", "rollout.turns.x=1"])
     with pytest.raises(ConfigError, match="rollout.nonsense: Extra inputs are not permitted"):
         load_config(path, ["rollout.nonsense=1"])
 

@@ -19,7 +19,10 @@ import pytest
 
 from pipeline.adapters import AdapterError, check_adapter_dir
 from pipeline.atomic import read_jsonl
-from pipeline.config import PipelineConfig, parse_config
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import PipelineConfig, dump_config, parse_config
 from pipeline.generation import GenerationError, SamplingParams
 from pipeline.rollout import PARTIAL_NAME, TrajectoryRunner
 from pipeline.rollout_stage import collect, collection_spec, load_tasks, pooled_grading, run_rollout_stage
@@ -176,6 +179,38 @@ def test_collection_stops_at_first_success(vllm_server: VLLMServer, tiny_adapter
     assert eight["turns"][0]["feedback"] == config.rollout.templates.binary_feedback
 
 
+def test_teacher_answers_turns_after_the_first(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
+    """Distillation: the learner (the base model) answers turn 1, the teacher (the adapter) the rest."""
+    config = make_config(
+        tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling={"temperature": 0.0, "max_tokens": 16}
+    )
+    spec = collection_spec(config, adapter=None)
+    greedy = SamplingParams(temperature=0.0, max_tokens=16)
+
+    async def scenario() -> tuple[dict, list[str]]:
+        learner = ServiceClient([Endpoint(vllm_server.url)], base_model="base")
+        teacher = ServiceClient([Endpoint(vllm_server.url)], base_model="tiny-teacher")
+        try:
+            await learner.load_adapter("tiny-teacher", str(tiny_adapter))
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, learner, pooled_grading(pool, "numeric", {}), teacher)
+                path = await collect([Task("eight", "What is 4 + 4?", "8")], runner, tmp_path / "out", "t", False)
+            (record,) = read_jsonl(path)
+            direct = [
+                (await client.chat(turn["messages"], 1, greedy))[0].text
+                for client, turn in zip((learner, teacher, teacher), record["turns"])
+            ]
+            return record, direct
+        finally:
+            await learner.aclose()
+            await teacher.aclose()
+
+    record, direct = asyncio.run(scenario())
+    assert record["error"] is None
+    assert [t["source"] for t in record["turns"]] == ["learner", "teacher", "teacher"]
+    assert [t["response"] for t in record["turns"]] == direct
+
+
 def test_interrupted_rollout_resumes_to_the_same_trajectories(vllm_server: VLLMServer, tmp_path: Path) -> None:
     config = make_config(tmp_path, Path(vllm_server.model_path), max_concurrency=4)
     tasks = load_tasks(config.tasks.train, "train")
@@ -241,13 +276,18 @@ def test_server_killed_mid_rollout_is_restarted_and_the_rollout_completes(tiny_m
     assert not port_is_open(server.url)
 
 
-def test_hf_backend_rollout_has_the_same_schema(tmp_path: Path, tiny_model: Path) -> None:
-    config = make_config(tmp_path, tiny_model, backend="hf", hf_batch_size=8)
-    config.tasks.train.limit = 4
-    run = RunDir.create(config)
+def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, tiny_model: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(dump_config(make_config(tmp_path, tiny_model, backend="hf", hf_batch_size=8)))
+    command = ["rollout", str(config_file), "--set", "tasks.train.limit=4", "--no-progress"]
 
-    records = read_jsonl(run_rollout_stage(run, iteration=1, show_progress=False))
-
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    records = read_jsonl(tmp_path / "rollout-test" / "iter_1" / "rollout" / "rollouts.jsonl")
     assert len(records) == 4
     for record in records:
         assert_well_formed(record, turns=3, samples=2)
+    # The same command again reuses the finished run; another config for it is refused.
+    assert CliRunner().invoke(app, command).exit_code == 0
+    other = CliRunner().invoke(app, [*command, "--set", "rollout.turns=2"])
+    assert other.exit_code == 1 and "holds a run with another config" in other.output
