@@ -34,6 +34,10 @@ WARM_UP = 50
 Pair = tuple[str, str]
 
 
+def latex(value: Fraction) -> str:
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator > 1 else str(value)
+
+
 def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
     """``n`` responses with a numeric reference and a LaTeX (math) reference each."""
     rng = random.Random(seed)
@@ -43,7 +47,7 @@ def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
         a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 12)
         if i % 4 == 3:  # a fraction task: (a / c) of b, written as a LaTeX fraction
             value = Fraction(a * b, c)
-            shown = f"\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator > 1 else str(value)
+            shown = latex(value)
             reasoning = f"We need {a}/{c} of {b}.\nThat is \\frac{{{a} \\cdot {b}}}{{{c}}} = \\frac{{{a * b}}}{{{c}}}.\n"
             numeric_ref, math_ref = f"{float(value):.6f}", shown
         else:
@@ -53,7 +57,7 @@ def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
             numeric_ref, math_ref = str(int(value)), str(int(value))
         if rng.random() < 0.25:  # a wrong answer
             value += rng.choice([-1, 1, 2])
-            shown = str(value).replace("/", "}{").join(["\\frac{", "}"]) if value.denominator > 1 else str(value)
+            shown = latex(value)
         ending = f"Therefore the answer is \\boxed{{{shown}}}." if rng.random() < 0.8 else f"So the final answer is {shown}."
         response = "Let's solve this step by step.\n" + reasoning + "Let me double-check the arithmetic once more.\n" + ending
         numeric.append((response, numeric_ref))
@@ -86,11 +90,11 @@ def main() -> None:
     with GradingPool(max_workers=workers) as pool:
         pool.grade_many(get_grader("numeric"), [("\\boxed{1}", "1")] * workers)
         print(f"{N_RESPONSES} responses, pool of {workers} workers (start-up {time.perf_counter() - start:.2f} s)")
-        numeric = get_grader("numeric")
-        compare("numeric", lambda item: numeric.grade(*item), pool, numeric, numeric_items)
-        math = MathGrader()
-        compare("math", lambda item: math.grade_here(*item), pool, math, math_items)
-    one_by_one, _ = rate(lambda: [math.grade(*item) for item in math_items[:500]], 500)
+        numeric_grader = get_grader("numeric")
+        compare("numeric", lambda item: numeric_grader.grade(*item), pool, numeric_grader, numeric_items)
+        math_grader = MathGrader()
+        compare("math", lambda item: math_grader.grade_here(*item), pool, math_grader, math_items)
+    one_by_one, _ = rate(lambda: [math_grader.grade(*item) for item in math_items[:500]], 500)
     print(f"math grade() one by one through the shared pool: {one_by_one:.0f}/s")
 
 

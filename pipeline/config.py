@@ -125,6 +125,13 @@ class TaskSourceSection(StrictModel):
                 raise ValueError(f"options.{key}: file not found: {value}")
         return options
 
+    @model_validator(mode="after")
+    def _options_fit_the_source(self) -> "TaskSourceSection":
+        from pipeline.tasks import get_task_source
+
+        _construct("options", get_task_source, self.source, self.options)
+        return self
+
 
 class TasksSection(StrictModel):
     train: TaskSourceSection
@@ -145,6 +152,13 @@ class GraderSection(StrictModel):
         if value not in grader_names():
             raise ValueError(f"unknown grader {value!r}; known: {', '.join(grader_names())}")
         return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_grader(self) -> "GraderSection":
+        from rewards import get_grader
+
+        _construct("options", get_grader, self.name, self.options)
+        return self
 
 
 class RiseSection(StrictModel):
@@ -234,6 +248,14 @@ class PipelineConfig(StrictModel):
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name
+
+
+def _construct(key: str, factory: Any, name: str, options: dict[str, Any]) -> None:
+    """Build a task source or grader once, so bad options fail when the config loads."""
+    try:
+        factory(name, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key} do not fit {name!r}: {exc}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

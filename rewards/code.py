@@ -1,6 +1,6 @@
 """The ``code`` grader: run the model's program against the task's tests.
 
-``get_grader("code", score_mode="fraction", hidden_tests=False, timeout_s=10,
+``get_grader("code", score_mode="fraction", hidden_tests=False, timeout_s=5,
 memory_mb=1024, test_timeout_s=3, runner=None)``.
 
 The reference is a dict (see :mod:`rewards.code_tests`): HumanEval's
@@ -30,10 +30,13 @@ above ``timeout_s``.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
+import marshal
 import secrets
 import textwrap
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ from rewards.sandbox import Limits, LocalRunner, Runner, SandboxResult, parallel
 SCORE_MODES = ("fraction", "binary")
 NO_CODE_FEEDBACK = "Your answer contains no Python code. Put your solution in a ```python code block."
 MAX_FEEDBACK_CHARS = 2500
+SETUP_FILE = "tests.py"
+OBSERVED = "__observed__"
 _SHOWN_STDERR_CHARS = 600
 
 
@@ -59,7 +64,7 @@ class CodeGrader:
         self,
         score_mode: str = "fraction",
         hidden_tests: bool = False,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
         memory_mb: int = 1024,
         test_timeout_s: float = 3.0,
         runner: Runner | None = None,
@@ -102,33 +107,37 @@ class CodeGrader:
         passed = sum(1 for ok in report["passed"][:total] if ok is True)
         correct = total > 0 and passed == total
         score = passed / total if self.score_mode == "fraction" and total else float(correct)
-        feedback = f"All {total} tests passed." if correct else self._failure_feedback(report, passed, total)
+        feedback = f"All tests passed ({total} of {total})." if correct else self._failure_feedback(report, passed, total)
         return GradeResult(score, correct, program.code, _cap(feedback))
 
     def _failure_feedback(self, report: dict, passed: int, total: int) -> str:
-        if report.get("load_error"):
+        if report["load_error"]:
             return f"Your program failed before any test could run:\n{_error_text(report['load_error'])}"
-        failure = report.get("failure") or {}
-        error = failure.get("error") or {"type": "unknown error", "message": "", "traceback": ""}
+        failure = report["failure"] or {"test": None, "source": None, "observed": None, "error": _checked_error({})}
+        error = failure["error"]
         lines = [f"{passed} of {total} {'hidden tests' if self.hidden_tests else 'tests'} passed."]
-        if failure.get("test") is None:
+        if failure["test"] is None:
             lines += ["The test set-up failed:", _error_text(error)]
         elif self.hidden_tests:
             # No test text: the type and message, and a traceback only if it has frames of the program's own.
-            lines.append(f"Test {failure['test']} failed with " + (f"{error['type']}: {error['message']}" if error["message"] else error["type"]))
+            what = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
+            lines.append(f"Test {failure['test']} failed with {what}")
             if error["traceback"].startswith("Traceback"):
                 lines.append(error["traceback"].rstrip("\n"))
         else:
             lines.append(f"The first failing test (test {failure['test']}):")
-            lines.append(textwrap.indent((failure.get("source") or "").strip("\n"), "    "))
-            if failure.get("observed") is not None:
+            lines.append(textwrap.indent((failure["source"] or "").strip("\n"), "    "))
+            if failure["observed"] is not None:
                 lines.append(f"Your function returned: {failure['observed']}")
             lines.append(_error_text(error))
         return "\n".join(lines)
 
     def _no_report_feedback(self, run: SandboxResult) -> str:
         if run.status == "timeout":
-            text = f"Your program did not finish within {self.limits.timeout_s:g} seconds. Look for an infinite loop or a slow algorithm."
+            text = (
+                f"Your program did not finish within {self.limits.timeout_s:g} seconds. "
+                "Look for an infinite loop or a slow algorithm."
+            )
         elif run.status == "killed":
             text = f"Your program was {run.detail}."
         else:
@@ -143,30 +152,89 @@ class CodeGrader:
 
 def harness_program(program: Program, suite: Suite, nonce: str, test_cpu_s: float, hidden: bool) -> str:
     """The sandbox program: the harness, then a call to it with the run's payload."""
+    steps = [(SETUP_FILE, suite.prelude, False)] if suite.prelude else []
+    steps += [(f"<test {index}>", step.source, step.is_test) for index, step in enumerate(suite.steps, 1)]
     payload = {
         "nonce": nonce,
         "context": program.context,
         "solution": program.code,
-        "prelude": suite.prelude,
-        "steps": [[step.source, step.is_test] for step in suite.steps],
+        "steps": [
+            [filename, source, is_test, marshal.dumps(compile_step(source, filename)).hex()]
+            for filename, source, is_test in steps
+        ],
         "entry_point": suite.entry_point,
         "param": suite.candidate_param,
+        "observed_name": OBSERVED,
         "test_cpu_s": test_cpu_s,
         "hidden": hidden,
     }
     return f"{_harness_source()}\n\nmain({json.dumps(payload)!r})\n"
 
 
+def compile_step(source: str, filename: str) -> types.CodeType:
+    """Compile a test step; a plain ``assert f(x) == y`` (or ``assert f(x)``)
+    also keeps ``f(x)`` in :data:`OBSERVED`, so that feedback can say what the
+    function returned without calling it a second time.
+
+    Compiled here rather than in the sandbox: the tests are trusted, the
+    sandbox's interpreter is this one (same bytecode), and each run is
+    spared importing ``ast``.
+    """
+    tree = ast.parse(source, filename)
+    statement = tree.body[0] if len(tree.body) == 1 else None
+    if isinstance(statement, ast.Assert):
+        test = statement.test
+        kept: ast.expr | None = None
+        if isinstance(test, ast.Compare) and len(test.comparators) == 1:
+            kept, test.left = test.left, ast.Name(OBSERVED, ast.Load())
+        elif isinstance(test, ast.Call):
+            kept, statement.test = test, ast.Name(OBSERVED, ast.Load())
+        if kept is not None:
+            tree.body.insert(0, ast.copy_location(ast.Assign([ast.Name(OBSERVED, ast.Store())], kept), statement))
+            ast.fix_missing_locations(tree)
+    return compile(tree, filename, "exec")
+
+
 def read_report(stdout: str, nonce: str) -> dict | None:
-    """The harness's report from the run's stdout, or None if there is none."""
+    """The harness's report from the run's stdout, checked, or None if there is none.
+
+    Everything in stdout is the candidate's to write (it can patch ``json``
+    in the sandbox, say), so the report is rebuilt field by field with the
+    types the feedback code relies on: a garbled report can fail a grade,
+    never crash it.
+    """
     at = stdout.rfind(nonce)
     if at < 0:
         return None
     try:
-        report = json.loads(stdout[at + len(nonce) :].split("\n", 1)[0])
-    except ValueError:
+        raw = json.loads(stdout[at + len(nonce) :].split("\n", 1)[0])
+    except (ValueError, RecursionError):
         return None
-    return report if isinstance(report, dict) and isinstance(report.get("passed"), list) else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("passed"), list):
+        return None
+    failure = raw.get("failure")
+    return {
+        "passed": [value is True for value in raw["passed"]],
+        "load_error": _checked_error(raw.get("load_error")),
+        "failure": None
+        if not isinstance(failure, dict)
+        else {
+            "test": failure.get("test") if type(failure.get("test")) is int else None,
+            "source": _text(failure.get("source")),
+            "observed": _text(failure.get("observed")),
+            "error": _checked_error(failure.get("error")) or {"type": "unknown error", "message": "", "traceback": ""},
+        },
+    }
+
+
+def _checked_error(raw: Any) -> dict[str, str] | None:
+    if not isinstance(raw, dict):
+        return None
+    return {key: _text(raw.get(key)) or "" for key in ("type", "message", "traceback")}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @functools.cache
@@ -174,11 +242,11 @@ def _harness_source() -> str:
     return Path(__file__).with_name("code_harness.py").read_text(encoding="utf-8")
 
 
-def _error_text(error: dict) -> str:
+def _error_text(error: dict[str, str]) -> str:
     """A traceback when there is one, else "Type: message"."""
-    if error.get("traceback"):
-        return str(error["traceback"]).rstrip("\n")
-    return f"{error['type']}: {error['message']}" if error.get("message") else str(error["type"])
+    if error["traceback"]:
+        return error["traceback"].rstrip("\n")
+    return f"{error['type']}: {error['message']}" if error["message"] else error["type"]
 
 
 def _cap(text: str) -> str:

@@ -103,11 +103,8 @@ def completion_body(prompt: str, text: str, entry_point: str) -> str | None:
     beyond its docstring; unindented text is tried indented too.
     """
     for body in (text, textwrap.indent(text, "    ")):
-        try:
-            module = ast.parse(_join(prompt, body))
-        except SyntaxError:
-            continue
-        for node in module.body:
+        module = _parse(_join(prompt, body))
+        for node in module.body if module else []:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
                 statements = node.body[1:] if _starts_with_docstring(node) else node.body
                 if statements:
@@ -136,12 +133,17 @@ def _join(prompt: str, body: str) -> str:
     return prompt + ("" if prompt.endswith("\n") else "\n") + body
 
 
-def _parses(code: str) -> bool:
+def _parse(code: str) -> ast.Module | None:
+    """The parsed module, or None for anything the parser rejects (including
+    null bytes and nesting too deep for it)."""
     try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
+        return ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _parses(code: str) -> bool:
+    return _parse(code) is not None
 
 
 def _starts_with_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

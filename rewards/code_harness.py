@@ -1,8 +1,10 @@
 """The test harness that runs inside the sandbox, next to the candidate program.
 
 :mod:`rewards.code` sends this file's text as the sandbox program, followed
-by a call to :func:`main` with a JSON payload. Standard library only: the
-sandbox starts Python without site-packages and without this project.
+by a call to :func:`main` with a JSON payload. Standard library only (the
+sandbox starts Python without site-packages and without this project), and
+few imports: they are paid on every run. The test steps arrive compiled
+(``marshal``) by the grader, which also keeps ``ast`` out of here.
 
 Steps: load the prompt's code and the candidate into a module named
 ``solution`` (so an ``if __name__ == "__main__":`` demo does not run), then
@@ -10,6 +12,7 @@ run the test steps one at a time in a copy of its namespace, each under a
 CPU-time alarm, recording pass/fail per test and the first failure in full.
 A failed set-up step or a timed-out step ends the run: the tests after it
 count as failed.
+
 The report goes out as one line, after the last step: the run's random
 nonce, then JSON. It is written to a duplicate of stdout taken before the
 candidate loads, so a candidate that closes ``sys.stdout`` or fd 1 cannot
@@ -24,24 +27,26 @@ test, and traceback frames from the candidate's own code only.
 
 from __future__ import annotations
 
-import ast
 import json
 import linecache
+import marshal
 import os
 import signal
 import sys
 import traceback
 import types
-from typing import Any, Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing would cost every run a few milliseconds
+    from collections.abc import Callable
+    from typing import Any
 
 SOLUTION_FILE = "solution.py"
 CONTEXT_FILE = "prompt.py"
-SETUP_FILE = "tests.py"
 MAX_TRACEBACK_CHARS = 1500
 MAX_MESSAGE_CHARS = 300
 MAX_REPR_CHARS = 200
 MAX_FRAMES = 6
-OBSERVED = "__observed__"
 
 
 class TestTimeout(BaseException):
@@ -49,7 +54,7 @@ class TestTimeout(BaseException):
     candidate's ``except Exception`` does not swallow it."""
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
+def _on_alarm(signum: int, frame: object) -> None:
     raise TestTimeout()
 
 
@@ -76,57 +81,37 @@ def describe(exc: BaseException, shown_files: set[str], hidden: bool, cpu_s: flo
     """Type, message and a short traceback restricted to ``shown_files``."""
     if isinstance(exc, TestTimeout):
         return {"type": "Timeout", "message": f"used more than {cpu_s:g}s of CPU time", "traceback": ""}
-    message = "" if hidden and isinstance(exc, AssertionError) else str(exc)[:MAX_MESSAGE_CHARS]
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename in shown_files]
-    lines = traceback.format_exception_only(type(exc), exc)
-    if hidden and isinstance(exc, AssertionError):
-        lines = ["AssertionError\n"]
-    if frames:
-        lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames[-MAX_FRAMES:]), *lines]
-    text = "".join(lines)
-    return {"type": type(exc).__name__, "message": message, "traceback": text[-MAX_TRACEBACK_CHARS:]}
-
-
-def compile_step(source: str, filename: str) -> types.CodeType:
-    """Compile a test step so that a plain ``assert f(x) == y`` (or ``assert
-    f(x)``) keeps ``f(x)`` in :data:`OBSERVED`, for "your function returned"
-    feedback without calling the candidate a second time."""
-    register_lines(source, filename)
-    tree = ast.parse(source, filename)
-    statement = tree.body[0] if len(tree.body) == 1 else None
-    if isinstance(statement, ast.Assert):
-        test = statement.test
-        if isinstance(test, ast.Compare) and len(test.comparators) == 1:
-            observed, test.left = test.left, ast.Name(OBSERVED, ast.Load())
-        elif isinstance(test, ast.Call):
-            observed, statement.test = test, ast.Name(OBSERVED, ast.Load())
+    try:
+        message = "" if hidden and isinstance(exc, AssertionError) else str(exc)[:MAX_MESSAGE_CHARS]
+        frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename in shown_files]
+        if hidden and isinstance(exc, AssertionError):
+            lines = ["AssertionError\n"]
         else:
-            observed = None
-        if observed is not None:
-            keep = ast.Assign([ast.Name(OBSERVED, ast.Store())], observed)
-            tree.body.insert(0, ast.copy_location(keep, statement))
-            ast.fix_missing_locations(tree)
-    return compile(tree, filename, "exec")
+            lines = traceback.format_exception_only(type(exc), exc)
+        if frames:
+            lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames[-MAX_FRAMES:]), *lines]
+    except BaseException:  # noqa: BLE001 - the candidate's own exception class may not even print
+        return {"type": type(exc).__name__, "message": "", "traceback": ""}
+    return {"type": type(exc).__name__, "message": message, "traceback": "".join(lines)[-MAX_TRACEBACK_CHARS:]}
 
 
-def observed_repr(namespace: dict[str, Any], cpu_s: float) -> str | None:
-    """The repr of the value the failed assert checked, if it kept one."""
-    if OBSERVED not in namespace:
+def observed_repr(namespace: dict[str, Any], name: str, cpu_s: float) -> str | None:
+    """The repr of the value a failed assert checked, if its step kept it in ``name``."""
+    if name not in namespace:
         return None
     try:
-        return limited(cpu_s, lambda: repr(namespace[OBSERVED])[:MAX_REPR_CHARS])
+        return limited(cpu_s, lambda: repr(namespace[name])[:MAX_REPR_CHARS])
     except BaseException:  # noqa: BLE001 - a broken __repr__ just leaves the value out
         return None
 
 
 def run_tests(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the candidate, run every step, return the report."""
-    cpu_s, hidden, entry = spec["test_cpu_s"], spec["hidden"], spec["entry_point"]
-    steps = [(spec["prelude"], False, SETUP_FILE)] if spec["prelude"] else []
-    steps += [(source, is_test, f"<test {index}>") for index, (source, is_test) in enumerate(spec["steps"], 1)]
-    num_tests = sum(is_test for _, is_test, _ in steps)
+    cpu_s, hidden, entry, observed = spec["test_cpu_s"], spec["hidden"], spec["entry_point"], spec["observed_name"]
+    steps = spec["steps"]  # [filename, source, is_test, marshalled code]: compiled by the grader
+    num_tests = sum(is_test for _, _, is_test, _ in steps)
     own_files = {SOLUTION_FILE, CONTEXT_FILE}
-    shown = own_files if hidden else own_files | {SETUP_FILE} | {name for _, _, name in steps}
+    shown = own_files if hidden else own_files | {filename for filename, _, _, _ in steps}
     report: dict[str, Any] = {"passed": [], "load_error": None, "failure": None}
 
     module = types.ModuleType("solution")
@@ -153,14 +138,15 @@ def run_tests(spec: dict[str, Any]) -> dict[str, Any]:
         test_namespace[spec["param"]] = namespace[entry]
     aborted = False
     test_number = 0
-    for source, is_test, filename in steps:
+    for filename, source, is_test, code in steps:
         test_number += is_test
         passed = False
         if not aborted:
-            test_namespace.pop(OBSERVED, None)
+            test_namespace.pop(observed, None)
+            register_lines(source, filename)
             try:
-                code = compile_step(source, filename)
-                limited(cpu_s, lambda: exec(code, test_namespace))
+                step = marshal.loads(bytes.fromhex(code))
+                limited(cpu_s, lambda: exec(step, test_namespace))
                 passed = True
             except BaseException as exc:  # noqa: BLE001 - a failing step, whatever it raised
                 if report["failure"] is None:
@@ -168,7 +154,7 @@ def run_tests(spec: dict[str, Any]) -> dict[str, Any]:
                         "test": test_number if is_test else None,
                         "source": None if hidden else source,
                         "error": describe(exc, shown, hidden, cpu_s),
-                        "observed": observed_repr(test_namespace, cpu_s)
+                        "observed": observed_repr(test_namespace, observed, cpu_s)
                         if isinstance(exc, AssertionError) and not hidden
                         else None,
                     }

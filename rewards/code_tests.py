@@ -8,7 +8,8 @@ Two reference shapes are understood:
   variables) are set-up steps run in order in the same namespace. That is
   what makes "share of tests passed" meaningful for a ``check`` with 20
   asserts. When the split is not possible (no ``check``, no top-level asserts,
-  a ``return`` inside), the whole ``check(f)`` call is one test.
+  a ``return`` inside), the whole ``check(f)`` call is one test. Test code
+  that does not compile makes the reference invalid (ValueError).
 - MBPP: ``{"test_list": ["assert f(1) == 2", ...], "test_setup_code": ...}``
   (``tests`` is accepted for ``test_list``); each string is one test. The
   entry point, when not given, is the function that the reference solution
@@ -67,8 +68,10 @@ def suite_from_reference(reference: Any) -> Suite:
         return humaneval_suite(reference["test"], entry_point)
     tests = reference.get("test_list", reference.get("tests"))
     if isinstance(tests, list) and tests and all(isinstance(test, str) for test in tests):
-        entry_point = entry_point or infer_entry_point(reference.get("code") or "", tests)
         setup = reference.get("test_setup_code") or ""
+        for source in [setup, *tests]:
+            _check_syntax(source)
+        entry_point = entry_point or infer_entry_point(reference.get("code") or "", tests)
         return Suite(entry_point, setup, tuple(Step(test, True) for test in tests))
     raise ValueError("a code reference needs 'test' (a check function) or a non-empty 'test_list' of strings")
 
@@ -76,10 +79,7 @@ def suite_from_reference(reference: Any) -> Suite:
 def humaneval_suite(test_source: str, entry_point: str) -> Suite:
     """Split ``check(candidate)`` into steps, or fall back to one all-or-nothing test."""
     whole = Suite(entry_point, test_source, (Step(f"check({entry_point})", True),))
-    try:
-        module = ast.parse(test_source)
-    except SyntaxError:
-        return whole
+    module = _check_syntax(test_source)
     check = next((node for node in module.body if isinstance(node, ast.FunctionDef) and node.name == "check"), None)
     if check is None or len(check.args.args) != 1 or _has_function_control(check):
         return whole
@@ -115,6 +115,14 @@ def infer_entry_point(code: str, tests: list[str]) -> str | None:
     )
 
 
+def _check_syntax(source: str) -> ast.Module:
+    """Parse test code; a reference whose tests do not compile is a ValueError."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        raise ValueError(f"test code does not compile: {exc}") from None
+
+
 def _statement_source(source: str, statement: ast.stmt) -> str:
     """The statement's own text, dedented (so that it runs at module level)."""
     segment = ast.get_source_segment(source, statement, padded=True)
@@ -126,7 +134,8 @@ def _contains_assert(statement: ast.stmt) -> bool:
 
 
 def _is_docstring(statement: ast.stmt) -> bool:
-    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str)
+    value = statement.value if isinstance(statement, ast.Expr) else None
+    return isinstance(value, ast.Constant) and isinstance(value.value, str)
 
 
 def _has_function_control(check: ast.FunctionDef) -> bool:

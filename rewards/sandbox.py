@@ -16,8 +16,10 @@ small init process with stdin on ``/dev/null``, an environment of a few fixed
 variables (nothing inherited, so no secrets) and only a control pipe besides
 stdout and stderr. Stdout and stderr are read with a cap: the first and last
 half of :attr:`Limits.max_output_bytes` are kept, the middle is drained and
-dropped. Past the wall-clock limit the whole process group is killed with
-SIGKILL.
+dropped. Past the wall-clock limit the init process is killed, which takes
+its whole PID namespace with it, and then the process group (which is all
+there is to kill where there is no PID namespace). Every run gets its own
+fresh interpreter, so nothing carries over from one program to the next.
 
 What holds where (measured on Linux 6.x; see the tests):
 
@@ -38,7 +40,8 @@ What holds where (measured on Linux 6.x; see the tests):
 - Not root: the same namespaces where unprivileged user namespaces are
   enabled, else none (the program could then connect to the network and
   signal the grader's processes); RLIMIT_NPROC counts all of the user's
-  processes; the program runs as the grading user.
+  processes; the program runs as the grading user (shown as ``nobody``
+  inside a user namespace) and can write wherever that user can.
 
 :attr:`SandboxResult.isolation` says which of these a run actually got.
 
@@ -60,7 +63,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import json
+import marshal
 import math
 import os
 import random
@@ -96,13 +99,15 @@ class Limits:
     included; ``cpu_s`` (RLIMIT_CPU, default: the timeout rounded up) bounds
     CPU time, so a busy loop dies even when the machine is too loaded for the
     wall clock to matter. ``max_output_bytes`` applies to stdout and stderr
-    separately.
+    separately. ``memory_mb`` (RLIMIT_AS) and ``cpu_s`` hold per process, so
+    one run can use at most ``max_processes`` times as much; keep that
+    product below what the machine can spare for each concurrent run.
     """
 
     timeout_s: float = 10.0
     cpu_s: int | None = None
     memory_mb: int = 1024
-    max_processes: int = 32
+    max_processes: int = 16
     max_open_files: int = 64
     max_file_mb: int = 16
     max_output_bytes: int = 64 * 1024
@@ -191,7 +196,7 @@ class LocalRunner:
         }
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", BOOT_SCRIPT, json.dumps(config)],
+                [sys.executable, "-I", "-S", "-B", BOOT_SCRIPT, marshal.dumps(config).hex()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -310,7 +315,7 @@ def _stop(process: subprocess.Popen, streams: _Streams) -> None:
     when the bootstrap exits. Then the process group is killed: this catches
     what is left where there is no PID namespace, and the bootstrap itself.
     """
-    init = next((message["init"] for message in _messages(streams) if "init" in message), None)
+    init = _number(_messages(streams).get("init"))
     if init is not None and not _has_exited(process.pid):
         try:
             os.kill(init, signal.SIGKILL)
@@ -338,20 +343,28 @@ def _wait_exited(pid: int, deadline: float) -> bool:
     return True
 
 
-def _messages(streams: _Streams) -> list[dict]:
-    """The bootstrap's control messages, one JSON object per line."""
-    return [json.loads(line) for line in streams.control.text().splitlines()]
+def _messages(streams: _Streams) -> dict[str, str]:
+    """The bootstrap's control messages: lines of ``key value``."""
+    return dict(line.partition(" ")[::2] for line in streams.control.text().splitlines())
+
+
+def _number(text: str | None) -> int | None:
+    """An integer message value; None if absent or garbled (never raise over it)."""
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _result(
     returncode: int, streams: _Streams, uid: int | None, read_search: bool, limits: Limits, start: float
 ) -> SandboxResult:
     messages = _messages(streams)
-    namespaces = next((m["namespaces"] for m in messages if "namespaces" in m), [])
-    error = next((m["error"] for m in messages if "error" in m), None)
+    error = messages.get("error")
     # The program's own exit, as its init saw it; the bootstrap's when init was killed.
-    returncode = next((m["exit"] for m in messages if "exit" in m), returncode)
-    isolation = tuple(f"{name}ns" for name in namespaces)
+    exit_code = _number(messages.get("exit"))
+    returncode = returncode if exit_code is None else exit_code
+    isolation = tuple(f"{name}ns" for name in messages.get("namespaces", "").split(",") if name)
     if uid is not None:
         isolation += ("uid",) + (("dac_read_search",) if read_search else ())
     if streams.timed_out:
@@ -457,7 +470,9 @@ def default_workers() -> int:
     return 2 * len(os.sched_getaffinity(0))
 
 
-def run_many(programs: Sequence[str], limits: Limits, runner: Runner | None = None, workers: int | None = None) -> list[SandboxResult]:
+def run_many(
+    programs: Sequence[str], limits: Limits, runner: Runner | None = None, workers: int | None = None
+) -> list[SandboxResult]:
     """Run many programs concurrently; results in input order."""
     chosen = runner or LocalRunner()
     return parallel_map(lambda program: chosen.run(program, limits), programs, workers)

@@ -1,7 +1,8 @@
 """The first process of a sandbox run; see :mod:`rewards.sandbox` for the design.
 
 Started by :class:`rewards.sandbox.LocalRunner` as
-``python -I -S -B sandbox_boot.py CONFIG_JSON`` in a fresh session, with the
+``python -I -S -B sandbox_boot.py CONFIG`` (a hex-encoded ``marshal`` dump,
+parsed without importing anything) in a fresh session, with the
 scratch directory as its working directory and a minimal environment. It
 imports nothing from this project (it runs before ``sys.path`` holds it) and
 does, in order:
@@ -36,7 +37,7 @@ children do, hence the fork in step 2.
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import resource
 import signal
@@ -50,6 +51,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -115,8 +117,9 @@ def drop_privileges(uid: int, gid: int, keep_read_search: bool) -> None:
         _call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0)
 
 
-def report(control: int, message: dict) -> None:
-    os.write(control, (json.dumps(message) + "\n").encode())
+def report(control: int, key: str, value: object) -> None:
+    """One control message: a line ``key value`` (no newline inside the value)."""
+    os.write(control, f"{key} {value}".replace("\n", " ").encode() + b"\n")
 
 
 def confine(config: dict) -> None:
@@ -133,31 +136,34 @@ def run_init(config: dict, control: int) -> None:
     """PID 1 of the new namespace: confine, start the program, reap, report its exit; never returns."""
     try:
         confine(config)
+        # Not dumpable: the program (same uid) cannot open /proc/<init>/fd and
+        # write to the control pipe. The exec below makes the program dumpable again.
+        _call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
         program = os.fork()
         if program == 0:
             _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # not inherited through fork
-            os.close(control)
+            os.set_inheritable(control, False)  # closed by a successful exec, open to report a failed one
             os.execv(config["argv"][0], config["argv"])
     except BaseException as exc:  # noqa: BLE001 - report any set-up failure, never run unconfined
         try:
-            report(control, {"error": f"sandbox set-up failed: {exc}"})
+            report(control, "error", f"sandbox set-up failed: {exc}")
         finally:
             os._exit(SETUP_FAILED)
     while True:  # as PID 1, also reap whatever the program orphans
         finished, status = os.wait()
         if finished == program:
-            report(control, {"exit": os.waitstatus_to_exitcode(status)})
+            report(control, "exit", os.waitstatus_to_exitcode(status))
             os._exit(0)
 
 
 def main() -> None:
-    config = json.loads(sys.argv[1])
+    config = marshal.loads(bytes.fromhex(sys.argv[1]))
     control = config["control_fd"]
-    report(control, {"namespaces": enter_namespaces()})
+    report(control, "namespaces", ",".join(enter_namespaces()))
     init = os.fork()
     if init == 0:
         run_init(config, control)
-    report(control, {"init": init})  # the runner kills init, not us, at the deadline
+    report(control, "init", init)  # the runner kills init, not us, at the deadline
     os.close(control)
     _, status = os.waitpid(init, 0)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)

