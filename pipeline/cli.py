@@ -93,22 +93,25 @@ def resume(run_dir: RunDirArg) -> None:
 
 @app.command()
 def status(run_dir: RunDirArg) -> None:
-    """Show each stage's state, timestamps and outputs from the run manifest."""
+    """Show each stage's state, attempts, finish time and outputs from the run manifest."""
     try:
         manifest = Manifest.load(run_dir)
     except (FileNotFoundError, RunDirError) as exc:
         _fail(str(exc))
     table = Table(title=f"run {manifest.run_name} ({run_dir})")
-    for column in ("stage", "state", "attempts", "started", "finished", "outputs", "error"):
-        table.add_column(column)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("tries", justify="right")
+    table.add_column("finished", no_wrap=True)
+    table.add_column("outputs")
+    table.add_column("error", overflow="fold")
     for key, record in manifest.stages.items():
         table.add_row(
             key,
             f"[{_STATE_STYLE[record.state]}]{record.state.value}[/]",
             str(record.attempts),
-            record.started_at or "",
-            record.finished_at or "",
-            "\n".join(record.outputs),
+            _short_time(record.finished_at),
+            "\n".join(Path(name).name for name in record.outputs),
             record.error or "",
         )
     console.print(table)
@@ -133,6 +136,11 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
         return run
     except (ConfigError, RunDirError, FileNotFoundError) as exc:
         _fail(str(exc))
+
+
+def _short_time(iso: str | None) -> str:
+    """``2026-11-23T01:40:12+00:00`` -> ``11-23 01:40:12`` (UTC), to keep the table narrow."""
+    return iso[5:19].replace("T", " ") if iso else ""
 
 
 @app.command()

@@ -113,9 +113,7 @@ class TaskSourceSection(StrictModel):
     def _known_source(cls, value: str) -> str:
         from pipeline.tasks import task_source_names
 
-        if value not in task_source_names():
-            raise ValueError(f"unknown task source {value!r}; known: {', '.join(task_source_names())}")
-        return value
+        return _require_known("task source", value, task_source_names())
 
     @field_validator("options")
     @classmethod
@@ -149,9 +147,7 @@ class GraderSection(StrictModel):
     def _known_grader(cls, value: str) -> str:
         from rewards import grader_names
 
-        if value not in grader_names():
-            raise ValueError(f"unknown grader {value!r}; known: {', '.join(grader_names())}")
-        return value
+        return _require_known("grader", value, grader_names())
 
     @model_validator(mode="after")
     def _options_fit_the_grader(self) -> "GraderSection":
@@ -248,6 +244,12 @@ class PipelineConfig(StrictModel):
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name
+
+
+def _require_known(kind: str, name: str, known: list[str]) -> str:
+    if name not in known:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+    return name
 
 
 def _construct(key: str, factory: Any, name: str, options: dict[str, Any]) -> None:

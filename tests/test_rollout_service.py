@@ -121,6 +121,20 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     assert not server.is_running()
 
 
+def test_stage_uses_running_servers_given_by_url(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    config = make_config(tmp_path, Path(vllm_server.model_path), urls=[vllm_server.url + "/"])
+    config.tasks.train.limit = 4
+    run = RunDir.create(config)
+
+    records = read_jsonl(run_rollout_stage(run, iteration=1, show_progress=False))
+
+    assert len(records) == 4
+    for record in records:
+        assert_well_formed(record, turns=3, samples=2)
+    assert not (run.root / "iter_1" / "rollout" / "vllm_server.log").exists()  # no server of its own
+    assert vllm_server.is_healthy()  # and the given one is left running
+
+
 def test_adapter_is_loaded_and_changes_greedy_output(vllm_server: VLLMServer, tiny_adapter: Path) -> None:
     greedy = SamplingParams(temperature=0.0, max_tokens=8)
     messages = [{"role": "user", "content": "What is 3 + 4?"}]
