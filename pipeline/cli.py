@@ -6,6 +6,7 @@ with rich and turns library errors into a clear message and a non-zero exit.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -162,9 +163,17 @@ def rollout(
 
 
 @app.command()
-def curate(run_dir: RunDirArg, iteration: IterationOpt) -> None:
-    """Turn iteration K's rollouts into the weighted training set."""
-    _not_yet("curate", "the RISE issue (#4)")
+def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
+    """Turn iteration K's rollouts into the weighted training set (RISE)."""
+    from pipeline.curate_stage import CurateError, run_curate_stage
+    from pipeline.curation import format_summary
+
+    try:
+        path = run_curate_stage(RunDir.open(run_dir), iteration)
+    except (RunDirError, CurateError) as exc:
+        _fail(str(exc))
+    console.print(format_summary(json.loads((path.parent / "summary.json").read_text())))
+    console.print(f"[green]training set[/]: {path}")
 
 
 @app.command()

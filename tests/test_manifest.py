@@ -114,7 +114,7 @@ def test_read_jsonl_drops_a_torn_last_line(tmp_path: Path) -> None:
 
 
 def test_unlanded_commands_say_so_and_fail(tmp_path: Path) -> None:
-    for args in (["curate", str(tmp_path), "-i", "1"], ["train", str(tmp_path), "-i", "1"], ["report", str(tmp_path)]):
+    for args in (["train", str(tmp_path), "-i", "1"], ["report", str(tmp_path)], ["resume", str(tmp_path)]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2
         assert "not available yet" in result.output

@@ -1,0 +1,88 @@
+"""The ``curate`` stage: iteration K's rollouts become RISE's weighted SFT set.
+
+Reads ``iter_K/rollout/rollouts.jsonl``, keeps the turns the configured
+selection criterion keeps, adds boost data when ``method.boost`` is set and
+the training sets of iterations 1..K-1 when ``method.accumulate`` is set, and
+writes ``iter_K/curate/train.jsonl`` and ``summary.json`` atomically. The
+stage is recorded in the manifest; a rerun of a finished stage does nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipeline.config import RiseSection
+from pipeline.curation import Example, accumulate, boost_examples, count_skips, curate, summarize
+from pipeline.run_dir import RunDir
+
+STAGE = "curate"
+TRAIN_NAME = "train.jsonl"
+SUMMARY_NAME = "summary.json"
+
+
+class CurateError(RuntimeError):
+    """The curate stage cannot run with this run's config or files."""
+
+
+def rise_method(run: RunDir) -> RiseSection:
+    method = run.config.method
+    if not isinstance(method, RiseSection):
+        raise CurateError(f"the curate stage builds RISE training data, but this run's method is {method.name!r}")
+    return method
+
+
+def rollout_records(run: RunDir, iteration: int) -> list[dict]:
+    """Iteration ``iteration``'s finished rollouts; refuses a rollout stage the manifest does not call done."""
+    path = run.root / f"iter_{iteration}" / "rollout" / "rollouts.jsonl"
+    if not run.manifest.is_done(iteration, "rollout") or not path.is_file():
+        raise CurateError(
+            f"iteration {iteration}'s rollout stage is not done (no finished {path}); "
+            f"run `selfimprove rollout {run.root} --iteration {iteration}` first"
+        )
+    return read_jsonl(path)
+
+
+def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:
+    """The training sets of iterations 1..``iteration``-1, oldest first."""
+    lists = []
+    for earlier in range(1, iteration):
+        path = run.root / f"iter_{earlier}" / STAGE / TRAIN_NAME
+        if not run.manifest.is_done(earlier, STAGE) or not path.is_file():
+            raise CurateError(f"accumulating data needs iteration {earlier}'s curate output, but {path} is not done")
+        lists.append([Example.from_dict(row) for row in read_jsonl(path)])
+    return lists
+
+
+def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict]:
+    """The examples and summary of iteration ``iteration`` (no writes)."""
+    method = rise_method(run)
+    records = rollout_records(run, iteration)
+    current = curate(records, method.tau, method.selection, iteration)
+    if method.boost:
+        current += boost_examples(records, method.tau, iteration)
+    earlier = earlier_examples(run, iteration) if method.accumulate else []
+    examples = accumulate(current, earlier)
+    return examples, summarize(examples, iteration, method.tau, method.selection, count_skips(records))
+
+
+def run_curate_stage(run: RunDir, iteration: int) -> Path:
+    """Build and write iteration ``iteration``'s training set; returns the path of ``train.jsonl``.
+
+    Both files are written atomically before the manifest calls the stage
+    done, so a crash leaves either no stage output or a complete one.
+    """
+    out_dir = run.stage_dir(iteration, STAGE)
+    train_path, summary_path = out_dir / TRAIN_NAME, out_dir / SUMMARY_NAME
+    if run.manifest.is_done(iteration, STAGE):
+        return train_path
+    run.manifest.start(iteration, STAGE)
+    try:
+        examples, summary = build_training_set(run, iteration)
+        write_jsonl_atomic(train_path, (e.to_dict() for e in examples))
+        write_json_atomic(summary_path, summary)
+    except BaseException as exc:
+        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
+        raise
+    run.manifest.complete(iteration, STAGE, [train_path, summary_path])
+    return train_path

@@ -1,0 +1,308 @@
+"""RISE curation: selection criteria, weights, ids, boost, accumulation and the curate stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from pipeline.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.config import parse_config
+from pipeline.curate_stage import CurateError, run_curate_stage
+from pipeline.curation import (
+    Example,
+    accumulate,
+    boost_examples,
+    count_skips,
+    curate,
+    format_summary,
+    summarize,
+    weight_histogram,
+)
+from pipeline.manifest import StageState
+from pipeline.run_dir import RunDir
+
+TAU = 0.4
+
+
+def grade(score: float, error: str | None = None) -> dict[str, Any]:
+    return {"score": score, "correct": score == 1.0, "parsed": str(score), "feedback": "fb", "error": error}
+
+
+def candidate(response: str, score: float, error: str | None = None) -> dict[str, Any]:
+    return {"response": response, "grade": grade(score, error), "completion_tokens": 5, "finish_reason": "stop"}
+
+
+def make_record(
+    task_id: str,
+    rewards: list[float],
+    sample: int = 0,
+    extra: dict[int, list[dict[str, Any]]] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A rollout record in the schema ``TrajectoryRunner.run`` writes.
+
+    Turn t's best response is ``"{task_id} answer t"`` with reward
+    ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t.
+    """
+    turns, messages = [], [{"role": "user", "content": f"solve {task_id}"}]
+    for number, reward in enumerate(rewards, start=1):
+        best = candidate(f"{task_id} answer {number}", reward)
+        candidates = [best, *(extra or {}).get(number, [])]
+        feedback = None if number == len(rewards) else f"feedback {number}"
+        turns.append(
+            {
+                "turn": number,
+                "source": "learner",
+                "messages": list(messages),
+                "candidates": candidates,
+                "best": 0,
+                "response": best["response"],
+                "grade": best["grade"],
+                "prompt_tokens": 10,
+                "completion_tokens": 5 * len(candidates),
+                "finish_reason": "stop",
+                "feedback": feedback,
+            }
+        )
+        messages += [
+            {"role": "assistant", "content": best["response"]},
+            {"role": "user", "content": f"feedback {number}"},
+        ]
+    solved = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
+    return {
+        "key": f"{task_id}#{sample}",
+        "task_id": task_id,
+        "sample": sample,
+        "prompt": f"solve {task_id}",
+        "reference": "1",
+        "adapter": None,
+        "turns": turns,
+        "solved_at_turn": solved,
+        "error": error,
+    }
+
+
+TRAJECTORIES = {"a": [0, 0, 1], "b": [0.5, 0.2, 0.7], "c": [1], "d": [0, 0.5, 0.5]}
+KEPT = {
+    "all": {"a": [1, 2, 3], "b": [1, 2, 3], "c": [1], "d": [1, 2, 3]},
+    "better": {"a": [3], "b": [1, 3], "c": [1], "d": [2]},
+    "best": {"a": [1, 2, 3], "b": [1, 3], "c": [1], "d": [1, 2, 3]},
+    "success": {"a": [3], "c": [1]},
+}
+
+
+def table_records() -> list[dict[str, Any]]:
+    return [make_record(task, rewards) for task, rewards in TRAJECTORIES.items()]
+
+
+def kept_turns(examples: list[Example]) -> dict[str, list[int]]:
+    kept: dict[str, list[int]] = {}
+    for example in examples:
+        kept.setdefault(example.task_id, []).append(example.turn)
+    return kept
+
+
+@pytest.mark.parametrize("selection", sorted(KEPT))
+def test_selection_keeps_exactly_the_documented_turns(selection: str) -> None:
+    assert kept_turns(curate(table_records(), TAU, selection, iteration=1)) == KEPT[selection]
+
+
+def test_examples_carry_history_best_action_and_rrw_weight() -> None:
+    records = table_records()
+    examples = curate(records, TAU, "all", iteration=2)
+    by_id = {e.example_id: e for e in examples}
+    b2 = by_id["2:b#0:t2"]
+    assert b2.messages == records[1]["turns"][1]["messages"]
+    assert [m["content"] for m in b2.messages] == ["solve b", "b answer 1", "feedback 1"]
+    assert b2.completion == "b answer 2"
+    assert (b2.reward, b2.source, b2.iteration, b2.key) == (0.2, "rollout", 2, "b#0")
+    for example in examples:
+        assert example.weight == math.exp(example.reward / TAU)
+    assert by_id["2:c#0:t1"].weight == math.exp(1 / 0.4)
+
+
+def test_example_ids_are_unique_and_stable_across_reruns() -> None:
+    first = curate(table_records(), TAU, "all", iteration=1)
+    again = curate(table_records(), TAU, "all", iteration=1)
+    assert [e.example_id for e in first] == [e.example_id for e in again]
+    assert len({e.example_id for e in first}) == len(first) == 10
+    other_sample = curate([make_record("a", [0, 0, 1], sample=1)], TAU, "all", iteration=1)
+    assert {e.example_id for e in other_sample}.isdisjoint(e.example_id for e in first)
+    next_iteration = curate(table_records(), TAU, "all", iteration=2)
+    assert {e.example_id for e in next_iteration}.isdisjoint(e.example_id for e in first)
+
+
+def test_empty_responses_and_grading_errors_are_skipped_and_counted() -> None:
+    record = make_record("e", [0.5, 0.0, 1.0], error="turn 4: server gone")
+    record["turns"][0]["response"] = "  "
+    record["turns"][1]["grade"] = grade(0.0, error="timeout")
+    examples = curate([record], TAU, "all", iteration=1)
+    assert kept_turns(examples) == {"e": [3]}
+    assert count_skips([record, make_record("f", [1])]) == {"empty_response": 1, "grading_error": 1}
+
+
+def test_skipped_turns_still_count_as_previous_rewards() -> None:
+    record = make_record("g", [0.5, 0.5])
+    record["turns"][0]["response"] = ""
+    assert curate([record], TAU, "better", iteration=1) == []
+    assert kept_turns(curate([record], TAU, "best", iteration=1)) == {"g": [2]}
+
+
+def test_unknown_selection_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown selection 'most'"):
+        curate(table_records(), TAU, "most", iteration=1)  # type: ignore[arg-type]
+
+
+def test_boost_takes_every_correct_first_turn_candidate_once_per_task() -> None:
+    duplicate = candidate("x answer 1", 1.0)
+    records = [
+        make_record("x", [1.0], extra={1: [candidate("x other", 1.0), duplicate, candidate("x wrong", 0.0)]}),
+        make_record("x", [0.0], sample=1, extra={1: [candidate("x other", 1.0), candidate("x third", 1.0)]}),
+        make_record("y", [0.0, 1.0], extra={1: [candidate("y bad", 1.0, error="timeout"), candidate(" ", 1.0)]}),
+    ]
+    boosted = boost_examples(records, TAU, iteration=1)
+    assert [(e.task_id, e.completion) for e in boosted] == [
+        ("x", "x answer 1"), ("x", "x other"), ("x", "x third"),
+    ]
+    assert all(e.source == "boost" and e.turn == 1 and e.weight == math.exp(1 / TAU) for e in boosted)
+    assert boosted[0].messages == records[0]["turns"][0]["messages"]
+    assert len({e.example_id for e in boosted}) == 3
+    assert [e.example_id for e in boost_examples(records, TAU, 1)] == [e.example_id for e in boosted]
+
+
+def test_accumulate_is_a_union_with_earlier_iterations_first() -> None:
+    first = curate(table_records(), TAU, "success", iteration=1)
+    second = accumulate(curate(table_records(), TAU, "success", iteration=2), [first])
+    third_current = curate(table_records(), TAU, "success", iteration=3)
+    third = accumulate(third_current, [first, second])
+    assert [e.example_id for e in third] == [
+        "1:a#0:t3", "1:c#0:t1", "2:a#0:t3", "2:c#0:t1", "3:a#0:t3", "3:c#0:t1",
+    ]
+    assert accumulate(third_current, [third]) == third
+
+
+def test_summary_counts_and_histogram() -> None:
+    earlier = curate(table_records(), TAU, "success", iteration=1)
+    current = curate(table_records(), TAU, "better", iteration=2) + boost_examples(table_records(), TAU, 2)
+    examples = accumulate(current, [earlier])
+    summary = summarize(examples, 2, TAU, "better", {"empty_response": 0, "grading_error": 1})
+    assert summary["examples"] == 8
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "accumulated": 2}
+    assert summary["by_turn"] == {"1": 4, "2": 1, "3": 3}
+    assert summary["skipped"] == {"empty_response": 0, "grading_error": 1}
+    assert summary["mean_reward"] == pytest.approx(sum(e.reward for e in examples) / 8)
+    histogram = summary["weight_histogram"]
+    assert histogram["edges"][0] == 1.0 and histogram["edges"][-1] == pytest.approx(math.exp(1 / TAU))
+    assert len(histogram["counts"]) == 10 and sum(histogram["counts"]) == 8
+    assert histogram["counts"][-1] == 5  # the five reward-1 examples sit in the top bin
+    text = _render(format_summary(summary))
+    assert "boost" in text and "accumulated" in text and "mean reward" in text
+
+
+def test_weight_histogram_puts_out_of_range_weights_in_the_edge_bins() -> None:
+    examples = [_example(reward) for reward in (-0.5, 0.0, 0.5, 1.0, 1.5)]
+    assert weight_histogram(examples, TAU, bins=2)["counts"] == [3, 2]
+
+
+def _example(reward: float) -> Example:
+    return Example(f"id{reward}", "rollout", 1, "t", "t#0", 1, [], "x", reward, math.exp(reward / TAU))
+
+
+def _render(table: Any) -> str:
+    console = Console(width=120, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+# --- the stage ---------------------------------------------------------------
+
+
+def make_run(tmp_path: Path, **method: Any) -> RunDir:
+    return RunDir.create(
+        parse_config(
+            {
+                "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 2},
+                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "method": {"name": "rise", "tau": TAU, **method},
+            }
+        )
+    )
+
+
+def finish_rollout(run: RunDir, iteration: int, records: list[dict[str, Any]]) -> None:
+    path = run.stage_dir(iteration, "rollout") / "rollouts.jsonl"
+    write_jsonl_atomic(path, records)
+    run.manifest.start(iteration, "rollout")
+    run.manifest.complete(iteration, "rollout", [path])
+
+
+def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> None:
+    run = make_run(tmp_path, selection="better", boost=True, accumulate=True)
+    finish_rollout(run, 1, table_records())
+    path = run_curate_stage(run, 1)
+    assert path == run.root / "iter_1" / "curate" / "train.jsonl"
+    rows = read_jsonl(path)
+    expected = curate(table_records(), TAU, "better", 1) + boost_examples(table_records(), TAU, 1)
+    assert rows == [e.to_dict() for e in expected]
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "accumulated": 0}
+    record = run.manifest.record(1, "curate")
+    assert record.state is StageState.DONE
+    assert set(record.outputs) == {"iter_1/curate/train.jsonl", "iter_1/curate/summary.json"}
+
+    finish_rollout(run, 2, table_records()[:2])
+    rows2 = read_jsonl(run_curate_stage(run, 2))
+    assert rows2[: len(rows)] == rows
+    assert [r["example_id"] for r in rows2[len(rows):]] == ["2:a#0:t3", "2:b#0:t1", "2:b#0:t3"]
+
+
+def test_stage_without_accumulation_uses_only_this_iteration(tmp_path: Path) -> None:
+    run = make_run(tmp_path, selection="success", accumulate=False)
+    finish_rollout(run, 2, table_records())
+    rows = read_jsonl(run_curate_stage(run, 2))
+    assert [r["example_id"] for r in rows] == ["2:a#0:t3", "2:c#0:t1"]
+
+
+def test_rerun_of_a_done_stage_is_a_no_op(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    finish_rollout(run, 1, table_records())
+    path = run_curate_stage(run, 1)
+    before = (path.read_bytes(), path.stat().st_mtime_ns, run.manifest.record(1, "curate").to_dict())
+    finish_rollout(run, 1, table_records()[:1])  # a changed input must not be picked up
+    assert run_curate_stage(run, 1) == path
+    assert (path.read_bytes(), path.stat().st_mtime_ns, run.manifest.record(1, "curate").to_dict()) == before
+
+
+def test_missing_rollouts_are_a_clear_error_recorded_in_the_manifest(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    with pytest.raises(CurateError, match="iteration 1's rollout stage is not done"):
+        run_curate_stage(run, 1)
+    record = run.manifest.record(1, "curate")
+    assert record.state is StageState.FAILED and "rollout stage is not done" in record.error
+    assert not (run.root / "iter_1" / "curate" / "train.jsonl").exists()
+
+
+def test_accumulation_needs_the_earlier_curate_output(tmp_path: Path) -> None:
+    run = make_run(tmp_path, accumulate=True)
+    finish_rollout(run, 2, table_records())
+    with pytest.raises(CurateError, match="iteration 1's curate output"):
+        run_curate_stage(run, 2)
+
+
+def test_stage_refuses_a_non_rise_method(tmp_path: Path) -> None:
+    run = RunDir.create(
+        parse_config(
+            {
+                "run": {"name": "x", "output_dir": str(tmp_path)},
+                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "method": {"name": "exit"},
+            }
+        )
+    )
+    with pytest.raises(CurateError, match="method is 'exit'"):
+        run_curate_stage(run, 1)
