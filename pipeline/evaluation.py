@@ -1,0 +1,200 @@
+"""Eval-stage summaries: rollout records in, DESIGN.md ("Metrics") figures out.
+
+Everything here is a pure function of the records (the schema of README.md,
+"Run directory"), so the eval stage, the CLI and the tests share one
+definition. The metric arithmetic itself lives in :mod:`pipeline.metrics`;
+this module only turns records into :class:`TurnOutcome` trajectories,
+checks that they are complete and balanced, and names the results.
+
+Evaluation never stops a trajectory early, so each record has exactly T
+turns. The one exception is a trajectory that ended with an ``error`` (e.g.
+a request that failed after retries): its missing turns count as incorrect
+abstentions (``parsed`` None). Dropping them instead would quietly raise
+every figure; :func:`count_incomplete` says how many there were so a report
+can show it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import fmean
+from typing import Any, Iterable, Mapping, Sequence
+
+from rich.table import Table
+
+from pipeline.metrics import (
+    TurnOutcome,
+    mean_m1_at_t,
+    mean_mk_at_t1,
+    mean_p1_at_t,
+    mean_pass_at_k,
+    self_correction,
+)
+
+Record = Mapping[str, Any]
+TaskTrajectories = dict[str, list[list[TurnOutcome]]]
+
+MISSING = TurnOutcome(parsed=None, correct=False)
+"""A turn an errored trajectory never reached: an incorrect abstention."""
+
+
+def summarize_eval(
+    records: Iterable[Record],
+    turns: int,
+    samples: int,
+    first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None = None,
+) -> dict[str, Any]:
+    """The eval summary: per-turn pass@k, m1@tT, p1@tT, mT@t1 and SCoRe's deltas.
+
+    ``records`` must hold exactly ``samples`` trajectories per task.
+    ``first_turn_samples`` (task id -> at least ``turns`` independent
+    turn-1 outcomes) feeds the parallel baseline ``mT@t1``; without it the
+    first turns of the task's trajectories stand in when ``samples >= turns``,
+    otherwise ``mT@t1`` is None (there are too few parallel answers to vote).
+    Means are over a task's trajectories first, then over tasks. The result
+    is JSON-serializable.
+    """
+    _check_turns(turns)
+    tasks = group_trajectories(records, turns, samples)
+    change = self_correction([t for trajectories in tasks.values() for t in trajectories], turns)
+    return {
+        "n_tasks": len(tasks),
+        "turns": turns,
+        "samples": samples,
+        "per_turn": [_turn_summary(tasks, turn, samples) for turn in range(1, turns + 1)],
+        f"m1@t{turns}": fmean(mean_m1_at_t(t, turns) for t in tasks.values()),
+        f"p1@t{turns}": fmean(mean_p1_at_t(t, turns) for t in tasks.values()),
+        f"m{turns}@t1": _parallel_baseline(tasks, turns, samples, first_turn_samples),
+        "delta_t1_tT": change.delta_t1_tT,
+        "delta_i_to_c": change.delta_i_to_c,
+        "delta_c_to_i": change.delta_c_to_i,
+    }
+
+
+def group_trajectories(records: Iterable[Record], turns: int, samples: int) -> TaskTrajectories:
+    """Task id -> its trajectories (T outcomes each), in sample order, in first-seen task order.
+
+    Raises ValueError naming the task when a task does not have exactly
+    ``samples`` distinct trajectories: an unbalanced eval would weight tasks
+    unevenly and make pass@k meaningless.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1; got {samples}")
+    by_task: dict[str, dict[int, list[TurnOutcome]]] = defaultdict(dict)
+    for record in records:
+        task_id, sample = record["task_id"], record["sample"]
+        if sample in by_task[task_id]:
+            raise ValueError(f"task {task_id!r}: sample {sample} appears more than once")
+        by_task[task_id][sample] = [_outcome(grade) for grade in _turn_grades(record, turns)]
+    if not by_task:
+        raise ValueError("no rollout records to evaluate")
+    for task_id, trajectories in by_task.items():
+        if len(trajectories) != samples:
+            raise ValueError(f"task {task_id!r} has {len(trajectories)} trajectories, expected samples={samples}")
+    return {task_id: [t[s] for s in sorted(t)] for task_id, t in by_task.items()}
+
+
+def count_incomplete(records: Iterable[Record], turns: int) -> int:
+    """How many trajectories ended with an error before turn ``turns`` (their gaps count as wrong)."""
+    return sum(None in _turn_grades(record, turns) for record in records)
+
+
+def per_task_rows(records: Iterable[Record], turns: int) -> list[dict[str, Any]]:
+    """One row per (task_id, sample, turn) for the per-task inspection file.
+
+    Turns an errored trajectory never reached appear with ``parsed`` None,
+    ``correct`` False and ``score`` None, so they stay visible and are not
+    mistaken for a graded zero.
+    """
+    return [
+        {
+            "task_id": record["task_id"],
+            "sample": record["sample"],
+            "turn": turn,
+            "parsed": grade["parsed"] if grade else None,
+            "correct": bool(grade["correct"]) if grade else False,
+            "score": grade["score"] if grade else None,
+        }
+        for record in records
+        for turn, grade in enumerate(_turn_grades(record, turns), start=1)
+    ]
+
+
+def format_eval_table(summary: Mapping[str, Any]) -> Table:
+    """pass@1 per turn and the headline metrics of a :func:`summarize_eval` result, for the CLI."""
+    turns = summary["turns"]
+    table = Table(title=f"Evaluation: {summary['n_tasks']} tasks, {summary['samples']} samples, {turns} turns")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in summary["per_turn"]:
+        table.add_row(f"pass@1 turn {row['turn']}", _format_value(row["pass@1"]))
+    for key in (f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1", "delta_t1_tT", "delta_i_to_c", "delta_c_to_i"):
+        table.add_row(key, _format_value(summary[key]))
+    return table
+
+
+def _turn_grades(record: Record, turns: int) -> list[Mapping[str, Any] | None]:
+    """The ``grade`` of turns 1..``turns`` of a record, None for turns an error cut off.
+
+    A short trajectory without an ``error`` is a collection run (stopped at
+    success) or a corrupt file, not an eval, so it raises instead of being
+    padded. Extra turns beyond ``turns`` are ignored: a T-turn summary of a
+    longer rollout is still well defined.
+    """
+    recorded = record["turns"]
+    numbers = [turn["turn"] for turn in recorded]
+    if numbers != list(range(1, len(recorded) + 1)):
+        raise ValueError(f"trajectory {record['key']}: turns are numbered {numbers}, expected 1, 2, ...")
+    if len(recorded) < turns and not record.get("error"):
+        raise ValueError(
+            f"trajectory {record['key']} has {len(recorded)} of {turns} turns and no error: "
+            "evaluation trajectories must not stop early"
+        )
+    grades: list[Mapping[str, Any] | None] = [turn["grade"] for turn in recorded[:turns]]
+    return grades + [None] * (turns - len(grades))
+
+
+def _outcome(grade: Mapping[str, Any] | None) -> TurnOutcome:
+    return MISSING if grade is None else TurnOutcome(grade["parsed"], bool(grade["correct"]))
+
+
+def _turn_summary(tasks: TaskTrajectories, turn: int, samples: int) -> dict[str, Any]:
+    """pass@k at one turn for every k <= n, c = a task's trajectories correct at that turn."""
+    counts = [(samples, sum(t[turn - 1].correct for t in trajectories)) for trajectories in tasks.values()]
+    pass_at = {str(k): mean_pass_at_k(counts, k) for k in range(1, samples + 1)}
+    return {"turn": turn, "pass@1": pass_at["1"], "pass@k": pass_at}
+
+
+def _parallel_baseline(
+    tasks: TaskTrajectories,
+    turns: int,
+    samples: int,
+    first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None,
+) -> float | None:
+    """mT@t1 over tasks, from the dedicated first-turn samples or the trajectories' first turns."""
+    if first_turn_samples is None:
+        if samples < turns:
+            return None
+        return mean_mk_at_t1([[t[0] for t in trajectories] for trajectories in tasks.values()], turns)
+    if set(first_turn_samples) != set(tasks):
+        raise ValueError(
+            f"first_turn_samples covers other tasks than the records: "
+            f"missing {sorted(set(tasks) - set(first_turn_samples))}, "
+            f"extra {sorted(set(first_turn_samples) - set(tasks))}"
+        )
+    for task_id in tasks:
+        if len(first_turn_samples[task_id]) < turns:
+            raise ValueError(
+                f"task {task_id!r} has {len(first_turn_samples[task_id])} first-turn samples, m{turns}@t1 needs {turns}"
+            )
+    return mean_mk_at_t1([first_turn_samples[task_id] for task_id in tasks], turns)
+
+
+def _check_turns(turns: int) -> None:
+    """T >= 2: with T = 1 the keys m1@t1 and mT@t1 collide and there is nothing to self-correct."""
+    if turns < 2:
+        raise ValueError(f"an eval summary needs turns >= 2; got {turns}")
+
+
+def _format_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

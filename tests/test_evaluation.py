@@ -1,0 +1,227 @@
+"""Eval summaries on hand-built rollout records, against hand-computed figures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_eval
+from pipeline.metrics import TurnOutcome
+from rewards import GradeResult
+
+REFERENCE = "7"
+Answers = list[str | None]
+
+
+def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> dict[str, Any]:
+    """A rollout record as pipeline.rollout writes it, one turn per parsed answer (correct iff == REFERENCE)."""
+    turns = []
+    for turn, parsed in enumerate(answers, start=1):
+        correct = parsed == REFERENCE
+        grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None).to_dict()
+        response = f"The answer is {parsed}."
+        turns.append(
+            {
+                "turn": turn,
+                "source": "learner",
+                "messages": [{"role": "user", "content": "What is 3 + 4?"}],
+                "candidates": [{"response": response, "grade": grade, "completion_tokens": 5, "finish_reason": "stop"}],
+                "best": 0,
+                "response": response,
+                "grade": grade,
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "finish_reason": "stop",
+                "feedback": None if turn == len(answers) else "Your answer is incorrect.",
+            }
+        )
+    return {
+        "key": f"{task_id}#{sample}",
+        "task_id": task_id,
+        "sample": sample,
+        "prompt": "What is 3 + 4?",
+        "reference": REFERENCE,
+        "adapter": None,
+        "turns": turns,
+        "solved_at_turn": next((t["turn"] for t in turns if t["grade"]["correct"]), None),
+        "error": error,
+    }
+
+
+def make_records(tasks: dict[str, list[Answers]]) -> list[dict[str, Any]]:
+    """Records for task id -> one answer list per trajectory (sample = list index)."""
+    return [
+        make_record(task_id, sample, answers)
+        for task_id, trajectories in tasks.items()
+        for sample, answers in enumerate(trajectories)
+    ]
+
+
+def test_per_turn_pass_at_k_matches_hand_computation() -> None:
+    records = make_records(
+        {
+            # turn 1: c=2 of 4; turn 2: c=4
+            "a": [["7", "7"], ["7", "7"], ["5", "7"], ["5", "7"]],
+            # turn 1: c=0; turn 2: c=1
+            "b": [["5", "5"], ["5", "5"], ["5", "7"], ["1", "1"]],
+        }
+    )
+    per_turn = summarize_eval(records, turns=2, samples=4)["per_turn"]
+    assert [row["turn"] for row in per_turn] == [1, 2]
+    # Task a at turn 1: pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@3 = pass@4 = 1; task b: 0.
+    assert per_turn[0]["pass@1"] == pytest.approx(0.25)
+    assert per_turn[0]["pass@k"] == pytest.approx({"1": 0.25, "2": 5 / 12, "3": 0.5, "4": 0.5})
+    # Task b at turn 2 (c=1): pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@3 = 1 - C(3,3)/C(4,3) = 3/4; task a: 1.
+    assert per_turn[1]["pass@k"] == pytest.approx({"1": 0.625, "2": 0.75, "3": 0.875, "4": 1.0})
+    assert per_turn[1]["pass@1"] == per_turn[1]["pass@k"]["1"]
+
+
+def test_m1_at_t_votes_within_each_trajectory_with_ties_and_abstentions() -> None:
+    records = make_records(
+        {
+            # 7 wins 2:1 (right); 5 and 7 tie, the earlier 5 wins (wrong).
+            "a": [["5", "7", "7"], ["5", "7", None]],
+            # abstentions do not vote: lone 7 wins (right); 7/5 tie goes to the earlier 7 (right).
+            "b": [[None, None, "7"], [None, "7", "5"]],
+        }
+    )
+    assert summarize_eval(records, turns=3, samples=2)["m1@t3"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_m1_at_t_is_wrong_when_every_turn_abstains() -> None:
+    records = make_records({"a": [[None, None], ["7", None]]})
+    assert summarize_eval(records, turns=2, samples=2)["m1@t2"] == pytest.approx(0.5)
+
+
+def test_p1_at_t_counts_any_correct_turn() -> None:
+    records = make_records(
+        {
+            "a": [["5", "5", "5"], ["5", "5", "7"]],
+            "b": [["1", "2", "3"], ["3", "2", "1"]],
+        }
+    )
+    assert summarize_eval(records, turns=3, samples=2)["p1@t3"] == pytest.approx(0.25)
+
+
+def test_parallel_baseline_from_given_first_turn_samples() -> None:
+    records = make_records({"a": [["7", "7", "7"]], "b": [["7", "7", "7"]]})
+    right, wrong, abstain = TurnOutcome("7", True), TurnOutcome("5", False), TurnOutcome(None, False)
+    first_turn = {
+        "a": [right, wrong, wrong],  # 5 wins: wrong
+        "b": [right, abstain, wrong, wrong, wrong],  # only the first 3 vote: 7/5 tie, earlier 7 wins
+    }
+    summary = summarize_eval(records, turns=3, samples=1, first_turn_samples=first_turn)
+    assert summary["m3@t1"] == pytest.approx(0.5)
+
+
+def test_parallel_baseline_falls_back_to_first_turns_of_trajectories() -> None:
+    records = make_records(
+        {
+            "a": [["7", "5", "5"], ["5", "5", "5"], ["7", "5", "5"]],  # first turns 7, 5, 7: right
+            "b": [["5", "7", "7"], ["5", "7", "7"], ["7", "7", "7"]],  # first turns 5, 5, 7: wrong
+        }
+    )
+    assert summarize_eval(records, turns=3, samples=3)["m3@t1"] == pytest.approx(0.5)
+
+
+def test_parallel_baseline_is_null_without_enough_samples() -> None:
+    records = make_records({"a": [["7", "7", "7"], ["7", "7", "7"]]})
+    summary = summarize_eval(records, turns=3, samples=2)
+    assert summary["m3@t1"] is None
+    json.dumps(summary)
+
+
+def test_parallel_baseline_rejects_mismatched_first_turn_samples() -> None:
+    records = make_records({"a": [["7", "7"]], "b": [["7", "7"]]})
+    two = [TurnOutcome("7", True)] * 2
+    with pytest.raises(ValueError, match="missing \\['b'\\]"):
+        summarize_eval(records, turns=2, samples=1, first_turn_samples={"a": two})
+    with pytest.raises(ValueError, match="task 'b' has 1 first-turn samples"):
+        summarize_eval(records, turns=2, samples=1, first_turn_samples={"a": two, "b": two[:1]})
+
+
+def test_self_correction_deltas() -> None:
+    records = make_records(
+        {
+            "a": [["5", "7"], ["7", "5"]],  # i->c, c->i
+            "b": [["7", "7"], ["5", "7"]],  # c->c, i->c
+        }
+    )
+    summary = summarize_eval(records, turns=2, samples=2)
+    assert summary["delta_i_to_c"] == pytest.approx(0.5)
+    assert summary["delta_c_to_i"] == pytest.approx(0.25)
+    assert summary["delta_t1_tT"] == pytest.approx(0.75 - 0.5)
+    assert summary["delta_t1_tT"] == pytest.approx(summary["delta_i_to_c"] - summary["delta_c_to_i"])
+
+
+def test_summary_has_exactly_the_specified_keys() -> None:
+    records = make_records({"a": [["5", "7", "7"], ["7", "7", "7"]], "b": [["5", "5", "5"], ["5", "5", "7"]]})
+    summary = summarize_eval(records, turns=3, samples=2)
+    assert set(summary) == {
+        "n_tasks", "turns", "samples", "per_turn",
+        "m1@t3", "p1@t3", "m3@t1",
+        "delta_t1_tT", "delta_i_to_c", "delta_c_to_i",
+    }  # fmt: skip
+    assert (summary["n_tasks"], summary["turns"], summary["samples"]) == (2, 3, 2)
+    assert all(set(row) == {"turn", "pass@1", "pass@k"} for row in summary["per_turn"])
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def test_errored_trajectory_counts_missing_turns_as_wrong_abstentions() -> None:
+    records = [make_record("a", 0, ["7"], error="turn 2: server unreachable"), make_record("a", 1, ["5", "7", "7"])]
+    summary = summarize_eval(records, turns=3, samples=2)
+    assert [row["pass@1"] for row in summary["per_turn"]] == pytest.approx([0.5, 0.5, 0.5])
+    assert summary["m1@t3"] == pytest.approx(1.0)  # ["7", -, -] votes 7; ["5", "7", "7"] votes 7
+    assert summary["delta_c_to_i"] == pytest.approx(0.5)
+    assert summary["delta_i_to_c"] == pytest.approx(0.5)
+    assert count_incomplete(records, turns=3) == 1
+    assert count_incomplete(records, turns=1) == 0
+
+
+def test_short_trajectory_without_error_is_rejected() -> None:
+    records = [make_record("a", 0, ["7"]), make_record("a", 1, ["5", "7", "7"])]
+    with pytest.raises(ValueError, match="a#0 has 1 of 3 turns and no error"):
+        summarize_eval(records, turns=3, samples=2)
+
+
+def test_wrong_sample_counts_raise_naming_the_task() -> None:
+    records = make_records({"a": [["7", "7"], ["5", "5"]], "b": [["7", "7"]]})
+    with pytest.raises(ValueError, match="task 'b' has 1 trajectories, expected samples=2"):
+        summarize_eval(records, turns=2, samples=2)
+    with pytest.raises(ValueError, match="task 'a': sample 0 appears more than once"):
+        summarize_eval(records + [make_record("a", 0, ["7", "7"])], turns=2, samples=2)
+    with pytest.raises(ValueError, match="no rollout records"):
+        summarize_eval([], turns=2, samples=2)
+
+
+def test_single_turn_summary_is_rejected() -> None:
+    with pytest.raises(ValueError, match="turns >= 2"):
+        summarize_eval(make_records({"a": [["7"]]}), turns=1, samples=1)
+
+
+def test_per_task_rows_cover_every_turn() -> None:
+    records = [make_record("a", 0, ["5", "7"]), make_record("a", 1, [None], error="turn 2: timeout")]
+    assert per_task_rows(records, turns=2) == [
+        {"task_id": "a", "sample": 0, "turn": 1, "parsed": "5", "correct": False, "score": 0.0},
+        {"task_id": "a", "sample": 0, "turn": 2, "parsed": "7", "correct": True, "score": 1.0},
+        {"task_id": "a", "sample": 1, "turn": 1, "parsed": None, "correct": False, "score": 0.0},
+        {"task_id": "a", "sample": 1, "turn": 2, "parsed": None, "correct": False, "score": None},
+    ]
+
+
+def test_format_eval_table_shows_per_turn_pass_at_1_and_headlines() -> None:
+    summary = summarize_eval(make_records({"a": [["5", "7", "7"], ["7", "7", "7"]]}), turns=3, samples=2)
+    table = format_eval_table(summary)
+    assert isinstance(table, Table)
+    assert table.row_count == 3 + 6
+    console = Console(record=True, width=120)
+    console.print(table)
+    text = console.export_text()
+    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "delta_c_to_i"):
+        assert label in text
+    assert "n/a" in text  # m3@t1 is null with 2 samples and 3 turns
+    assert "0.5000" in text  # pass@1 at turn 1
