@@ -1,0 +1,164 @@
+"""WeightedSFTTrainer on the tiny model with real TRL: the loss, its gradients, and the weight column's path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from pipeline.config import TrainingSection
+from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, train
+
+TARGETS = ("The answer is \\boxed{7}.", "I think it is \\boxed{12345}, because eleven.")
+
+
+def _row(target: str, weight: float, question: str = "What is 3 + 4?") -> dict:
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": target}],
+        WEIGHT: weight,
+    }
+
+
+def _trainer(tiny_model: Path, tmp_path: Path, rows: list[dict], **overrides) -> WeightedSFTTrainer:
+    settings = TrainingSection(
+        lora_dropout=0.0, per_device_batch_size=len(rows), learning_rate=overrides.pop("learning_rate", 1e-3)
+    )
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, **overrides
+    )
+    trainer.args.save_strategy = "no"
+    return trainer
+
+
+def _batch(trainer: WeightedSFTTrainer, indices: list[int], weights: list[float]) -> dict:
+    """A collated batch of the tokenized training rows ``indices`` with the given weights."""
+    examples = [dict(trainer.train_dataset[i], **{WEIGHT: w}) for i, w in zip(indices, weights)]
+    return trainer.data_collator(examples)
+
+
+def _completion_nll(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Per-example mean NLL over the completion tokens, from full logits (independent of TRL's fused head)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(logp * mask).sum(-1) / mask.sum(-1)
+
+
+def _lora_grads(trainer: WeightedSFTTrainer, batch: dict) -> list[torch.Tensor]:
+    trainer.model.zero_grad()
+    trainer.compute_loss(trainer.model, batch).backward()
+    grads = [p.grad.clone() for n, p in trainer.model.named_parameters() if "lora_" in n]
+    assert grads
+    return grads
+
+
+@pytest.fixture
+def pair_trainer(tiny_model: Path, tmp_path: Path) -> WeightedSFTTrainer:
+    return _trainer(tiny_model, tmp_path, [_row(TARGETS[0], 1.0), _row(TARGETS[1], 1.0)])
+
+
+def test_loss_is_weighted_mean_of_per_example_nll(pair_trainer: WeightedSFTTrainer) -> None:
+    weights = [0.25, 2.0]
+    batch = _batch(pair_trainer, [0, 1], weights)
+    model = pair_trainer.model.eval()
+    with torch.no_grad():
+        per_example = _completion_nll(model, batch)
+        loss = pair_trainer.compute_loss(model, batch)
+    w = torch.tensor(weights)
+    assert per_example[0] != pytest.approx(per_example[1].item(), rel=1e-3)
+    assert loss.item() == pytest.approx(((w * per_example).sum() / w.sum()).item(), abs=1e-5)
+
+
+def test_zero_weight_example_contributes_no_gradient(pair_trainer: WeightedSFTTrainer) -> None:
+    pair_trainer.model.train()
+    with_b = _lora_grads(pair_trainer, _batch(pair_trainer, [0, 1], [1.0, 0.0]))
+    alone = _lora_grads(pair_trainer, _batch(pair_trainer, [0], [1.0]))
+    for got, want in zip(with_b, alone):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    only_b = _batch(pair_trainer, [1], [0.0])
+    assert pair_trainer.compute_loss(pair_trainer.model, only_b).item() == 0.0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in _lora_grads(pair_trainer, only_b))
+
+
+def test_accumulation_window_matches_one_big_batch(tiny_model: Path, tmp_path: Path) -> None:
+    rows = [_row(TARGETS[i % 2], w, f"What is {i} + 4?") for i, w in enumerate([1.0, 3.0, 0.5, 0.0])]
+    trainer = _trainer(tiny_model, tmp_path, rows)
+    trainer.model.train()
+    weights = [row[WEIGHT] for row in rows]
+    big = _lora_grads(trainer, _batch(trainer, [0, 1, 2, 3], weights))
+    micro = [_batch(trainer, [0, 1], weights[:2]), _batch(trainer, [2, 3], weights[2:])]
+    trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))
+    summed = [sum(parts) for parts in zip(*(_lora_grads(trainer, batch) for batch in micro))]
+    for got, want in zip(summed, big):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_weight_column_survives_tokenization_and_collation(pair_trainer: WeightedSFTTrainer) -> None:
+    batch = next(iter(pair_trainer.get_train_dataloader()))
+    assert sorted(batch[WEIGHT].tolist()) == [1.0, 1.0]
+    assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum()  # the prompt carries no loss
+
+
+def _nll_after_training(tiny_model: Path, tmp_path: Path, weights: tuple[float, float]) -> torch.Tensor:
+    trainer = _trainer(
+        tiny_model, tmp_path, [_row(t, w) for t, w in zip(TARGETS, weights)], learning_rate=1e-2, max_steps=8
+    )
+    trainer.train()
+    with torch.no_grad():
+        return _completion_nll(trainer.model.eval(), _batch(trainer, [0, 1], [1.0, 1.0]))
+
+
+def test_weights_choose_what_is_learned(tiny_model: Path, tmp_path: Path) -> None:
+    first = _nll_after_training(tiny_model, tmp_path / "a", (1.0, 0.0))
+    second = _nll_after_training(tiny_model, tmp_path / "b", (0.0, 1.0))
+    assert first[0] < second[0] and second[1] < first[1]
+
+
+def test_rejects_packing_and_bad_weights(tiny_model: Path, tmp_path: Path) -> None:
+    from trl import SFTConfig
+
+    args = SFTConfig(output_dir=str(tmp_path), packing=True, use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="packing"):
+        WeightedSFTTrainer(str(tiny_model), args, Dataset.from_list([_row(TARGETS[0], 1.0)]))
+    with pytest.raises(ValueError, match="non-negative"):
+        _trainer(tiny_model, tmp_path, [_row(TARGETS[0], -1.0)])
+
+
+def _lora_after_one_step(tiny_model: Path, tmp_path: Path, batch_size: int, grad_accum: int) -> list[torch.Tensor]:
+    rows = [_row(TARGETS[i % 2], w, f"What is {i} + 4?") for i, w in enumerate([1.0, 3.0, 0.5, 0.0])]
+    settings = TrainingSection(
+        lora_dropout=0.0, per_device_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=1e-2
+    )
+    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path, settings, use_cpu=True, max_steps=1)
+    trainer.args.save_strategy = "no"
+    trainer.train()
+    return [p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n]
+
+
+def test_training_with_accumulation_equals_one_big_batch(tiny_model: Path, tmp_path: Path) -> None:
+    big = _lora_after_one_step(tiny_model, tmp_path / "big", batch_size=4, grad_accum=1)
+    accumulated = _lora_after_one_step(tiny_model, tmp_path / "acc", batch_size=2, grad_accum=2)
+    for got, want in zip(accumulated, big):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_train_saves_adapter_and_resumes_from_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    rows = [_row(TARGETS[0], 1.0), _row(TARGETS[1], 2.0)]
+    settings = TrainingSection(per_device_batch_size=1, save_steps=1)
+
+    def fresh() -> WeightedSFTTrainer:
+        return build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, max_steps=2)
+
+    final = train(fresh(), tmp_path / "adapter")
+    assert (final / "adapter_config.json").is_file()
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+    shutil.rmtree(tmp_path / "out" / "checkpoint-1")
+    resumed = fresh()
+    train(resumed, tmp_path / "adapter")
+    assert resumed.state.global_step == 2
+    assert not (tmp_path / "out" / "checkpoint-1").exists()  # continued from step 2, did not start over
