@@ -37,16 +37,22 @@ $(GPU_STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# Until the RISE loop lands (issue #4), the demo runs what exists: a graded
-# 3-turn rollout of the base model on 64 quickstart tasks, then the manifest.
+# The quickstart: RISE on arithmetic with SmolLM2-135M-Instruct on vLLM's CPU build
+# (eval of the base model, then 2 iterations). A second `make demo` resumes the
+# run where it stopped, or, when it is finished, prints its report again.
 demo: install
-	$(VENV)/bin/selfimprove rollout configs/quickstart.yaml --set run.name=demo-rollout --set tasks.train.limit=64
-	$(VENV)/bin/selfimprove status runs/demo-rollout
+	@if [ -f runs/quickstart/config.yaml ]; then \
+		$(VENV)/bin/selfimprove resume runs/quickstart; \
+	else \
+		$(VENV)/bin/selfimprove run configs/quickstart.yaml; \
+	fi
 
 bench: install
 	$(PY) bench/graders.py
 	$(PY) bench/sandbox.py
 	$(PY) bench/rollout.py
+	$(PY) bench/lora_serving.py
+	$(PY) bench/train.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,6 +7,9 @@ iteration, so several runs can share one server without clashing.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -38,3 +41,29 @@ def check_adapter_dir(path: str | Path, max_lora_rank: int | None = None) -> Pat
             f"adapter {path} has LoRA rank {rank} > rollout.server.max_lora_rank {max_lora_rank}; raise the latter"
         )
     return path
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``base_model`` with the LoRA of ``adapter_dir`` folded into its weights, tokenizer included.
+
+    vLLM's CPU build serves a merged checkpoint much faster than the same
+    weights as a runtime LoRA (``bench/lora_serving.py``). The checkpoint is
+    saved in the base model's dtype into a temp directory beside ``out_dir``
+    and renamed into place, so a crash never leaves a half-written model.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype="auto")
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(base_model)).save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

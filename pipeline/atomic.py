@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,6 +43,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_text_atomic(path, lines)
+
+
+def publish_dir(staged: str | Path, target: str | Path) -> None:
+    """Move a fully written directory to ``target`` with one rename, after syncing its files.
+
+    A directory written by a library (a saved model) cannot be made
+    atomically file by file; staging it beside the target and renaming it
+    makes it appear whole or not at all. An existing ``target`` (left by an
+    attempt whose completion was never recorded) is replaced.
+    """
+    staged, target = Path(staged), Path(target)
+    for path in staged.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staged, target)
+    _fsync_dir(target.parent)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/quickstart.")]
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", help="Iteration number K.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config key: --set rollout.turns=3 (repeatable).")
 ]
@@ -62,17 +63,12 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _not_yet(command: str, issue: str) -> None:
-    """Commands whose implementation has not landed say so instead of faking output."""
-    err_console.print(f"[yellow]`selfimprove {command}` is not available yet: it arrives with {issue}.[/]")
-    raise typer.Exit(2)
-
-
 @app.command()
 def run(
     config: ConfigArg,
     overrides: SetOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Validate and print the resolved config, write nothing.")] = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Start a run: eval(0), then rollout -> curate -> train -> eval per iteration."""
     try:
@@ -83,13 +79,54 @@ def run(
         console.print(dump_config(resolved), markup=False, highlight=False)
         console.print(f"[green]config OK[/]: the run would write to {resolved.run_dir}")
         return
-    _not_yet("run", "the RISE issue (#4)")
+    try:
+        run_dir = RunDir.create(resolved)
+    except RunDirError as exc:
+        _fail(str(exc))
+    console.print(f"run directory: {run_dir.root}")
+    _drive(run_dir, progress)
 
 
 @app.command()
-def resume(run_dir: RunDirArg) -> None:
+def resume(run_dir: RunDirArg, progress: ProgressOpt = True) -> None:
     """Continue an interrupted run from its first unfinished stage."""
-    _not_yet("resume", "the RISE issue (#4)")
+    try:
+        run = RunDir.open(run_dir)
+    except (RunDirError, ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    nxt = run.manifest.first_unfinished()
+    if nxt is None:
+        console.print("all stages are done; nothing to resume")
+    else:
+        console.print(f"resuming {run.root} at iter_{nxt[0]}/{nxt[1]}")
+    _drive(run, progress)
+
+
+def _stage_errors() -> tuple[type[BaseException], ...]:
+    """The errors a stage raises for a reason the user can act on (shown as a message, not a traceback)."""
+    from pipeline.curate_stage import CurateError
+    from pipeline.eval_stage import EvalError
+    from pipeline.loop import LoopError
+    from pipeline.train_stage import TrainError
+
+    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError, LoopError)
+
+
+def _drive(run: RunDir, progress: bool) -> None:
+    """Run the loop with a header per stage; on failure or Ctrl-C say how to resume, then print the report."""
+    from pipeline.loop import run_loop
+
+    def announce(iteration: int, stage: str) -> None:
+        console.rule(f"iter {iteration}: {stage}")
+
+    try:
+        run_loop(run, show_progress=progress, on_stage=announce)
+    except _stage_errors() as exc:
+        _fail(f"{exc}\nfix the cause, then continue with `selfimprove resume {run.root}`")
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]; continue with `selfimprove resume {run.root}`")
+        raise typer.Exit(130)
+    _print_report(run.root)
 
 
 @app.command()
@@ -149,7 +186,7 @@ def rollout(
     target: TargetArg,
     iteration: IterationOpt = 1,
     overrides: SetOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Generate and grade multi-turn revision trajectories with iteration K-1's model."""
     from pipeline.rollout_stage import run_rollout_stage
@@ -177,15 +214,45 @@ def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
 
 
 @app.command()
-def train(run_dir: RunDirArg, iteration: IterationOpt) -> None:
-    """Fine-tune iteration K's adapter with TRL + PEFT under accelerate."""
-    _not_yet("train", "the RISE issue (#4)")
+def train(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
+    """Fine-tune iteration K's model on its curated data (TRL + PEFT, launched with accelerate)."""
+    from pipeline.train_stage import TrainError, run_train_stage
+
+    try:
+        path = run_train_stage(RunDir.open(run_dir), iteration)
+    except (RunDirError, TrainError, AdapterError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]trained[/]: {path}")
 
 
 @app.command(name="eval")
-def evaluate(run_dir: RunDirArg, iteration: IterationOpt) -> None:
-    """Evaluate iteration K's model: pass@k per turn without oracle feedback."""
-    _not_yet("eval", "the RISE issue (#4)")
+def evaluate(
+    run_dir: RunDirArg,
+    iteration: IterationOpt = 0,
+    tasks: Annotated[Optional[str], typer.Option(help="Other eval tasks: a .jsonl file or a task source name.")] = None,
+    turns: Annotated[Optional[int], typer.Option(min=2, help="Turns T (default: evaluation.turns).")] = None,
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Samples n per task (default: evaluation.samples).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N tasks of --tasks.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory; required with --tasks/--turns/--samples.")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1."""
+    from pipeline.eval_stage import EvalError, run_custom_eval, run_eval_stage
+    from pipeline.evaluation import format_eval_table
+
+    custom = any(value is not None for value in (tasks, turns, samples, limit))
+    if custom and out is None:
+        _fail("--tasks, --turns, --samples and --limit evaluate outside the run's plan: name an --out directory")
+    try:
+        run = RunDir.open(run_dir)
+        if out is None:
+            path = run_eval_stage(run, iteration, show_progress=progress)
+        else:
+            path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
+    except (RunDirError, EvalError, ServerError, AdapterError, GenerationError) as exc:
+        _fail(str(exc))
+    console.print(format_eval_table(json.loads(path.read_text())))
+    console.print(f"[green]eval[/]: {path}")
 
 
 @app.command()
@@ -226,8 +293,20 @@ def serve(
 
 @app.command()
 def report(run_dir: RunDirArg) -> None:
-    """Write report.md and plots for a run."""
-    _not_yet("report", "the RISE issue (#4)")
+    """Write report.md and the plots (accuracy by turn; sequential vs parallel) for a run, and print the table."""
+    _print_report(run_dir)
+
+
+def _print_report(run_dir: Path) -> None:
+    from pipeline.report import ReportError, collect_evals, report_table, write_report
+
+    try:
+        path = write_report(run_dir)
+        table = report_table(collect_evals(run_dir))
+    except (ReportError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(table)
+    console.print(f"[green]report[/]: {path}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class RolloutSection(StrictModel):
     request_timeout_s: float = Field(300, gt=0)
     max_retries: int = Field(3, ge=0)
     hf_batch_size: int = Field(16, ge=1, description="Batch size of the hf backend.")
+    serve_merged: bool = Field(
+        False,
+        description="Serve trained iterations as LoRA-merged checkpoints (faster on vLLM CPU) instead of adapters.",
+    )
     turns: int = Field(3, ge=1)
     samples_per_turn: int = Field(4, ge=1, description="Best-of-N at each collection turn.")
     feedback: Literal["binary", "grader", "none"] = "binary"
@@ -199,6 +203,7 @@ class TrainingSection(StrictModel):
     lr_scheduler: str = "cosine"
     gradient_checkpointing: bool = False
     save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; None keeps all.")
     accelerate_config: Path | None = Field(None, description="accelerate YAML; None runs a single process.")
 
     @field_validator("accelerate_config")
@@ -239,6 +244,14 @@ class PipelineConfig(StrictModel):
             raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
         if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
             raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_need_a_managed_server(self) -> "PipelineConfig":
+        # A trained checkpoint is served by starting a server on it; servers given by URL cannot switch models.
+        if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
+            raise ValueError("rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
+                             "(training.finetune lora, rollout.serve_merged false)")
         return self
 
     @property

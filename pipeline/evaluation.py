@@ -64,10 +64,34 @@ def summarize_eval(
         "per_turn": [_turn_summary(tasks, turn, samples) for turn in range(1, turns + 1)],
         f"m1@t{turns}": fmean(mean_m1_at_t(t, turns) for t in tasks.values()),
         f"p1@t{turns}": fmean(mean_p1_at_t(t, turns) for t in tasks.values()),
-        f"m{turns}@t1": _parallel_baseline(tasks, turns, samples, first_turn_samples),
+        f"m{turns}@t1": _mean_vote_at_t1(_first_turn_pool(tasks, turns, first_turn_samples), turns),
         "delta_t1_tT": change.delta_t1_tT,
         "delta_i_to_c": change.delta_i_to_c,
         "delta_c_to_i": change.delta_c_to_i,
+    }
+
+
+def summarize_curves(
+    records: Iterable[Record],
+    turns: int,
+    samples: int,
+    first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None = None,
+) -> dict[str, Any]:
+    """Sequential versus parallel at equal samples, k = 1..T: m1@tk against mk@t1.
+
+    ``sequential[k-1]`` is the majority vote over the first k turns of one
+    trajectory; ``parallel[k-1]`` the vote over k independent first-turn
+    answers (None where fewer than k exist). Same inputs and averaging as
+    :func:`summarize_eval`, whose m1@tT and mT@t1 are the last points.
+    """
+    _check_turns(turns)
+    tasks = group_trajectories(records, turns, samples)
+    pool = _first_turn_pool(tasks, turns, first_turn_samples)
+    ks = list(range(1, turns + 1))
+    return {
+        "k": ks,
+        "sequential": [fmean(mean_m1_at_t(t, k) for t in tasks.values()) for k in ks],
+        "parallel": [_mean_vote_at_t1(pool, k) for k in ks],
     }
 
 
@@ -165,17 +189,14 @@ def _turn_summary(tasks: TaskTrajectories, turn: int, samples: int) -> dict[str,
     return {"turn": turn, "pass@1": pass_at["1"], "pass@k": pass_at}
 
 
-def _parallel_baseline(
+def _first_turn_pool(
     tasks: TaskTrajectories,
     turns: int,
-    samples: int,
     first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None,
-) -> float | None:
-    """mT@t1 over tasks, from the dedicated first-turn samples or the trajectories' first turns."""
+) -> list[Sequence[TurnOutcome]]:
+    """Each task's independent first-turn answers, in task order: the dedicated samples, else the trajectories' first turns."""
     if first_turn_samples is None:
-        if samples < turns:
-            return None
-        return mean_mk_at_t1([[t[0] for t in trajectories] for trajectories in tasks.values()], turns)
+        return [[t[0] for t in trajectories] for trajectories in tasks.values()]
     if set(first_turn_samples) != set(tasks):
         raise ValueError(
             f"first_turn_samples covers other tasks than the records: "
@@ -187,7 +208,14 @@ def _parallel_baseline(
             raise ValueError(
                 f"task {task_id!r} has {len(first_turn_samples[task_id])} first-turn samples, m{turns}@t1 needs {turns}"
             )
-    return mean_mk_at_t1([first_turn_samples[task_id] for task_id in tasks], turns)
+    return [first_turn_samples[task_id] for task_id in tasks]
+
+
+def _mean_vote_at_t1(pool: list[Sequence[TurnOutcome]], k: int) -> float | None:
+    """mk@t1 over tasks, or None when some task has fewer than k first-turn answers to vote over."""
+    if min(len(samples) for samples in pool) < k:
+        return None
+    return mean_mk_at_t1(pool, k)
 
 
 def _check_turns(turns: int) -> None:

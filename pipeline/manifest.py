@@ -51,6 +51,12 @@ def stage_key(iteration: int, stage: str) -> str:
     return f"iter_{iteration}/{stage}"
 
 
+def parse_stage_key(key: str) -> tuple[int, str]:
+    """``iter_2/train`` -> ``(2, "train")``."""
+    iteration, stage = key.split("/")
+    return int(iteration.removeprefix("iter_")), stage
+
+
 def planned_stages(iterations: int) -> list[tuple[int, str]]:
     """The order a run goes through: the base model's eval, then each iteration's stages."""
     plan = [(0, "eval")]
@@ -122,12 +128,13 @@ class Manifest:
         record.error = error
         self.save()
 
+    def unfinished(self) -> list[tuple[int, str]]:
+        """``(iteration, stage)`` of every stage not done, in plan order."""
+        return [parse_stage_key(key) for key, record in self.stages.items() if record.state is not StageState.DONE]
+
     def first_unfinished(self) -> tuple[int, str] | None:
-        for key, record in self.stages.items():
-            if record.state is not StageState.DONE:
-                iteration, stage = key.split("/")
-                return int(iteration.removeprefix("iter_")), stage
-        return None
+        pending = self.unfinished()
+        return pending[0] if pending else None
 
 
 def _now() -> str:

@@ -155,6 +155,10 @@ class RolloutWriter:
         self.partial_path = self.out_dir / PARTIAL_NAME
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
+        if self.final_path.exists():
+            # Finalized before the stage was recorded as done (e.g. killed in between): keep every record.
+            for record in read_jsonl(self.final_path):
+                self.records.setdefault(record["key"], record)
         if self.partial_path.exists():
             for record in read_jsonl(self.partial_path):
                 self.records.setdefault(record["key"], record)

@@ -1,7 +1,7 @@
 """The ``rollout`` stage: iteration K's model generates graded revision trajectories.
 
 Iteration K collects with the model of iteration K-1: the base model for
-K = 1, else the adapter trained in ``iter_{K-1}/train/adapter``. The stage
+K = 1, else what iteration K-1's train stage wrote (:func:`iteration_model`). The stage
 is recorded in the manifest; a rerun of a finished stage does nothing and a
 rerun of an interrupted one completes only the missing trajectories.
 """
@@ -9,12 +9,15 @@ rerun of an interrupted one completes only the missing trajectories.
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
-from pipeline.adapters import adapter_name, check_adapter_dir
+from pipeline.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.backends import open_learner, open_teacher
 from pipeline.config import PipelineConfig, SamplingSection, TaskSourceSection
-from pipeline.generation import SamplingParams
+from pipeline.generation import GenerationBackend, SamplingParams
 from pipeline.progress import RolloutProgress
 from pipeline.rollout import GradeFn, RolloutSpec, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run_dir import RunDir
@@ -50,13 +53,46 @@ def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
     )
 
 
-def model_adapter(run: RunDir, iteration: int) -> tuple[str, Path] | None:
-    """The adapter that holds iteration ``iteration``'s model (None: the base model)."""
+@dataclass(frozen=True)
+class IterationModel:
+    """What serves iteration K's model: the run's config (whose ``model`` may
+    point at a fully fine-tuned checkpoint) and the LoRA adapter to load, if any."""
+
+    config: PipelineConfig
+    adapter: tuple[str, Path] | None = None
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.adapter[0] if self.adapter else None
+
+
+def iteration_model(run: RunDir, iteration: int) -> IterationModel:
+    """Iteration ``iteration``'s model: the base model for 0, else what its train stage wrote.
+
+    LoRA runs write ``iter_K/train/adapter``, served by name on the base
+    model's server, and with ``rollout.serve_merged`` also
+    ``iter_K/train/merged``; full fine-tuning writes ``iter_K/train/model``.
+    A checkpoint is served by starting the server on it instead of the base.
+    """
     if iteration < 1:
-        return None
-    path = run.root / f"iter_{iteration}" / "train" / "adapter"
-    check_adapter_dir(path, run.config.rollout.server.max_lora_rank)
-    return adapter_name(run.config.run.name, iteration), path
+        return IterationModel(run.config)
+    train_dir = run.root / f"iter_{iteration}" / "train"
+    if run.config.training.finetune == "full":
+        return _checkpoint_model(run.config, train_dir / "model")
+    if run.config.rollout.serve_merged:
+        return _checkpoint_model(run.config, train_dir / "merged")
+    path = check_adapter_dir(train_dir / "adapter", run.config.rollout.server.max_lora_rank)
+    return IterationModel(run.config, (adapter_name(run.config.run.name, iteration), path))
+
+
+def _checkpoint_model(config: PipelineConfig, model_dir: Path) -> IterationModel:
+    """Serve ``model_dir`` in place of the configured base model."""
+    if not (model_dir / "config.json").is_file():
+        raise AdapterError(f"the trained model to serve is missing: no {model_dir}/config.json")
+    if config.rollout.urls:
+        raise AdapterError(f"rollout.urls servers cannot serve the checkpoint {model_dir}; unset rollout.urls")
+    model = config.model.model_copy(update={"name_or_path": str(model_dir)})
+    return IterationModel(config.model_copy(update={"model": model}))
 
 
 def pooled_grading(pool: GradingPool, name: str, options: dict) -> GradeFn:
@@ -89,17 +125,39 @@ async def collect(
         writer.close()
 
 
+@dataclass
+class Service:
+    """An open rollout service: the learner, the optional teacher, and pooled grading."""
+
+    learner: GenerationBackend
+    teacher: GenerationBackend | None
+    grade: GradeFn
+
+
+@asynccontextmanager
+async def open_service(model: IterationModel, log_dir: Path) -> AsyncIterator[Service]:
+    """Start (or connect to) the learner's backend with ``model``'s adapter loaded, plus the grading pool.
+
+    Everything is closed on exit, errors and Ctrl-C included.
+    """
+    config = model.config
+    with GradingPool(config.grader.workers, config.grader.timeout_s) as pool:
+        async with open_learner(config, log_dir) as learner, open_teacher(config) as teacher:
+            if model.adapter is not None:
+                await learner.load_adapter(*map(str, model.adapter))
+            yield Service(learner, teacher, pooled_grading(pool, config.grader.name, config.grader.options))
+
+
 def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    config = run.config
     out_dir = run.stage_dir(iteration, STAGE)
     if run.manifest.is_done(iteration, STAGE):
         return out_dir / "rollouts.jsonl"
     run.manifest.start(iteration, STAGE)
     try:
-        adapter = model_adapter(run, iteration - 1)
-        tasks = load_tasks(config.tasks.train, "train")
-        spec = collection_spec(config, adapter[0] if adapter else None)
-        path = asyncio.run(_collect_with_service(config, tasks, spec, adapter, out_dir, iteration, show_progress))
+        model = iteration_model(run, iteration - 1)
+        tasks = load_tasks(run.config.tasks.train, "train")
+        spec = collection_spec(run.config, model.adapter_name)
+        path = asyncio.run(_collect(model, tasks, spec, out_dir, f"rollout iter {iteration}", show_progress))
     except BaseException as exc:
         run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
         raise
@@ -107,19 +165,9 @@ def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -
     return path
 
 
-async def _collect_with_service(
-    config: PipelineConfig,
-    tasks: list[Task],
-    spec: RolloutSpec,
-    adapter: tuple[str, Path] | None,
-    out_dir: Path,
-    iteration: int,
-    show_progress: bool,
+async def _collect(
+    model: IterationModel, tasks: list[Task], spec: RolloutSpec, out_dir: Path, description: str, show_progress: bool
 ) -> Path:
-    with GradingPool(config.grader.workers, config.grader.timeout_s) as pool:
-        async with open_learner(config, out_dir) as learner, open_teacher(config) as teacher:
-            if adapter is not None:
-                await learner.load_adapter(*map(str, adapter))
-            grade = pooled_grading(pool, config.grader.name, config.grader.options)
-            runner = TrajectoryRunner(spec, learner, grade, teacher)
-            return await collect(tasks, runner, out_dir, f"rollout iter {iteration}", show_progress)
+    async with open_service(model, out_dir) as service:
+        runner = TrajectoryRunner(spec, service.learner, service.grade, service.teacher)
+        return await collect(tasks, runner, out_dir, description, show_progress)

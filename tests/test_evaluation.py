@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_eval
+from pipeline.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
 from pipeline.metrics import TurnOutcome
 from rewards import GradeResult
 
@@ -225,3 +225,37 @@ def test_format_eval_table_shows_per_turn_pass_at_1_and_headlines() -> None:
         assert label in text
     assert "n/a" in text  # m3@t1 is null with 2 samples and 3 turns
     assert "0.5000" in text  # pass@1 at turn 1
+
+
+def test_curves_compare_m1_at_tk_with_mk_at_t1_for_every_k() -> None:
+    # Task a: the trajectory answers 5, 7, 7 -> m1@t1 wrong, m1@t2 tie (5 first) wrong, m1@t3 7 wins.
+    # Task b: 7, 5, 5 -> right, right (tie, 7 first), wrong.
+    records = make_records({"a": [["5", "7", "7"]], "b": [["7", "5", "5"]]})
+    right, wrong = TurnOutcome("7", True), TurnOutcome("5", False)
+    first_turn = {"a": [wrong, right, right], "b": [right, wrong, wrong]}
+    curves = summarize_curves(records, turns=3, samples=1, first_turn_samples=first_turn)
+    assert curves["k"] == [1, 2, 3]
+    assert curves["sequential"] == pytest.approx([0.5, 0.5, 0.5])
+    # a: 5 | 5,7 tie -> 5 | 5,7,7 -> 7;  b: 7 | 7,5 tie -> 7 | 7,5,5 -> 5
+    assert curves["parallel"] == pytest.approx([0.5, 0.5, 0.5])
+    summary = summarize_eval(records, turns=3, samples=1, first_turn_samples=first_turn)
+    assert (curves["sequential"][-1], curves["parallel"][-1]) == (summary["m1@t3"], summary["m3@t1"])
+
+
+def test_curves_leave_parallel_points_without_enough_samples_empty() -> None:
+    records = make_records({"a": [["7", "5", "5"], ["5", "7", "7"]]})
+    curves = summarize_curves(records, turns=3, samples=2)
+    assert curves["parallel"][:2] == pytest.approx([1.0, 1.0])  # 7 | 7,5 tie -> 7
+    assert curves["parallel"][2] is None
+    assert curves["sequential"] == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> None:
+    from pipeline.eval_stage import first_turn_samples
+
+    full = make_record("a", 0, ["7"])
+    full["turns"][0]["candidates"] *= 3
+    failed = make_record("b", 0, [], error="turn 1: server unreachable")
+    samples = first_turn_samples([full, failed], turns=3)
+    assert samples["a"] == [TurnOutcome("7", True)] * 3
+    assert samples["b"] == [TurnOutcome(None, False)] * 3

@@ -113,11 +113,14 @@ def test_read_jsonl_drops_a_torn_last_line(tmp_path: Path) -> None:
     assert read_jsonl(path) == [{"a": 1}]
 
 
-def test_unlanded_commands_say_so_and_fail(tmp_path: Path) -> None:
-    for args in (["train", str(tmp_path), "-i", "1"], ["report", str(tmp_path)], ["resume", str(tmp_path)]):
+def test_run_commands_name_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    for args in (["train", str(tmp_path), "-i", "1"], ["eval", str(tmp_path)], ["resume", str(tmp_path)]):
         result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2
-        assert "not available yet" in result.output
+        assert result.exit_code == 1, args
+        assert f"{tmp_path} is not a run directory" in result.output
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "manifest" in result.output
 
 
 def test_every_command_has_help() -> None:

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 
 from pipeline.config import TrainingSection
-from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, train
+from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, last_checkpoint, train
 
 TARGETS = ("The answer is \\boxed{7}.", "I think it is \\boxed{12345}, because eleven.")
 
@@ -162,3 +162,12 @@ def test_train_saves_adapter_and_resumes_from_last_checkpoint(tiny_model: Path, 
     train(resumed, tmp_path / "adapter")
     assert resumed.state.global_step == 2
     assert not (tmp_path / "out" / "checkpoint-1").exists()  # continued from step 2, did not start over
+
+
+def test_last_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
+    for step, state in [(2, "{}"), (10, "{}"), (12, '{"global_st')]:  # 12: killed while writing its state
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-14").mkdir()  # killed before writing its state
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert last_checkpoint(tmp_path / "missing") is None

@@ -1,0 +1,213 @@
+"""The ``eval`` stage: iteration K's model on held-out tasks, T turns, n samples, no oracle.
+
+Iteration 0 evaluates the base model, iteration K the model its train stage
+wrote. Every task gets n trajectories of exactly T turns: evaluation never
+stops at a success and never says whether an answer was right (``binary``
+feedback always says "incorrect", ``none`` only asks for a review). When
+n < T the parallel baseline mT@t1 needs more first-turn answers than the
+trajectories hold, so T extra first-turn samples per task are drawn in one
+request; they share their seed with the trajectories' first turn, so the
+first parallel answer *is* the trajectory's first answer and the sequential
+and parallel curves start from the same point (common random numbers). At
+temperature 0 the T answers would be identical, so the first one is reused.
+
+Outputs (in ``iter_K/eval/``, or ``--out DIR``), each written atomically:
+
+- ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
+  extra first-turn samples, when drawn);
+- ``eval.json``: :func:`pipeline.evaluation.summarize_eval`;
+- ``curves.json``: m1@tk and mk@t1 for k = 1..T (the report's plot);
+- ``per_task.jsonl``: one row per task, sample and turn.
+
+Generation resumes like the rollout stage: only missing trajectories run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipeline.config import PipelineConfig, TaskSourceSection
+from pipeline.evaluation import MISSING, count_incomplete, per_task_rows, summarize_curves, summarize_eval
+from pipeline.metrics import TurnOutcome
+from pipeline.report import CURVES_NAME, EVAL_NAME, STAGE, ReportError, write_report
+from pipeline.rollout import RolloutSpec, TrajectoryRunner
+from pipeline.rollout_stage import IterationModel, collect, iteration_model, load_tasks, open_service, sampling_params
+from pipeline.run_dir import RunDir
+from pipeline.tasks import Task, task_source_names
+
+logger = logging.getLogger(__name__)
+
+PER_TASK_NAME = "per_task.jsonl"
+PARALLEL_DIR = "parallel"
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked."""
+
+
+def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: int) -> RolloutSpec:
+    """n trajectories per task, T turns each, one answer per turn, never stopped early, no oracle."""
+    return RolloutSpec(
+        turns=turns,
+        samples_per_turn=1,
+        trajectories_per_task=samples,
+        feedback=config.evaluation.feedback,
+        stop_at_success=False,
+        history_window=config.rollout.history_window,
+        sampling=sampling_params(config.evaluation.sampling),
+        templates=config.rollout.templates,
+        seed=config.run.seed,
+        adapter=adapter,
+    )
+
+
+def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
+    """T first-turn answers per task in one request: the parallel baseline's samples."""
+    return RolloutSpec(
+        turns=1,
+        samples_per_turn=turns,
+        trajectories_per_task=1,
+        feedback=config.evaluation.feedback,
+        stop_at_success=False,
+        history_window=None,
+        sampling=sampling_params(config.evaluation.sampling),
+        templates=config.rollout.templates,
+        seed=config.run.seed,
+        adapter=adapter,
+    )
+
+
+def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
+    """Task id -> the T graded first-turn candidates of :func:`parallel_spec` records.
+
+    A request that failed after its retries leaves fewer candidates; the
+    missing ones count as incorrect abstentions, as missing turns do in
+    :mod:`pipeline.evaluation`, rather than dropping the task.
+    """
+    samples: dict[str, list[TurnOutcome]] = {}
+    for record in records:
+        candidates = record["turns"][0]["candidates"] if record["turns"] else []
+        outcomes = [TurnOutcome(c["grade"]["parsed"], bool(c["grade"]["correct"])) for c in candidates]
+        samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
+    return samples
+
+
+def _greedy_parallel(records: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
+    """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
+    return [
+        {"task_id": r["task_id"], "turns": [{"candidates": [r["turns"][0]] * turns}] if r["turns"] else []}
+        for r in records
+        if r["sample"] == 0
+    ]
+
+
+def resolve_eval_tasks(spec: str, limit: int | None = None) -> TaskSourceSection:
+    """``--tasks``: a JSONL file (``prompt``/``answer`` fields) or a task source name with its defaults."""
+    if spec in task_source_names():
+        return TaskSourceSection(source=spec, limit=limit)
+    path = Path(spec)
+    if path.suffix == ".jsonl" or path.exists():
+        if not path.is_file():
+            raise EvalError(f"--tasks {spec}: file not found")
+        return TaskSourceSection(source="jsonl", options={"eval_path": str(path)}, limit=limit)
+    raise EvalError(f"--tasks {spec!r}: not a .jsonl file or a task source ({', '.join(task_source_names())})")
+
+
+def evaluate(
+    model: IterationModel,
+    tasks: list[Task],
+    out_dir: Path,
+    turns: int,
+    samples: int,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Generate, grade and summarize; writes the files of the module doc and returns the eval summary."""
+    if turns < 2:
+        raise EvalError(f"evaluation needs turns >= 2 (nothing to revise with {turns}); got {turns}")
+    if not tasks:
+        raise EvalError("no eval tasks to evaluate")
+    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
+    first_turn = first_turn_samples(parallel, turns) if parallel is not None else None
+    summary = summarize_eval(records, turns, samples, first_turn)
+    write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
+    write_json_atomic(out_dir / CURVES_NAME, summarize_curves(records, turns, samples, first_turn))
+    write_json_atomic(out_dir / EVAL_NAME, summary)
+    return summary
+
+
+async def _generate(
+    model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The trajectories, and (when n < T) the extra first-turn samples, under one service."""
+    config, adapter = model.config, model.adapter_name
+    async with open_service(model, out_dir) as service:
+        runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
+        records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress))
+        if samples >= turns:
+            return records, None
+        if config.evaluation.sampling.temperature == 0:
+            return records, _greedy_parallel(records, turns)
+        runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
+        parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
+        return records, read_jsonl(parallel)
+
+
+def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
+    """Evaluate iteration ``iteration``'s model as the run config says; returns ``eval.json``'s path.
+
+    Recorded in the manifest; a rerun of a finished stage does nothing. The
+    run's report is rewritten after every eval.
+    """
+    out_dir = run.stage_dir(iteration, STAGE)
+    if run.manifest.is_done(iteration, STAGE):
+        return out_dir / EVAL_NAME
+    run.manifest.start(iteration, STAGE)
+    try:
+        settings = run.config.evaluation
+        tasks = load_tasks(run.config.tasks.eval, "eval")
+        evaluate(iteration_model(run, iteration), tasks, out_dir, settings.turns, settings.samples, show_progress)
+    except BaseException as exc:
+        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
+        raise
+    outputs = [out_dir / name for name in ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME)]
+    run.manifest.complete(iteration, STAGE, outputs)
+    try:
+        write_report(run.root)
+    except ReportError as exc:  # the eval itself is done and recorded; `selfimprove report` can retry
+        logger.warning("report not written: %s", exc)
+    return out_dir / EVAL_NAME
+
+
+def run_custom_eval(
+    run: RunDir,
+    iteration: int,
+    out_dir: Path,
+    tasks_spec: str | None = None,
+    turns: int | None = None,
+    samples: int | None = None,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Evaluate iteration ``iteration``'s model on other tasks or settings, into ``out_dir`` (not the manifest)."""
+    settings = run.config.evaluation
+    section = resolve_eval_tasks(tasks_spec, limit) if tasks_spec else run.config.tasks.eval
+    tasks = load_tasks(section, "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluate(
+        iteration_model(run, iteration),
+        tasks,
+        out_dir,
+        turns or settings.turns,
+        samples or settings.samples,
+        show_progress,
+    )
+    return out_dir / EVAL_NAME
+
+
+def incomplete_trajectories(eval_dir: Path, turns: int) -> int:
+    """How many eval trajectories ended with an error (their missing turns count as wrong)."""
+    return count_incomplete(read_jsonl(eval_dir / "rollouts.jsonl"), turns)

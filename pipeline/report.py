@@ -1,0 +1,323 @@
+"""The run report: every finished eval stage of a run in one ``report.md`` and two plots.
+
+Reads ``iter_K/eval/eval.json`` and ``curves.json`` (written by
+:mod:`pipeline.eval_stage`) for each iteration whose eval stage the manifest
+calls done, so a run in progress gets a report of what exists and a half
+written eval is never shown. Writes, each atomically, into the run directory:
+
+- ``report.md``: a header (run, model, method, tasks, eval settings), a
+  table per iteration and a line comparing it with the base model;
+- ``accuracy_by_turn.png``: pass@1 at each turn, one line per iteration;
+- ``sequential_vs_parallel.png``: m1@tk (k turns of one trajectory) against
+  mk@t1 (k parallel first-turn answers), one pair of lines per iteration.
+
+Levels (accuracies) print as percentages of tasks, changes as percentage
+points, one decimal each. A run with no finished eval has nothing to report:
+:func:`write_report` raises :class:`ReportError` rather than writing an empty
+page that could be mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.manifest import Manifest
+from pipeline.run_dir import CONFIG_NAME
+
+# The eval stage's outputs this module reads. Spelled here, not imported from
+# pipeline.eval_stage, because that stage imports this module to rewrite the
+# report after every eval.
+STAGE = "eval"
+EVAL_NAME = "eval.json"
+CURVES_NAME = "curves.json"
+REPORT_NAME = "report.md"
+ACCURACY_PLOT = "accuracy_by_turn.png"
+CURVES_PLOT = "sequential_vs_parallel.png"
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "rise": ("mode", "selection", "tau", "train_from", "accumulate", "boost"),
+    "exit": ("group_size", "steps_per_iteration", "buffer_capacity", "eval_steps"),
+}
+"""The settings of each method worth a place in the report's header."""
+
+
+class ReportError(RuntimeError):
+    """A run with nothing to report yet, or whose eval files are missing or disagree."""
+
+
+@dataclass(frozen=True)
+class IterationEval:
+    """One finished eval stage: iteration K's ``eval.json`` and ``curves.json``."""
+
+    iteration: int
+    summary: dict[str, Any]
+    curves: dict[str, Any]
+
+    @property
+    def turns(self) -> int:
+        return self.summary["turns"]
+
+    @property
+    def sequential(self) -> float:
+        """m1@tT: the vote over the T turns of one trajectory."""
+        return self.summary[f"m1@t{self.turns}"]
+
+    @property
+    def parallel(self) -> float | None:
+        """mT@t1: the vote over T parallel first-turn answers (None when not measured)."""
+        return self.summary[f"m{self.turns}@t1"]
+
+    @property
+    def label(self) -> str:
+        return "base" if self.iteration == 0 else f"iteration {self.iteration}"
+
+
+def collect_evals(run_root: str | Path) -> list[IterationEval]:
+    """The run's finished evals in iteration order; iterations whose eval stage is not done are left out.
+
+    Raises ReportError when a done stage's files are missing (the run
+    directory was damaged) or when the evals disagree on turns or samples,
+    which one table cannot line up.
+    """
+    run_root = Path(run_root)
+    manifest = Manifest.load(run_root)
+    iterations = _read_run_config(run_root)["run"]["iterations"]
+    evals = [_read_eval(run_root, k) for k in range(iterations + 1) if manifest.is_done(k, STAGE)]
+    settings = {(e.summary["turns"], e.summary["samples"]) for e in evals}
+    if len(settings) > 1:
+        found = ", ".join(f"{e.label}: T={e.summary['turns']}, n={e.summary['samples']}" for e in evals)
+        raise ReportError(f"{run_root}: the evals differ in turns or samples ({found}); they cannot share a report")
+    return evals
+
+
+def _read_run_config(run_root: Path) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` as plain data.
+
+    Not validated through :func:`pipeline.config.load_config`: that checks task
+    files exist, and a report must not fail because a data file moved after
+    the run. ``config.yaml`` is the resolved config, so every key is there.
+    """
+    path = run_root / CONFIG_NAME
+    if not path.is_file():
+        raise ReportError(f"{run_root} is not a run directory (no {CONFIG_NAME})")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def write_report(run_root: str | Path) -> Path:
+    """Write ``report.md`` and its two plots into the run directory; returns the report's path.
+
+    Every file is replaced atomically, so a rerun (e.g. after another
+    iteration finished) leaves either the old or the new version, never a mix.
+    Raises ReportError, writing nothing, when no eval is done yet.
+    """
+    run_root = Path(run_root)
+    evals = collect_evals(run_root)
+    text = render_markdown(_read_run_config(run_root), evals)
+    write_bytes_atomic(run_root / ACCURACY_PLOT, _png(_accuracy_by_turn(evals)))
+    write_bytes_atomic(run_root / CURVES_PLOT, _png(_sequential_vs_parallel(evals)))
+    path = run_root / REPORT_NAME
+    write_text_atomic(path, text)
+    return path
+
+
+def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> str:
+    """The text of ``report.md`` for a run config and its finished evals (plots linked by relative path)."""
+    _require(evals)
+    base = _base(evals)
+    lines = [f"# Run report: {config['run']['name']}", "", *_header(config, evals), ""]
+    lines.append("Accuracies are percentages of tasks; changes are percentage points (pp).")
+    for ev in evals:
+        heading = f"Iteration {ev.iteration}" + (" (base model)" if ev.iteration == 0 else "")
+        lines += ["", f"## {heading}", "", "| metric | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {value} |" for name, value in metric_rows(ev.summary)]
+        lines += ["", _comparison_line(ev, base)]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![pass@1 by turn, one line per iteration]({ACCURACY_PLOT})",
+        "",
+        f"![m1@tk (sequential) against mk@t1 (parallel), by k]({CURVES_PLOT})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report_table(evals: Sequence[IterationEval]) -> Table:
+    """The report's numbers with one column per iteration, for the CLI to print at the end of a run."""
+    _require(evals)
+    base = _base(evals)
+    turns = evals[0].turns
+    table = Table(title=f"Evaluation by iteration: {evals[0].summary['samples']} samples, {turns} turns, no oracle")
+    table.add_column("metric")
+    for ev in evals:
+        table.add_column(ev.label, justify="right")
+    columns = [metric_rows(ev.summary) for ev in evals]
+    for index, (name, _) in enumerate(columns[0]):
+        table.add_row(name, *(rows[index][1] for rows in columns))
+    table.add_row(f"m1@t{turns} vs base", *(_change_cell(ev, base) for ev in evals))
+    table.add_row(f"m1@t{turns} >= m{turns}@t1", *(_yes_no(sequential_beats_parallel(ev)) for ev in evals))
+    return table
+
+
+def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, formatted value) of one eval summary, in the order both the markdown and the CLI table show."""
+    turns = summary["turns"]
+    rows = [(f"pass@1 turn {row['turn']}", percent(row["pass@1"])) for row in summary["per_turn"]]
+    rows += [(key, percent(summary[key])) for key in (f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1")]
+    rows += [(key, points(summary[key])) for key in ("delta_t1_tT", "delta_i_to_c", "delta_c_to_i")]
+    rows.append(("tasks", str(summary["n_tasks"])))
+    return rows
+
+
+def sequential_beats_parallel(ev: IterationEval) -> bool | None:
+    """m1@tT >= mT@t1: T sequential turns do at least as well as T parallel samples (None: mT@t1 unknown)."""
+    return None if ev.parallel is None else ev.sequential >= ev.parallel
+
+
+def percent(value: float | None) -> str:
+    """A share as ``23.5%``; ``n/a`` when it was not measured."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def points(value: float | None) -> str:
+    """A change of shares as signed percentage points, ``+4.2 pp``; ``n/a`` when unknown."""
+    return "n/a" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _read_eval(run_root: Path, iteration: int) -> IterationEval:
+    eval_dir = run_root / f"iter_{iteration}" / STAGE
+    summary, curves = (_read_json(eval_dir / name) for name in (EVAL_NAME, CURVES_NAME))
+    return IterationEval(iteration, summary, curves)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ReportError(f"the manifest says this eval is done, but {path} is missing")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _require(evals: Sequence[IterationEval]) -> None:
+    if not evals:
+        raise ReportError("nothing to report: no eval stage is done yet, not even the base model's")
+
+
+def _base(evals: Sequence[IterationEval]) -> IterationEval | None:
+    return evals[0] if evals[0].iteration == 0 else None
+
+
+def _header(config: dict[str, Any], evals: Sequence[IterationEval]) -> list[str]:
+    first = evals[0].summary
+    iterations = config["run"]["iterations"]
+    done = [ev.iteration for ev in evals]
+    pending = [k for k in range(iterations + 1) if k not in done]
+    progress = f"iterations {', '.join(map(str, done))} of 0..{iterations}"
+    if pending:
+        progress += f" (not evaluated yet: {', '.join(map(str, pending))})"
+    tasks = config["tasks"]
+    return [
+        f"- model: `{config['model']['name_or_path']}`",
+        f"- method: {_describe_method(config['method'])}",
+        f"- tasks: train {_describe_tasks(tasks['train'])}; eval {_describe_tasks(tasks['eval'])}",
+        f"- evaluation: {first['n_tasks']} tasks, {first['turns']} turns, {first['samples']} samples per task, "
+        f"feedback `{config['evaluation']['feedback']}` (no oracle)",
+        f"- evaluated: {progress}",
+    ]
+
+
+def _describe_method(method: dict[str, Any]) -> str:
+    settings = [f"{key} {method[key]}" for key in METHOD_FIELDS.get(method["name"], ()) if key in method]
+    return f"{method['name']} ({', '.join(settings)})" if settings else method["name"]
+
+
+def _describe_tasks(section: dict[str, Any]) -> str:
+    details = [f"{key}={value}" for key, value in section.get("options", {}).items()]
+    if section.get("limit") is not None:
+        details.append(f"limit={section['limit']}")
+    return f"`{section['source']}` ({', '.join(details)})" if details else f"`{section['source']}`"
+
+
+def _comparison_line(ev: IterationEval, base: IterationEval | None) -> str:
+    """One sentence: m1@tT against the base model's, and sequential against parallel at equal samples."""
+    turns = ev.turns
+    seq, par = f"m1@t{turns}", f"m{turns}@t1"
+    if ev.iteration == 0:
+        opening = f"Base model: {seq} {percent(ev.sequential)}"
+    elif base is None:
+        opening = f"Iteration {ev.iteration}: {seq} {percent(ev.sequential)} (no base model eval to compare with)"
+    else:
+        change = f"{_change_cell(ev, base)} from {percent(base.sequential)}"
+        opening = f"Iteration {ev.iteration} vs base: {seq} {percent(ev.sequential)}, {change}"
+    beats = sequential_beats_parallel(ev)
+    if beats is None:
+        verdict = f"n/a ({par} was not measured)"
+    else:
+        relation = ">=" if beats else "<"
+        verdict = f"{_yes_no(beats)} ({seq} {percent(ev.sequential)} {relation} {par} {percent(ev.parallel)})"
+    return f"{opening}; sequential beats parallel at equal samples: {verdict}."
+
+
+def _change_cell(ev: IterationEval, base: IterationEval | None) -> str:
+    """m1@tT's change from the base model, or ``n/a`` without a base eval (and ``-`` for the base itself)."""
+    if ev.iteration == 0:
+        return "-"
+    return "n/a" if base is None else points(ev.sequential - base.sequential)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def _accuracy_by_turn(evals: Sequence[IterationEval]) -> Figure:
+    figure, axes = _figure("pass@1 by turn", "turn", "pass@1 (%)")
+    for ev in evals:
+        turns = [row["turn"] for row in ev.summary["per_turn"]]
+        axes.plot(turns, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", label=ev.label)
+        axes.set_xticks(turns)
+    axes.legend()
+    return figure
+
+
+def _sequential_vs_parallel(evals: Sequence[IterationEval]) -> Figure:
+    """Solid: m1@tk; dashed: mk@t1; one colour per iteration. Unmeasured (null) points are left out."""
+    figure, axes = _figure(
+        "Sequential vs parallel at equal samples", "k (turns, or parallel first-turn samples)", "accuracy (%)"
+    )
+    for index, ev in enumerate(evals):
+        color = f"C{index % 10}"
+        for key, style, name in (("sequential", "-o", "m1@tk"), ("parallel", "--s", "mk@t1")):
+            ks, values = _known_points(ev.curves["k"], ev.curves[key])
+            if ks:
+                axes.plot(ks, values, style, color=color, label=f"{ev.label}: {name}")
+        axes.set_xticks(ev.curves["k"])
+    axes.legend()
+    return figure
+
+
+def _known_points(ks: Sequence[int], values: Sequence[float | None]) -> tuple[list[int], list[float]]:
+    """The (k, value in %) pairs whose value was measured."""
+    pairs = [(k, 100 * value) for k, value in zip(ks, values) if value is not None]
+    return [k for k, _ in pairs], [value for _, value in pairs]
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    """A bare Agg figure: no pyplot, so no global backend or figure registry is touched."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()

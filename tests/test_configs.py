@@ -1,0 +1,54 @@
+"""The shipped configs: they load offline, and the real-model ones say what their comments claim."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RiseSection, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+# What would download a dataset or model: loading a config must import neither.
+DOWNLOADERS = ("datasets", "huggingface_hub")
+LOAD_ALL = """
+import json, sys
+from pipeline.config import load_config
+for path in sys.argv[1:]:
+    load_config(path)
+print(json.dumps(sorted(name for name in {downloaders} if name in sys.modules)))
+"""
+
+
+def test_every_shipped_config_loads_without_touching_the_hub() -> None:
+    """In a fresh interpreter (this one may have imported `datasets` for other tests), offline."""
+    script = LOAD_ALL.format(downloaders=DOWNLOADERS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, SHIPPED)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(("name", "preset", "grader"), [("rise_gsm8k", "gsm8k", "numeric"), ("rise_math", "math", "math")])
+def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, grader: str) -> None:
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    assert isinstance(config.method, RiseSection)
+    assert (config.method.mode, config.method.selection, config.method.tau) == ("self_distill", "all", 0.4)
+    assert config.model.name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
+    assert config.model.dtype == "bfloat16"
+    assert config.training.finetune == "lora"
+    for section in (config.tasks.train, config.tasks.eval):
+        assert (section.source, section.options) == ("hf", {"preset": preset})
+    assert config.grader.name == grader
+    assert (config.evaluation.turns, config.evaluation.feedback) == (5, "binary")
+    assert config.run.iterations == 2
+    assert config.rollout.samples_per_turn == 16
+    # Evaluation keeps only the last attempt in the prompt, as the reference code's context window does.
+    assert config.rollout.history_window == 1

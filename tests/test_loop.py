@@ -1,0 +1,237 @@
+"""The whole RISE loop on the tiny model: eval(0), 2 iterations, resume after SIGKILL, the eval CLI.
+
+Everything is real: vLLM CPU servers, the numeric grader in its pool, TRL
+training launched by accelerate in a subprocess, the CLI in a subprocess.
+The model is the tiny random-weights model with the LoRA of ``conftest.py``
+merged in: it answers ``\\boxed{7}`` (mostly; sampling is at temperature 1),
+so tasks whose answer is 7 can be solved and every other answer is parsed and
+wrong. That exercises stop-at-success, curation and the metrics with real
+grades; these tests check that every stage runs and writes what it should,
+and that interrupted runs end with exactly the records of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.adapters import merge_adapter
+from pipeline.atomic import read_jsonl
+from pipeline.config import parse_config
+from pipeline.manifest import Manifest, planned_stages
+from pipeline.vllm_server import VLLMServer
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TURNS = 3
+EVAL_KEYS = {
+    "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1",
+    "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
+}
+
+
+def write_tasks(path: Path) -> Path:
+    """6 train and 5 eval addition tasks, half of whose answers are 7 (the model's favourite)."""
+    pairs = [(3, 4), (10, 11), (2, 5), (6, 8), (1, 6), (20, 2)]
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": a + b} for a, b in pairs]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
+    """Two iterations on 6 train and 5 eval tasks; seeded sampling so that reruns reproduce records."""
+    tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
+    return {
+        "run": {"name": name, "output_dir": str(output_dir), "seed": 3, "iterations": 2},
+        "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
+        "rollout": {
+            "urls": urls or [],
+            "turns": TURNS,
+            "samples_per_turn": 2,
+            "max_concurrency": 16,
+            "sampling": {"temperature": 1.0, "max_tokens": 12},
+            "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 32, "startup_timeout_s": 300},
+        },
+        "tasks": {
+            "train": {"source": "jsonl", "options": {"train_path": tasks}},
+            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 5},
+        },
+        "grader": {"name": "numeric", "workers": 1},
+        "method": {"name": "rise", "selection": "all", "accumulate": True, "train_from": "base"},
+        "training": {
+            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-3, "epochs": 1,
+            "per_device_batch_size": 4, "max_seq_length": 256, "save_steps": 1,
+        },
+        "evaluation": {"turns": TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
+    }
+
+
+def write_config(tmp_path: Path, data: dict) -> Path:
+    parse_config(data)  # fail here, not in the subprocess, on a bad smoke config
+    path = tmp_path / f"{data['run']['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), cwd=REPO, capture_output=True, text=True, env=_env())
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+
+
+def record_digests(path: Path) -> Counter:
+    """Content hashes of a JSONL file's records, minus the served adapter's name (it contains the run name)."""
+    digests = Counter()
+    for record in read_jsonl(path):
+        record.pop("adapter", None)
+        digests[hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()] += 1
+    return digests
+
+
+def run_records(root: Path) -> dict[str, Counter]:
+    """Every trajectory and example file of a finished run, relative path -> record digests."""
+    files = sorted(root.glob("iter_*/*/rollouts.jsonl")) + sorted(root.glob("iter_*/eval/parallel/rollouts.jsonl"))
+    files += sorted(root.glob("iter_*/curate/train.jsonl"))
+    return {str(path.relative_to(root)): record_digests(path) for path in files}
+
+
+@pytest.fixture(scope="module")
+def answering_model(tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the ``\\boxed{7}`` adapter merged in (by the code that serves merged iterations)."""
+    return merge_adapter(tiny_model, tiny_adapter, tmp_path_factory.mktemp("answering") / "model")
+
+
+@pytest.fixture(scope="module")
+def shared_server(answering_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One vLLM server for the runs that are killed and resumed, so restarts do not pay for server start-up."""
+    config = parse_config(smoke_config(tmp_path_factory.mktemp("unused") / "runs", answering_model, "server"))
+    server = VLLMServer(
+        str(answering_model), config.model, config.rollout.server, tmp_path_factory.mktemp("server") / "vllm.log"
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished_run(answering_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted `selfimprove run` of the smoke config, with servers managed by the stages."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(tmp_path, smoke_config(tmp_path / "runs", answering_model, "smoke"))
+    result = run_cli("run", str(config), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "m1@t3" in result.stdout  # the report table printed at the end
+    return tmp_path / "runs" / "smoke"
+
+
+def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path) -> None:
+    manifest = Manifest.load(finished_run)
+    plan = planned_stages(2)
+    assert [key for key in manifest.stages] == [f"iter_{k}/{s}" for k, s in plan]
+    assert all(manifest.is_done(k, s) for k, s in plan)
+    for iteration in (0, 1, 2):
+        summary = json.loads((finished_run / f"iter_{iteration}" / "eval" / "eval.json").read_text())
+        assert set(summary) == EVAL_KEYS
+        assert summary["n_tasks"] == 5 and summary["turns"] == TURNS and summary["samples"] == 1
+        assert [row["turn"] for row in summary["per_turn"]] == [1, 2, 3]
+        # n = 1 < T = 3: the parallel baseline drew T first-turn answers per task in its own request.
+        parallel = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "parallel" / "rollouts.jsonl")
+        assert len(parallel) == 5 and all(len(r["turns"][0]["candidates"]) == TURNS for r in parallel)
+        assert summary["m3@t1"] is not None
+        eval_records = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "rollouts.jsonl")
+        assert all(len(r["turns"]) == TURNS and r["error"] is None for r in eval_records)
+    for iteration in (1, 2):
+        train_dir = finished_run / f"iter_{iteration}" / "train"
+        assert (train_dir / "adapter" / "adapter_model.safetensors").is_file()
+        # Iteration 2 trained iteration 1's model's data plus its own (accumulate), served iteration 1's adapter.
+        rollouts = read_jsonl(finished_run / f"iter_{iteration}" / "rollout" / "rollouts.jsonl")
+        assert {r["adapter"] for r in rollouts} == {None if iteration == 1 else "smoke-iter1"}
+    examples = [read_jsonl(finished_run / f"iter_{k}" / "curate" / "train.jsonl") for k in (1, 2)]
+    assert {e["example_id"] for e in examples[0]} < {e["example_id"] for e in examples[1]}
+    report = (finished_run / "report.md").read_text()
+    assert "m1@t3" in report
+    for png in ("accuracy_by_turn.png", "sequential_vs_parallel.png"):
+        assert (finished_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_status_shows_a_finished_run(finished_run: Path) -> None:
+    result = run_cli("status", str(finished_run))
+    assert result.returncode == 0, result.stderr
+    assert "all stages done" in result.stdout
+    assert result.stdout.count("done") >= len(planned_stages(2))
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_same_records(
+    finished_run: Path, shared_server: VLLMServer, answering_model: Path, tmp_path: Path
+) -> None:
+    """Kill `selfimprove run`/`resume` with SIGKILL at seeded random moments until it finishes on its own."""
+    config = write_config(tmp_path, smoke_config(tmp_path / "runs", answering_model, "killed", [shared_server.url]))
+    root = tmp_path / "runs" / "killed"
+    rng = random.Random(20261123)
+    kills, command = 0, cli("run", str(config), "--no-progress")
+    while True:
+        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            process.wait(timeout=rng.uniform(4.0, 30.0) if kills < 4 else None)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            command = cli("resume", str(root), "--no-progress")
+            time.sleep(1.0)  # let the killed process's children see their parent die
+            continue
+        assert process.returncode == 0, process.stderr.read().decode()
+        process.stderr.close()
+        break
+
+    manifest = Manifest.load(root)
+    assert kills >= 1
+    assert sum(record.attempts for record in manifest.stages.values()) > len(manifest.stages)  # some stage re-ran
+    assert all(manifest.is_done(k, s) for k, s in planned_stages(2))
+    killed, whole = run_records(root), run_records(finished_run)
+    assert sorted(killed) == sorted(whole)
+    for name in whole:
+        assert killed[name] == whole[name], f"{name} differs after kill + resume"
+    assert not list(root.glob("**/rollouts.partial.jsonl"))
+
+
+def test_eval_cli_evaluates_other_tasks_into_out_dir(finished_run: Path, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"What is {i} + 2?", "answer": i + 2}) + "\n" for i in range(3)))
+    out = tmp_path / "custom"
+    result = run_cli(
+        "eval", str(finished_run), "--iteration", "2", "--tasks", str(tasks),
+        "--turns", "2", "--samples", "2", "--out", str(out), "--no-progress",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["n_tasks"] == 3 and summary["turns"] == 2 and summary["samples"] == 2
+    assert set(summary["per_turn"][0]["pass@k"]) == {"1", "2"}
+    assert not (out / "parallel").exists()  # n >= T: the trajectories' first turns are the parallel samples
+    rows = read_jsonl(out / "per_task.jsonl")
+    assert len(rows) == 3 * 2 * 2
+    manifest = Manifest.load(finished_run)
+    assert manifest.record(2, "eval").attempts == 1  # outside the plan: the manifest is untouched
+
+
+def test_eval_cli_asks_for_an_out_dir_with_custom_tasks(finished_run: Path) -> None:
+    result = run_cli("eval", str(finished_run), "--turns", "2")
+    assert result.returncode == 1
+    assert "--out" in result.stderr

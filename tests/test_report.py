@@ -1,0 +1,191 @@
+"""The run report on a run directory with hand-written eval.json / curves.json and a real manifest."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+import matplotlib.image
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import parse_config
+from pipeline.report import (
+    ACCURACY_PLOT,
+    CURVES_PLOT,
+    REPORT_NAME,
+    ReportError,
+    collect_evals,
+    report_table,
+    write_report,
+)
+from pipeline.run_dir import RunDir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TURNS = 3
+
+
+def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
+    """A fresh run directory (config.yaml + manifest) with every stage pending."""
+    arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
+    config = parse_config(
+        {
+            "run": {"name": "demo", "output_dir": str(tmp_path), "iterations": iterations},
+            "model": {"name_or_path": "org/some-model"},
+            "tasks": {"train": arithmetic, "eval": arithmetic},
+            "evaluation": {"turns": TURNS, "samples": 2, "sampling": {"temperature": 0.7}},
+        }
+    )
+    return RunDir.create(config)
+
+
+def summary(pass1: list[float], m1: float, p1: float, mT: float | None, deltas: tuple[float, float, float]) -> dict:
+    """An eval.json in the schema of pipeline.evaluation.summarize_eval, T = 3, n = 2."""
+    return {
+        "n_tasks": 40,
+        "turns": TURNS,
+        "samples": 2,
+        "per_turn": [
+            {"turn": t, "pass@1": p, "pass@k": {"1": p, "2": min(1.0, p + 0.1)}} for t, p in enumerate(pass1, start=1)
+        ],
+        f"m1@t{TURNS}": m1,
+        f"p1@t{TURNS}": p1,
+        f"m{TURNS}@t1": mT,
+        "delta_t1_tT": deltas[0],
+        "delta_i_to_c": deltas[1],
+        "delta_c_to_i": deltas[2],
+    }
+
+
+def curves(sequential: list[float], parallel: list[float | None]) -> dict:
+    return {"k": list(range(1, TURNS + 1)), "sequential": sequential, "parallel": parallel}
+
+
+BASE = summary([0.235, 0.25, 0.26], m1=0.25, p1=0.4, mT=0.275, deltas=(0.025, 0.05, 0.025))
+BASE_CURVES = curves([0.235, 0.24, 0.25], [0.235, 0.26, 0.275])
+ITER1 = summary([0.3, 0.34, 0.375], m1=0.35, p1=0.525, mT=0.3, deltas=(0.075, 0.1, 0.025))
+ITER1_CURVES = curves([0.3, 0.33, 0.35], [0.3, 0.29, 0.3])
+
+
+def write_eval(run: RunDir, iteration: int, eval_json: dict, curves_json: dict, done: bool = True) -> None:
+    """Write an iteration's eval files; mark the stage done in the manifest, or leave it running."""
+    out = run.stage_dir(iteration, "eval")
+    paths = [out / "eval.json", out / "curves.json"]
+    for path, data in zip(paths, (eval_json, curves_json)):
+        path.write_text(json.dumps(data))
+    run.manifest.start(iteration, "eval")
+    if done:
+        run.manifest.complete(iteration, "eval", paths)
+
+
+def table_rows(table: Table) -> list[list[str]]:
+    """The cells of each printed line of a rich table (header included, borders dropped)."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table)
+    lines = console.export_text().splitlines()
+    split = [line.replace("┃", "│").split("│") for line in lines]
+    return [cells for parts in split if len(cells := [part.strip() for part in parts if part.strip()]) > 1]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    """Base and iteration 1 evaluated; iteration 2's eval written but still running."""
+    run = make_run(tmp_path)
+    write_eval(run, 0, BASE, BASE_CURVES)
+    write_eval(run, 1, ITER1, ITER1_CURVES)
+    write_eval(run, 2, summary([0.9, 0.9, 0.9], 0.9, 0.9, 0.9, (0, 0, 0)), BASE_CURVES, done=False)
+    return run
+
+
+def test_report_numbers_match_the_eval_files(run: RunDir) -> None:
+    text = write_report(run.root).read_text(encoding="utf-8")
+    assert text.startswith("# Run report: demo\n")
+    assert "- model: `org/some-model`" in text
+    assert "- method: rise (mode self_distill, selection all, tau 0.4," in text
+    assert "- evaluation: 40 tasks, 3 turns, 2 samples per task" in text
+    base, iteration_1 = text.split("## Iteration 0 (base model)")[1].split("## Iteration 1")
+    for row in ("| pass@1 turn 1 | 23.5% |", "| pass@1 turn 3 | 26.0% |", "| m1@t3 | 25.0% |", "| p1@t3 | 40.0% |"):
+        assert row in base
+    for row in ("| m3@t1 | 27.5% |", "| delta_t1_tT | +2.5 pp |", "| delta_c_to_i | +2.5 pp |", "| tasks | 40 |"):
+        assert row in base
+    for row in ("| pass@1 turn 2 | 34.0% |", "| m1@t3 | 35.0% |", "| p1@t3 | 52.5% |", "| m3@t1 | 30.0% |"):
+        assert row in iteration_1
+    assert "| delta_i_to_c | +10.0 pp |" in iteration_1
+    assert "sequential beats parallel at equal samples: no (m1@t3 25.0% < m3@t1 27.5%)" in base
+    assert "Iteration 1 vs base: m1@t3 35.0%, +10.0 pp from 25.0%" in iteration_1
+    assert "sequential beats parallel at equal samples: yes (m1@t3 35.0% >= m3@t1 30.0%)" in iteration_1
+
+
+def test_iterations_whose_eval_is_not_done_are_left_out(run: RunDir) -> None:
+    assert [ev.iteration for ev in collect_evals(run.root)] == [0, 1]
+    text = write_report(run.root).read_text(encoding="utf-8")
+    assert "## Iteration 2" not in text
+    assert "90.0%" not in text
+    assert "- evaluated: iterations 0, 1 of 0..2 (not evaluated yet: 2)" in text
+
+
+def test_plots_are_valid_pngs_linked_relatively(run: RunDir) -> None:
+    text = write_report(run.root).read_text(encoding="utf-8")
+    for name in (ACCURACY_PLOT, CURVES_PLOT):
+        path = run.root / name
+        assert path.read_bytes().startswith(PNG_MAGIC)
+        pixels = matplotlib.image.imread(path)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.min() < pixels.max()  # something was drawn
+        assert f"]({name})" in text
+
+
+def test_unmeasured_parallel_baseline_reads_n_a(tmp_path: Path) -> None:
+    run = make_run(tmp_path, iterations=1)
+    write_eval(run, 0, {**BASE, f"m{TURNS}@t1": None}, curves([0.235, 0.24, 0.25], [0.235, None, None]))
+    text = write_report(run.root).read_text(encoding="utf-8")
+    assert "| m3@t1 | n/a |" in text
+    assert "sequential beats parallel at equal samples: n/a (m3@t1 was not measured)" in text
+    assert (run.root / CURVES_PLOT).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_rerun_replaces_every_file_and_leaves_no_temp_files(run: RunDir) -> None:
+    write_report(run.root)
+    first = {name: (run.root / name).read_bytes() for name in (REPORT_NAME, ACCURACY_PLOT, CURVES_PLOT)}
+    run.manifest.complete(2, "eval", [run.root / "iter_2" / "eval" / "eval.json"])
+    write_report(run.root)
+    second = {name: (run.root / name).read_bytes() for name in first}
+    assert all(first[name] != second[name] for name in first)
+    assert "## Iteration 2" in second[REPORT_NAME].decode()
+    top_level = sorted(path.name for path in run.root.iterdir() if path.is_file())
+    assert top_level == sorted([ACCURACY_PLOT, "config.yaml", "manifest.json", REPORT_NAME, CURVES_PLOT])
+
+
+def test_a_run_with_no_finished_eval_has_nothing_to_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    write_eval(run, 0, BASE, BASE_CURVES, done=False)
+    assert collect_evals(run.root) == []
+    with pytest.raises(ReportError, match="no eval stage is done yet"):
+        write_report(run.root)
+    assert not (run.root / REPORT_NAME).exists()
+
+
+def test_a_done_eval_without_its_files_is_an_error(run: RunDir) -> None:
+    (run.root / "iter_1" / "eval" / "curves.json").unlink()
+    with pytest.raises(ReportError, match=r"iter_1/eval/curves.json is missing"):
+        collect_evals(run.root)
+
+
+def test_evals_with_different_turns_cannot_share_a_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    write_eval(run, 0, BASE, BASE_CURVES)
+    write_eval(run, 1, {**ITER1, "samples": 4}, ITER1_CURVES)
+    with pytest.raises(ReportError, match="differ in turns or samples"):
+        collect_evals(run.root)
+
+
+def test_report_table_has_a_column_per_iteration(run: RunDir) -> None:
+    rows = {cells[0]: cells[1:] for cells in table_rows(report_table(collect_evals(run.root)))}
+    assert rows["metric"] == ["base", "iteration 1"]
+    assert rows["pass@1 turn 1"] == ["23.5%", "30.0%"]
+    assert rows["m1@t3"] == ["25.0%", "35.0%"]
+    assert rows["delta_t1_tT"] == ["+2.5 pp", "+7.5 pp"]
+    assert rows["tasks"] == ["40", "40"]
+    assert rows["m1@t3 vs base"] == ["-", "+10.0 pp"]
+    assert rows["m1@t3 >= m3@t1"] == ["no", "yes"]

@@ -1,0 +1,300 @@
+"""The train stage on the tiny model: real TRL, real ``accelerate launch`` on the CPU, real kills.
+
+One module-scoped run trains iteration 1 uninterrupted; the other tests
+reuse it (read-only, or as a copy) as the reference their runs must match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.atomic import file_digest, write_jsonl_atomic, write_text_atomic
+from pipeline.config import dump_config, parse_config
+from pipeline.manifest import StageState
+from pipeline.run_dir import RunDir
+from pipeline.train_stage import STEP_MARKER, StepWatcher, TrainError, run_train_stage, step_line
+from pipeline.weighted_sft import last_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2
+TRAINING = {
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "learning_rate": 1e-2,
+    "epochs": 1,
+    "per_device_batch_size": 1,
+    "max_seq_length": 128,
+    "save_steps": 2,
+}
+
+
+def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
+    return RunDir.create(
+        parse_config(
+            {
+                "run": {"name": "r", "output_dir": str(root), "iterations": 2, "seed": 0},
+                "model": {"name_or_path": str(model)},
+                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "method": method or {"name": "rise"},
+                "training": {**TRAINING, **training},
+            }
+        )
+    )
+
+
+def finish_curate(run: RunDir, iteration: int) -> None:
+    """A hand-built training set of RISE second turns (history, feedback, target), recorded as curated."""
+    rows = [
+        {
+            "example_id": f"{iteration}-{i}",
+            "source": "rollout",
+            "iteration": iteration,
+            "task_id": f"t{i}",
+            "key": f"t{i}/0",
+            "turn": 2,
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i + 3}?"},
+                {"role": "assistant", "content": f"\\boxed{{{2 * i}}}"},
+                {"role": "user", "content": "Your answer is incorrect. Please try again."},
+            ],
+            "completion": f"{i} + {i + 3} = \\boxed{{{2 * i + 3}}}",
+            "reward": 1.0,
+            "weight": math.exp(1.0 / 0.4) if i % 2 else 1.0,
+        }
+        for i in range(ROWS)
+    ]
+    path = run.stage_dir(iteration, "curate") / "train.jsonl"
+    write_jsonl_atomic(path, rows)
+    run.manifest.start(iteration, "curate")
+    run.manifest.complete(iteration, "curate", [path])
+
+
+def lora_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+def lora_b(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All lora_B matrices, flattened: zero at initialisation, so non-zero only by training."""
+    return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
+
+
+def attempts(log: Path) -> list[str]:
+    """The log's text per launch, oldest first."""
+    return log.read_text(errors="replace").split("=== train iteration")[1:]
+
+
+def first_step(attempt: str) -> int:
+    """The step an attempt's training started at (0, or the step of the checkpoint it resumed from)."""
+    return int(re.search(rf"{STEP_MARKER} (\d+)/", attempt).group(1))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """Iteration 1 trained without interruption (LoRA from the base model)."""
+    run = make_run(tmp_path_factory.mktemp("trained"), tiny_model)
+    finish_curate(run, 1)
+    run_train_stage(run, 1, show_progress=False)
+    return run
+
+
+def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tiny_model: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = trained_run.root / "iter_1" / "train" / "adapter"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter)
+    assert lora_b({n: p for n, p in model.named_parameters() if "lora_" in n}).abs().max() > 1e-3
+    record = trained_run.manifest.record(1, "train")
+    assert record.state is StageState.DONE and record.attempts == 1
+    assert set(record.outputs) == {
+        "iter_1/train/adapter/adapter_config.json",
+        "iter_1/train/adapter/adapter_model.safetensors",
+        "iter_1/train/train_summary.json",
+    }
+    summary = json.loads((trained_run.root / "iter_1" / "train" / "train_summary.json").read_text())
+    assert summary["examples"] == ROWS and summary["steps"] == ROWS
+    assert math.isfinite(summary["final_loss"]) and summary["train_tokens_per_s"] > 0
+    checkpoints = trained_run.root / "iter_1" / "train" / "checkpoints"
+    assert {p.name for p in checkpoints.glob("checkpoint-*")} == {f"checkpoint-{s}" for s in range(2, ROWS + 1, 2)}
+    assert not list(adapter.parent.glob(".adapter.partial"))
+
+
+def test_rerun_of_a_done_stage_does_nothing(trained_run: RunDir) -> None:
+    stage = trained_run.root / "iter_1" / "train"
+    files = [stage / "adapter" / "adapter_model.safetensors", stage / "train_summary.json", stage / "train.log"]
+    before = [(p.stat().st_mtime_ns, file_digest(p)) for p in files]
+    assert run_train_stage(RunDir.open(trained_run.root), 1, show_progress=False) == stage / "adapter"
+    assert [(p.stat().st_mtime_ns, file_digest(p)) for p in files] == before
+    assert RunDir.open(trained_run.root).manifest.record(1, "train").attempts == 1
+
+
+def test_step_watcher_finds_step_lines_after_tqdm_updates_and_across_reads(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    with open(log, "ab") as writer, open(log, "rb") as reader:
+        watcher = StepWatcher(reader)
+        assert watcher.latest() is None
+        writer.write(f" 10%|#  | 1/10 [00:01<00:09]\r{step_line(1, 10)}\n{{'loss': 2.0}}\n".encode())
+        writer.write(step_line(2, 10)[:-3].encode())  # a line not yet complete
+        writer.flush()
+        assert watcher.latest() == (1, 10)
+        writer.write(b"/10\n 30%|## | 3/10\r")
+        writer.flush()
+        assert watcher.latest() == (2, 10)
+        assert watcher.latest() is None  # nothing new
+
+
+def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> None:
+    run = make_run(tmp_path, tiny_model)
+    with pytest.raises(TrainError, match="iteration 1's curate stage is not done"):
+        run_train_stage(run, 1, show_progress=False)
+    record = RunDir.open(run.root).manifest.record(1, "train")
+    assert record.state is StageState.FAILED and "curate stage is not done" in record.error
+    assert not (run.root / "iter_1" / "train" / "train.log").exists()  # refused before launching
+
+
+def test_refuses_a_non_rise_method(tmp_path: Path, tiny_model: Path) -> None:
+    run = make_run(tmp_path, tiny_model, method={"name": "exit"})
+    with pytest.raises(TrainError, match="method is 'exit'"):
+        run_train_stage(run, 1, show_progress=False)
+
+
+def test_qlora_fails_with_a_clear_message(tmp_path: Path, tiny_model: Path) -> None:
+    run = make_run(tmp_path, tiny_model, finetune="qlora")
+    finish_curate(run, 1)
+    with pytest.raises(TrainError) as raised:
+        run_train_stage(run, 1, show_progress=False)
+    message = str(raised.value)
+    assert "training iteration 1 failed" in message
+    assert message.rstrip().endswith("needs bitsandbytes, which this build of the trainer does not wire")
+    assert RunDir.open(run.root).manifest.record(1, "train").state is StageState.FAILED
+
+
+def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir, tmp_path: Path) -> None:
+    shutil.copytree(trained_run.root, tmp_path / "r")
+    run = RunDir.open(tmp_path / "r")
+    # A learning rate too small to move the weights visibly in 12 steps: iteration 2's adapter must be
+    # iteration 1's (trained, non-zero B), where an adapter trained from scratch would have B close to 0.
+    run.config.method.train_from = "previous"
+    run.config.training.learning_rate = 1e-7
+    write_text_atomic(run.root / "config.yaml", dump_config(run.config))
+    finish_curate(run, 2)
+    adapter = run_train_stage(RunDir.open(run.root), 2, show_progress=False)
+    assert adapter == run.root / "iter_2" / "train" / "adapter"
+    first, second = lora_weights(run.root / "iter_1" / "train" / "adapter"), lora_weights(adapter)
+    assert first.keys() == second.keys()
+    assert lora_b(first).abs().max() > 1e-3
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], atol=1e-5, rtol=0)
+    assert not torch.equal(lora_b(second), lora_b(first))  # it did train
+
+
+def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cpu_config = REPO / "configs" / "accelerate" / "cpu.yaml"
+    run = make_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
+    finish_curate(run, 1)
+    model_dir = run_train_stage(run, 1, show_progress=False)
+    assert model_dir == run.root / "iter_1" / "train" / "model"
+    assert "--config_file" in attempts(model_dir.parent / "train.log")[0].splitlines()[0]
+    trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    assert any(not torch.equal(trained[name], base[name]) for name in base)
+    assert AutoTokenizer.from_pretrained(model_dir).chat_template
+    outputs = set(RunDir.open(run.root).manifest.record(1, "train").outputs)
+    assert {"iter_1/train/model/config.json", "iter_1/train/model/model.safetensors"} <= outputs
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text``: the stage's launcher and worker name the run directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+STAGE_SCRIPT = (
+    "import sys; from pipeline.run_dir import RunDir; from pipeline.train_stage import run_train_stage; "
+    "run_train_stage(RunDir.open(sys.argv[1]), 1, show_progress=False)"
+)
+
+
+def checkpoint_step(run: RunDir) -> int:
+    """The step of iteration 1's newest complete checkpoint (0 when there is none): where training resumes."""
+    checkpoint = last_checkpoint(run.root / "iter_1" / "train" / "checkpoints")
+    return 0 if checkpoint is None else int(Path(checkpoint).name.removeprefix("checkpoint-"))
+
+
+def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int) -> None:
+    """Run the stage in a pipeline process; send it ``sig`` once a checkpoint later than ``after_step`` is complete."""
+    pipeline = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, str(run.root)], cwd=REPO)
+    while checkpoint_step(run) <= after_step:
+        assert pipeline.poll() is None, "the stage ended before the checkpoint"
+        time.sleep(0.02)
+    os.kill(pipeline.pid, sig)
+    assert pipeline.wait() != 0
+
+
+def wait_until_gone(text: str, bound_s: float = 60.0) -> list[int]:
+    """The processes still mentioning ``text`` once they are all gone or ``bound_s`` has passed.
+
+    They get SIGTERM at once; the bound only keeps a broken implementation
+    from hanging the suite.
+    """
+    deadline = time.monotonic() + bound_s
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterrupted_run(
+    trained_run: RunDir, tmp_path: Path, tiny_model: Path
+) -> None:
+    run = make_run(tmp_path, tiny_model)  # the same config and data as trained_run
+    finish_curate(run, 1)
+    stage = run.root / "iter_1" / "train"
+    # Ctrl-C: the stage stops its launcher and worker and records the failure.
+    interrupt_after_checkpoint(run, signal.SIGINT, after_step=0)
+    assert wait_until_gone(str(run.root)) == []
+    record = RunDir.open(run.root).manifest.record(1, "train")
+    assert record.state is StageState.FAILED and record.error.startswith("KeyboardInterrupt")
+    first_resume = checkpoint_step(run)
+    # SIGKILL: the pipeline runs no code; the launcher and worker die with it all the same.
+    interrupt_after_checkpoint(run, signal.SIGKILL, after_step=first_resume)
+    assert wait_until_gone(str(run.root)) == []
+    second_resume = checkpoint_step(run)
+    assert RunDir.open(run.root).manifest.record(1, "train").state is StageState.RUNNING
+    assert not (stage / "adapter").exists()
+
+    run_train_stage(RunDir.open(run.root), 1, show_progress=False)
+
+    assert 0 < first_resume < second_resume < ROWS
+    assert [first_step(attempt) for attempt in attempts(stage / "train.log")] == [0, first_resume, second_resume]
+    record = RunDir.open(run.root).manifest.record(1, "train")
+    assert record.state is StageState.DONE and record.attempts == 3
+    assert json.loads((stage / "train_summary.json").read_text())["steps"] == ROWS
+    resumed, whole = lora_weights(stage / "adapter"), lora_weights(trained_run.root / "iter_1" / "train" / "adapter")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=1e-5)
