@@ -32,7 +32,7 @@ from pipeline.train_stage import (
     summary_path,
     training_set,
 )
-from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, model_dtype, train
+from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, model_load_kwargs, train
 
 
 def training_dataset(path: Path) -> Dataset:
@@ -62,7 +62,7 @@ def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
         return base
     if run.config.training.finetune == "full":
         return str(previous)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=model_dtype(bf16))
+    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
     return PeftModel.from_pretrained(model, previous, is_trainable=True)
 
 

@@ -156,9 +156,22 @@ class WeightedSFTTrainer(SFTTrainer):
         return _safe_divide(weighted_sum, weights.to(per_example).sum())
 
 
-def model_dtype(bf16: bool) -> torch.dtype:
-    """The dtype the model is loaded in: the training precision, so that no mixed precision is needed."""
-    return torch.bfloat16 if bf16 else torch.float32
+def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments of the model to train.
+
+    The dtype is the training precision, so that no mixed precision is
+    needed. QLoRA loads the frozen base weights in 4-bit NF4 (bitsandbytes)
+    and computes in that precision; only the LoRA weights train.
+    """
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if settings.finetune != "qlora":
+        return {"dtype": dtype}
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+    )
+    return {"dtype": dtype, "quantization_config": quantization}
 
 
 def sft_config(
@@ -198,14 +211,12 @@ def sft_config(
         report_to=[],
         # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
         include_num_input_tokens_seen="non_padding",
-        model_init_kwargs={"dtype": model_dtype(bf16)},
+        model_init_kwargs=model_load_kwargs(settings, bf16),
     )
 
 
 def lora_config(settings: TrainingSection) -> LoraConfig | None:
-    """The LoRA adapter to train, or None for full fine-tuning."""
-    if settings.finetune == "qlora":
-        raise ValueError("finetune 'qlora' needs bitsandbytes, which this build of the trainer does not wire")
+    """The LoRA adapter to train (also on QLoRA's 4-bit base), or None for full fine-tuning."""
     if settings.finetune == "full":
         return None
     return LoraConfig(

@@ -171,3 +171,17 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-14").mkdir()  # killed before writing its state
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_qlora_loads_the_base_in_4bit_and_trains_only_lora(tiny_model: Path, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    settings = TrainingSection(finetune="qlora", lora_dropout=0.0, per_device_batch_size=2)
+    rows = [_row(TARGETS[0], 1.0), _row(TARGETS[1], 2.0)]
+    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, max_steps=2)
+    trainer.args.save_strategy = "no"
+    quantized = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(m.weight.quant_type == "nf4" for m in quantized)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert torch.isfinite(torch.tensor(trainer.train().training_loss))
