@@ -132,6 +132,8 @@ def evaluate(
         raise EvalError("no eval tasks to evaluate")
     records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
     first_turn = first_turn_samples(parallel, turns) if parallel is not None else None
+    if incomplete := count_incomplete(records, turns):
+        logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
     summary = summarize_eval(records, turns, samples, first_turn)
     write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
     write_json_atomic(out_dir / CURVES_NAME, summarize_curves(records, turns, samples, first_turn))
@@ -207,7 +209,3 @@ def run_custom_eval(
     )
     return out_dir / EVAL_NAME
 
-
-def incomplete_trajectories(eval_dir: Path, turns: int) -> int:
-    """How many eval trajectories ended with an error (their missing turns count as wrong)."""
-    return count_incomplete(read_jsonl(eval_dir / "rollouts.jsonl"), turns)

@@ -40,6 +40,7 @@ TRAINING = {
     "per_device_batch_size": 1,
     "max_seq_length": 128,
     "save_steps": 2,
+    "save_total_limit": None,  # keep every checkpoint: the tests look at where each attempt resumed
 }
 
 
