@@ -245,9 +245,17 @@ def checkpoint_step(run: RunDir) -> int:
     return 0 if checkpoint is None else int(Path(checkpoint).name.removeprefix("checkpoint-"))
 
 
+def _default_sigint() -> None:
+    """Undo an inherited SIG_IGN (a test run started in the background by a non-interactive shell):
+    Python only turns SIGINT into KeyboardInterrupt when it starts with the default handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int) -> None:
     """Run the stage in a pipeline process; send it ``sig`` once a checkpoint later than ``after_step`` is complete."""
-    pipeline = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, str(run.root)], cwd=REPO)
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", STAGE_SCRIPT, str(run.root)], cwd=REPO, preexec_fn=_default_sigint
+    )
     while checkpoint_step(run) <= after_step:
         assert pipeline.poll() is None, "the stage ended before the checkpoint"
         time.sleep(0.02)
