@@ -194,7 +194,7 @@ def rollout(
     run_dir = _open_or_create_run(target, overrides)
     try:
         path = run_rollout_stage(run_dir, iteration, show_progress=progress)
-    except (ServerError, AdapterError, GenerationError) as exc:
+    except _stage_errors() as exc:
         _fail(str(exc))
     console.print(f"[green]rollouts[/]: {path}")
 
@@ -202,12 +202,12 @@ def rollout(
 @app.command()
 def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
     """Turn iteration K's rollouts into the weighted training set (RISE)."""
-    from pipeline.curate_stage import CurateError, run_curate_stage
+    from pipeline.curate_stage import run_curate_stage
     from pipeline.curation import format_summary
 
     try:
         path = run_curate_stage(RunDir.open(run_dir), iteration)
-    except (RunDirError, CurateError) as exc:
+    except (RunDirError, *_stage_errors()) as exc:
         _fail(str(exc))
     console.print(format_summary(json.loads((path.parent / "summary.json").read_text())))
     console.print(f"[green]training set[/]: {path}")
@@ -216,11 +216,11 @@ def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
 @app.command()
 def train(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
     """Fine-tune iteration K's model on its curated data (TRL + PEFT, launched with accelerate)."""
-    from pipeline.train_stage import TrainError, run_train_stage
+    from pipeline.train_stage import run_train_stage
 
     try:
         path = run_train_stage(RunDir.open(run_dir), iteration)
-    except (RunDirError, TrainError, AdapterError) as exc:
+    except (RunDirError, *_stage_errors()) as exc:
         _fail(str(exc))
     console.print(f"[green]trained[/]: {path}")
 
@@ -237,7 +237,7 @@ def evaluate(
     progress: ProgressOpt = True,
 ) -> None:
     """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1."""
-    from pipeline.eval_stage import EvalError, run_custom_eval, run_eval_stage
+    from pipeline.eval_stage import run_custom_eval, run_eval_stage
     from pipeline.evaluation import format_eval_table
 
     custom = any(value is not None for value in (tasks, turns, samples, limit))
@@ -249,7 +249,7 @@ def evaluate(
             path = run_eval_stage(run, iteration, show_progress=progress)
         else:
             path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
-    except (RunDirError, EvalError, ServerError, AdapterError, GenerationError) as exc:
+    except (RunDirError, *_stage_errors()) as exc:
         _fail(str(exc))
     console.print(format_eval_table(json.loads(path.read_text())))
     console.print(f"[green]eval[/]: {path}")

@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.config import PipelineConfig, TaskSourceSection
-from pipeline.evaluation import MISSING, count_incomplete, per_task_rows, summarize_curves, summarize_eval
+from pipeline.evaluation import (
+    MISSING,
+    count_incomplete,
+    per_task_rows,
+    summarize_curves,
+    summarize_eval,
+    turn_outcome,
+)
 from pipeline.metrics import TurnOutcome
 from pipeline.report import CURVES_NAME, EVAL_NAME, STAGE, ReportError, write_report
 from pipeline.rollout import RolloutSpec, TrajectoryRunner
@@ -67,18 +75,7 @@ def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: 
 
 def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
     """T first-turn answers per task in one request: the parallel baseline's samples."""
-    return RolloutSpec(
-        turns=1,
-        samples_per_turn=turns,
-        trajectories_per_task=1,
-        feedback=config.evaluation.feedback,
-        stop_at_success=False,
-        history_window=None,
-        sampling=sampling_params(config.evaluation.sampling),
-        templates=config.rollout.templates,
-        seed=config.run.seed,
-        adapter=adapter,
-    )
+    return replace(eval_spec(config, adapter, turns, 1), turns=1, samples_per_turn=turns, history_window=None)
 
 
 def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
@@ -91,18 +88,18 @@ def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, l
     samples: dict[str, list[TurnOutcome]] = {}
     for record in records:
         candidates = record["turns"][0]["candidates"] if record["turns"] else []
-        outcomes = [TurnOutcome(c["grade"]["parsed"], bool(c["grade"]["correct"])) for c in candidates]
+        outcomes = [turn_outcome(c["grade"]) for c in candidates]
         samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
     return samples
 
 
-def _greedy_parallel(records: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
+def repeated_first_turns(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
     """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
-    return [
-        {"task_id": r["task_id"], "turns": [{"candidates": [r["turns"][0]] * turns}] if r["turns"] else []}
+    return {
+        r["task_id"]: [turn_outcome(r["turns"][0]["grade"] if r["turns"] else None)] * turns
         for r in records
         if r["sample"] == 0
-    ]
+    }
 
 
 def resolve_eval_tasks(spec: str, limit: int | None = None) -> TaskSourceSection:
@@ -130,8 +127,7 @@ def evaluate(
         raise EvalError(f"evaluation needs turns >= 2 (nothing to revise with {turns}); got {turns}")
     if not tasks:
         raise EvalError("no eval tasks to evaluate")
-    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
-    first_turn = first_turn_samples(parallel, turns) if parallel is not None else None
+    records, first_turn = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
     if incomplete := count_incomplete(records, turns):
         logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
     summary = summarize_eval(records, turns, samples, first_turn)
@@ -143,8 +139,11 @@ def evaluate(
 
 async def _generate(
     model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The trajectories, and (when n < T) the extra first-turn samples, under one service."""
+) -> tuple[list[dict[str, Any]], dict[str, list[TurnOutcome]] | None]:
+    """The trajectories and, when n < T, the T first-turn samples per task of the parallel baseline.
+
+    None for the latter means the trajectories' own first turns serve (n >= T).
+    """
     config, adapter = model.config, model.adapter_name
     async with open_service(model, out_dir) as service:
         runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
@@ -152,10 +151,10 @@ async def _generate(
         if samples >= turns:
             return records, None
         if config.evaluation.sampling.temperature == 0:
-            return records, _greedy_parallel(records, turns)
+            return records, repeated_first_turns(records, turns)
         runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
         parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
-        return records, read_jsonl(parallel)
+        return records, first_turn_samples(read_jsonl(parallel), turns)
 
 
 def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:

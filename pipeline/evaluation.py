@@ -109,7 +109,7 @@ def group_trajectories(records: Iterable[Record], turns: int, samples: int) -> T
         task_id, sample = record["task_id"], record["sample"]
         if sample in by_task[task_id]:
             raise ValueError(f"task {task_id!r}: sample {sample} appears more than once")
-        by_task[task_id][sample] = [_outcome(grade) for grade in _turn_grades(record, turns)]
+        by_task[task_id][sample] = [turn_outcome(grade) for grade in _turn_grades(record, turns)]
     if not by_task:
         raise ValueError("no rollout records to evaluate")
     for task_id, trajectories in by_task.items():
@@ -178,7 +178,8 @@ def _turn_grades(record: Record, turns: int) -> list[Mapping[str, Any] | None]:
     return grades + [None] * (turns - len(grades))
 
 
-def _outcome(grade: Mapping[str, Any] | None) -> TurnOutcome:
+def turn_outcome(grade: Mapping[str, Any] | None) -> TurnOutcome:
+    """A turn's grade as a TurnOutcome; None (a turn an error cut off) is an incorrect abstention."""
     return MISSING if grade is None else TurnOutcome(grade["parsed"], bool(grade["correct"]))
 
 
