@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-cpu
 GPU_STAMP := $(VENV)/.installed-gpu
 
-.PHONY: install install-gpu test demo bench clean-venv
+.PHONY: install install-gpu test demo demo-exit bench clean-venv
 
 install: $(STAMP)
 
@@ -45,6 +45,15 @@ demo: install
 		$(VENV)/bin/selfimprove resume runs/quickstart; \
 	else \
 		$(VENV)/bin/selfimprove run configs/quickstart.yaml; \
+	fi
+
+# The ExIt quickstart: GRPO from the learnability buffer on the same model and
+# tasks (eval of the base model, one iteration); resumes like `make demo`.
+demo-exit: install
+	@if [ -f runs/exit_quickstart/config.yaml ]; then \
+		$(VENV)/bin/selfimprove resume runs/exit_quickstart; \
+	else \
+		$(VENV)/bin/selfimprove run configs/exit_quickstart.yaml; \
 	fi
 
 bench: install

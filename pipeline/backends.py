@@ -1,8 +1,10 @@
 """Open the generation backend a config asks for, and close it whatever happens.
 
-``rollout.backend: vllm`` with no ``rollout.urls`` starts a managed vLLM
-server (stopped when the block exits, also on errors and Ctrl-C); with URLs it
-uses those servers; ``rollout.backend: hf`` loads the model in-process.
+``rollout.backend: vllm`` with no ``rollout.urls`` starts managed vLLM
+servers, ``rollout.server.replicas`` of them side by side, each on its own
+port and GPUs (all stopped when the block exits, also on errors and Ctrl-C);
+with URLs it uses those servers; either way requests are spread across them.
+``rollout.backend: hf`` loads the model in-process.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pipeline.config import PipelineConfig
 from pipeline.generation import GenerationBackend
 from pipeline.model_store import resolve_model
 from pipeline.service_client import Endpoint, ServiceClient, discover_model_name
-from pipeline.vllm_server import VLLMServer
+from pipeline.vllm_server import VLLMServer, replica_servers, start_servers
 
 SERVED_BASE_NAME = "base"
 
@@ -42,16 +44,11 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
             endpoints = [Endpoint(url.rstrip("/")) for url in rollout.urls]
             base_model = await discover_model_name(endpoints[0].url)
         else:
-            server = VLLMServer(
-                model_path=resolve_model(config.model.name_or_path),
-                model=config.model,
-                settings=rollout.server,
-                log_path=log_dir / "vllm_server.log",
-                served_name=SERVED_BASE_NAME,
+            servers = replica_servers(
+                resolve_model(config.model.name_or_path), config.model, rollout.server, log_dir, SERVED_BASE_NAME
             )
-            servers.append(server)
-            await asyncio.to_thread(server.start)
-            endpoints = [Endpoint(server.url, server)]
+            await asyncio.to_thread(start_servers, servers)
+            endpoints = [Endpoint(server.url, server) for server in servers]
             base_model = SERVED_BASE_NAME
         client = ServiceClient(
             endpoints,

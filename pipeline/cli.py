@@ -106,10 +106,9 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
     """The errors a stage raises for a reason the user can act on (shown as a message, not a traceback)."""
     from pipeline.curate_stage import CurateError
     from pipeline.eval_stage import EvalError
-    from pipeline.loop import LoopError
     from pipeline.train_stage import TrainError
 
-    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError, LoopError)
+    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError)
 
 
 def _drive(run: RunDir, progress: bool) -> None:
@@ -155,6 +154,34 @@ def status(run_dir: RunDirArg) -> None:
     console.print(table)
     nxt = manifest.first_unfinished()
     console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
+    _print_buffer(run_dir)
+
+
+def _print_buffer(run_dir: Path) -> None:
+    """ExIt runs: the newest buffer's size, depth histogram and score quantiles."""
+    from pipeline.buffer import BUFFER_NAME, BufferError, LearnabilityBuffer
+
+    found = sorted(run_dir.glob(f"iter_*/train/{BUFFER_NAME}"), key=lambda p: int(p.parts[-3].removeprefix("iter_")))
+    if not found:
+        return
+    try:
+        stats = LearnabilityBuffer.load(found[-1]).stats()
+    except BufferError as exc:
+        err_console.print(f"[yellow]{exc}[/]")
+        return
+    table = Table(title=f"ExIt buffer ({found[-1].relative_to(run_dir)})")
+    table.add_column("size", justify="right")
+    table.add_column("depth histogram")
+    table.add_column("mean depth", justify="right")
+    table.add_column("learnability quantiles (min q25 q50 q75 max)")
+    quantiles = stats["score_quantiles"]
+    table.add_row(
+        f"{stats['size']}/{stats['capacity']}",
+        "  ".join(f"{depth}: {count}" for depth, count in stats["depth_histogram"].items()) or "-",
+        "-" if stats["mean_depth"] is None else f"{stats['mean_depth']:.2f}",
+        " ".join(f"{value:.2f}" for value in quantiles.values()) if quantiles else "-",
+    )
+    console.print(table)
 
 
 TargetArg = Annotated[Path, typer.Argument(help="Run directory, or a config (YAML) to start a new run from.")]
@@ -214,15 +241,47 @@ def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
 
 
 @app.command()
-def train(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
-    """Fine-tune iteration K's model on its curated data (TRL + PEFT, launched with accelerate)."""
+def train(
+    target: TargetArg,
+    iteration: IterationOpt = 1,
+    overrides: SetOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train iteration K's model (launched with accelerate): RISE on its curated data, ExIt by GRPO from its buffer."""
     from pipeline.train_stage import run_train_stage
 
+    run = _open_or_create_run(target, overrides)
     try:
-        path = run_train_stage(RunDir.open(run_dir), iteration)
-    except (RunDirError, *_stage_errors()) as exc:
+        path = run_train_stage(run, iteration, show_progress=progress)
+    except _stage_errors() as exc:
         _fail(str(exc))
     console.print(f"[green]trained[/]: {path}")
+
+
+@app.command()
+def join(
+    run_dir: RunDirArg,
+    machine_rank: Annotated[int, typer.Option(min=1, help="This machine's rank (machine 0 runs the pipeline).")],
+) -> None:
+    """On another machine of a multi-machine run: take part in each train stage until training is done.
+
+    Start it once, after `selfimprove run` on machine 0, in the same repository path with the run directory on a
+    shared filesystem. Machine 0 writes the run's outputs and manifest; this machine's processes add only their
+    own state to the checkpoints.
+    """
+    from pipeline.train_stage import TrainError, join_training
+
+    def announce(iteration: int, attempt: int) -> None:
+        console.rule(f"iter {iteration}: train (attempt {attempt}), machine {machine_rank}")
+
+    try:
+        codes = join_training(run_dir, machine_rank, announce)
+    except (RunDirError, ConfigError, TrainError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    failed = sum(code != 0 for code in codes)
+    console.print(f"[green]training done[/]: {len(codes)} launch(es) on this machine, {failed} failed")
 
 
 @app.command(name="eval")
@@ -261,34 +320,38 @@ def serve(
     overrides: SetOpt = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: rollout.server.port, else a free one).")] = None,
 ) -> None:
-    """Run the vLLM rollout service in the foreground until Ctrl-C.
+    """Run the vLLM rollout service in the foreground until Ctrl-C: rollout.server.replicas servers, port, port+1, ...
 
-    Point runs at it with `--set rollout.urls=[URL]` to keep one server up between stages.
+    Point runs at them with `--set rollout.urls=[URL,...]` to keep them up between stages, or to use other hosts.
     """
     from pipeline.model_store import resolve_model
-    from pipeline.vllm_server import VLLMServer
+    from pipeline.vllm_server import replica_servers, start_servers
 
     try:
         resolved = load_config(config, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
-    server = VLLMServer(
-        model_path=resolve_model(resolved.model.name_or_path),
-        model=resolved.model,
-        settings=resolved.rollout.server,
-        log_path=None,
-        port=port or resolved.rollout.server.port,
-    )
     try:
-        with server:
-            console.print(f"[green]serving[/] {resolved.model.name_or_path} as 'base' at {server.url} (Ctrl-C stops)")
-            while server.is_running():
-                time.sleep(1.0)
-            _fail(f"the vLLM server exited with code {server.exit_code}")
+        servers = replica_servers(
+            resolve_model(resolved.model.name_or_path), resolved.model, resolved.rollout.server, None, port=port
+        )
+    except ServerError as exc:
+        _fail(str(exc))
+    try:
+        start_servers(servers)
+        urls = ", ".join(server.url for server in servers)
+        console.print(f"[green]serving[/] {resolved.model.name_or_path} as 'base' at {urls} (Ctrl-C stops)")
+        while all(server.is_running() for server in servers):
+            time.sleep(1.0)
+        exited = [f"{server.url} (code {server.exit_code})" for server in servers if not server.is_running()]
+        _fail(f"vLLM server exited: {', '.join(exited)}")
     except ServerError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         console.print("stopped")
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @app.command()

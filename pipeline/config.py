@@ -8,6 +8,7 @@ unknown keys so that a typo fails before any work starts, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,8 +45,16 @@ class ServerSection(StrictModel):
     """Settings for the vLLM server the pipeline starts (ignored when ``rollout.urls`` is set)."""
 
     host: str = "127.0.0.1"
-    port: int | None = Field(None, ge=1, le=65535, description="None picks a free port.")
-    tensor_parallel_size: int = Field(1, ge=1)
+    port: int | None = Field(
+        None, ge=1, le=65535, description="None picks a free port; with several replicas, replica i uses port + i."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM --tensor-parallel-size).")
+    replicas: int = Field(1, ge=1, description="Data-parallel servers to start; requests are spread across them.")
+    gpu_ids: list[int] | None = Field(
+        None,
+        description="GPUs of the replicas, tensor_parallel_size each, in order (their CUDA_VISIBLE_DEVICES); "
+        "None: one replica keeps the pipeline's GPUs, several take consecutive slices of them.",
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     cpu_kvcache_space_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build.")
     max_lora_rank: int = Field(16, ge=1)
@@ -57,6 +66,19 @@ class ServerSection(StrictModel):
     startup_timeout_s: float = Field(600, gt=0)
     max_restarts: int = Field(2, ge=0, description="Restarts after a crash before the stage fails.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+
+    @model_validator(mode="after")
+    def _gpu_ids_fill_the_replicas(self) -> "ServerSection":
+        if self.gpu_ids is None:
+            return self
+        needed = self.replicas * self.tensor_parallel_size
+        if len(self.gpu_ids) != needed:
+            raise ValueError(
+                f"rollout.server.gpu_ids lists {len(self.gpu_ids)} GPU(s), but replicas ({self.replicas}) x "
+                f"tensor_parallel_size ({self.tensor_parallel_size}) need {needed}"
+            )
+        _check_gpu_ids("rollout.server.gpu_ids", self.gpu_ids)
+        return self
 
 
 class SamplingSection(StrictModel):
@@ -99,7 +121,7 @@ class RolloutSection(StrictModel):
     )
     turns: int = Field(3, ge=1)
     samples_per_turn: int = Field(4, ge=1, description="Best-of-N at each collection turn.")
-    feedback: Literal["binary", "grader", "none"] = "binary"
+    feedback: Literal["binary", "grader", "none", "improve"] = "binary"
     stop_at_success: bool = True
     history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in the prompt.")
     sampling: SamplingSection = Field(default_factory=SamplingSection)
@@ -172,20 +194,21 @@ class RiseSection(StrictModel):
 
 
 class ExitSection(StrictModel):
+    """ExIt: GRPO on single improvement steps drawn from a buffer of learnable partial histories."""
+
     name: Literal["exit"] = "exit"
-    buffer_capacity: int = Field(512, ge=1)
+    buffer_capacity: int = Field(512, ge=1, description="N: the buffer keeps the top N instances by learnability.")
     min_buffer: int = Field(128, ge=0, description="B_min: items needed before the buffer is sampled.")
-    select_prob: float = Field(0.5, ge=0, le=1)
+    select_prob: float = Field(0.5, ge=0, le=1, description="p: chance a group continues a buffer instance.")
     kappa: float = Field(1.0, description="Sampling weight exp(kappa * S).")
-    divergence_prob: float = Field(0.2, ge=0, le=1)
-    group_size: int = Field(8, ge=2)
-    clip_eps: float = Field(0.2, gt=0)
-    kl_beta: float = Field(0.0, ge=0)
-    steps_per_iteration: int = Field(50, ge=1)
-    sync_every: int = Field(1, ge=1)
-    delta_max: float = Field(1.0, gt=0)
-    diversity_bonus: bool = False
-    eval_steps: int = Field(16, ge=1, description="Improvement steps at evaluation (K).")
+    divergence_prob: float = Field(0.2, ge=0, le=1, description="p_div: chance an improvement step must diverge.")
+    group_size: int = Field(8, ge=2, description="G: completions per prompt (GRPO group).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clipping epsilon.")
+    kl_beta: float = Field(0.0, ge=0, description="KL coefficient to the reference (0: no reference model).")
+    steps_per_iteration: int = Field(50, ge=1, description="GRPO optimizer steps per iteration.")
+    sync_every: int = Field(1, ge=1, description="Load the current adapter into vLLM every this many steps.")
+    delta_max: float = Field(1.0, gt=0, description="Improvement reward max(0, delta / delta_max) (graded scores).")
+    diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
 
 
 class TrainingSection(StrictModel):
@@ -204,7 +227,25 @@ class TrainingSection(StrictModel):
     gradient_checkpointing: bool = False
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; None keeps all.")
-    accelerate_config: Path | None = Field(None, description="accelerate YAML; None runs a single process.")
+    accelerate_config: Path | None = Field(
+        None, description="accelerate YAML (configs/accelerate/): DDP, FSDP2, DeepSpeed; None: plain processes."
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Training processes on all machines together; None: the accelerate config's, else 1."
+    )
+    num_machines: int | None = Field(
+        None, ge=1, description="Machines taking part; None: the accelerate config's, else 1."
+    )
+    main_process_ip: str | None = Field(None, description="Address of machine rank 0, which the others connect to.")
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description="Port on machine rank 0 for the rendezvous."
+    )
+    gpu_ids: list[int] | None = Field(
+        None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); None: all."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU when model.dtype is bfloat16, else no (float32)."
+    )
 
     @field_validator("accelerate_config")
     @classmethod
@@ -213,11 +254,125 @@ class TrainingSection(StrictModel):
             raise ValueError(f"file not found: {value}")
         return value
 
+    @model_validator(mode="after")
+    def _launch_settings_agree(self) -> "TrainingSection":
+        """Catch what ``accelerate launch`` would do silently wrong (one process instead of N) or fail on late."""
+        launch = LaunchSettings.of(self)
+        problems = launch.problems()
+        if self.gpu_ids is not None:
+            _check_gpu_ids("training.gpu_ids", self.gpu_ids)
+            if len(self.gpu_ids) != launch.processes_per_machine:
+                problems.append(f"training.gpu_ids lists {len(self.gpu_ids)} GPU(s), but each machine runs "
+                                f"{launch.processes_per_machine} training process(es), one per GPU")
+        if self.finetune == "qlora" and launch.shards_parameters:
+            problems.append("training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3 here "
+                            "(4-bit weights cannot be sharded): use DDP (configs/accelerate/ddp.yaml) or 'lora'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What ``accelerate launch`` will run: the accelerate YAML's values, overridden by the ``training`` section's.
+
+    Read with plain YAML (not accelerate's classes, which import torch and the
+    hub) so that loading a run config stays light.
+    """
+
+    distributed_type: str
+    num_processes: int
+    num_machines: int
+    main_process_ip: str | None
+    main_process_port: int | None
+    use_cpu: bool
+    mpirun: bool
+    fsdp_version: int | None
+    fsdp_state_dict_type: str | None
+    zero_stage: int | None
+    deepspeed_multinode_launcher: str | None
+
+    @classmethod
+    def of(cls, settings: "TrainingSection") -> "LaunchSettings":
+        file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else {}
+        fsdp, deepspeed = file.get("fsdp_config") or {}, file.get("deepspeed_config") or {}
+        num_processes = settings.num_processes or int(file.get("num_processes") or 1)
+        # Without a file the stage launches one plain process, or several under torchrun (--multi_gpu).
+        plain = "MULTI_GPU" if num_processes > 1 else "NO"
+        return cls(
+            distributed_type=str(file.get("distributed_type", plain)),
+            num_processes=num_processes,
+            num_machines=settings.num_machines or int(file.get("num_machines") or 1),
+            main_process_ip=settings.main_process_ip or file.get("main_process_ip"),
+            main_process_port=settings.main_process_port or file.get("main_process_port"),
+            use_cpu=bool(file.get("use_cpu", False)),
+            mpirun=bool((file.get("mpirun_config") or {}).get("mpirun_hostfile")),
+            fsdp_version=fsdp.get("fsdp_version"),
+            fsdp_state_dict_type=fsdp.get("fsdp_state_dict_type"),
+            zero_stage=deepspeed.get("zero_stage"),
+            deepspeed_multinode_launcher=deepspeed.get("deepspeed_multinode_launcher"),
+        )
+
+    @property
+    def processes_per_machine(self) -> int:
+        """torchrun starts num_processes / num_machines on each machine (the validation asks that it divides)."""
+        return max(1, self.num_processes // self.num_machines)
+
+    @property
+    def shards_parameters(self) -> bool:
+        """FSDP, or DeepSpeed ZeRO-3: each process holds only a shard of the weights."""
+        return self.distributed_type == "FSDP" or (self.distributed_type == "DEEPSPEED" and self.zero_stage == 3)
+
+    def problems(self) -> list[str]:
+        """What would go wrong at launch: each problem names the key to change."""
+        problems = []
+        if self.num_processes % self.num_machines:
+            problems.append(f"training.num_processes ({self.num_processes}) must be a multiple of "
+                            f"training.num_machines ({self.num_machines}): every machine runs as many processes")
+        if self.num_machines > 1 and not self.main_process_ip:
+            problems.append("training.num_machines > 1 needs training.main_process_ip (or main_process_ip in the "
+                            "accelerate config): the address of machine rank 0")
+        if self.num_processes > 1 and (self.distributed_type == "NO" or
+                                       (self.distributed_type == "MULTI_CPU" and not self.mpirun)):
+            # accelerate's plain launcher starts a single process for these, whatever --num_processes says.
+            problems.append(f"training.num_processes {self.num_processes} needs an accelerate config whose "
+                            f"distributed_type is MULTI_GPU, FSDP or DEEPSPEED (with use_cpu: true for CPU "
+                            f"processes, as in configs/accelerate/cpu_2proc.yaml), or no accelerate_config: "
+                            f"distributed_type {self.distributed_type} runs one process")
+        if self.distributed_type == "FSDP" and self.fsdp_version != 2:
+            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_version: 2 (FSDP2)")
+        if self.distributed_type == "FSDP" and self.fsdp_state_dict_type != "FULL_STATE_DICT":
+            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_state_dict_type: "
+                            "FULL_STATE_DICT (the trained adapter or model is served as one checkpoint)")
+        if self.distributed_type == "DEEPSPEED" and self.num_machines > 1 \
+                and self.deepspeed_multinode_launcher != "standard":
+            problems.append("training.accelerate_config: DeepSpeed on several machines needs "
+                            "deepspeed_config.deepspeed_multinode_launcher: standard (each machine launches its own)")
+        return problems
+
+
+def read_accelerate_config(path: Path) -> dict[str, Any]:
+    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"training.accelerate_config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "distributed_type" not in data:
+        raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
+    return data
+
+
+def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
+    if any(gpu < 0 for gpu in gpu_ids) or len(set(gpu_ids)) != len(gpu_ids):
+        raise ValueError(f"{key} must be distinct GPU indices >= 0, got {gpu_ids}")
+
 
 class EvaluationSection(StrictModel):
     turns: int = Field(3, ge=1)
     samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k).")
-    feedback: Literal["binary", "none"] = Field("binary", description="Without oracle: 'binary' always says incorrect.")
+    feedback: Literal["binary", "none", "improve"] = Field(
+        "binary", description="Without oracle: 'binary' always says incorrect; 'improve' asks for an improvement (ExIt)."
+    )
     sampling: SamplingSection = Field(default_factory=SamplingSection)
 
 
@@ -252,6 +407,34 @@ class PipelineConfig(StrictModel):
         if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
             raise ValueError("rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
                              "(training.finetune lora, rollout.serve_merged false)")
+        return self
+
+    @model_validator(mode="after")
+    def _exit_trains_adapters_on_a_vllm_server(self) -> "PipelineConfig":
+        # ExIt generates through vLLM during training and syncs the adapter into it by name.
+        if not isinstance(self.method, ExitSection):
+            return self
+        problems = []
+        if self.rollout.backend != "vllm":
+            problems.append("rollout.backend must be 'vllm' (the adapter is synced into the server while training)")
+        if self.training.finetune != "lora":
+            problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
+        if self.rollout.serve_merged:
+            problems.append("rollout.serve_merged must be false (adapters are served by name)")
+        if self.rollout.sampling.temperature == 0:
+            problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")
+        served, trained = set(self.rollout.server.gpu_ids or ()), set(self.training.gpu_ids or ())
+        if served & trained:
+            problems.append(f"rollout.server.gpu_ids and training.gpu_ids share GPU(s) {sorted(served & trained)}: "
+                            "ExIt's servers run while it trains")
+        # One optimizer step's completions, over every process: GRPO cuts them into whole groups.
+        processes = LaunchSettings.of(self.training).num_processes
+        batch = self.training.per_device_batch_size * self.training.gradient_accumulation_steps * processes
+        if batch % self.method.group_size:
+            problems.append(f"training.per_device_batch_size x gradient_accumulation_steps x processes ({batch}) "
+                            f"must be a multiple of method.group_size ({self.method.group_size})")
+        if problems:
+            raise ValueError("method 'exit': " + "; ".join(problems))
         return self
 
     @property

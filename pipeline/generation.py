@@ -23,10 +23,15 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
+    """One generated answer. The token ids are those the server used (empty when a backend does
+    not report them); GRPO trains on exactly these tokens."""
+
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    prompt_token_ids: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
 
 
 class GenerationError(RuntimeError):

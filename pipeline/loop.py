@@ -1,4 +1,7 @@
-"""The RISE loop: eval(0), then rollout -> curate -> train -> eval for each iteration.
+"""The run loop: eval(0), then each iteration's stages.
+
+RISE iterations go rollout -> curate -> train -> eval; ExIt iterations
+train -> eval (GRPO generates while it trains).
 
 The manifest holds the plan (:func:`pipeline.manifest.planned_stages`) and
 each stage's state; the loop only walks the plan and runs every stage that is
@@ -12,16 +15,11 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from pipeline.config import RiseSection
 from pipeline.run_dir import RunDir
 
 
 class StageFn(Protocol):
     def __call__(self, run: RunDir, iteration: int, show_progress: bool = True) -> object: ...
-
-
-class LoopError(RuntimeError):
-    """A run the loop cannot drive."""
 
 
 def stage_functions() -> dict[str, StageFn]:
@@ -45,8 +43,6 @@ def run_loop(
     on_stage: Callable[[int, str], None] | None = None,
 ) -> None:
     """Run every unfinished stage of ``run`` in plan order; ``on_stage(k, stage)`` is told before each starts."""
-    if not isinstance(run.config.method, RiseSection):
-        raise LoopError(f"`selfimprove run` drives RISE; method {run.config.method.name!r} is not available yet")
     functions = stage_functions()
     for iteration, stage in run.manifest.unfinished():
         if on_stage is not None:

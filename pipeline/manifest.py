@@ -19,6 +19,8 @@ from pipeline.atomic import file_digest, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 STAGES: tuple[str, ...] = ("rollout", "curate", "train", "eval")
+# ExIt generates while it trains (GRPO), so its iterations have no separate rollout or curate stage.
+STAGES_BY_METHOD: dict[str, tuple[str, ...]] = {"rise": STAGES, "exit": ("train", "eval")}
 
 
 class StageState(str, Enum):
@@ -57,11 +59,11 @@ def parse_stage_key(key: str) -> tuple[int, str]:
     return int(iteration.removeprefix("iter_")), stage
 
 
-def planned_stages(iterations: int) -> list[tuple[int, str]]:
+def planned_stages(iterations: int, method: str = "rise") -> list[tuple[int, str]]:
     """The order a run goes through: the base model's eval, then each iteration's stages."""
     plan = [(0, "eval")]
     for iteration in range(1, iterations + 1):
-        plan.extend((iteration, stage) for stage in STAGES)
+        plan.extend((iteration, stage) for stage in STAGES_BY_METHOD[method])
     return plan
 
 
@@ -78,8 +80,9 @@ class Manifest:
         return self.run_dir / MANIFEST_NAME
 
     @classmethod
-    def create(cls, run_dir: Path, run_name: str, iterations: int) -> "Manifest":
-        manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in planned_stages(iterations)})
+    def create(cls, run_dir: Path, run_name: str, iterations: int, method: str = "rise") -> "Manifest":
+        plan = planned_stages(iterations, method)
+        manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in plan})
         manifest.save()
         return manifest
 

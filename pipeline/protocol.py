@@ -15,7 +15,7 @@ from pipeline.config import TemplatesSection
 from pipeline.generation import Message
 from rewards import GradeResult
 
-FeedbackMode = Literal["binary", "grader", "none"]
+FeedbackMode = Literal["binary", "grader", "none", "improve"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,13 @@ def feedback_text(mode: FeedbackMode, grade: GradeResult, templates: TemplatesSe
     Only called after attempts that will be followed by another turn. With
     ``binary`` feedback that is "incorrect" whatever the truth: during
     collection the trajectory stops at the first success, and evaluation must
-    never tell the model it was right (no oracle).
+    never tell the model it was right (no oracle). ``improve`` is ExIt's
+    self-improvement step: the model is asked to improve its current response.
     """
     if mode == "binary":
         return templates.binary_feedback
     if mode == "grader":
         return templates.grader_feedback.format(feedback=grade.feedback)
+    if mode == "improve":
+        return templates.improve
     return templates.no_feedback

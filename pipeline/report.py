@@ -8,6 +8,9 @@ written eval is never shown. Writes, each atomically, into the run directory:
 - ``report.md``: a header (run, model, method, tasks, eval settings), a
   table per iteration and a line comparing it with the base model;
 - ``accuracy_by_turn.png``: pass@1 at each turn, one line per iteration;
+  for ExIt runs by improvement step (turn t is step t - 1), with each
+  iteration's mean training depth marked (from its ``train_summary.json``),
+  to show how far beyond the depths it trained on the model keeps improving;
 - ``sequential_vs_parallel.png``: m1@tk (k turns of one trajectory) against
   mk@t1 (k parallel first-turn answers), one pair of lines per iteration.
 
@@ -39,12 +42,13 @@ from pipeline.run_dir import CONFIG_NAME
 STAGE = "eval"
 EVAL_NAME = "eval.json"
 CURVES_NAME = "curves.json"
+TRAIN_SUMMARY_NAME = "train_summary.json"  # pipeline.train_stage.SUMMARY_NAME, read for ExIt's training depths
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "rise": ("mode", "selection", "tau", "train_from", "accumulate", "boost"),
-    "exit": ("group_size", "steps_per_iteration", "buffer_capacity", "eval_steps"),
+    "exit": ("group_size", "steps_per_iteration", "buffer_capacity", "min_buffer", "select_prob", "divergence_prob"),
 }
 """The settings of each method worth a place in the report's header."""
 
@@ -121,7 +125,7 @@ def write_report(run_root: str | Path) -> Path:
     run_root = Path(run_root)
     evals = collect_evals(run_root)
     text = render_markdown(_read_run_config(run_root), evals)
-    write_bytes_atomic(run_root / ACCURACY_PLOT, _png(_accuracy_by_turn(evals)))
+    write_bytes_atomic(run_root / ACCURACY_PLOT, _png(_accuracy_by_turn(evals, training_depths(run_root, evals))))
     write_bytes_atomic(run_root / CURVES_PLOT, _png(_sequential_vs_parallel(evals)))
     path = run_root / REPORT_NAME
     write_text_atomic(path, text)
@@ -276,12 +280,32 @@ def _yes_no(value: bool | None) -> str:
     return "n/a" if value is None else ("yes" if value else "no")
 
 
-def _accuracy_by_turn(evals: Sequence[IterationEval]) -> Figure:
-    figure, axes = _figure("pass@1 by turn", "turn", "pass@1 (%)")
+def training_depths(run_root: Path, evals: Sequence[IterationEval]) -> dict[int, float]:
+    """Iteration -> the mean depth of the histories it trained on (ExIt's train summaries; empty for RISE)."""
+    depths = {}
     for ev in evals:
-        turns = [row["turn"] for row in ev.summary["per_turn"]]
-        axes.plot(turns, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", label=ev.label)
-        axes.set_xticks(turns)
+        path = run_root / f"iter_{ev.iteration}" / "train" / TRAIN_SUMMARY_NAME
+        if ev.iteration > 0 and path.is_file() and (depth := _read_json(path).get("mean_depth")) is not None:
+            depths[ev.iteration] = float(depth)
+    return depths
+
+
+def _accuracy_by_turn(evals: Sequence[IterationEval], depths: dict[int, float]) -> Figure:
+    """pass@1 by turn; with training depths (ExIt) by improvement step, each mean depth a dotted line."""
+    if depths:
+        figure, axes = _figure("pass@1 by improvement step", "improvement step (0: first answer)", "pass@1 (%)")
+    else:
+        figure, axes = _figure("pass@1 by turn", "turn", "pass@1 (%)")
+    offset = 1 if depths else 0
+    for index, ev in enumerate(evals):
+        color = f"C{index % 10}"
+        xs = [row["turn"] - offset for row in ev.summary["per_turn"]]
+        axes.plot(xs, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", color=color,
+                  label=ev.label)
+        axes.set_xticks(xs)
+        if ev.iteration in depths:
+            depth = depths[ev.iteration]
+            axes.axvline(depth, color=color, linestyle=":", label=f"{ev.label}: mean training depth {depth:.2f}")
     axes.legend()
     return figure
 

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, 
 
 from pipeline.adapters import merge_adapter
 from pipeline.atomic import read_jsonl, write_json_atomic
+from pipeline.config import PipelineConfig
 from pipeline.model_store import resolve_model
 from pipeline.run_dir import RunDir
 from pipeline.train_stage import (
@@ -52,6 +53,18 @@ def training_dataset(path: Path) -> Dataset:
 def runs_on_cpu() -> bool:
     """True without CUDA, or when the accelerate config asks for the CPU."""
     return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def training_precision(config: PipelineConfig, on_cpu: bool) -> str:
+    """``training.mixed_precision`` resolved: ``auto`` is bf16 on a GPU with ``model.dtype: bfloat16``, else ``no``.
+
+    The CPU has no fast bf16 training, and float16 needs loss scaling, so
+    ``auto`` never picks either there.
+    """
+    precision = config.training.mixed_precision
+    if precision != "auto":
+        return precision
+    return "bf16" if not on_cpu and config.model.dtype == "bfloat16" else "no"
 
 
 def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
@@ -104,11 +117,12 @@ def _last(history: list[dict[str, Any]], key: str) -> float | None:
 def train_iteration(run: RunDir, iteration: int) -> Path:
     """Train iteration ``iteration`` and write its adapter (or model) and summary; returns the adapter's directory.
 
-    bf16 only on a GPU with ``model.dtype: bfloat16``; float32 otherwise
-    (the CPU has no fast bf16 training, and float16 needs loss scaling).
+    Every process runs this; only the main one writes the summary and the
+    merged model (the adapter is saved by all, written by the main one).
     """
     on_cpu = runs_on_cpu()
-    bf16 = not on_cpu and run.config.model.dtype == "bfloat16"
+    precision = training_precision(run.config, on_cpu)
+    bf16 = precision == "bf16"
     dataset = training_dataset(training_set(run, iteration))
     trainer = build_trainer(
         starting_model(run, iteration, bf16),
@@ -116,6 +130,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
         checkpoints_dir(run, iteration),
         run.config.training,
         bf16=bf16,
+        fp16=precision == "fp16",
         seed=run.config.run.seed,
         use_cpu=on_cpu,
     )

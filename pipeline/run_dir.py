@@ -42,7 +42,7 @@ class RunDir:
             raise RunDirError(f"{root} already holds a run; continue it with `selfimprove resume {root}`")
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / CONFIG_NAME, dump_config(config))
-        manifest = Manifest.create(root, config.run.name, config.run.iterations)
+        manifest = Manifest.create(root, config.run.name, config.run.iterations, config.method.name)
         return cls(root, config, manifest)
 
     @classmethod

@@ -149,6 +149,17 @@ class ServiceClient:
                 f"HTTP {response.status_code}: {_error_text(response)}"
             )
 
+    async def unload_adapter(self, name: str) -> None:
+        """Unload adapter ``name`` from every endpoint, freeing its slot (ExIt syncs a new one each few steps)."""
+        for endpoint in self.endpoints:
+            endpoint.adapters.pop(name, None)
+            response = await self._http.post(f"{endpoint.url}/v1/unload_lora_adapter", json={"lora_name": name})
+            if response.status_code != 200:
+                raise GenerationError(
+                    f"{endpoint.url} could not unload adapter {name!r}: HTTP {response.status_code}: "
+                    f"{_error_text(response)}"
+                )
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -170,6 +181,7 @@ def _parse_completions(data: dict, n: int) -> list[Completion]:
         raise GenerationError(f"asked for {n} completions, got {len(choices)}")
     usage = data.get("usage") or {}
     prompt_tokens = int(usage.get("prompt_tokens", 0))
+    prompt_token_ids = tuple(data.get("prompt_token_ids") or ())
     even_share = int(usage.get("completion_tokens", 0)) // max(n, 1)
     completions = []
     for choice in choices:
@@ -180,6 +192,8 @@ def _parse_completions(data: dict, n: int) -> list[Completion]:
                 finish_reason=choice.get("finish_reason"),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=len(token_ids) if token_ids is not None else even_share,
+                prompt_token_ids=prompt_token_ids,
+                token_ids=tuple(token_ids or ()),
             )
         )
     return completions

@@ -1,11 +1,16 @@
 """The ``train`` stage: RISE's weighted SFT of iteration K, run under ``accelerate launch``.
 
 The stage launches :mod:`pipeline.train_worker` with ``accelerate launch``:
-with the accelerate config ``training.accelerate_config`` names, else as one
-process (on CPU when there is no GPU). The launcher runs in a process group of
-its own that dies with the pipeline, even when the pipeline is SIGKILLed, and
-is stopped on Ctrl-C and errors; everything it prints goes to
-``iter_K/train/train.log``. Layout::
+with the accelerate config ``training.accelerate_config`` names (DDP, FSDP2,
+DeepSpeed, several machines), else as plain processes (one, on CPU when there
+is no GPU, or ``training.num_processes`` under torchrun), the ``training``
+section's launch settings overriding the file's. The launcher runs in a
+process group of its own that dies with the pipeline, even when the pipeline
+is SIGKILLed, and is stopped on Ctrl-C and errors; everything it prints goes
+to ``iter_K/train/train.log``. When one of several processes dies, torchrun
+stops the others and the stage's error names the rank. On the other machines
+of a multi-machine run, :func:`join_training` launches their processes each
+time the stage starts. Layout::
 
     iter_K/train/
       train.log            the trainer's output, appended by every attempt
@@ -26,19 +31,21 @@ nothing heavy: the pipeline process never loads torch's training stack.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.adapters import AdapterError, check_adapter_dir
-from pipeline.config import RiseSection, TrainingSection
+from pipeline.config import ExitSection, LaunchSettings, TrainingSection
 from pipeline.curate_stage import STAGE as CURATE_STAGE, TRAIN_NAME
+from pipeline.manifest import Manifest, StageState
 from pipeline.run_dir import RunDir
 from pipeline.subprocess_utils import start_in_own_session, stop_group, tail
 
@@ -52,6 +59,10 @@ STEP_MARKER = "selfimprove-train step"
 _STEP_LINE = re.compile(rf"{STEP_MARKER} (\d+)/(\d+)$", re.MULTILINE)
 POLL_S = 0.5
 STOP_GRACE_S = 10.0
+JOIN_POLL_S = 2.0
+# torchrun's report of a failed multi-process launch: the block after "Root Cause", one "key : value" per line.
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:^=+$|\Z)", re.DOTALL | re.MULTILINE)
+_CAUSE_FIELD = re.compile(r"^\s*(rank|host|exitcode|traceback)\s*:\s*(.*?)\s*$", re.MULTILINE)
 
 
 class TrainError(RuntimeError):
@@ -144,28 +155,87 @@ def step_line(step: int, total: int) -> str:
     return f"{STEP_MARKER} {step}/{total}"
 
 
-def launch_options(settings: TrainingSection) -> list[str]:
-    """``accelerate launch`` options: the configured accelerate file, else one process (``--cpu`` without CUDA).
+def launch_options(settings: TrainingSection, machine_rank: int = 0) -> list[str]:
+    """``accelerate launch`` options: the accelerate file, overridden by the ``training`` section's settings.
 
-    ``--quiet`` keeps the launcher's own traceback out of the log, so that
-    the worker's error is the log's last lines.
+    Without a file: one process (``--cpu`` without CUDA), or N processes under
+    torchrun (``--multi_gpu``: DDP over NCCL on GPUs, over gloo on the CPU).
+    ``auto`` precision launches as ``no``: the worker turns bf16 on itself
+    where it applies. ``--quiet`` keeps the launcher's own traceback out of
+    the log, so that the worker's error is the log's last lines.
     """
+    launch = LaunchSettings.of(settings)
     if settings.accelerate_config is not None:
-        return ["--config_file", str(settings.accelerate_config), "--quiet"]
-    import torch
+        options = ["--config_file", str(settings.accelerate_config)]
+    elif launch.num_processes > 1:
+        options = ["--multi_gpu", "--dynamo_backend", "no"]
+    else:
+        import torch
 
-    single = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return [*single, *([] if torch.cuda.is_available() else ["--cpu"]), "--quiet"]
+        options = ["--dynamo_backend", "no", *([] if torch.cuda.is_available() else ["--cpu"])]
+    options += [
+        "--num_processes", str(launch.num_processes),
+        "--num_machines", str(launch.num_machines),
+        "--mixed_precision", "no" if settings.mixed_precision == "auto" else settings.mixed_precision,
+    ]
+    if launch.num_machines > 1:
+        options += ["--machine_rank", str(machine_rank), "--main_process_ip", str(launch.main_process_ip)]
+        options += ["--main_process_port", str(launch.main_process_port)] if launch.main_process_port else []
+    elif launch.num_processes > 1:
+        # 0: a free port, so that two runs on one machine do not collide on accelerate's default 29500.
+        options += ["--main_process_port", str(launch.main_process_port or 0)]
+    if settings.gpu_ids is not None:
+        options += ["--gpu_ids", ",".join(map(str, settings.gpu_ids))]
+    return [*options, "--quiet"]
 
 
-def launch_command(run: RunDir, iteration: int) -> list[str]:
+def launch_env(settings: TrainingSection) -> dict[str, str]:
+    """Environment for the launcher: a config's ``use_cpu: true`` reaches the workers also under torchrun.
+
+    accelerate's torchrun path (``distributed_type: MULTI_GPU``, the only way
+    it starts several local processes without MPI) drops ``use_cpu``; the
+    worker reads ``ACCELERATE_USE_CPU`` (:func:`pipeline.rise_training.runs_on_cpu`).
+    """
+    env = {"PYTHONUNBUFFERED": "1"}
+    if LaunchSettings.of(settings).use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
+
+
+def check_launchable(settings: TrainingSection) -> None:
+    """Fail before launching when the accelerate config needs DeepSpeed and it is not installed."""
+    if LaunchSettings.of(settings).distributed_type == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise TrainError(
+            f"training.accelerate_config {settings.accelerate_config} uses DeepSpeed, which is not installed "
+            "here: `pip install deepspeed` (it needs a CUDA toolkit), or pick another accelerate config"
+        )
+
+
+def launch_command(run: RunDir, iteration: int, machine_rank: int = 0) -> list[str]:
     """The launcher's command line; the run directory goes absolute, valid whatever the worker's working directory."""
     return [
         sys.executable, "-m", "accelerate.commands.launch",
-        *launch_options(run.config.training),
+        *launch_options(run.config.training, machine_rank),
         "--module", "pipeline.train_worker",
         str(run.root.resolve()), "--iteration", str(iteration),
     ]
+
+
+def failure_summary(log_text: str) -> str | None:
+    """The "Root Cause" torchrun reports when a process of a multi-process launch fails: which rank, and how.
+
+    None for a single-process launch, whose error is the log's tail.
+    """
+    causes = _ROOT_CAUSE.findall(log_text)
+    if not causes:
+        return None
+    fields = {key: " ".join(value.split()) for key, value in _CAUSE_FIELD.findall(causes[-1])}
+    summary = (f"rank {fields.get('rank', '?')} on {fields.get('host', '?')} failed with exit code "
+               f"{fields.get('exitcode', '?')}")
+    traceback = fields.get("traceback", "")
+    if traceback and not traceback.startswith("To enable traceback"):
+        summary += f": {traceback}"
+    return summary
 
 
 class StepWatcher:
@@ -182,26 +252,85 @@ class StepWatcher:
         return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
-def run_training(run: RunDir, iteration: int, show_progress: bool) -> None:
-    """Launch the worker and wait for it, showing its steps; stop its process group however this ends."""
+def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: dict[str, str] | None = None) -> None:
+    """Launch the worker and wait for it, showing its steps; stop its process group however this ends.
+
+    ``extra_env`` reaches the worker (ExIt passes the rollout servers' URLs this way).
+    A process that dies takes the others down with it (torchrun stops the
+    survivors), and the error names it.
+    """
+    settings = run.config.training
+    check_launchable(settings)
     log_path = run.stage_dir(iteration, STAGE) / LOG_NAME
     command = launch_command(run, iteration)
     attempt = run.manifest.record(iteration, STAGE).attempts
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **launch_env(settings), **(extra_env or {})}
     with open(log_path, "ab") as log, open(log_path, "rb") as follow:
         log.write(f"=== train iteration {iteration}, attempt {attempt}: {' '.join(command)}\n".encode())
         log.flush()
         follow.seek(0, os.SEEK_END)
+        start = follow.tell()
         process = start_in_own_session(command, log, env)
         try:
             _wait(process, StepWatcher(follow), f"training iter {iteration}", show_progress)
         finally:
             stop_group(process, STOP_GRACE_S)
     if process.returncode != 0:
+        with open(log_path, "rb") as attempt_log:
+            attempt_log.seek(start)
+            cause = failure_summary(attempt_log.read().decode(errors="replace"))
         raise TrainError(
-            f"training iteration {iteration} failed (exit code {process.returncode}); "
+            f"training iteration {iteration} failed: {cause or f'exit code {process.returncode}'}; "
             f"see {log_path}:\n{tail(log_path)}"
         )
+
+
+def join_training(
+    run_root: Path, machine_rank: int, on_join: Callable[[int, int], None], poll_s: float = JOIN_POLL_S
+) -> list[int]:
+    """On machine ``machine_rank`` (> 0) of a multi-machine run: train with the main machine until training is done.
+
+    The main machine's pipeline drives the run and alone writes the manifest
+    and run files. This machine watches the manifest on the shared run
+    directory and, each time a train stage starts or restarts there,
+    launches its own processes with the same options, so that they meet the
+    main machine's at the rendezvous. A failed launch is left to the main
+    machine to report (its stage fails too); a retried stage is joined again.
+    Returns the launchers' exit codes; ``on_join(iteration, attempt)`` is called
+    before each launch.
+    """
+    run = RunDir.open(run_root)
+    check_launchable(run.config.training)
+    machines = LaunchSettings.of(run.config.training).num_machines
+    if machines < 2:
+        raise TrainError(f"{run_root} trains on one machine (training.num_machines is 1): there is nothing to join")
+    if not 0 < machine_rank < machines:
+        raise TrainError(f"{run_root} trains on {machines} machines: joining needs a machine rank from 1 to "
+                         f"{machines - 1} (machine rank 0 runs the pipeline itself)")
+    joined: set[tuple[int, int]] = set()
+    codes = []
+    iterations = range(1, run.config.run.iterations + 1)
+    while True:
+        manifest = Manifest.load(run_root)
+        if all(manifest.is_done(iteration, STAGE) for iteration in iterations):
+            return codes
+        for iteration in iterations:
+            record = manifest.record(iteration, STAGE)
+            if record.state is StageState.RUNNING and (iteration, record.attempts) not in joined:
+                joined.add((iteration, record.attempts))
+                on_join(iteration, record.attempts)
+                codes.append(_launch_here(run, iteration, machine_rank))
+        time.sleep(poll_s)
+
+
+def _launch_here(run: RunDir, iteration: int, machine_rank: int) -> int:
+    """This machine's launcher, its output on this terminal; its exit code."""
+    env = {**os.environ, **launch_env(run.config.training)}
+    process = start_in_own_session(launch_command(run, iteration, machine_rank), None, env)
+    try:
+        return process.wait()
+    finally:
+        stop_group(process, STOP_GRACE_S)
 
 
 def _wait(process: subprocess.Popen, watcher: StepWatcher, description: str, show_progress: bool) -> None:
@@ -230,13 +359,16 @@ def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> 
         return final_dir(run, iteration)
     run.manifest.start(iteration, STAGE)
     try:
-        method = run.config.method
-        if not isinstance(method, RiseSection):
-            raise TrainError(f"the train stage runs RISE's weighted SFT, but this run's method is {method.name!r}")
-        training_set(run, iteration)
-        previous_output(run, iteration)
-        run_training(run, iteration, show_progress)
-        outputs = output_files(run, iteration)
+        if isinstance(run.config.method, ExitSection):
+            from pipeline.exit_stage import exit_outputs, run_exit_training
+
+            run_exit_training(run, iteration, show_progress)
+            outputs = output_files(run, iteration) + exit_outputs(run, iteration)
+        else:
+            training_set(run, iteration)
+            previous_output(run, iteration)
+            run_training(run, iteration, show_progress)
+            outputs = output_files(run, iteration)
     except BaseException as exc:
         run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
         raise

@@ -19,7 +19,7 @@ _LAUNCHER_PID = os.getppid()  # read at import, as close to exec as possible: se
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train one RISE iteration (run by the train stage).")
+    parser = argparse.ArgumentParser(description="Train one RISE or ExIt iteration (run by the train stage).")
     parser.add_argument("run_dir")
     parser.add_argument("--iteration", type=int, required=True)
     return parser.parse_args(argv)
@@ -28,10 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     die_with_parent(_LAUNCHER_PID)
     args = parse_args(argv)
-    from pipeline.rise_training import train_iteration
+    from pipeline.config import ExitSection
     from pipeline.run_dir import RunDir
 
-    train_iteration(RunDir.open(args.run_dir), args.iteration)
+    run = RunDir.open(args.run_dir)
+    if isinstance(run.config.method, ExitSection):
+        from pipeline.exit_training import train_iteration
+    else:
+        from pipeline.rise_training import train_iteration
+    train_iteration(run, args.iteration)
 
 
 if __name__ == "__main__":

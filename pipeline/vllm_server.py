@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class VLLMServer:
     ``served_name`` is the model name requests use for the base model;
     adapters loaded at runtime are requested by their own names. With no
     ``log_path`` the server's output goes to this process's terminal.
+    ``devices`` becomes its ``CUDA_VISIBLE_DEVICES`` (None: the pipeline's).
     """
 
     model_path: str
@@ -44,8 +46,10 @@ class VLLMServer:
     log_path: Path | None
     served_name: str = "base"
     port: int | None = None
+    devices: str | None = None
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log_handle: object | None = field(default=None, init=False, repr=False)
+    _launched_at: float = field(default=0.0, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -79,21 +83,29 @@ class VLLMServer:
         env = dict(os.environ)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_space_gib))
+        if self.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.devices
         return env
 
     def start(self) -> "VLLMServer":
         """Launch the server and block until ``/health`` answers (bounded by ``startup_timeout_s``)."""
+        self.launch()
+        self.wait_healthy()
+        return self
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it (see :func:`start_servers`)."""
         if self.port is None:
             self.port = self.settings.port or free_port(self.settings.host)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_path, "ab")
         self._process = start_in_own_session(self.command(), self._log_handle, self.environment())
-        self._wait_healthy()
-        return self
+        self._launched_at = time.monotonic()
 
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.settings.startup_timeout_s
+    def wait_healthy(self) -> None:
+        """Block until ``/health`` answers, at most ``startup_timeout_s`` after the launch."""
+        deadline = self._launched_at + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             if not self.is_running():
                 raise ServerError(f"vLLM server exited with code {self._process.returncode} while starting; "
@@ -142,6 +154,74 @@ class VLLMServer:
         self.stop()
 
 
+def replica_servers(
+    model_path: str,
+    model: ModelSection,
+    settings: ServerSection,
+    log_dir: Path | None,
+    served_name: str = "base",
+    port: int | None = None,
+) -> list[VLLMServer]:
+    """One server per ``settings.replicas``, each with its own port, log and GPUs (not started).
+
+    Replica 0 logs to ``vllm_server.log``, replica i to ``vllm_server.i.log``;
+    with a fixed ``port`` (else ``settings.port``) replica i listens on port + i,
+    else on a free port, picked for all at once so that no two get the same.
+    """
+    base_port = port or settings.port
+    ports = free_ports(settings.host, settings.replicas) if base_port is None else [
+        base_port + i for i in range(settings.replicas)
+    ]
+    return [
+        VLLMServer(
+            model_path=model_path,
+            model=model,
+            settings=settings,
+            served_name=served_name,
+            log_path=None if log_dir is None else log_dir / ("vllm_server.log" if i == 0 else f"vllm_server.{i}.log"),
+            port=ports[i],
+            devices=devices,
+        )
+        for i, devices in enumerate(replica_devices(settings, os.environ.get("CUDA_VISIBLE_DEVICES")))
+    ]
+
+
+def replica_devices(settings: ServerSection, visible: str | None) -> list[str | None]:
+    """Each replica's ``CUDA_VISIBLE_DEVICES``: ``tensor_parallel_size`` GPUs apiece, in order.
+
+    From ``settings.gpu_ids`` when given; otherwise one replica keeps the
+    pipeline's own devices (None), and several split those the pipeline sees
+    (``visible``, its CUDA_VISIBLE_DEVICES, else GPUs 0, 1, ...). vLLM's CPU
+    build ignores the variable.
+    """
+    size, count = settings.tensor_parallel_size, settings.replicas
+    if settings.gpu_ids is None and count == 1:
+        return [None]
+    if settings.gpu_ids is not None:
+        pool = [str(gpu) for gpu in settings.gpu_ids]
+    elif visible:
+        pool = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    else:
+        pool = [str(gpu) for gpu in range(size * count)]
+    if len(pool) < size * count:
+        raise ServerError(
+            f"rollout.server.replicas ({count}) x tensor_parallel_size ({size}) need {size * count} GPUs, but "
+            f"CUDA_VISIBLE_DEVICES={visible} shows {len(pool)}: set rollout.server.gpu_ids or fewer replicas"
+        )
+    return [",".join(pool[i * size:(i + 1) * size]) for i in range(count)]
+
+
+def start_servers(servers: list[VLLMServer]) -> None:
+    """Launch every server, then wait for each: they boot side by side, so startup costs the slowest one's time.
+
+    On a failure the servers keep running: the caller stops them all.
+    """
+    for server in servers:
+        server.launch()
+    for server in servers:
+        server.wait_healthy()
+
+
 def is_cpu_build() -> bool:
     """True when the installed vLLM is the ``vllm-cpu`` distribution."""
     try:
@@ -152,6 +232,13 @@ def is_cpu_build() -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(host, 1)[0]
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct free ports: the sockets are held together, so the system cannot hand one out twice."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]

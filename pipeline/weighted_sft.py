@@ -26,7 +26,9 @@ batches) records the window's total weight; each micro-batch's loss is its
 divide again by the accumulation steps. Summed gradients therefore equal
 those of one big batch, exactly, whatever the micro-batch sizes. Under
 several processes the total is gathered across ranks and the loss scaled
-by the process count, since DDP averages gradients.
+by the process count, since DDP (like FSDP and DeepSpeed) averages
+gradients: N processes take the step one process takes on all their
+examples.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
@@ -174,44 +177,56 @@ def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
     return {"dtype": dtype, "quantization_config": quantization}
 
 
-def sft_config(
-    output_dir: str | Path,
-    settings: TrainingSection,
-    *,
-    bf16: bool = False,
-    seed: int = 0,
-    max_steps: int = -1,
-    use_cpu: bool = False,
-) -> SFTConfig:
-    """TRL arguments from the run config's ``training`` section.
+def trainer_arguments(
+    output_dir: str | Path, settings: TrainingSection, *, bf16: bool, fp16: bool, seed: int, use_cpu: bool
+) -> dict[str, Any]:
+    """The ``training`` section as the Trainer arguments every trainer here shares (SFT and GRPO).
 
-    Every setting is explicit because SFTConfig's own defaults differ from
-    Trainer's (gradient checkpointing and bf16 on). ``bf16`` also picks the
-    dtype the model is loaded in (float32 otherwise), so mixed precision is
-    never asked of float32 weights or vice versa.
+    Every setting is explicit because TRL's configs default differently from
+    Trainer (gradient checkpointing and bf16 on). ``bf16`` also picks the
+    dtype the model is loaded in (float32 otherwise), so bf16 autocast is
+    never asked of float32 weights or vice versa; ``fp16`` autocasts float32
+    weights, with loss scaling.
     """
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        max_steps=max_steps,
         per_device_train_batch_size=settings.per_device_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        max_length=settings.max_seq_length,
         warmup_steps=settings.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=settings.lr_scheduler,
         gradient_checkpointing=settings.gradient_checkpointing,
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
-        logging_steps=max(1, settings.save_steps // 5),
         bf16=bf16,
+        fp16=fp16,
         use_cpu=use_cpu,
         seed=seed,
         report_to=[],
+        model_init_kwargs=model_load_kwargs(settings, bf16),
+    )
+
+
+def sft_config(
+    output_dir: str | Path,
+    settings: TrainingSection,
+    *,
+    bf16: bool = False,
+    fp16: bool = False,
+    seed: int = 0,
+    max_steps: int = -1,
+    use_cpu: bool = False,
+) -> SFTConfig:
+    """TRL's SFT arguments from the run config's ``training`` section (see :func:`trainer_arguments`)."""
+    return SFTConfig(
+        **trainer_arguments(output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu),
+        num_train_epochs=settings.epochs,
+        max_steps=max_steps,
+        max_length=settings.max_seq_length,
+        logging_steps=max(1, settings.save_steps // 5),
         # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
         include_num_input_tokens_seen="non_padding",
-        model_init_kwargs=model_load_kwargs(settings, bf16),
     )
 
 
@@ -277,19 +292,32 @@ def _is_complete(checkpoint: Path) -> bool:
     return True
 
 
-def train(trainer: WeightedSFTTrainer, final_dir: str | Path, *, resume: bool = True) -> Path:
+def train(trainer: Trainer, final_dir: str | Path, *, resume: bool = True) -> Path:
     """Train, continuing from the newest checkpoint in the output dir when ``resume``; save the model or adapter.
 
     Resuming restores optimizer, scheduler, RNG and data order, so an
     interrupted training stage ends with the same weights as a whole one.
     The final directory appears complete or not at all (:func:`save_final`).
     """
-    checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
+    checkpoint = agreed_checkpoint(trainer) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     return save_final(trainer, Path(final_dir))
 
 
-def save_final(trainer: WeightedSFTTrainer, final_dir: Path) -> Path:
+def agreed_checkpoint(trainer: Trainer) -> str | None:
+    """The newest complete checkpoint as the main process sees it, sent to every process.
+
+    All processes must resume from the same step, or their collectives no
+    longer match; a process on another machine could see the shared
+    directory a moment out of date, so it does not look for itself.
+    """
+    found = [last_checkpoint(trainer.args.output_dir) if trainer.accelerator.is_main_process else None]
+    if trainer.accelerator.num_processes > 1:
+        broadcast_object_list(found)
+    return found[0]
+
+
+def save_final(trainer: Trainer, final_dir: Path) -> Path:
     """Save the model or adapter to a scratch directory beside ``final_dir``, then rename it into place.
 
     Every process takes part in saving (sharded weights are gathered

@@ -45,6 +45,7 @@ class Grader(Protocol):
     """
 
     name: str
+    binary: bool  # scores are only 0 or 1 (ExIt then rewards an improvement step with the score itself)
 
     def grade(self, response: str, reference: Any) -> GradeResult: ...
 

@@ -79,6 +79,11 @@ class CodeGrader:
         self.limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb)
         self.runner: Runner = runner or LocalRunner()
 
+    @property
+    def binary(self) -> bool:
+        """Scores are 0/1 only in ``binary`` mode; ``fraction`` gives partial credit."""
+        return self.score_mode == "binary"
+
     def grade(self, response: str, reference: Any) -> GradeResult:
         if not isinstance(response, str):
             return GradeResult.failure(f"response is {type(response).__name__}, not str")

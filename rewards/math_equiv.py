@@ -53,6 +53,7 @@ class MathGrader:
     """
 
     name: ClassVar[str] = "math"
+    binary: ClassVar[bool] = True
     require_boxed: bool = False
 
     def grade(self, response: str, reference: Any) -> GradeResult:

@@ -108,6 +108,7 @@ class NumericGrader:
     """
 
     name: ClassVar[str] = "numeric"
+    binary: ClassVar[bool] = True
     rel_tol: float = 1e-6
     require_boxed: bool = False
 

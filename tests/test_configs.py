@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RiseSection, load_config
+from pipeline.config import ExitSection, RiseSection, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -52,3 +52,24 @@ def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, gr
     assert config.rollout.samples_per_turn == 16
     # Evaluation keeps only the last attempt in the prompt, as the reference code's context window does.
     assert config.rollout.history_window == 1
+
+
+def test_exit_math_config_mirrors_the_papers_math_setup() -> None:
+    config = load_config(REPO / "configs" / "exit_math.yaml")
+    method = config.method
+    assert isinstance(method, ExitSection)
+    assert config.model.name_or_path == "meta-llama/Llama-3.2-3B-Instruct"
+    assert (method.buffer_capacity, method.min_buffer, method.select_prob) == (512, 128, 0.5)
+    assert (method.divergence_prob, method.group_size, config.training.learning_rate) == (0.2, 8, 1e-6)
+    assert (config.evaluation.turns, config.evaluation.feedback) == (17, "improve")  # K = 16 steps
+    assert config.grader.name == "math"
+    for section in (config.tasks.train, config.tasks.eval):
+        assert (section.source, section.options) == ("hf", {"preset": "math"})
+
+
+def test_exit_quickstart_runs_on_the_embedded_model_on_cpu() -> None:
+    config = load_config(REPO / "configs" / "exit_quickstart.yaml")
+    assert isinstance(config.method, ExitSection)
+    assert config.model.name_or_path == "embedded:smollm2-135m-instruct"
+    assert config.tasks.train.source == "arithmetic" and config.grader.name == "numeric"
+    assert config.evaluation.feedback == "improve" and config.training.accelerate_config is None

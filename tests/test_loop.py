@@ -14,40 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-import yaml
 
-from pipeline.adapters import merge_adapter
 from pipeline.atomic import read_jsonl
-from pipeline.config import parse_config
 from pipeline.manifest import Manifest, planned_stages
 from pipeline.vllm_server import VLLMServer
+from tests.run_helpers import REPO, cli, cli_env, run_cli, serving, write_config, write_tasks
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 TURNS = 3
 EVAL_KEYS = {
     "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1",
     "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
 }
-
-
-def write_tasks(path: Path) -> Path:
-    """6 train and 5 eval addition tasks, half of whose answers are 7 (the model's favourite)."""
-    pairs = [(3, 4), (10, 11), (2, 5), (6, 8), (1, 6), (20, 2)]
-    rows = [{"prompt": f"What is {a} + {b}?", "answer": a + b} for a, b in pairs]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
@@ -78,25 +66,6 @@ def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | Non
     }
 
 
-def write_config(tmp_path: Path, data: dict) -> Path:
-    parse_config(data)  # fail here, not in the subprocess, on a bad smoke config
-    path = tmp_path / f"{data['run']['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), cwd=REPO, capture_output=True, text=True, env=_env())
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
-
-
 def record_digests(path: Path) -> Counter:
     """Content hashes of a JSONL file's records, minus the served adapter's name (it contains the run name)."""
     digests = Counter()
@@ -114,19 +83,10 @@ def run_records(root: Path) -> dict[str, Counter]:
 
 
 @pytest.fixture(scope="module")
-def answering_model(tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with the ``\\boxed{7}`` adapter merged in (by the code that serves merged iterations)."""
-    return merge_adapter(tiny_model, tiny_adapter, tmp_path_factory.mktemp("answering") / "model")
-
-
-@pytest.fixture(scope="module")
-def shared_server(answering_model: Path, tmp_path_factory: pytest.TempPathFactory):
+def shared_server(answering_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """One vLLM server for the runs that are killed and resumed, so restarts do not pay for server start-up."""
-    config = parse_config(smoke_config(tmp_path_factory.mktemp("unused") / "runs", answering_model, "server"))
-    server = VLLMServer(
-        str(answering_model), config.model, config.rollout.server, tmp_path_factory.mktemp("server") / "vllm.log"
-    )
-    with server:
+    data = smoke_config(tmp_path_factory.mktemp("unused") / "runs", answering_model, "server")
+    with serving(answering_model, data, tmp_path_factory.mktemp("server") / "vllm.log") as server:
         yield server
 
 
@@ -187,7 +147,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_records(
     rng = random.Random(20261123)
     kills, command = 0, cli("run", str(config), "--no-progress")
     while True:
-        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             process.wait(timeout=rng.uniform(4.0, 30.0) if kills < 4 else None)
         except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ from pipeline.report import (
     ReportError,
     collect_evals,
     report_table,
+    training_depths,
     write_report,
 )
 from pipeline.run_dir import RunDir
@@ -189,3 +190,13 @@ def test_report_table_has_a_column_per_iteration(run: RunDir) -> None:
     assert rows["tasks"] == ["40", "40"]
     assert rows["m1@t3 vs base"] == ["-", "+10.0 pp"]
     assert rows["m1@t3 >= m3@t1"] == ["no", "yes"]
+
+
+def test_exit_runs_mark_each_iterations_mean_training_depth(run: RunDir) -> None:
+    """ExIt's train summaries carry mean_depth; RISE's do not, and then nothing is marked."""
+    evals = collect_evals(run.root)
+    assert training_depths(run.root, evals) == {}
+    (run.stage_dir(1, "train") / "train_summary.json").write_text(json.dumps({"mean_depth": 1.25, "steps": 8}))
+    assert training_depths(run.root, evals) == {1: 1.25}
+    write_report(run.root)
+    assert (run.root / "accuracy_by_turn.png").read_bytes()[:8] == PNG_MAGIC

@@ -15,10 +15,12 @@ import signal
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipeline.adapters import AdapterError, check_adapter_dir
 from pipeline.atomic import read_jsonl
+from pipeline.backends import open_learner
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -288,6 +290,46 @@ def test_server_killed_mid_rollout_is_restarted_and_the_rollout_completes(tiny_m
     for record in records:
         assert_well_formed(record, turns=3, samples=2)
     assert not port_is_open(server.url)
+
+
+def finished_requests(url: str) -> float:
+    """Requests a server has finished, from its Prometheus counter (summed over finish reasons)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+def test_two_replicas_share_a_rollout_and_both_serve_the_adapter(
+    tmp_path: Path, tiny_model: Path, tiny_adapter: Path
+) -> None:
+    config = make_config(tmp_path, tiny_model)
+    config.rollout.server.replicas = 2
+    tasks = load_tasks(config.tasks.train, "train")[:8]
+    spec = collection_spec(config, adapter="tiny-iter1")
+
+    async def scenario() -> tuple[list[str], Path, dict[str, float], dict[str, set[str]]]:
+        async with open_learner(config, tmp_path / "logs") as learner:
+            await learner.load_adapter("tiny-iter1", str(tiny_adapter))
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, learner, pooled_grading(pool, "numeric", {}))
+                path = await collect(tasks, runner, tmp_path / "out", "test", show_progress=False)
+            urls = [endpoint.url for endpoint in learner.endpoints]
+            served = {url: {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]} for url in urls}
+            return urls, path, {url: finished_requests(url) for url in urls}, served
+
+    urls, path, finished, served = asyncio.run(scenario())
+
+    assert len(set(urls)) == 2
+    records = read_jsonl(path)
+    assert len(records) == 8 and all(r["adapter"] == "tiny-iter1" and r["error"] is None for r in records)
+    requests = sum(len(r["turns"]) for r in records)
+    # Both replicas answered, and every request exactly once (vLLM counts each of a request's n samples).
+    assert all(count > 0 for count in finished.values()), finished
+    assert sum(finished.values()) == requests * config.rollout.samples_per_turn
+    assert all(names == {"base", "tiny-iter1"} for names in served.values()), served
+    assert (tmp_path / "logs" / "vllm_server.log").stat().st_size > 0
+    assert (tmp_path / "logs" / "vllm_server.1.log").stat().st_size > 0
+    assert not any(port_is_open(url) for url in urls)  # both stopped with the block
 
 
 def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, tiny_model: Path) -> None:

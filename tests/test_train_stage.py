@@ -9,101 +9,33 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from pipeline.atomic import file_digest, write_jsonl_atomic, write_text_atomic
-from pipeline.config import dump_config, parse_config
+from pipeline.atomic import file_digest, write_text_atomic
+from pipeline.config import dump_config
 from pipeline.manifest import StageState
 from pipeline.run_dir import RunDir
-from pipeline.train_stage import STEP_MARKER, StepWatcher, TrainError, run_train_stage, step_line
-from pipeline.weighted_sft import last_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2
-TRAINING = {
-    "lora_r": 4,
-    "lora_alpha": 8,
-    "lora_dropout": 0.0,
-    "learning_rate": 1e-2,
-    "epochs": 1,
-    "per_device_batch_size": 1,
-    "max_seq_length": 128,
-    "save_steps": 2,
-    "save_total_limit": None,  # keep every checkpoint: the tests look at where each attempt resumed
-}
-
-
-def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
-    return RunDir.create(
-        parse_config(
-            {
-                "run": {"name": "r", "output_dir": str(root), "iterations": 2, "seed": 0},
-                "model": {"name_or_path": str(model)},
-                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-                "method": method or {"name": "rise"},
-                "training": {**TRAINING, **training},
-            }
-        )
-    )
-
-
-def finish_curate(run: RunDir, iteration: int) -> None:
-    """A hand-built training set of RISE second turns (history, feedback, target), recorded as curated."""
-    rows = [
-        {
-            "example_id": f"{iteration}-{i}",
-            "source": "rollout",
-            "iteration": iteration,
-            "task_id": f"t{i}",
-            "key": f"t{i}/0",
-            "turn": 2,
-            "messages": [
-                {"role": "user", "content": f"What is {i} + {i + 3}?"},
-                {"role": "assistant", "content": f"\\boxed{{{2 * i}}}"},
-                {"role": "user", "content": "Your answer is incorrect. Please try again."},
-            ],
-            "completion": f"{i} + {i + 3} = \\boxed{{{2 * i + 3}}}",
-            "reward": 1.0,
-            "weight": math.exp(1.0 / 0.4) if i % 2 else 1.0,
-        }
-        for i in range(ROWS)
-    ]
-    path = run.stage_dir(iteration, "curate") / "train.jsonl"
-    write_jsonl_atomic(path, rows)
-    run.manifest.start(iteration, "curate")
-    run.manifest.complete(iteration, "curate", [path])
-
-
-def lora_weights(adapter: Path) -> dict[str, torch.Tensor]:
-    return load_file(adapter / "adapter_model.safetensors")
-
-
-def lora_b(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """All lora_B matrices, flattened: zero at initialisation, so non-zero only by training."""
-    return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
-
-
-def attempts(log: Path) -> list[str]:
-    """The log's text per launch, oldest first."""
-    return log.read_text(errors="replace").split("=== train iteration")[1:]
-
-
-def first_step(attempt: str) -> int:
-    """The step an attempt's training started at (0, or the step of the checkpoint it resumed from)."""
-    return int(re.search(rf"{STEP_MARKER} (\d+)/", attempt).group(1))
-
-
+from pipeline.train_stage import StepWatcher, TrainError, run_train_stage, step_line
+from tests.train_helpers import (
+    REPO,
+    ROWS,
+    attempts,
+    checkpoint_step,
+    finish_curate,
+    first_step,
+    lora_b,
+    lora_weights,
+    make_run,
+    wait_until_gone,
+)
 @pytest.fixture(scope="module")
 def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """Iteration 1 trained without interruption (LoRA from the base model)."""
@@ -168,12 +100,6 @@ def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> No
     assert not (run.root / "iter_1" / "train" / "train.log").exists()  # refused before launching
 
 
-def test_refuses_a_non_rise_method(tmp_path: Path, tiny_model: Path) -> None:
-    run = make_run(tmp_path, tiny_model, method={"name": "exit"})
-    with pytest.raises(TrainError, match="method is 'exit'"):
-        run_train_stage(run, 1, show_progress=False)
-
-
 def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
     run = make_run(tmp_path, tiny_model, finetune="qlora")
     finish_curate(run, 1)
@@ -221,28 +147,10 @@ def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model
     assert {"iter_1/train/model/config.json", "iter_1/train/model/model.safetensors"} <= outputs
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text``: the stage's launcher and worker name the run directory."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 STAGE_SCRIPT = (
     "import sys; from pipeline.run_dir import RunDir; from pipeline.train_stage import run_train_stage; "
     "run_train_stage(RunDir.open(sys.argv[1]), 1, show_progress=False)"
 )
-
-
-def checkpoint_step(run: RunDir) -> int:
-    """The step of iteration 1's newest complete checkpoint (0 when there is none): where training resumes."""
-    checkpoint = last_checkpoint(run.root / "iter_1" / "train" / "checkpoints")
-    return 0 if checkpoint is None else int(Path(checkpoint).name.removeprefix("checkpoint-"))
 
 
 def _default_sigint() -> None:
@@ -261,18 +169,6 @@ def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int
         time.sleep(0.02)
     os.kill(pipeline.pid, sig)
     assert pipeline.wait() != 0
-
-
-def wait_until_gone(text: str, bound_s: float = 60.0) -> list[int]:
-    """The processes still mentioning ``text`` once they are all gone or ``bound_s`` has passed.
-
-    They get SIGTERM at once; the bound only keeps a broken implementation
-    from hanging the suite.
-    """
-    deadline = time.monotonic() + bound_s
-    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
 
 
 def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterrupted_run(

@@ -1,0 +1,125 @@
+"""Helpers of the tests that run the train stage on the tiny model: run directories, curated data, processes."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from pipeline.atomic import write_jsonl_atomic
+from pipeline.config import parse_config
+from pipeline.run_dir import RunDir
+from pipeline.train_stage import STEP_MARKER
+from pipeline.weighted_sft import last_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2
+TRAINING = {
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "learning_rate": 1e-2,
+    "epochs": 1,
+    "per_device_batch_size": 1,
+    "max_seq_length": 128,
+    "save_steps": 2,
+    "save_total_limit": None,  # keep every checkpoint: the tests look at where each attempt resumed
+}
+
+
+def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
+    return RunDir.create(
+        parse_config(
+            {
+                "run": {"name": "r", "output_dir": str(root), "iterations": 2, "seed": 0},
+                "model": {"name_or_path": str(model)},
+                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "method": method or {"name": "rise"},
+                "training": {**TRAINING, **training},
+            }
+        )
+    )
+
+
+def finish_curate(run: RunDir, iteration: int, rows: int = ROWS) -> None:
+    """A hand-built training set of RISE second turns (history, feedback, target), recorded as curated.
+
+    Odd rows weigh exp(1 / 0.4), even rows 1, so that the weighting shows in the loss.
+    """
+    examples = [
+        {
+            "example_id": f"{iteration}-{i}",
+            "source": "rollout",
+            "iteration": iteration,
+            "task_id": f"t{i}",
+            "key": f"t{i}/0",
+            "turn": 2,
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i + 3}?"},
+                {"role": "assistant", "content": f"\\boxed{{{2 * i}}}"},
+                {"role": "user", "content": "Your answer is incorrect. Please try again."},
+            ],
+            "completion": f"{i} + {i + 3} = \\boxed{{{2 * i + 3}}}",
+            "reward": 1.0,
+            "weight": math.exp(1.0 / 0.4) if i % 2 else 1.0,
+        }
+        for i in range(rows)
+    ]
+    path = run.stage_dir(iteration, "curate") / "train.jsonl"
+    write_jsonl_atomic(path, examples)
+    run.manifest.start(iteration, "curate")
+    run.manifest.complete(iteration, "curate", [path])
+
+
+def lora_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+def lora_b(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All lora_B matrices, flattened: zero at initialisation, so non-zero only by training."""
+    return torch.cat([w.flatten() for name, w in sorted(weights.items()) if "lora_B" in name])
+
+
+def attempts(log: Path) -> list[str]:
+    """The log's text per launch, oldest first."""
+    return log.read_text(errors="replace").split("=== train iteration")[1:]
+
+
+def first_step(attempt: str) -> int:
+    """The step an attempt's training started at (0, or the step of the checkpoint it resumed from)."""
+    return int(re.search(rf"{STEP_MARKER} (\d+)/", attempt).group(1))
+
+
+def checkpoint_step(run: RunDir) -> int:
+    """The step of iteration 1's newest complete checkpoint (0 when there is none): where training resumes."""
+    checkpoint = last_checkpoint(run.root / "iter_1" / "train" / "checkpoints")
+    return 0 if checkpoint is None else int(Path(checkpoint).name.removeprefix("checkpoint-"))
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text``: the stage's launcher and worker name the run directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_until_gone(text: str, bound_s: float = 60.0) -> list[int]:
+    """The processes still mentioning ``text`` once they are all gone or ``bound_s`` has passed.
+
+    They get SIGTERM at once; the bound only keeps a broken implementation
+    from hanging the suite.
+    """
+    deadline = time.monotonic() + bound_s
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
