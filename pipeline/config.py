@@ -427,8 +427,12 @@ class PipelineConfig(StrictModel):
         if served & trained:
             problems.append(f"rollout.server.gpu_ids and training.gpu_ids share GPU(s) {sorted(served & trained)}: "
                             "ExIt's servers run while it trains")
+        launch = LaunchSettings.of(self.training)
+        if launch.shards_parameters:
+            problems.append("training.accelerate_config shards the weights (FSDP, ZeRO-3), but ExIt syncs the adapter "
+                            "from the main process's copy: use DDP or ZeRO-2")
         # One optimizer step's completions, over every process: GRPO cuts them into whole groups.
-        processes = LaunchSettings.of(self.training).num_processes
+        processes = launch.num_processes
         batch = self.training.per_device_batch_size * self.training.gradient_accumulation_steps * processes
         if batch % self.method.group_size:
             problems.append(f"training.per_device_batch_size x gradient_accumulation_steps x processes ({batch}) "

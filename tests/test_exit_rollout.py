@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,9 @@ def test_a_default_exit_config_is_valid() -> None:
 def test_exit_refuses_gpus_shared_by_its_servers_and_its_trainer() -> None:
     with pytest.raises(ConfigError, match=re.escape("share GPU(s) [1]")):
         parse_config(exit_data(training={"gpu_ids": [1]}, rollout={"server": {"gpu_ids": [1]}}))
+
+
+def test_exit_refuses_sharded_weights() -> None:
+    with pytest.raises(ConfigError, match="shards the weights"):
+        fsdp2 = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp2.yaml"
+        parse_config(exit_data(training={"accelerate_config": str(fsdp2)}))
