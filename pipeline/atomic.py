@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -43,6 +43,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_text_atomic(path, lines)
+
+
+def append_jsonl_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
+    """Append records to an open JSONL file and fsync: once this returns they survive a crash."""
+    for record in records:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def publish_dir(staged: str | Path, target: str | Path) -> None:

@@ -10,7 +10,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -203,6 +203,17 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
         _fail(str(exc))
 
 
+def _run_stage(
+    stage: Callable[..., Path], target: Path, overrides: list[str] | None, iteration: int, progress: bool
+) -> Path:
+    """Run one stage of the run a target names (created from a config on first use); stage errors as messages."""
+    run = _open_or_create_run(target, overrides)
+    try:
+        return stage(run, iteration, show_progress=progress)
+    except _stage_errors() as exc:
+        _fail(str(exc))
+
+
 def _short_time(iso: str | None) -> str:
     """``2026-11-23T01:40:12+00:00`` -> ``11-23 01:40:12`` (UTC), to keep the table narrow."""
     return iso[5:19].replace("T", " ") if iso else ""
@@ -218,11 +229,7 @@ def rollout(
     """Generate and grade multi-turn revision trajectories with iteration K-1's model."""
     from pipeline.rollout_stage import run_rollout_stage
 
-    run_dir = _open_or_create_run(target, overrides)
-    try:
-        path = run_rollout_stage(run_dir, iteration, show_progress=progress)
-    except _stage_errors() as exc:
-        _fail(str(exc))
+    path = _run_stage(run_rollout_stage, target, overrides, iteration, progress)
     console.print(f"[green]rollouts[/]: {path}")
 
 
@@ -250,11 +257,7 @@ def train(
     """Train iteration K's model (launched with accelerate): RISE on its curated data, ExIt by GRPO from its buffer."""
     from pipeline.train_stage import run_train_stage
 
-    run = _open_or_create_run(target, overrides)
-    try:
-        path = run_train_stage(run, iteration, show_progress=progress)
-    except _stage_errors() as exc:
-        _fail(str(exc))
+    path = _run_stage(run_train_stage, target, overrides, iteration, progress)
     console.print(f"[green]trained[/]: {path}")
 
 

@@ -27,8 +27,6 @@ training.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
 import threading
 import time
@@ -40,7 +38,7 @@ from typing import Any, TypeVar
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from pipeline.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.config import PipelineConfig, TemplatesSection
 from pipeline.diversity import DiversityScorer
@@ -128,10 +126,7 @@ class GroupLog:
         self._handle = open(path, "a", encoding="utf-8")
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        append_jsonl_durably(self._handle, records)
 
     def close(self) -> None:
         self._handle.close()
@@ -158,7 +153,7 @@ class ExitGenerator:
     def __init__(
         self,
         config: PipelineConfig,
-        tasks: list[Task],
+        tasks: dict[str, Task],
         buffer: LearnabilityBuffer,
         buffer_path: Path,
         groups: GroupLog,
@@ -173,7 +168,7 @@ class ExitGenerator:
     ) -> None:
         self.config = config
         self.method = config.method
-        self.tasks = prompt_index(tasks)
+        self.tasks = tasks  # by prompt (prompt_index)
         self._by_id = {task.task_id: task for task in self.tasks.values()}
         self.buffer = buffer
         self.buffer_path = buffer_path
@@ -313,8 +308,8 @@ class ExitRollout:
     ``generator`` is None on the other processes.
     """
 
-    def __init__(self, tasks: list[Task], generator: ExitGenerator | None) -> None:
-        self.prompts = list(prompt_index(tasks))  # GRPO's dataset: one prompt per distinct task
+    def __init__(self, prompts: list[str], generator: ExitGenerator | None) -> None:
+        self.prompts = prompts  # GRPO's dataset: one prompt per distinct task
         self.generator = generator
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
@@ -339,9 +334,9 @@ def open_rollout(
     ``through_step`` (the step of the checkpoint being resumed).
     """
     config = run.config
-    tasks = load_tasks(config.tasks.train, "train")
+    tasks = prompt_index(load_tasks(config.tasks.train, "train"))
     if buffer is None:
-        yield ExitRollout(tasks, None)
+        yield ExitRollout(list(tasks), None)
         return
     urls, model_name = service_from_env()
     with ExitStack() as stack:
@@ -362,4 +357,4 @@ def open_rollout(
             eos_token_id=eos_token_id,
             scorer=DiversityScorer() if config.method.diversity_bonus else None,
         )
-        yield ExitRollout(tasks, generator)
+        yield ExitRollout(list(tasks), generator)

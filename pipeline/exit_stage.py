@@ -26,7 +26,7 @@ from typing import Iterator, TypeVar
 from pipeline.backends import open_learner
 from pipeline.buffer import BUFFER_NAME
 from pipeline.run_dir import RunDir
-from pipeline.train_stage import STAGE, TrainError, check_output, run_training
+from pipeline.train_stage import STAGE, TrainError, run_training
 
 URLS_ENV = "SELFIMPROVE_ROLLOUT_URLS"
 MODEL_ENV = "SELFIMPROVE_ROLLOUT_MODEL"
@@ -48,18 +48,6 @@ def sync_dir(run: RunDir, iteration: int) -> Path:
     return run.stage_dir(iteration, STAGE) / SYNC_NAME
 
 
-def previous_adapter(run: RunDir, iteration: int) -> Path | None:
-    """The adapter iteration ``iteration`` continues (RL carries on from the last policy); None for iteration 1."""
-    if iteration == 1:
-        return None
-    if not run.manifest.is_done(iteration - 1, STAGE):
-        raise TrainError(
-            f"ExIt iteration {iteration} continues iteration {iteration - 1}'s adapter, whose train stage is not "
-            f"done; run `selfimprove train {run.root} --iteration {iteration - 1}` first"
-        )
-    return check_output(run, iteration - 1)
-
-
 def service_env(urls: list[str], model: str) -> dict[str, str]:
     return {URLS_ENV: ",".join(urls), MODEL_ENV: model}
 
@@ -78,8 +66,8 @@ def run_exit_training(run: RunDir, iteration: int, show_progress: bool) -> None:
     Training runs in this (the main) thread, so that Ctrl-C and SIGTERM
     reach it as they reach RISE's train stage.
     """
-    previous_adapter(run, iteration)
-    with asyncio.Runner() as runner, _held(runner, open_learner(run.config, run.stage_dir(iteration, STAGE))) as learner:
+    service = open_learner(run.config, run.stage_dir(iteration, STAGE))
+    with asyncio.Runner() as runner, _held(runner, service) as learner:
         env = service_env([endpoint.url for endpoint in learner.endpoints], learner.base_model)
         run_training(run, iteration, show_progress, env)
 

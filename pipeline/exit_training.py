@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
@@ -40,12 +39,12 @@ from pipeline.atomic import read_jsonl, write_json_atomic
 from pipeline.buffer import BUFFER_NAME, LearnabilityBuffer
 from pipeline.config import ExitSection, PipelineConfig
 from pipeline.exit_rollout import ADVANTAGE_SCALE, REWARD, open_rollout
-from pipeline.exit_stage import buffer_path, groups_path, previous_adapter, sync_dir
+from pipeline.exit_stage import buffer_path, groups_path, sync_dir
 from pipeline.model_store import resolve_model
-from pipeline.rise_training import StepPrinter, runs_on_cpu, training_precision
+from pipeline.rise_training import StepPrinter, runs_on_cpu, starting_model, training_precision
 from pipeline.run_dir import RunDir
 from pipeline.train_stage import checkpoints_dir, final_dir, summary_path
-from pipeline.weighted_sft import last_checkpoint, lora_config, model_load_kwargs, train, trainer_arguments
+from pipeline.weighted_sft import checkpoint_step, last_checkpoint, lora_config, train, trainer_arguments
 
 
 def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:
@@ -95,16 +94,6 @@ def grpo_config(config: PipelineConfig, output_dir: Path, *, precision: str, use
     )
 
 
-def starting_policy(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
-    """The base model (a new adapter goes on it), or iteration K-1's adapter on it, trainable."""
-    base = resolve_model(run.config.model.name_or_path)
-    previous = previous_adapter(run, iteration)
-    if previous is None:
-        return base
-    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
-    return PeftModel.from_pretrained(model, previous, is_trainable=True)
-
-
 def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> LearnabilityBuffer:
     """The checkpoint's buffer when resuming, else iteration K-1's final buffer, else an empty one."""
     if checkpoint is not None:
@@ -113,10 +102,6 @@ def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> Lear
         return LearnabilityBuffer.load(buffer_path(run, iteration - 1))
     method: ExitSection = run.config.method
     return LearnabilityBuffer(method.buffer_capacity, method.kappa, seed=run.config.run.seed)
-
-
-def checkpoint_step(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def summarize(trainer: GRPOTrainer, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
@@ -151,7 +136,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL; written against 1.16
     with open_rollout(run, iteration, buffer, resumed_at, tokenizer.eos_token_id) as rollout:
         trainer = ExitGRPOTrainer(
-            model=starting_policy(run, iteration, bf16),
+            model=starting_model(run, iteration, bf16),
             reward_funcs=[exit_reward],
             args=grpo_config(config, checkpoints_dir(run, iteration), precision=precision, use_cpu=on_cpu),
             train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in rollout.prompts]),

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.config import TemplatesSection
 from pipeline.generation import GenerationBackend, GenerationError, SamplingParams
 from pipeline.protocol import Attempt, FeedbackMode, build_messages, feedback_text
@@ -173,9 +171,7 @@ class RolloutWriter:
         if record["key"] in self.records:
             return
         self.records[record["key"]] = record
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        append_jsonl_durably(self._handle, [record])
 
     def finalize(self, order: list[str]) -> Path:
         """Write ``rollouts.jsonl`` in the given key order and drop the partial file."""

@@ -104,16 +104,21 @@ def training_set(run: RunDir, iteration: int) -> Path:
 
 
 def previous_output(run: RunDir, iteration: int) -> Path | None:
-    """The adapter or model to continue training (``method.train_from: previous``), None to start from the base.
+    """The adapter or model to continue training, None to start from the base.
 
-    Iteration 1 always starts from the base model.
+    ExIt always continues (RL carries on from the last policy); RISE does with
+    ``method.train_from: previous``. Iteration 1 always starts from the base model.
     """
-    if run.config.method.train_from == "base" or iteration == 1:
+    method = run.config.method
+    continues = isinstance(method, ExitSection) or method.train_from == "previous"
+    if not continues or iteration == 1:
         return None
     previous = iteration - 1
     if not run.manifest.is_done(previous, STAGE):
+        exit_method = isinstance(method, ExitSection)
+        reason = "ExIt continues the last adapter" if exit_method else "method.train_from is 'previous'"
         raise TrainError(
-            f"method.train_from is 'previous', but iteration {previous}'s train stage is not done; "
+            f"{reason}, but iteration {previous}'s train stage is not done; "
             f"run `selfimprove train {run.root} --iteration {previous}` first"
         )
     return check_output(run, previous)
@@ -359,6 +364,7 @@ def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> 
         return final_dir(run, iteration)
     run.manifest.start(iteration, STAGE)
     try:
+        previous_output(run, iteration)
         if isinstance(run.config.method, ExitSection):
             from pipeline.exit_stage import exit_outputs, run_exit_training
 
@@ -366,7 +372,6 @@ def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> 
             outputs = output_files(run, iteration) + exit_outputs(run, iteration)
         else:
             training_set(run, iteration)
-            previous_output(run, iteration)
             run_training(run, iteration, show_progress)
             outputs = output_files(run, iteration)
     except BaseException as exc:

@@ -284,6 +284,11 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
+def checkpoint_step(checkpoint: str | Path | None) -> int:
+    """The step a checkpoint directory holds (0 for None: training starts at the beginning)."""
+    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1)) if checkpoint else 0
+
+
 def _is_complete(checkpoint: Path) -> bool:
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())

@@ -15,6 +15,7 @@ from pipeline.atomic import write_jsonl_atomic
 from pipeline.config import parse_config
 from pipeline.run_dir import RunDir
 from pipeline.train_stage import STEP_MARKER
+from pipeline.weighted_sft import checkpoint_step as step_of_checkpoint
 from pipeline.weighted_sft import last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,8 +98,7 @@ def first_step(attempt: str) -> int:
 
 def checkpoint_step(run: RunDir) -> int:
     """The step of iteration 1's newest complete checkpoint (0 when there is none): where training resumes."""
-    checkpoint = last_checkpoint(run.root / "iter_1" / "train" / "checkpoints")
-    return 0 if checkpoint is None else int(Path(checkpoint).name.removeprefix("checkpoint-"))
+    return step_of_checkpoint(last_checkpoint(run.root / "iter_1" / "train" / "checkpoints"))
 
 
 def processes_mentioning(text: str) -> list[int]:
