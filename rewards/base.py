@@ -19,6 +19,9 @@ class GradeResult:
     ``feedback`` is the text shown to the model before its next attempt when
     the rollout uses grader feedback; ``error`` is None when grading itself
     worked (a wrong answer is not an error), else a short reason.
+    ``answer_key`` is the canonical form of the parsed answer that majority
+    votes compare, so that equal answers written differently vote together
+    (each grader documents its key); None when there is no answer to vote for.
     """
 
     score: float
@@ -26,6 +29,7 @@ class GradeResult:
     parsed: str | None
     feedback: str
     error: str | None = None
+    answer_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
