@@ -358,6 +358,26 @@ def serve(
 
 
 @app.command()
+def compare(
+    paths: Annotated[list[Path], typer.Argument(help="Eval directories (runs/x/iter_2/eval) or run directories.")],
+    iteration: Annotated[
+        Optional[int], typer.Option("--iteration", "-i", help="For run directories: this iteration's eval (default: the last finished).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where compare.md, compare.json and compare.png go.")] = Path("runs/compare"),
+) -> None:
+    """Headline metrics of several evaluations of the same tasks, each difference from the first with its paired 95 % interval."""
+    from pipeline.compare import CompareError, compare_evals, comparison_table, resolve_eval, write_comparison
+
+    try:
+        comparison = compare_evals([resolve_eval(path, iteration) for path in paths])
+        written = write_comparison(comparison, out)
+    except CompareError as exc:
+        _fail(str(exc))
+    console.print(comparison_table(comparison))
+    console.print(f"[green]compare[/]: {', '.join(map(str, written))}")
+
+
+@app.command()
 def report(run_dir: RunDirArg) -> None:
     """Write report.md and the plots (accuracy by turn; sequential vs parallel) for a run, and print the table."""
     _print_report(run_dir)

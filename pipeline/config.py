@@ -374,6 +374,12 @@ class EvaluationSection(StrictModel):
         "binary", description="Without oracle: 'binary' always says incorrect; 'improve' asks for an improvement (ExIt)."
     )
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    history_window: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the last W attempts in an eval turn's prompt (RISE's --context_window is W + 1); "
+        "unset: rollout.history_window.",
+    )
 
 
 class PipelineConfig(StrictModel):

@@ -15,9 +15,16 @@ Outputs (in ``iter_K/eval/``, or ``--out DIR``), each written atomically:
 
 - ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
   extra first-turn samples, when drawn);
-- ``eval.json``: :func:`pipeline.evaluation.summarize_eval`;
-- ``curves.json``: m1@tk and mk@t1 for k = 1..T (the report's plot);
+- ``eval.json``: :func:`pipeline.evaluation.summarize_eval`, plus the
+  history window used and the count of parallel samples lost to errors;
+- ``curves.json``: m1@tk, mk@t1, p1@tk and pk@t1 for k = 1..T (the report's plot);
+- ``task_metrics.jsonl``: every headline figure per task
+  (:func:`pipeline.evaluation.task_metrics`), for paired comparisons
+  (``selfimprove compare``);
 - ``per_task.jsonl``: one row per task, sample and turn.
+
+Votes compare answer keys, merged per task into the grader's equivalence
+classes (:meth:`rewards.base.Grader.cluster_keys`) before anything is counted.
 
 Generation resumes like the rollout stage: only missing trajectories run.
 """
@@ -35,17 +42,20 @@ from pipeline.config import PipelineConfig, TaskSourceSection
 from pipeline.evaluation import (
     MISSING,
     count_incomplete,
+    merge_answer_classes,
     per_task_rows,
     summarize_curves,
     summarize_eval,
+    task_metrics,
     turn_outcome,
 )
 from pipeline.metrics import TurnOutcome
-from pipeline.report import CURVES_NAME, EVAL_NAME, STAGE, ReportError, write_report
+from pipeline.report import CURVES_NAME, EVAL_NAME, STAGE, TASK_METRICS_NAME, ReportError, write_report
 from pipeline.rollout import RolloutSpec, TrajectoryRunner
 from pipeline.rollout_stage import IterationModel, collect, iteration_model, load_tasks, open_service, sampling_params
 from pipeline.run_dir import RunDir
 from pipeline.tasks import Task, task_source_names
+from rewards import Grader, get_grader
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +75,17 @@ def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: 
         trajectories_per_task=samples,
         feedback=config.evaluation.feedback,
         stop_at_success=False,
-        history_window=config.rollout.history_window,
+        history_window=eval_history_window(config),
         sampling=sampling_params(config.evaluation.sampling),
         templates=config.rollout.templates,
         seed=config.run.seed,
         adapter=adapter,
     )
+
+
+def eval_history_window(config: PipelineConfig) -> int | None:
+    """The attempts an eval turn sees: ``evaluation.history_window``, else the rollout's window (None: all)."""
+    return config.evaluation.history_window or config.rollout.history_window
 
 
 def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
@@ -127,34 +142,71 @@ def evaluate(
         raise EvalError(f"evaluation needs turns >= 2 (nothing to revise with {turns}); got {turns}")
     if not tasks:
         raise EvalError("no eval tasks to evaluate")
-    records, first_turn = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
+    config = model.config
+    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
+    grader = get_grader(config.grader.name, **config.grader.options)
+    return write_eval_outputs(
+        out_dir, records, parallel, grader, turns, samples, config.run.seed, eval_history_window(config)
+    )
+
+
+def write_eval_outputs(
+    out_dir: Path,
+    records: list[dict[str, Any]],
+    parallel: list[dict[str, Any]] | None,
+    grader: Grader,
+    turns: int,
+    samples: int,
+    seed: int,
+    history_window: int | None,
+) -> dict[str, Any]:
+    """Summarize graded eval records into the files of the module doc; returns the summary.
+
+    ``parallel``: the parallel baseline's records, None when none were drawn
+    (n >= T, or greedy decoding, whose T answers would all be the first).
+    Answer keys are first merged into the grader's classes, task by task.
+    """
+    merge_answer_classes(records + (parallel or []), grader.cluster_keys)
+    first_turn = _parallel_outcomes(records, parallel, turns, samples)
     if incomplete := count_incomplete(records, turns):
         logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
-    summary = summarize_eval(records, turns, samples, first_turn)
+    summary = summarize_eval(records, turns, samples, first_turn, seed=seed)
+    summary["incomplete_parallel"] = sum(bool(r.get("error")) for r in parallel or [])
+    summary["history_window"] = history_window
     write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
+    write_jsonl_atomic(out_dir / TASK_METRICS_NAME, task_metrics(records, turns, samples, first_turn))
     write_json_atomic(out_dir / CURVES_NAME, summarize_curves(records, turns, samples, first_turn))
     write_json_atomic(out_dir / EVAL_NAME, summary)
     return summary
 
 
+def _parallel_outcomes(
+    records: list[dict[str, Any]], parallel: list[dict[str, Any]] | None, turns: int, samples: int
+) -> dict[str, list[TurnOutcome]] | None:
+    """The parallel baselines' first-turn answers: None when the trajectories' own first turns serve (n >= T)."""
+    if samples >= turns:
+        return None
+    if parallel is None:  # greedy decoding: the T answers would be identical
+        return repeated_first_turns(records, turns)
+    return first_turn_samples(parallel, turns)
+
+
 async def _generate(
     model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
-) -> tuple[list[dict[str, Any]], dict[str, list[TurnOutcome]] | None]:
-    """The trajectories and, when n < T, the T first-turn samples per task of the parallel baseline.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The trajectory records and, when n < T at a temperature above 0, the parallel baseline's records.
 
-    None for the latter means the trajectories' own first turns serve (n >= T).
+    None for the latter: no parallel samples were drawn (see :func:`_parallel_outcomes`).
     """
     config, adapter = model.config, model.adapter_name
     async with open_service(model, out_dir) as service:
         runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
         records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress))
-        if samples >= turns:
+        if samples >= turns or config.evaluation.sampling.temperature == 0:
             return records, None
-        if config.evaluation.sampling.temperature == 0:
-            return records, repeated_first_turns(records, turns)
         runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
         parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
-        return records, first_turn_samples(read_jsonl(parallel), turns)
+        return records, read_jsonl(parallel)
 
 
 def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
@@ -174,7 +226,7 @@ def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> P
     except BaseException as exc:
         run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
         raise
-    outputs = [out_dir / name for name in ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME)]
+    outputs = [out_dir / name for name in ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)]
     run.manifest.complete(iteration, STAGE, outputs)
     try:
         write_report(run.root)

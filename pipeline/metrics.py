@@ -17,10 +17,20 @@ from typing import Callable, Iterable, Sequence
 
 @dataclass(frozen=True)
 class TurnOutcome:
-    """One graded answer: the grader's parsed value (None: no answer found) and its verdict."""
+    """One graded answer: the grader's parsed value (None: no answer found), its verdict,
+    and the canonical answer key that votes compare (the grader's, after the
+    task's equivalence classes are merged; without one, the parsed text votes)."""
 
     parsed: str | None
     correct: bool
+    answer_key: str | None = None
+
+    @property
+    def vote_key(self) -> str | None:
+        """What a majority vote counts: the answer key, else the parsed text (None abstains)."""
+        if self.parsed is None:
+            return None
+        return self.answer_key if self.answer_key is not None else self.parsed
 
 
 Trajectory = Sequence[TurnOutcome]
@@ -28,7 +38,7 @@ Trajectory = Sequence[TurnOutcome]
 
 @dataclass(frozen=True)
 class Vote:
-    """The outcome of a majority vote: the winning answer (None when all abstained)."""
+    """The outcome of a majority vote: the winning answer key (None when all abstained)."""
 
     answer: str | None
     correct: bool
@@ -60,7 +70,7 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
 
 
 def majority_vote(outcomes: Sequence[TurnOutcome]) -> Vote:
-    """The most frequent parsed answer, abstentions (None) not counted.
+    """The most frequent answer (by :attr:`TurnOutcome.vote_key`), abstentions not counted.
 
     Ties go to the tied answer that appears first in ``outcomes``: the vote
     stays deterministic, and for a trajectory it favours the earlier turn, so
@@ -68,13 +78,13 @@ def majority_vote(outcomes: Sequence[TurnOutcome]) -> Vote:
     vote is correct when the first outcome carrying the winning answer was
     graded correct. All abstaining gives ``Vote(None, False)``.
     """
-    answered = [o for o in outcomes if o.parsed is not None]
+    answered = [o for o in outcomes if o.vote_key is not None]
     if not answered:
         return Vote(None, False)
-    counts = Counter(o.parsed for o in answered)
+    counts = Counter(o.vote_key for o in answered)
     top = max(counts.values())
-    winner = next(o for o in answered if counts[o.parsed] == top)
-    return Vote(winner.parsed, winner.correct)
+    winner = next(o for o in answered if counts[o.vote_key] == top)
+    return Vote(winner.vote_key, winner.correct)
 
 
 def m1_at_t(trajectory: Trajectory, T: int) -> bool:
@@ -100,6 +110,15 @@ def mk_at_t1(first_turn_samples: Sequence[TurnOutcome], k: int) -> bool:
     return majority_vote(_first(first_turn_samples, k, "k")).correct
 
 
+def pk_at_t1(first_turn_samples: Sequence[TurnOutcome], k: int) -> bool:
+    """pk@t1: with an oracle, correct if any of the first k parallel turn-1 samples is correct.
+
+    The equal-compute baseline for p1@tk: sequential revision earns its keep
+    when seeing the failed attempts beats k fresh tries.
+    """
+    return any(o.correct for o in _first(first_turn_samples, k, "k"))
+
+
 def mean_m1_at_t(trajectories: Iterable[Trajectory], T: int) -> float:
     return _mean_over(trajectories, lambda t: m1_at_t(t, T))
 
@@ -110,6 +129,10 @@ def mean_p1_at_t(trajectories: Iterable[Trajectory], T: int) -> float:
 
 def mean_mk_at_t1(samples_per_task: Iterable[Sequence[TurnOutcome]], k: int) -> float:
     return _mean_over(samples_per_task, lambda s: mk_at_t1(s, k))
+
+
+def mean_pk_at_t1(samples_per_task: Iterable[Sequence[TurnOutcome]], k: int) -> float:
+    return _mean_over(samples_per_task, lambda s: pk_at_t1(s, k))
 
 
 @dataclass(frozen=True)

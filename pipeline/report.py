@@ -11,8 +11,15 @@ written eval is never shown. Writes, each atomically, into the run directory:
   for ExIt runs by improvement step (turn t is step t - 1), with each
   iteration's mean training depth marked (from its ``train_summary.json``),
   to show how far beyond the depths it trained on the model keeps improving;
-- ``sequential_vs_parallel.png``: m1@tk (k turns of one trajectory) against
-  mk@t1 (k parallel first-turn answers), one pair of lines per iteration.
+- ``sequential_vs_parallel.png``: at equal samples k, without an oracle
+  m1@tk (the vote over k turns of one trajectory) against mk@t1 (the vote
+  over k parallel first-turn answers), and with an oracle p1@tk against
+  pk@t1 (any of them correct); one panel each, one colour per iteration.
+
+Differences carry their paired bootstrap 95 % interval over tasks
+(:mod:`pipeline.intervals`), printed as ``+1.5 pp [-0.8, +3.9]`` and marked
+"not distinguishable" when the interval holds 0. An eval written before
+those figures existed shows ``n/a`` for them.
 
 Levels (accuracies) print as percentages of tasks, changes as percentage
 points, one decimal each. A run with no finished eval has nothing to report:
@@ -32,7 +39,9 @@ import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.atomic import read_jsonl, write_bytes_atomic, write_text_atomic
+from pipeline.evaluation import compare_task_metrics, headline_keys, revision_gaps
+from pipeline.intervals import Interval, format_difference
 from pipeline.manifest import Manifest
 from pipeline.run_dir import CONFIG_NAME
 
@@ -42,6 +51,7 @@ from pipeline.run_dir import CONFIG_NAME
 STAGE = "eval"
 EVAL_NAME = "eval.json"
 CURVES_NAME = "curves.json"
+TASK_METRICS_NAME = "task_metrics.jsonl"
 TRAIN_SUMMARY_NAME = "train_summary.json"  # pipeline.train_stage.SUMMARY_NAME, read for ExIt's training depths
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
@@ -59,11 +69,13 @@ class ReportError(RuntimeError):
 
 @dataclass(frozen=True)
 class IterationEval:
-    """One finished eval stage: iteration K's ``eval.json`` and ``curves.json``."""
+    """One finished eval stage: iteration K's ``eval.json``, ``curves.json`` and per-task figures
+    (``task_rows``; None for an eval written before they existed)."""
 
     iteration: int
     summary: dict[str, Any]
     curves: dict[str, Any]
+    task_rows: list[dict[str, Any]] | None = None
 
     @property
     def turns(self) -> int:
@@ -82,6 +94,16 @@ class IterationEval:
     @property
     def label(self) -> str:
         return "base" if self.iteration == 0 else f"iteration {self.iteration}"
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("bootstrap_seed", 0))
+
+    def change_from(self, base: "IterationEval", key: str) -> Interval | None:
+        """This eval's ``key`` minus the base's, paired over tasks (None without both evals' task figures)."""
+        if self.task_rows is None or base.task_rows is None:
+            return None
+        return compare_task_metrics(self.task_rows, base.task_rows, key, self.seed)
 
 
 def collect_evals(run_root: str | Path) -> list[IterationEval]:
@@ -125,8 +147,8 @@ def write_report(run_root: str | Path) -> Path:
     run_root = Path(run_root)
     evals = collect_evals(run_root)
     text = render_markdown(_read_run_config(run_root), evals)
-    write_bytes_atomic(run_root / ACCURACY_PLOT, _png(_accuracy_by_turn(evals, training_depths(run_root, evals))))
-    write_bytes_atomic(run_root / CURVES_PLOT, _png(_sequential_vs_parallel(evals)))
+    write_bytes_atomic(run_root / ACCURACY_PLOT, png_bytes(_accuracy_by_turn(evals, training_depths(run_root, evals))))
+    write_bytes_atomic(run_root / CURVES_PLOT, png_bytes(_sequential_vs_parallel(evals)))
     path = run_root / REPORT_NAME
     write_text_atomic(path, text)
     return path
@@ -149,7 +171,7 @@ def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> s
         "",
         f"![pass@1 by turn, one line per iteration]({ACCURACY_PLOT})",
         "",
-        f"![m1@tk (sequential) against mk@t1 (parallel), by k]({CURVES_PLOT})",
+        f"![sequential against parallel at equal samples k: m1@tk vs mk@t1, and with an oracle p1@tk vs pk@t1]({CURVES_PLOT})",
         "",
     ]
     return "\n".join(lines)
@@ -169,22 +191,49 @@ def report_table(evals: Sequence[IterationEval]) -> Table:
         table.add_row(name, *(rows[index][1] for rows in columns))
     table.add_row(f"m1@t{turns} vs base", *(_change_cell(ev, base) for ev in evals))
     table.add_row(f"m1@t{turns} >= m{turns}@t1", *(_yes_no(sequential_beats_parallel(ev)) for ev in evals))
+    table.add_row(f"p1@t{turns} >= p{turns}@t1", *(_yes_no(oracle_sequential_beats_parallel(ev)) for ev in evals))
     return table
 
 
 def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(metric, formatted value) of one eval summary, in the order both the markdown and the CLI table show."""
+    """(metric, formatted value) of one eval summary, in the order both the markdown and the CLI table show.
+
+    Per-turn pass@1 carries its interval, the two sequential-minus-parallel
+    gaps theirs; figures an older eval lacks read ``n/a``.
+    """
     turns = summary["turns"]
-    rows = [(f"pass@1 turn {row['turn']}", percent(row["pass@1"])) for row in summary["per_turn"]]
-    rows += [(key, percent(summary[key])) for key in (f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1")]
+    intervals = summary.get("intervals", {})
+    rows = [
+        (f"pass@1 turn {row['turn']}", _with_interval(percent(row["pass@1"]), intervals.get(f"pass@1 turn {row['turn']}")))
+        for row in summary["per_turn"]
+    ]
+    rows += [(key, percent(summary.get(key))) for key in headline_keys(turns)[turns:-2]]
+    for name in revision_gaps(turns):
+        gap = intervals.get(name)
+        rows.append((name, "n/a" if gap is None else format_difference(Interval.from_dict(gap))))
     rows += [(key, points(summary[key])) for key in ("delta_t1_tT", "delta_i_to_c", "delta_c_to_i")]
     rows.append(("tasks", str(summary["n_tasks"])))
+    incomplete = summary.get("incomplete")
+    rows.append(("incomplete trajectories", "n/a" if incomplete is None else f"{incomplete} (+{summary.get('incomplete_parallel', 0)} parallel)"))
     return rows
+
+
+def _with_interval(value: str, interval: dict[str, float] | None) -> str:
+    """``23.5% [17.5, 29.5]``: a level with its bootstrap interval, in percent."""
+    if interval is None:
+        return value
+    return f"{value} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
 
 
 def sequential_beats_parallel(ev: IterationEval) -> bool | None:
     """m1@tT >= mT@t1: T sequential turns do at least as well as T parallel samples (None: mT@t1 unknown)."""
     return None if ev.parallel is None else ev.sequential >= ev.parallel
+
+
+def oracle_sequential_beats_parallel(ev: IterationEval) -> bool | None:
+    """p1@tT >= pT@t1: with an oracle, revising T times does at least as well as T fresh answers (None: unmeasured)."""
+    parallel = ev.summary.get(f"p{ev.turns}@t1")
+    return None if parallel is None else ev.summary[f"p1@t{ev.turns}"] >= parallel
 
 
 def percent(value: float | None) -> str:
@@ -198,9 +247,14 @@ def points(value: float | None) -> str:
 
 
 def _read_eval(run_root: Path, iteration: int) -> IterationEval:
-    eval_dir = run_root / f"iter_{iteration}" / STAGE
+    return read_eval_dir(run_root / f"iter_{iteration}" / STAGE, iteration)
+
+
+def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
+    """An eval directory's summary, curves and (when written) per-task figures."""
     summary, curves = (_read_json(eval_dir / name) for name in (EVAL_NAME, CURVES_NAME))
-    return IterationEval(iteration, summary, curves)
+    rows_path = eval_dir / TASK_METRICS_NAME
+    return IterationEval(iteration, summary, curves, read_jsonl(rows_path) if rows_path.is_file() else None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -251,8 +305,7 @@ def _describe_tasks(section: dict[str, Any]) -> str:
 
 def _comparison_line(ev: IterationEval, base: IterationEval | None) -> str:
     """One sentence: m1@tT against the base model's, and sequential against parallel at equal samples."""
-    turns = ev.turns
-    seq, par = f"m1@t{turns}", f"m{turns}@t1"
+    seq = f"m1@t{ev.turns}"
     if ev.iteration == 0:
         opening = f"Base model: {seq} {percent(ev.sequential)}"
     elif base is None:
@@ -260,20 +313,31 @@ def _comparison_line(ev: IterationEval, base: IterationEval | None) -> str:
     else:
         change = f"{_change_cell(ev, base)} from {percent(base.sequential)}"
         opening = f"Iteration {ev.iteration} vs base: {seq} {percent(ev.sequential)}, {change}"
-    beats = sequential_beats_parallel(ev)
-    if beats is None:
-        verdict = f"n/a ({par} was not measured)"
-    else:
-        relation = ">=" if beats else "<"
-        verdict = f"{_yes_no(beats)} ({seq} {percent(ev.sequential)} {relation} {par} {percent(ev.parallel)})"
-    return f"{opening}; sequential beats parallel at equal samples: {verdict}."
+    return f"{opening}; sequential beats parallel at equal samples: {_verdict(ev, 'm')}; with an oracle: {_verdict(ev, 'p')}."
+
+
+def _verdict(ev: IterationEval, kind: str) -> str:
+    """``yes (m1@t3 35.0% >= m3@t1 30.0%, +5.0 pp [...])``: sequential against parallel, majority ('m') or oracle ('p')."""
+    turns = ev.turns
+    seq_key, par_key = f"{kind}1@t{turns}", f"{kind}{turns}@t1"
+    seq, par = ev.summary.get(seq_key), ev.summary.get(par_key)
+    if par is None:
+        return f"n/a ({par_key} was not measured)"
+    relation = ">=" if seq >= par else "<"
+    gap = ev.summary.get("intervals", {}).get(f"{seq_key}-{par_key}")
+    detail = "" if gap is None else f", {format_difference(Interval.from_dict(gap))}"
+    return f"{_yes_no(seq >= par)} ({seq_key} {percent(seq)} {relation} {par_key} {percent(par)}{detail})"
 
 
 def _change_cell(ev: IterationEval, base: IterationEval | None) -> str:
-    """m1@tT's change from the base model, or ``n/a`` without a base eval (and ``-`` for the base itself)."""
+    """m1@tT's change from the base model with its paired interval when both evals have task figures;
+    ``n/a`` without a base eval (and ``-`` for the base itself)."""
     if ev.iteration == 0:
         return "-"
-    return "n/a" if base is None else points(ev.sequential - base.sequential)
+    if base is None:
+        return "n/a"
+    change = ev.change_from(base, f"m1@t{ev.turns}")
+    return points(ev.sequential - base.sequential) if change is None else format_difference(change)
 
 
 def _yes_no(value: bool | None) -> str:
@@ -311,18 +375,27 @@ def _accuracy_by_turn(evals: Sequence[IterationEval], depths: dict[int, float]) 
 
 
 def _sequential_vs_parallel(evals: Sequence[IterationEval]) -> Figure:
-    """Solid: m1@tk; dashed: mk@t1; one colour per iteration. Unmeasured (null) points are left out."""
-    figure, axes = _figure(
-        "Sequential vs parallel at equal samples", "k (turns, or parallel first-turn samples)", "accuracy (%)"
-    )
-    for index, ev in enumerate(evals):
-        color = f"C{index % 10}"
-        for key, style, name in (("sequential", "-o", "m1@tk"), ("parallel", "--s", "mk@t1")):
-            ks, values = _known_points(ev.curves["k"], ev.curves[key])
-            if ks:
-                axes.plot(ks, values, style, color=color, label=f"{ev.label}: {name}")
-        axes.set_xticks(ev.curves["k"])
-    axes.legend()
+    """Two panels at equal samples k: majority votes (m1@tk vs mk@t1) and oracle (p1@tk vs pk@t1).
+
+    Solid: sequential (k turns of one trajectory); dashed: parallel (k
+    first-turn answers); one colour per iteration. Unmeasured (null) points,
+    and the oracle panel of evals written before it existed, are left out.
+    """
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    panels = figure.subplots(1, 2, sharey=True)
+    titles = ("Without oracle: majority vote", "With oracle: any answer correct")
+    pairs = ((("sequential", "m1@tk"), ("parallel", "mk@t1")), (("sequential_oracle", "p1@tk"), ("parallel_oracle", "pk@t1")))
+    for axes, title, pair in zip(panels, titles, pairs):
+        axes.set(title=title, xlabel="k (turns, or parallel first-turn samples)", ylabel="accuracy (%)")
+        axes.grid(alpha=0.3)
+        for index, ev in enumerate(evals):
+            for (key, name), style in zip(pair, ("-o", "--s")):
+                ks, values = _known_points(ev.curves["k"], ev.curves.get(key, [None] * len(ev.curves["k"])))
+                if ks:
+                    axes.plot(ks, values, style, color=f"C{index % 10}", label=f"{ev.label}: {name}")
+            axes.set_xticks(ev.curves["k"])
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
     return figure
 
 
@@ -341,7 +414,7 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     return figure, axes
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()

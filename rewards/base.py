@@ -9,7 +9,7 @@ wrote (empty, enormous, adversarial) becomes a result with ``score`` 0 and an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,22 @@ class Grader(Protocol):
     binary: bool  # scores are only 0 or 1 (ExIt then rewards an improvement step with the score itself)
 
     def grade(self, response: str, reference: Any) -> GradeResult: ...
+
+    def cluster_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """Map each of one task's answer keys to the key of its equivalence class.
+
+        Votes count answers by class, so two keys of equal answers must map
+        to the same class key. Graders whose keys are canonical already map
+        each key to itself (:class:`ExactKeys`).
+        """
+        ...
+
+
+class ExactKeys:
+    """For graders whose answer keys are canonical: equal answers have equal keys."""
+
+    def cluster_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        return {key: key for key in keys}
 
 
 GraderFactory = Callable[..., Grader]

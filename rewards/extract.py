@@ -103,12 +103,12 @@ def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def verdict(correct: bool, parsed: str) -> GradeResult:
-    """The result for an answer that was found and compared."""
+def verdict(correct: bool, parsed: str, answer_key: str) -> GradeResult:
+    """The result for an answer that was found and compared; ``answer_key`` is what votes compare."""
     if correct:
-        return GradeResult(score=1.0, correct=True, parsed=parsed, feedback=CORRECT_FEEDBACK)
+        return GradeResult(score=1.0, correct=True, parsed=parsed, feedback=CORRECT_FEEDBACK, answer_key=answer_key)
     feedback = f"Your answer is incorrect. Your final answer was read as: {shorten(parsed)}"
-    return GradeResult(score=0.0, correct=False, parsed=parsed, feedback=feedback)
+    return GradeResult(score=0.0, correct=False, parsed=parsed, feedback=feedback, answer_key=answer_key)
 
 
 def no_answer() -> GradeResult:

@@ -1,13 +1,14 @@
 """The ``math`` grader: symbolic equivalence with math-verify.
 
-Where it runs, and why: math-verify's own time limits use ``signal.alarm``,
-which works only in a process's main thread, and some comparisons never
-finish in practice (``10^{10^{10}}`` is computed). So math-verify runs only in
-:mod:`rewards.pool` worker processes, with its own limits switched off
-(``parsing_timeout=None``, ``timeout_seconds=None``) and the pool's hard,
-kill-the-worker timeout as the one limit. :meth:`MathGrader.grade` is
-therefore safe from any thread: inside a worker it grades directly, anywhere
-else it submits to the shared :func:`rewards.pool.default_pool` and waits.
+Where it runs, and why: some comparisons never finish in practice
+(``10^{10^{10}}`` is computed), and math-verify's own time limits use
+``signal.alarm``, which works only in a process's main thread. So
+:meth:`MathGrader.grade` grades in the calling process when it is called on
+the main thread (a plain script grading one response: no pool to start, no
+``__main__`` guard needed), under a ``SIGALRM`` limit of
+:data:`rewards.pool.DEFAULT_TIMEOUT_S`; from any other thread it submits to
+the shared :func:`rewards.pool.default_pool`, whose hard kill-the-worker
+timeout is the limit, and waits. Inside a pool worker it grades directly.
 Batches should go through a :class:`rewards.pool.GradingPool` (or
 ``grade_batch``) to grade in parallel.
 
@@ -15,21 +16,31 @@ The answer is found by the rules of :mod:`rewards.extract` (last box, code
 fences last); only the box (or, without one, the last
 :data:`MAX_ANSWER_CHARS` characters) reaches math-verify, so its parser never
 sees a 5 MB response or 10k nested braces.
+
+The answer key is the parsed expression in sympy's LaTeX (``\\frac12``,
+``\\dfrac{1}{2}`` and ``0.5`` all give ``\\frac{1}{2}``); votes then merge
+the keys of one task that math-verify calls equivalent
+(:meth:`MathGrader.cluster_keys`), so each equivalence class votes as one.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, ClassVar
 
+import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from rewards.base import GradeResult, register_grader
 from rewards.extract import brace_depth, last_boxed, no_answer, not_a_string, search_texts, shorten, tail, verdict
-from rewards.pool import default_pool, in_grading_worker
+from rewards.pool import DEFAULT_TIMEOUT_S, default_pool, in_grading_worker
 
 MAX_ANSWER_CHARS = 2_000
 """Longer boxed answers are refused; without a box, this much of the end of
@@ -59,7 +70,31 @@ class MathGrader:
     def grade(self, response: str, reference: Any) -> GradeResult:
         if in_grading_worker():
             return self.grade_here(response, reference)
+        if _on_main_thread():
+            try:
+                with _time_limit(DEFAULT_TIMEOUT_S):
+                    return self.grade_here(response, reference)
+            except _TimeLimit:
+                return GradeResult.failure("timeout")
         return default_pool().submit(self, response, reference).result()
+
+    def cluster_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """Each key -> the first key (in the given order) that math-verify finds equivalent to it.
+
+        On the main thread each comparison is time-limited like a grade;
+        elsewhere (where no limit can be set) only equal keys share a class.
+        """
+        classes: dict[str, str] = {}
+        representatives: list[tuple[str, list[Any]]] = []
+        for key in keys:
+            if key in classes:
+                continue
+            parsed = _parse_key(key) if _on_main_thread() else []
+            match = next((rep for rep, expr in representatives if parsed and expr and _equivalent(expr, parsed)), None)
+            classes[key] = match or key
+            if match is None:
+                representatives.append((key, parsed))
+        return classes
 
     def grade_here(self, response: str, reference: Any) -> GradeResult:
         """Grade in this process, without a time limit: for pool workers."""
@@ -87,7 +122,7 @@ class MathGrader:
             target = parse(candidate, extraction_config=_TARGET_CONFIG, parsing_timeout=None)
             if target:
                 shown = boxed if boxed is not None else _as_written(target)
-                return verdict(verify(gold, target, timeout_seconds=None), shorten(shown))
+                return verdict(verify(gold, target, timeout_seconds=None), shorten(shown), _answer_key(target))
         return no_answer()
 
 
@@ -98,6 +133,55 @@ def _parse_gold(reference: str) -> list[Any]:
     A bare reference ("\\frac{1}{2}", "[1, 2)") is read as inline math.
     """
     return parse(reference if _DELIMITED.search(reference) else f"${reference}$", parsing_timeout=None)
+
+
+def _answer_key(target: list[Any]) -> str:
+    """sympy's LaTeX of the parsed answer: one spelling for equal expressions (the text math-verify kept, else)."""
+    try:
+        return target[0] if isinstance(target[0], str) else sympy.latex(target[0])
+    except Exception:  # sympy's printer can fail on exotic objects; the written text still votes
+        return _as_written(target)
+
+
+def _parse_key(key: str) -> list[Any]:
+    """A key parsed back for comparison (time-limited; [] when it cannot be)."""
+    try:
+        with _time_limit(DEFAULT_TIMEOUT_S):
+            return _parse_gold(key)
+    except (_TimeLimit, Exception):
+        return []
+
+
+def _equivalent(first: list[Any], second: list[Any]) -> bool:
+    try:
+        with _time_limit(DEFAULT_TIMEOUT_S):
+            return verify(first, second, timeout_seconds=None)
+    except (_TimeLimit, Exception):
+        return False
+
+
+class _TimeLimit(BaseException):
+    """Raised by SIGALRM; a BaseException so that math-verify's ``except Exception`` cannot swallow it."""
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TimeLimit` in the main thread after ``seconds`` (the previous handler is restored)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise _TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _as_written(target: list[Any]) -> str:

@@ -1,30 +1,53 @@
 """The ``numeric`` grader: one number, compared by value.
 
 Meant for GSM8K-style tasks whose reference is a single number ("42", "3.5",
-"1,234", or a GSM8K solution ending in "#### 42"). Numbers are read into
-exact fractions, so "42", "42.00", "$42" and "\\frac{84}{2}" are all 42, and
-compared with a relative tolerance for answers rounded by the model.
+"1,234", "1e-05", or a GSM8K solution ending in "#### 42"). Numbers are read
+into exact fractions, so "42", "42.00", "$42" and "\\frac{84}{2}" are all 42.
+
+What a boxed answer means: the box must hold one number (units, "x =" and
+LaTeX spacing aside) or plain arithmetic, which is evaluated exactly
+(``\\boxed{2^3}`` is 8, ``\\boxed{84/2}`` is 42). Anything else in a box
+(``5!``, ``42 (or 43)``) is an answer that is not a number: it is wrong, never
+read as its last number. Without a box the last number of the response counts.
+
+How it is compared: an integer reference exactly, any other reference within
+a relative tolerance (1e-6 by default, for answers the model rounded), unless
+``rel_tol`` is set, which then applies to every reference.
+
+The answer key that votes compare is the exact value (``"42"``, ``"-7/2"``),
+so every spelling of one number votes together; a boxed answer that is not a
+number votes by its text.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from rewards.base import GradeResult, register_grader
+from rewards.base import ExactKeys, GradeResult, register_grader
 from rewards.extract import last_boxed, no_answer, not_a_string, search_texts, shorten, verdict
 
 MAX_DIGITS = 100
-"""Longer digit strings are not read as numbers: no answer is that long, and
-Python refuses to convert ints of more than 4300 digits anyway."""
+"""Longer digit strings (and larger exponents) are not read as numbers: no
+answer is that long, and Python refuses to convert ints of more than 4300
+digits anyway."""
 
-_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
-# One answer: a LaTeX fraction, a slash fraction or a decimal, with an optional
-# sign (ASCII or U+2212), dollar sign (plain or LaTeX-escaped) and percent
-# sign. It never starts inside a word or right after a decimal point, and a
-# sign counts only when it touches the digits ("10 - 5" is not "-5").
+DEFAULT_REL_TOL = 1e-6
+"""The tolerance for non-integer references when ``rel_tol`` is not set."""
+
+MAX_EXPRESSION_CHARS = 200
+MAX_NESTING = 20
+"""Boxed arithmetic longer or deeper than this is not evaluated (not a number)."""
+
+_UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+# One answer: a LaTeX fraction, a slash fraction or a decimal (with an
+# optional exponent), with an optional sign (ASCII or U+2212), dollar sign
+# (plain or LaTeX-escaped) and percent sign. It never starts inside a word or
+# right after a decimal point, and a sign counts only when it touches the
+# digits ("10 - 5" is not "-5").
 _ANSWER = re.compile(
     rf"(?<![\w.])(?P<sign>[-+\u2212])?(?:"
     rf"\\frac\s*\{{\s*(?P<num>{_UNSIGNED})\s*\}}\s*\{{\s*(?P<den>{_UNSIGNED})\s*\}}"
@@ -33,14 +56,26 @@ _ANSWER = re.compile(
 )
 # LaTeX spacing that models put inside numbers ("1\,234", "1{,}234").
 _LATEX_SPACING = re.compile(r"\\[,!;: ]|~")
+# Words around a boxed number that do not change it: "\text{ dollars}",
+# "18 apples", "x = 7", "$...$".
+_UNIT_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[A-Za-z .]*\}")
+_TRAILING_WORDS = re.compile(r"(?:\s+[A-Za-z]+\.?)+\s*$")
+_LEFT_HAND_SIDE = re.compile(r"^\s*[A-Za-z]\w*\s*=(?!=)")
+# Boxed arithmetic, once rewritten into Python's spelling.
+_FRACTION = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\u00b7", "*"), ("\\div", "/"),
+              ("\u00f7", "/"), ("\u2212", "-"), ("^", "**"), ("\\left", ""), ("\\right", ""), ("{", "("), ("}", ")"))
+_ARITHMETIC = re.compile(r"[\d.\s+\-*/()]+")
 
 
 @dataclass(frozen=True)
 class Number:
-    """A number as read: ``text`` is its normalised spelling, e.g. "1234"."""
+    """A number as read: ``text`` is its normalised spelling, e.g. "1234";
+    ``integer`` says it was spelled as an integer (no point, exponent or fraction)."""
 
     text: str
     value: Fraction
+    integer: bool = False
 
 
 def read_number(text: str) -> Number | None:
@@ -51,10 +86,85 @@ def read_number(text: str) -> Number | None:
     return _number(last) if last else None
 
 
+def boxed_number(content: str) -> Number | None:
+    """The number a box holds: one number, or plain arithmetic evaluated exactly; else None."""
+    text = _LEFT_HAND_SIDE.sub("", _TRAILING_WORDS.sub("", _UNIT_TEXT.sub("", _clean(content)))).strip().strip("$").strip()
+    for candidate in (text, text.replace("{", "").replace("}", "")):
+        if whole := _ANSWER.fullmatch(candidate):
+            return _number(whole)
+    value = evaluate_arithmetic(text)
+    return None if value is None else Number(_fraction_text(value), value)
+
+
+def evaluate_arithmetic(text: str) -> Fraction | None:
+    """``text`` as exact arithmetic (+ - * / ^, parentheses, \\frac, \\times, \\div), or None.
+
+    Only numbers and operators are allowed, and the size of every
+    intermediate result is bounded, so a box cannot make this slow.
+    """
+    if len(text) > MAX_EXPRESSION_CHARS:
+        return None
+    for _ in range(MAX_NESTING):
+        text, count = _FRACTION.subn(r"((\1)/(\2))", text)
+        if not count:
+            break
+    for latex, python in _OPERATORS:
+        text = text.replace(latex, python)
+    if not _ARITHMETIC.fullmatch(text) or _nesting(text) > MAX_NESTING:
+        return None
+    try:
+        return _evaluate(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def _evaluate(node: ast.AST) -> Fraction:
+    """Exact value of a parsed arithmetic expression; ValueError for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return _bounded(Fraction(str(node.value)))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = _evaluate(node.operand)
+        return value if isinstance(node.op, ast.UAdd) else -value
+    if isinstance(node, ast.BinOp):
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow):
+            return _power(left, right)
+        operations = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
+                      ast.Mult: lambda: left * right, ast.Div: lambda: left / right}
+        if type(node.op) in operations:
+            return _bounded(operations[type(node.op)]())
+    raise ValueError("not plain arithmetic")
+
+
+def _power(base: Fraction, exponent: Fraction) -> Fraction:
+    """``base ** exponent`` for an integer exponent whose result stays within MAX_DIGITS."""
+    if exponent.denominator != 1 or abs(exponent) > MAX_DIGITS:
+        raise ValueError("exponent out of range")
+    size = max(len(str(abs(base.numerator))), len(str(base.denominator)))
+    if base not in (0, 1, -1) and (size - 1) * abs(exponent) > MAX_DIGITS:
+        raise ValueError("power too large")
+    return _bounded(base ** int(exponent))
+
+
+def _bounded(value: Fraction) -> Fraction:
+    if max(len(str(abs(value.numerator))), len(str(value.denominator))) > MAX_DIGITS:
+        raise ValueError("number too large")
+    return value
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def reference_number(reference: Any) -> Number | None:
     """The number a task reference stands for, or None if it is not exactly one.
 
-    A GSM8K solution counts by its final "#### 42" part.
+    A GSM8K solution counts by its final "#### 42" part; ints count as
+    integers, floats in any spelling Python or JSON gives them ("1e-05").
     """
     if isinstance(reference, (int, float)) and not isinstance(reference, bool):
         reference = str(reference)
@@ -70,26 +180,46 @@ def _clean(text: str) -> str:
 
 
 def _number(match: re.Match[str]) -> Number | None:
-    if match.group("digits") is not None:
-        numerator, denominator = _unsigned(match.group("digits")), "1"
+    digits = match.group("digits")
+    if digits is not None:
+        value = _unsigned(digits)
+        if value is None:
+            return None
+        text, integer = _fraction_text(value), re.fullmatch(r"[\d,]+", digits) is not None
     else:
         numerator = _unsigned(match.group("num") or match.group("slash_num"))
         denominator = _unsigned(match.group("den") or match.group("slash_den"))
-    if numerator is None or denominator is None or Fraction(denominator) == 0:
-        return None
-    value = Fraction(numerator) / Fraction(denominator)
+        if numerator is None or denominator is None or denominator == 0:
+            return None
+        value, integer = numerator / denominator, False
+        text = f"{_fraction_text(numerator)}/{_fraction_text(denominator)}"
     if match.group("sign") in ("-", "\u2212") and value != 0:
-        numerator, value = "-" + numerator, -value
-    return Number(numerator if denominator == "1" else f"{numerator}/{denominator}", value)
+        text, value = "-" + text, -value
+    return Number(text, value, integer)
 
 
-def _unsigned(digits: str) -> str | None:
-    """Canonical spelling of an unsigned decimal: no commas, no padding zeros."""
-    if len(digits) > MAX_DIGITS:
+def _unsigned(digits: str) -> Fraction | None:
+    """The exact value of an unsigned decimal ("1,234.50", "1e-05"); None past MAX_DIGITS."""
+    mantissa, _, exponent = digits.replace(",", "").lower().partition("e")
+    if len(mantissa) > MAX_DIGITS or abs(int(exponent or 0)) > MAX_DIGITS:
         return None
-    whole, _, decimals = digits.replace(",", "").partition(".")
-    whole, decimals = whole.lstrip("0") or "0", decimals.rstrip("0")
-    return f"{whole}.{decimals}" if decimals else whole
+    return Fraction(mantissa) * Fraction(10) ** int(exponent or 0)
+
+
+def _fraction_text(value: Fraction) -> str:
+    """A decimal spelling ("3.5", "0.00001") where one is exact, else "n/d"."""
+    denominator, twos, fives = value.denominator, 0, 0
+    while denominator % 2 == 0:
+        denominator, twos = denominator // 2, twos + 1
+    while denominator % 5 == 0:
+        denominator, fives = denominator // 5, fives + 1
+    if denominator != 1:
+        return str(value)
+    places = max(twos, fives)
+    scaled = abs(value.numerator) * (10**places // value.denominator)
+    whole, decimals = divmod(scaled, 10**places) if places else (scaled, 0)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{whole}.{decimals:0{places}d}".rstrip("0") if places else f"{sign}{whole}"
 
 
 def close_enough(a: Fraction, b: Fraction, rel_tol: float) -> bool:
@@ -100,16 +230,17 @@ def close_enough(a: Fraction, b: Fraction, rel_tol: float) -> bool:
 
 @register_grader("numeric")
 @dataclass(frozen=True)
-class NumericGrader:
+class NumericGrader(ExactKeys):
     """Grades the last boxed answer, else the last number, against one number.
 
-    ``rel_tol``: relative tolerance of the comparison. ``require_boxed``: only
-    a ``\\boxed{}`` answer counts (no fallback to the last number).
+    ``rel_tol``: relative tolerance of the comparison (None: exact for
+    integer references, 1e-6 for others). ``require_boxed``: only a
+    ``\\boxed{}`` answer counts (no fallback to the last number).
     """
 
     name: ClassVar[str] = "numeric"
     binary: ClassVar[bool] = True
-    rel_tol: float = 1e-6
+    rel_tol: float | None = None
     require_boxed: bool = False
 
     def grade(self, response: str, reference: Any) -> GradeResult:
@@ -123,8 +254,13 @@ class NumericGrader:
             return no_answer()
         read, number = found
         if number is None:
-            return verdict(False, shorten(read))
-        return verdict(close_enough(number.value, gold.value, self.rel_tol), number.text)
+            return verdict(False, shorten(read), " ".join(read.split()))
+        return verdict(close_enough(number.value, gold.value, self._tolerance(gold)), number.text, str(number.value))
+
+    def _tolerance(self, gold: Number) -> float:
+        if self.rel_tol is not None:
+            return self.rel_tol
+        return 0.0 if gold.integer else DEFAULT_REL_TOL
 
     def _answer(self, response: str) -> tuple[str, Number | None] | None:
         """(the answer as written, its number) by the rules of
@@ -132,7 +268,7 @@ class NumericGrader:
         for text in search_texts(response):
             boxed = last_boxed(text)
             if boxed is not None:
-                return boxed, read_number(boxed)
+                return boxed, boxed_number(boxed)
             if not self.require_boxed and (number := read_number(text)) is not None:
                 return number.text, number
         return None

@@ -163,9 +163,13 @@ def test_summary_has_exactly_the_specified_keys() -> None:
     summary = summarize_eval(records, turns=3, samples=2)
     assert set(summary) == {
         "n_tasks", "turns", "samples", "per_turn",
-        "m1@t3", "p1@t3", "m3@t1",
+        "m1@t3", "p1@t3", "m3@t1", "p3@t1",
         "delta_t1_tT", "delta_i_to_c", "delta_c_to_i",
+        "intervals", "incomplete", "bootstrap_seed",
     }  # fmt: skip
+    # n=2 < T=3 and no parallel samples: the baselines, and so the gaps, are not measured.
+    assert summary["m3@t1"] is None and summary["p3@t1"] is None
+    assert set(summary["intervals"]) == {"pass@1 turn 1", "pass@1 turn 2", "pass@1 turn 3"}
     assert (summary["n_tasks"], summary["turns"], summary["samples"]) == (2, 3, 2)
     assert all(set(row) == {"turn", "pass@1", "pass@k"} for row in summary["per_turn"])
     assert json.loads(json.dumps(summary)) == summary
@@ -217,11 +221,11 @@ def test_format_eval_table_shows_per_turn_pass_at_1_and_headlines() -> None:
     summary = summarize_eval(make_records({"a": [["5", "7", "7"], ["7", "7", "7"]]}), turns=3, samples=2)
     table = format_eval_table(summary)
     assert isinstance(table, Table)
-    assert table.row_count == 3 + 6
+    assert table.row_count == 3 + 8  # per-turn pass@1, 7 headlines, the incomplete count
     console = Console(record=True, width=120)
     console.print(table)
     text = console.export_text()
-    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "delta_c_to_i"):
+    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "p3@t1", "delta_c_to_i", "incomplete"):
         assert label in text
     assert "n/a" in text  # m3@t1 is null with 2 samples and 3 turns
     assert "0.5000" in text  # pass@1 at turn 1
@@ -259,3 +263,73 @@ def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> N
     samples = first_turn_samples([full, failed], turns=3)
     assert samples["a"] == [TurnOutcome("7", True)] * 3
     assert samples["b"] == [TurnOutcome(None, False)] * 3
+
+
+# --- Issue 13: votes compare canonical answer keys; the oracle baseline pk@t1 ---
+
+
+def graded_record(task_id: str, sample: int, responses: list[str], grader_name: str, reference: str) -> dict[str, Any]:
+    """A record whose turns carry what a real grader returned for each response."""
+    from rewards import get_grader
+
+    record = make_record(task_id, sample, ["x"] * len(responses))
+    grader = get_grader(grader_name)
+    for turn, response in zip(record["turns"], responses):
+        grade = grader.grade(response, reference).to_dict()
+        turn["response"], turn["grade"] = response, grade
+        turn["candidates"] = [{"response": response, "grade": dict(grade), "completion_tokens": 5, "finish_reason": "stop"}]
+    return record
+
+
+def test_numeric_spellings_of_one_number_vote_together() -> None:
+    """84/2, 42 and 42.0 are one answer: with parsed strings they split and a wrong answer won."""
+    responses = ["\\boxed{41}", "\\boxed{84/2}", "\\boxed{41}", "\\boxed{42}", "\\boxed{42.0}"]
+    records = [graded_record("t", 0, responses, "numeric", "42")]
+    # By parsed text the vote ties 41 (2) against 42 (2) and the earlier 41 wins; by value 42 has 3.
+    assert [t["grade"]["parsed"] for t in records[0]["turns"]] == ["41", "84/2", "41", "42", "42"]
+    assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
+    records = [graded_record("t", 0, ["\\boxed{41}", "\\boxed{\\frac{84}{2}}", "\\boxed{41}", "It is 42.", "\\boxed{42.00}"], "numeric", "42")]
+    assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
+
+
+def test_math_equivalence_classes_vote_together() -> None:
+    """\\frac12, 0.5 and 2/4 are one class after merging; 1/3 twice still loses to them."""
+    from pipeline.evaluation import merge_answer_classes
+    from rewards import get_grader
+
+    responses = ["\\boxed{\\frac{1}{3}}", "\\boxed{\\frac12}", "\\boxed{1/3}", "\\boxed{0.5}", "\\boxed{2/4}"]
+    records = [graded_record("t", 0, responses, "math", "\\frac{1}{2}")]
+    merge_answer_classes(records, get_grader("math").cluster_keys)
+    keys = [t["grade"]["answer_key"] for t in records[0]["turns"]]
+    assert keys[1] == keys[3] == keys[4] and keys[0] == keys[2] and keys[0] != keys[1]
+    assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
+
+
+def test_merged_classes_are_per_task() -> None:
+    """Two tasks never share classes: each task's keys are clustered on their own."""
+    from pipeline.evaluation import merge_answer_classes
+
+    records = [graded_record(task, 0, ["\\boxed{1}", "\\boxed{2}"], "numeric", "1") for task in ("a", "b")]
+    calls: list[list[str]] = []
+    merge_answer_classes(records, lambda keys: calls.append(list(keys)) or {k: k for k in keys})
+    assert calls == [["1", "2"], ["1", "2"]]
+
+
+def test_oracle_parallel_baseline_on_hand_built_records() -> None:
+    """p3@t1: any of 3 parallel first answers right. Task a: trajectory never right, parallel right once."""
+    records = make_records({"a": [["5", "5", "5"]], "b": [["5", "7", "7"]]})
+    parallel = {"a": [TurnOutcome("5", False), TurnOutcome("7", True), TurnOutcome("5", False)],
+                "b": [TurnOutcome("5", False)] * 3}
+    summary = summarize_eval(records, turns=3, samples=1, first_turn_samples=parallel)
+    assert summary["p1@t3"] == 0.5 and summary["p3@t1"] == 0.5
+    assert summary["m3@t1"] == 0.0  # 5 wins both parallel votes
+    curves = summarize_curves(records, turns=3, samples=1, first_turn_samples=parallel)
+    assert curves["parallel_oracle"] == [0.0, 0.5, 0.5]
+    assert curves["sequential_oracle"] == [0.0, 0.5, 0.5]
+    gap = summary["intervals"]["p1@t3-p3@t1"]
+    assert gap["estimate"] == 0.0 and gap["low"] <= 0.0 <= gap["high"]
+
+
+def test_incomplete_trajectories_are_counted() -> None:
+    records = make_records({"a": [["7", "7"]]}) + [make_record("b", 0, ["5"], error="request failed")]
+    assert summarize_eval(records, turns=2, samples=1)["incomplete"] == 1

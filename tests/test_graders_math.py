@@ -112,3 +112,42 @@ def test_registered_and_exported() -> None:
     assert "math" in rewards.grader_names()
     assert isinstance(get_grader("math"), rewards.MathGrader)
     assert get_grader("math").name == "math"
+
+
+def test_answer_keys_cluster_by_equivalence() -> None:
+    """Equal answers written differently vote together: one class per math-verify equivalence."""
+    grader = get_grader("math")
+    responses = ["\\boxed{\\frac12}", "\\boxed{0.5}", "\\boxed{\\dfrac{1}{2}}", "\\boxed{2/4}", "\\boxed{\\frac{1}{3}}"]
+    keys = [grader.grade(r, "0.5").answer_key for r in responses]
+    classes = grader.cluster_keys(keys)
+    assert len({classes[k] for k in keys[:4]}) == 1
+    assert classes[keys[4]] != classes[keys[0]]
+    sets = [grader.grade(r, "\\{1,2\\}").answer_key for r in ("\\boxed{\\{2,1\\}}", "\\boxed{\\{1,2\\}}", "\\boxed{\\{1,3\\}}")]
+    set_classes = grader.cluster_keys(sets)
+    assert set_classes[sets[0]] == set_classes[sets[1]] != set_classes[sets[2]]
+
+
+def test_grades_from_a_plain_script(tmp_path) -> None:
+    """No ``__main__`` guard, as most users write a script: grading one response works in-process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "grade.py"
+    script.write_text(
+        "from rewards import get_grader\n"
+        "result = get_grader('math').grade('\\\\boxed{\\\\frac{1}{2}}', '0.5')\n"
+        "print(result.correct, result.error)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True None"
+    assert "Traceback" not in done.stderr
+
+
+def test_main_thread_grade_is_time_limited(monkeypatch) -> None:
+    """On the main thread the SIGALRM limit, not a worker kill, stops a comparison that never ends."""
+    from rewards import math_equiv
+
+    monkeypatch.setattr(math_equiv, "DEFAULT_TIMEOUT_S", 0.5)
+    result = get_grader("math").grade("\\boxed{10^{10^{10}}}", "1")  # math-verify computes 10^(10^10)
+    assert (result.correct, result.error) == (False, "timeout")

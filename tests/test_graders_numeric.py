@@ -38,7 +38,8 @@ CASES = [
     ("thin-space-thousands", "\\boxed{1\\,000}", "1000", True, "1000"),
     ("braced-comma-thousands", "\\boxed{1{,}000}", "1000", True, "1000"),
     ("list-takes-last", "The values are 1,2,3,4", "4", True, "4"),
-    ("within-rel-tol", "It is 3.0000001", "3", True, "3.0000001"),
+    ("within-rel-tol", "It is 3.0000001", "3.0", True, "3.0000001"),
+    ("integer-reference-is-exact", "It is 3.0000001", "3", False, "3.0000001"),
     ("outside-rel-tol", "It is 3.001", "3", False, "3.001"),
     ("wrong", "\\boxed{41}", "42", False, "41"),
     ("minus-needs-to-touch", "the answer is 10 - 5", "-5", False, "5"),
@@ -97,6 +98,46 @@ def test_require_boxed_ignores_bare_numbers() -> None:
     grader = get_grader("numeric", require_boxed=True)
     assert grader.grade("The answer is 5", "5").error == "no answer found"
     assert grader.grade("I think \\boxed{5}", "5").correct
+
+
+# Issue 16: an expression in the box is evaluated or is not a number, never its
+# last number; integer references compare exactly; float references parse in
+# every spelling Python and JSON give them.
+ISSUE_CASES = [
+    ("power-is-evaluated", "\\boxed{2^3}", "3", False, "8"),
+    ("power-right", "\\boxed{2^3}", "8", True, "8"),
+    ("factorial-is-not-a-number", "\\boxed{5!}", "5", False, "5!"),
+    ("scientific-is-its-value", "\\boxed{1e3}", "1", False, "1000"),
+    ("scientific-right", "\\boxed{1e3}", "1000", True, "1000"),
+    ("hedged-answer", "\\boxed{42 (or 43)}", "43", False, "42 (or 43)"),
+    ("arithmetic-in-box", "\\boxed{84/2 + 3 \\times 2}", "48", True, "48"),
+    ("latex-arithmetic", "\\boxed{\\frac{3}{4} \\cdot 8}", "6", True, "6"),
+    ("division-by-zero-box", "\\boxed{1/(2-2)}", "1", False, "1/(2-2)"),
+    ("huge-power-not-evaluated", "\\boxed{9^{9^{9}}}", "9", False, "9^{9^{9}}"),
+    ("integer-exact-million", "\\boxed{1000001}", "1000000", False, "1000001"),
+    ("integer-exact-large", "\\boxed{123456900}", "123456789", False, "123456900"),
+    ("float-reference-exponent", "\\boxed{0.00001}", "1e-05", True, "0.00001"),
+    ("float-reference-big", "\\boxed{10000000000000000}", 1e16, True, "10000000000000000"),
+    ("float-reference-json", "\\boxed{1.5e-7}", 1.5e-07, True, "0.00000015"),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in ISSUE_CASES],
+                         ids=[c[0] for c in ISSUE_CASES])
+def test_boxed_expressions_and_exact_references(response: str, reference: object, correct: bool, parsed: str) -> None:
+    result = get_grader("numeric").grade(response, reference)
+    assert (result.correct, result.parsed, result.error) == (correct, parsed, None)
+
+
+def test_answer_keys_are_values() -> None:
+    """Equal numbers written differently share one key; different numbers do not."""
+    grader = get_grader("numeric")
+    keys = {grader.grade(r, "42").answer_key for r in ("\\boxed{84/2}", "\\boxed{42}", "It is 42.0", "\\boxed{\\frac{84}{2}}", "\\boxed{\\$42}")}
+    assert keys == {"42"}
+    assert grader.grade("\\boxed{41}", "42").answer_key == "41"
+    assert grader.grade("\\boxed{-3.5}", "1").answer_key == "-7/2"
+    assert grader.grade("no answer here", "42").answer_key is None
+    assert grader.cluster_keys(["42", "41"]) == {"42": "42", "41": "41"}
 
 
 def test_rel_tol_option() -> None:

@@ -200,3 +200,27 @@ def test_exit_runs_mark_each_iterations_mean_training_depth(run: RunDir) -> None
     assert training_depths(run.root, evals) == {1: 1.25}
     write_report(run.root)
     assert (run.root / "accuracy_by_turn.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_shows_the_oracle_baseline_intervals_and_incomplete_count(tmp_path: Path) -> None:
+    """Evals written by the eval stage's own writer: p3@t1, the gaps with intervals, changes vs base with intervals."""
+    from tests.test_compare import tasks, write_eval_dir
+
+    run = make_run(tmp_path, iterations=1)
+    for iteration, n_right in ((0, 0), (1, 10)):
+        out = run.stage_dir(iteration, "eval")
+        out.rmdir()
+        write_eval_dir(out, tasks(n_right))
+        run.manifest.start(iteration, "eval")
+        run.manifest.complete(iteration, "eval", [out / "eval.json"])
+    text = write_report(run.root).read_text(encoding="utf-8")
+    iteration_1 = text.split("## Iteration 1")[1]
+    assert "| p3@t1 | 0.0% |" in iteration_1
+    assert "| m1@t3-m3@t1 | +25.0 pp [" in iteration_1
+    assert "| p1@t3-p3@t1 | +25.0 pp [" in iteration_1
+    assert "| pass@1 turn 2 | 25.0% [" in iteration_1
+    assert "| incomplete trajectories | 0 (+0 parallel) |" in iteration_1
+    assert "Iteration 1 vs base: m1@t3 25.0%, +25.0 pp [" in iteration_1
+    rows = {cells[0]: cells[1:] for cells in table_rows(report_table(collect_evals(run.root)))}
+    assert rows["m1@t3 vs base"][1].startswith("+25.0 pp [")
+    assert rows["p3@t1"] == ["0.0%", "0.0%"]

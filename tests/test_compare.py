@@ -1,0 +1,99 @@
+"""``selfimprove compare`` on saved eval directories: one table, paired intervals, clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import parse_config
+from pipeline.eval_stage import write_eval_outputs
+from pipeline.run_dir import RunDir
+from rewards import get_grader
+from tests.test_evaluation import graded_record
+
+TURNS = 3
+runner = CliRunner()
+
+
+def write_eval_dir(out: Path, answers_by_task: dict[str, list[str]]) -> Path:
+    """An eval directory as the eval stage writes it, from real numeric grades (reference 7, n=3 >= T)."""
+    records = [
+        graded_record(task, sample, [f"\\boxed{{{a}}}" for a in answers], "numeric", "7")
+        for task, answers in answers_by_task.items()
+        for sample in range(3)
+    ]
+    out.mkdir(parents=True)
+    write_eval_outputs(out, records, None, get_grader("numeric"), TURNS, 3, seed=0, history_window=None)
+    return out
+
+
+def tasks(n_right: int, total: int = 40) -> dict[str, list[str]]:
+    """``total`` tasks, the first ``n_right`` answered 5 -> 7 -> 7 (revised), the rest 5, 5, 5."""
+    return {f"t{i}": (["5", "7", "7"] if i < n_right else ["5", "5", "5"]) for i in range(total)}
+
+
+def test_compare_two_eval_dirs(tmp_path: Path) -> None:
+    base = write_eval_dir(tmp_path / "base", tasks(0))
+    better = write_eval_dir(tmp_path / "better", tasks(20))
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(base), str(better), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["labels"] == ["base", "better"] and data["n_tasks"] == 40
+    assert data["paths"] == [str(base), str(better)]
+    m1 = data["metrics"]["m1@t3"]
+    assert m1["values"] == [0.0, 0.5]
+    gain = m1["differences_from_first"][0]
+    assert gain["estimate"] == 0.5 and gain["low"] > 0.3
+    turn1 = data["metrics"]["pass@1 turn 1"]["differences_from_first"][0]
+    assert turn1 == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    text = (out / "compare.md").read_text()
+    assert "| m1@t3 | 0.0% | 50.0% (+50.0 pp [" in text
+    assert "| pass@1 turn 1 | 0.0% | 0.0% (+0.0 pp [+0.0, +0.0], not distinguishable) |" in text
+    assert "p3@t1" in text and "m1@t3-m3@t1" in text
+    pixels = matplotlib.image.imread(out / "compare.png")
+    assert pixels.shape[0] > 100 and pixels.min() < pixels.max()
+    assert "m1@t3" in result.output
+
+
+def test_compare_refuses_other_tasks(tmp_path: Path) -> None:
+    first = write_eval_dir(tmp_path / "a", tasks(0, total=40))
+    other = write_eval_dir(tmp_path / "b", tasks(0, total=39))
+    result = runner.invoke(app, ["compare", str(first), str(other), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 1
+    assert "not of the same tasks (1 task ids appear in only one)" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
+    arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
+    config = parse_config({
+        "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1},
+        "model": {"name_or_path": "org/some-model"},
+        "tasks": {"train": arithmetic, "eval": arithmetic},
+        "evaluation": {"turns": TURNS, "samples": 3, "sampling": {"temperature": 0.7}},
+    })
+    run = RunDir.create(config)
+    for iteration, n_right in ((0, 0), (1, 10)):
+        out = run.stage_dir(iteration, "eval")
+        out.rmdir()
+        write_eval_dir(out, tasks(n_right))
+        run.manifest.start(iteration, "eval")
+        run.manifest.complete(iteration, "eval", [out / "eval.json"])
+    base = tmp_path / "base"
+    write_eval_dir(base, tasks(0))
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(base), str(run.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["labels"] == ["base", f"{run.root.name}/iter_1"]
+    assert data["metrics"]["m1@t3"]["values"] == [0.0, 0.25]
+    result = runner.invoke(app, ["compare", str(base), str(run.root), "-i", "0", "--out", str(out)])
+    assert json.loads((out / "compare.json").read_text())["metrics"]["m1@t3"]["values"] == [0.0, 0.0]
+    result = runner.invoke(app, ["compare", str(base), str(tmp_path / "nothing"), "--out", str(out)])
+    assert result.exit_code == 1 and "neither an eval directory" in result.output
