@@ -135,3 +135,17 @@ def merge(base: dict, patch: dict) -> dict:
     for key, value in patch.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def test_eval_history_window_falls_back_to_the_rollouts() -> None:
+    """RISE's --context_window: evaluation.history_window, else rollout.history_window, else every attempt."""
+    from pipeline.eval_stage import eval_history_window
+
+    arithmetic = {"source": "arithmetic"}
+    base = {"tasks": {"train": arithmetic, "eval": arithmetic}}
+    assert eval_history_window(parse_config(base)) is None
+    assert eval_history_window(parse_config({**base, "rollout": {"history_window": 1}})) == 1
+    both = {**base, "rollout": {"history_window": 1}, "evaluation": {"history_window": 2}}
+    assert eval_history_window(parse_config(both)) == 2
+    with pytest.raises(ConfigError, match="evaluation.history_window"):
+        parse_config({**base, "evaluation": {"history_window": 0}})
