@@ -88,8 +88,8 @@ def summarize_eval(
     """
     _check_turns(turns)
     records = list(records)
-    rows = task_metrics(records, turns, samples, first_turn_samples)
     tasks = group_trajectories(records, turns, samples)
+    rows = _task_rows(tasks, _first_turn_pool(tasks, turns, first_turn_samples), turns)
     summary: dict[str, Any] = {
         "n_tasks": len(tasks),
         "turns": turns,
@@ -117,7 +117,11 @@ def task_metrics(
     than ``turns`` first-turn answers to draw on (as in :func:`summarize_eval`).
     """
     tasks = group_trajectories(records, turns, samples)
-    pool = _first_turn_pool(tasks, turns, first_turn_samples)
+    return _task_rows(tasks, _first_turn_pool(tasks, turns, first_turn_samples), turns)
+
+
+def _task_rows(tasks: TaskTrajectories, pool: list[Sequence[TurnOutcome]], turns: int) -> list[dict[str, Any]]:
+    """:func:`task_metrics` for grouped trajectories and each task's first-turn answers (in task order)."""
     parallel = min(len(answers) for answers in pool) >= turns
     rows = []
     for (task_id, trajectories), answers in zip(tasks.items(), pool):
