@@ -120,13 +120,42 @@ class RolloutSection(StrictModel):
         description="Serve trained iterations as LoRA-merged checkpoints (faster on vLLM CPU) instead of adapters.",
     )
     turns: int = Field(3, ge=1)
-    samples_per_turn: int = Field(4, ge=1, description="Best-of-N at each collection turn.")
+    samples_per_turn: int | list[int] = Field(
+        default_factory=lambda: [1, 4],
+        description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
+        "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
+    )
     feedback: Literal["binary", "grader", "none", "improve"] = "binary"
     stop_at_success: bool = True
     history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in the prompt.")
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     teacher: TeacherSection | None = None
     templates: TemplatesSection = Field(default_factory=TemplatesSection)
+
+    @field_validator("samples_per_turn")
+    @classmethod
+    def _positive_counts(cls, value: int | list[int]) -> int | list[int]:
+        counts = value if isinstance(value, list) else [value]
+        if not counts:
+            raise ValueError("needs at least one count")
+        if any(count < 1 for count in counts):
+            raise ValueError(f"every count must be >= 1; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_count_per_turn_at_most(self) -> "RolloutSection":
+        if isinstance(self.samples_per_turn, list) and len(self.samples_per_turn) > self.turns:
+            raise ValueError(
+                f"samples_per_turn has {len(self.samples_per_turn)} counts for turns={self.turns}: "
+                "give at most one per turn (the last repeats)"
+            )
+        return self
+
+    @property
+    def sample_schedule(self) -> tuple[int, ...]:
+        """The count of each turn 1..turns."""
+        counts = self.samples_per_turn if isinstance(self.samples_per_turn, list) else [self.samples_per_turn]
+        return tuple(counts[min(turn, len(counts) - 1)] for turn in range(self.turns))
 
 
 class TaskSourceSection(StrictModel):
@@ -191,6 +220,17 @@ class RiseSection(StrictModel):
     accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
     train_from: Literal["base", "previous"] = Field("base", description="Retrain from the base or continue the previous adapter.")
     boost: bool = Field(False, description="Warm-up SFT on successful first-turn samples.")
+    unparsed_reward: float = Field(-1.0, description="Reward of a turn that gave no answer (RISE: -1, weight 0.08).")
+    pairs_per_state: int = Field(
+        0, ge=0, description="Wrong -> right pairs built from each state's parallel samples (0: none)."
+    )
+    keep_ratio: float | None = Field(
+        None,
+        ge=0,
+        description="Cap keep examples (right after right, told 'incorrect') at this many per fix example; "
+        "needs rollout.stop_at_success false (null: no cap).",
+    )
+    informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
 
 
 class ExitSection(StrictModel):
@@ -213,6 +253,11 @@ class ExitSection(StrictModel):
 
 class TrainingSection(StrictModel):
     finetune: Literal["lora", "qlora", "full"] = "lora"
+    loss_normalization: Literal["weights", "mean"] = Field(
+        "weights",
+        description="Weighted SFT loss: sum w_i L_i over sum w_i ('weights', ours) or over the example count "
+        "('mean', RISE's reference code).",
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -399,9 +444,18 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _keep_targets_need_turns_after_success(self) -> "PipelineConfig":
+        if isinstance(self.method, RiseSection) and self.method.keep_ratio is not None and self.rollout.stop_at_success:
+            raise ValueError(
+                "method.keep_ratio caps keep examples, which exist only when collection goes on after a success: "
+                "set rollout.stop_at_success false"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _greedy_means_one_sample(self) -> "PipelineConfig":
         # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
-        if self.rollout.samples_per_turn > 1 and self.rollout.sampling.temperature == 0:
+        if max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
             raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
         if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
             raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")

@@ -1,7 +1,10 @@
 """The ``curate`` stage: iteration K's rollouts become RISE's weighted SFT set.
 
 Reads ``iter_K/rollout/rollouts.jsonl``, keeps the turns the configured
-selection criterion keeps, adds boost data when ``method.boost`` is set and
+selection criterion keeps (only informative states with
+``method.informative_only``), adds wrong -> right pairs
+(``method.pairs_per_state``), caps keep examples (``method.keep_ratio``),
+adds boost data when ``method.boost`` is set and
 the training sets of iterations 1..K-1 when ``method.accumulate`` is set, and
 writes ``iter_K/curate/train.jsonl`` and ``summary.json`` atomically. The
 stage is recorded in the manifest; a rerun of a finished stage does nothing.
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from pipeline.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.config import RiseSection
-from pipeline.curation import Example, accumulate, boost_examples, count_skips, curate, summarize
+from pipeline.curation import Example, accumulate, boost_examples, cap_keeps, count_skips, curate, pair_examples, summarize
 from pipeline.run_dir import RunDir
 
 STAGE = "curate"
@@ -56,9 +59,16 @@ def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:
 
 def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict]:
     """The examples and summary of iteration ``iteration`` (no writes)."""
-    method = rise_method(run)
+    method, rollout = rise_method(run), run.config.rollout
     records = rollout_records(run, iteration)
-    current = curate(records, method.tau, method.selection, iteration)
+    current = curate(records, method.tau, method.selection, iteration, method.unparsed_reward, method.informative_only)
+    if method.pairs_per_state:
+        current += pair_examples(
+            records, method.tau, iteration, method.pairs_per_state, rollout.feedback, rollout.templates,
+            rollout.history_window,
+        )
+    if method.keep_ratio is not None:
+        current = cap_keeps(current, method.keep_ratio)
     if method.boost:
         current += boost_examples(records, method.tau, iteration)
     earlier = earlier_examples(run, iteration) if method.accumulate else []

@@ -71,7 +71,7 @@ def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: 
     """n trajectories per task, T turns each, one answer per turn, never stopped early, no oracle."""
     return RolloutSpec(
         turns=turns,
-        samples_per_turn=1,
+        samples_per_turn=(1,) * turns,
         trajectories_per_task=samples,
         feedback=config.evaluation.feedback,
         stop_at_success=False,
@@ -90,7 +90,7 @@ def eval_history_window(config: PipelineConfig) -> int | None:
 
 def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
     """T first-turn answers per task in one request: the parallel baseline's samples."""
-    return replace(eval_spec(config, adapter, turns, 1), turns=1, samples_per_turn=turns, history_window=None)
+    return replace(eval_spec(config, adapter, turns, 1), turns=1, samples_per_turn=(turns,), history_window=None)
 
 
 def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:

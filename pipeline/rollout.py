@@ -1,7 +1,8 @@
 """Multi-turn revision rollouts: one trajectory per (task, sample index).
 
 At each turn the learner (or, for turns > 1 under distillation, the teacher)
-draws ``samples_per_turn`` answers; each is graded, the best one (highest
+draws that turn's count of answers (``samples_per_turn[turn - 1]``; RISE's
+reference schedule is one at turn 1, best-of-N after); each is graded, the best one (highest
 score, earliest on ties) becomes the turn's action, and it plus its feedback
 form the history of the next turn. Collection stops a trajectory at its first
 correct turn; evaluation never does and never reveals correctness.
@@ -39,7 +40,7 @@ class RolloutSpec:
     """Everything that decides what one trajectory looks like."""
 
     turns: int
-    samples_per_turn: int
+    samples_per_turn: tuple[int, ...]  # one count per turn 1..turns
     trajectories_per_task: int
     feedback: FeedbackMode
     stop_at_success: bool
@@ -97,7 +98,7 @@ class TrajectoryRunner:
             try:
                 completions = await backend.chat(
                     messages,
-                    n=spec.samples_per_turn,
+                    n=spec.samples_per_turn[turn - 1],
                     params=spec.sampling,
                     seed=request_seed(spec.seed, task.task_id, sample, turn),
                     adapter=None if use_teacher else spec.adapter,

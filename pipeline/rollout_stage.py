@@ -41,7 +41,7 @@ def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
     rollout = config.rollout
     return RolloutSpec(
         turns=rollout.turns,
-        samples_per_turn=rollout.samples_per_turn,
+        samples_per_turn=rollout.sample_schedule,
         trajectories_per_task=1,
         feedback=rollout.feedback,
         stop_at_success=rollout.stop_at_success,

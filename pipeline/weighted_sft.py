@@ -16,13 +16,15 @@ whole say of an example, so a long target does not outweigh a short one of
 higher reward, as in RWR. Dividing by the weight sum keeps the loss on the
 scale of plain SFT whatever tau is, so the learning rate needs no retuning;
 a batch whose weights are all zero has loss exactly 0 (no NaN) and no
-gradient.
+gradient. ``training.loss_normalization: mean`` divides by the number of
+examples instead, as RISE's reference code does (its loss is the plain mean
+of ``w_i L_i``): the loss then grows with the weights' scale.
 
 Gradient accumulation: the sum runs over the whole accumulation window,
 not over each micro-batch. :meth:`WeightedSFTTrainer.get_batch_samples`
 (which ``Trainer`` calls once per optimizer step with that step's micro-
-batches) records the window's total weight; each micro-batch's loss is its
-``sum w_i L_i`` over that total, and the trainer tells ``Trainer`` not to
+batches) records the window's total weight (or example count); each
+micro-batch's loss is its ``sum w_i L_i`` over that total, and the trainer tells ``Trainer`` not to
 divide again by the accumulation steps. Summed gradients therefore equal
 those of one big batch, exactly, whatever the micro-batch sizes. Under
 several processes the total is gathered across ranks and the loss scaled
@@ -38,7 +40,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import broadcast_object_list
@@ -92,13 +94,23 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
 
 
 class WeightedSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss is the weight-normalised mean of per-example completion NLLs (see module doc)."""
+    """SFTTrainer whose loss is the weighted mean of per-example completion NLLs (see module doc).
+
+    ``normalization``: ``weights`` divides ``sum w_i L_i`` by ``sum w_i``,
+    ``mean`` by the number of examples.
+    """
 
     def __init__(
-        self, model: str | PreTrainedModel, args: SFTConfig, train_dataset: Dataset, **kwargs: Any
+        self,
+        model: str | PreTrainedModel,
+        args: SFTConfig,
+        train_dataset: Dataset,
+        normalization: Literal["weights", "mean"] = "weights",
+        **kwargs: Any,
     ) -> None:
         _check_supported(args, train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        self.normalization = normalization
         self.data_collator = WeightCollator(self.data_collator)
         # Each micro-batch loss is already divided by the whole window's weight.
         self.loss_is_scaled_for_ga = True
@@ -113,9 +125,9 @@ class WeightedSFTTrainer(SFTTrainer):
     def get_batch_samples(
         self, epoch_iterator: Iterator, num_batches: int, device: torch.device
     ) -> tuple[list, torch.Tensor | int | None]:
-        """Record the total weight of one optimizer step's micro-batches (all ranks) as the loss denominator."""
+        """Record the total weight (or example count) of one optimizer step's micro-batches (all ranks): the loss denominator."""
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        total = sum((batch[WEIGHT].sum() for batch in batches), torch.zeros(())).to(device)
+        total = sum((self._denominator(batch[WEIGHT]) for batch in batches), torch.zeros(())).to(device)
         if self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
         self._window_weight = total
@@ -156,7 +168,11 @@ class WeightedSFTTrainer(SFTTrainer):
         if self.model.training and self._window_weight is not None:
             scale = self.accelerator.num_processes
             return _safe_divide(weighted_sum * scale, self._window_weight.to(weighted_sum))
-        return _safe_divide(weighted_sum, weights.to(per_example).sum())
+        return _safe_divide(weighted_sum, self._denominator(weights.to(per_example)))
+
+    def _denominator(self, weights: torch.Tensor) -> torch.Tensor:
+        """What ``sum w_i L_i`` is divided by: the weights' sum, or the number of examples."""
+        return weights.sum() if self.normalization == "weights" else torch.tensor(float(weights.numel()))
 
 
 def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
@@ -264,7 +280,9 @@ def build_trainer(
     else:
         model = str(model)
     peft_config = None if isinstance(model, PeftModel) else lora_config(settings)
-    return WeightedSFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config)
+    return WeightedSFTTrainer(
+        model=model, args=args, train_dataset=dataset, normalization=settings.loss_normalization, peft_config=peft_config
+    )
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:

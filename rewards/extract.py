@@ -112,7 +112,13 @@ def verdict(correct: bool, parsed: str, answer_key: str) -> GradeResult:
 
 
 def no_answer() -> GradeResult:
-    return GradeResult.failure("no answer found", feedback=NO_ANSWER_FEEDBACK)
+    """A response without a final answer: a wrong answer (``parsed`` None), not a grading failure.
+
+    ``error`` stays None because the grader did judge it; the feedback says
+    why it scored 0. RISE scores such turns with their own reward
+    (``method.unparsed_reward``, -1 in the reference code).
+    """
+    return GradeResult(score=0.0, correct=False, parsed=None, feedback=NO_ANSWER_FEEDBACK)
 
 
 def not_a_string(response: object) -> GradeResult:

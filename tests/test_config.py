@@ -149,3 +149,30 @@ def test_eval_history_window_falls_back_to_the_rollouts() -> None:
     assert eval_history_window(parse_config(both)) == 2
     with pytest.raises(ConfigError, match="evaluation.history_window"):
         parse_config({**base, "evaluation": {"history_window": 0}})
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ([], "rollout.samples_per_turn: needs at least one count"),
+        ([1, 0], "every count must be >= 1"),
+        (0, "every count must be >= 1"),
+        ([1, 4, 4, 4], "samples_per_turn has 4 counts for turns=3"),
+    ],
+)
+def test_bad_sample_schedules_are_refused(counts: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**MINIMAL, "rollout": {"samples_per_turn": counts}})
+
+
+def test_sample_schedule_repeats_the_last_count() -> None:
+    assert parse_config(MINIMAL).rollout.sample_schedule == (1, 4, 4)  # RISE's reference schedule by default
+    assert parse_config({**MINIMAL, "rollout": {"samples_per_turn": 2}}).rollout.sample_schedule == (2, 2, 2)
+    assert parse_config({**MINIMAL, "rollout": {"turns": 4, "samples_per_turn": [1, 2, 8]}}).rollout.sample_schedule == (1, 2, 8, 8)
+
+
+def test_keep_cap_needs_collection_after_success() -> None:
+    with pytest.raises(ConfigError, match="set rollout.stop_at_success false"):
+        parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}})
+    config = parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}, "rollout": {"stop_at_success": False}})
+    assert config.method.keep_ratio == 0.5

@@ -17,9 +17,11 @@ from pipeline.curation import (
     Example,
     accumulate,
     boost_examples,
+    cap_keeps,
     count_skips,
     curate,
     format_summary,
+    pair_examples,
     summarize,
     weight_histogram,
 )
@@ -192,7 +194,7 @@ def test_summary_counts_and_histogram() -> None:
     examples = accumulate(current, [earlier])
     summary = summarize(examples, 2, TAU, "better", {"empty_response": 0, "grading_error": 1})
     assert summary["examples"] == 8
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "accumulated": 2}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "accumulated": 2}
     assert summary["by_turn"] == {"1": 4, "2": 1, "3": 3}
     assert summary["skipped"] == {"empty_response": 0, "grading_error": 1}
     assert summary["mean_reward"] == pytest.approx(sum(e.reward for e in examples) / 8)
@@ -250,7 +252,7 @@ def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> 
     expected = curate(table_records(), TAU, "better", 1) + boost_examples(table_records(), TAU, 1)
     assert rows == [e.to_dict() for e in expected]
     summary = json.loads((path.parent / "summary.json").read_text())
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "accumulated": 0}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "accumulated": 0}
     record = run.manifest.record(1, "curate")
     assert record.state is StageState.DONE
     assert set(record.outputs) == {"iter_1/curate/train.jsonl", "iter_1/curate/summary.json"}
@@ -306,3 +308,81 @@ def test_stage_refuses_a_non_rise_method(tmp_path: Path) -> None:
     )
     with pytest.raises(CurateError, match="method is 'exit'"):
         run_curate_stage(run, 1)
+
+
+# --- Issue 14: no answer is a wrong answer; self-correction constructions ---
+
+
+def unparsed(turn: dict[str, Any]) -> None:
+    """Make a turn's chosen answer one the grader found no answer in (parsed None, no error)."""
+    turn["grade"] = turn["candidates"][0]["grade"] = {**turn["grade"], "parsed": None, "score": 0.0, "correct": False}
+
+
+def test_turns_without_an_answer_are_curated_at_the_unparsed_reward() -> None:
+    record = make_record("u", [0.0, 1.0])
+    unparsed(record["turns"][0])
+    examples = curate([record], TAU, "all", iteration=1, unparsed_reward=-1.0)
+    first, second = examples
+    assert (first.turn, first.reward, first.weight, first.answered) == (1, -1.0, math.exp(-1 / TAU), False)
+    assert (second.reward, second.answered, second.kind) == (1.0, True, "fix")
+    assert curate([record], TAU, "all", iteration=1, unparsed_reward=0.0)[0].reward == 0.0
+    assert count_skips([record]) == {"empty_response": 0, "grading_error": 0}
+    summary = summarize(examples, 1, TAU, "all", count_skips([record]))
+    assert summary["unparsed"] == 1 and summary["by_kind"] == {"first": 1, "fix": 1, "retry": 0, "keep": 0}
+
+
+def test_better_compares_against_the_unparsed_reward() -> None:
+    """A wrong answer (0) after no answer (-1) is better, as in the reference code."""
+    record = make_record("v", [0.0, 0.0])
+    unparsed(record["turns"][0])
+    assert [e.turn for e in curate([record], TAU, "better", iteration=1)] == [2]
+
+
+def test_keep_targets_carry_the_previous_correct_answer() -> None:
+    """Collection went on after a success: turn 2 answers right again after "incorrect"."""
+    record = make_record("k", [1.0, 1.0, 0.0])
+    examples = curate([record], TAU, "success", iteration=1)
+    keep = next(e for e in examples if e.kind == "keep")
+    assert keep.turn == 2
+    assert keep.messages[-2] == {"role": "assistant", "content": "k answer 1"}  # the correct answer it keeps
+    assert [e.kind for e in curate([record], TAU, "all", iteration=1)] == ["first", "keep", "keep"]
+
+
+def test_keep_cap_holds_relative_to_fix_examples() -> None:
+    fixes = [make_record(f"f{i}", [0.0, 1.0]) for i in range(2)]
+    keeps = [make_record(f"k{i}", [1.0, 1.0]) for i in range(5)]
+    examples = curate(fixes + keeps, TAU, "success", iteration=1)
+    assert sum(e.kind == "keep" for e in examples) == 5
+    for ratio, allowed in ((0.0, 0), (1.0, 2), (1.5, 3), (10.0, 5)):
+        capped = cap_keeps(examples, ratio)
+        assert sum(e.kind == "keep" for e in capped) == allowed
+        assert [e for e in capped if e.kind != "keep"] == [e for e in examples if e.kind != "keep"]
+    assert cap_keeps(examples, 1.0) == cap_keeps(list(examples), 1.0)  # deterministic
+
+
+def test_pairs_pair_a_wrong_sample_with_a_right_one_of_the_same_state() -> None:
+    from pipeline.config import TemplatesSection
+
+    record = make_record("p", [0.0, 0.0], extra={2: [candidate("p right", 1.0), candidate("p wrong b", 0.0)]})
+    other = make_record("q", [1.0])  # one sample per state: no pairs
+    templates = TemplatesSection()
+    pairs = pair_examples([record, other], TAU, 1, per_state=2, feedback="binary", templates=templates, history_window=None)
+    assert [p.completion for p in pairs] == ["p right", "p right"]
+    first, second = pairs
+    assert (first.source, first.kind, first.turn, first.task_id) == ("pair", "fix", 3, "p")
+    contents = [m["content"] for m in first.messages]
+    # The state of turn 2 (prompt, turn 1's attempt and feedback), then a wrong sample of turn 2 and "incorrect".
+    assert contents == ["solve p", "p answer 1", "feedback 1", "p answer 2", templates.binary_feedback]
+    assert second.messages[-2]["content"] == "p wrong b"
+    assert first.weight == math.exp(1 / TAU) and first.example_id != second.example_id
+    windowed = pair_examples([record], TAU, 1, 1, "binary", templates, history_window=1)
+    assert [m["content"] for m in windowed[0].messages] == ["solve p", "p answer 2", templates.binary_feedback]
+
+
+def test_informative_only_drops_states_whose_samples_all_succeed() -> None:
+    mixed = make_record("m", [1.0], extra={1: [candidate("m wrong", 0.0)]})
+    easy = make_record("e", [1.0], extra={1: [candidate("e also right", 1.0)]})
+    single = make_record("s", [1.0])
+    kept = curate([mixed, easy, single], TAU, "success", iteration=1, informative_only=True)
+    assert [e.task_id for e in kept] == ["m", "s"]
+    assert len(curate([mixed, easy, single], TAU, "success", iteration=1)) == 3

@@ -61,13 +61,13 @@ CASES = [
     ("division-by-zero", "\\boxed{\\frac{1}{0}}", "1", False, "\\frac{1}{0}"),
     ("non-math-box", "\\boxed{A}", "3", False, "A"),
     ("huge-answer-at-end", FIVE_MB + "\\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
-    ("huge-no-answer", "x" * 5_000_000, "0.5", None, "no answer found"),
+    ("huge-no-answer", "x" * 5_000_000, "0.5", False, None),  # no answer: wrong, not an error
     ("deep-braces-in-box", "\\boxed{" + "{" * 500 + "1" + "}" * 500 + "}", "1", None, "answer nested too deeply"),
     ("deep-braces-unboxed", "x = " + "{" * 1_000 + "1" + "}" * 1_000, "1", None, "answer nested too deeply"),
     ("deep-boxes", "\\boxed{" * 10_000 + "1" + "}" * 10_000, "1", True, "1"),
     ("long-box", "\\boxed{" + "1+" * 1_500 + "1}", "3001", None, "answer too long"),
-    ("empty", "", "1", None, "no answer found"),
-    ("garbage", "garbage }{}{ \\frac{", "1", None, "no answer found"),
+    ("empty", "", "1", False, None),  # no answer: wrong, not an error
+    ("garbage", "garbage }{}{ \\frac{", "1", False, None),  # no answer: wrong, not an error
     ("none-response", None, "1", None, "response is NoneType, not str"),
     ("int-response", 3, "3", None, "response is int, not str"),
     ("empty-reference", "\\boxed{3}", "", None, "reference could not be parsed: ''"),
@@ -98,7 +98,8 @@ def test_grade_is_safe_from_threads() -> None:
 
 def test_require_boxed() -> None:
     grader = get_grader("math", require_boxed=True)
-    assert grader.grade("The final answer is $\\frac{3}{4}$.", "0.75").error == "no answer found"
+    unboxed = grader.grade("The final answer is $\\frac{3}{4}$.", "0.75")
+    assert (unboxed.correct, unboxed.parsed, unboxed.error) == (False, None, None)
     assert grader.grade("\\boxed{\\frac{3}{4}}", "0.75").correct
 
 

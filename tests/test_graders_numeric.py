@@ -60,14 +60,14 @@ CASES = [
     ("int-reference", "\\boxed{7}", 7, True, "7"),
     ("float-reference", "\\boxed{2.5}", 2.5, True, "2.5"),
     ("huge-answer-at-end", FIVE_MB + "\\boxed{7}", "7", True, "7"),
-    ("huge-answer-at-start", "\\boxed{7}" + "x" * 5_000_000, "7", None, "no answer found"),
+    ("huge-answer-at-start", "\\boxed{7}" + "x" * 5_000_000, "7", False, None),  # no answer: wrong, not an error
     ("deep-braces-in-box", "\\boxed{" + "{" * 5_000 + "3" + "}" * 5_000 + "}", "3", True, "3"),
     ("deep-boxes", "\\boxed{" * DEEP + "3" + "}" * DEEP, "3", True, "3"),
     ("unbalanced-braces", "{" * DEEP + " the answer is 4", "4", True, "4"),
-    ("empty", "", "1", None, "no answer found"),
-    ("whitespace", "  \n\t ", "1", None, "no answer found"),
-    ("no-number", "I am not sure.", "1", None, "no answer found"),
-    ("garbage", "\x00\ufffd}{\\boxed{ }}{ \\frac{", "1", None, "no answer found"),
+    ("empty", "", "1", False, None),  # no answer: wrong, not an error
+    ("whitespace", "  \n\t ", "1", False, None),  # no answer: wrong, not an error
+    ("no-number", "I am not sure.", "1", False, None),  # no answer: wrong, not an error
+    ("garbage", "\x00\ufffd}{\\boxed{ }}{ \\frac{", "1", False, None),  # no answer: wrong, not an error
     ("none-response", None, "1", None, "response is NoneType, not str"),
     ("int-response", 42, "42", None, "response is int, not str"),
     ("bytes-response", b"\\boxed{1}", "1", None, "response is bytes, not str"),
@@ -96,7 +96,8 @@ def test_feedback_texts() -> None:
 
 def test_require_boxed_ignores_bare_numbers() -> None:
     grader = get_grader("numeric", require_boxed=True)
-    assert grader.grade("The answer is 5", "5").error == "no answer found"
+    unboxed = grader.grade("The answer is 5", "5")
+    assert (unboxed.correct, unboxed.parsed, unboxed.error) == (False, None, None)
     assert grader.grade("I think \\boxed{5}", "5").correct
 
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import PipelineConfig, dump_config, parse_config
 from pipeline.generation import GenerationError, SamplingParams
-from pipeline.rollout import PARTIAL_NAME, TrajectoryRunner
+from pipeline.rollout import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
 from pipeline.rollout_stage import collect, collection_spec, load_tasks, pooled_grading, run_rollout_stage
 from pipeline.run_dir import RunDir
 from pipeline.service_client import Endpoint, ServiceClient
@@ -41,7 +41,7 @@ TURN_KEYS = {
     "prompt_tokens", "completion_tokens", "finish_reason", "feedback",
 }
 RECORD_KEYS = {"key", "task_id", "sample", "prompt", "reference", "adapter", "turns", "solved_at_turn", "error"}
-GRADE_KEYS = {"score", "correct", "parsed", "feedback", "error"}
+GRADE_KEYS = {"score", "correct", "parsed", "feedback", "error", "answer_key"}
 
 
 def make_config(tmp_path: Path, model: Path, **rollout: object) -> PipelineConfig:
@@ -174,25 +174,41 @@ def test_bad_adapter_directories_fail_with_the_reason(tmp_path: Path, tiny_adapt
         check_adapter_dir(big, max_lora_rank=16)
 
 
+def run_collection(server: VLLMServer, spec: RolloutSpec, tasks: list[Task], out: Path, adapter: Path | None = None) -> list[dict]:
+    """Collect ``tasks`` with ``spec`` on the shared server (``adapter`` loaded as tiny-iter1) and read the records."""
+
+    async def scenario() -> Path:
+        client = ServiceClient([Endpoint(server.url)], base_model="base")
+        try:
+            if adapter is not None:
+                await client.load_adapter("tiny-iter1", str(adapter))
+            with GradingPool(1, 10.0) as pool:
+                runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
+                return await collect(tasks, runner, out, "test", show_progress=False)
+        finally:
+            await client.aclose()
+
+    return read_jsonl(asyncio.run(scenario()))
+
+
 def test_collection_stops_at_first_success(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
     config = make_config(tmp_path, Path(vllm_server.model_path))
     spec = collection_spec(config, adapter="tiny-iter1")
     tasks = [Task("seven", "What is 3 + 4?", "7"), Task("eight", "What is 4 + 4?", "8")]
 
-    async def scenario() -> Path:
-        client = ServiceClient([Endpoint(vllm_server.url)], base_model="base")
-        try:
-            await client.load_adapter("tiny-iter1", str(tiny_adapter))
-            with GradingPool(1, 10.0) as pool:
-                runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
-                return await collect(tasks, runner, tmp_path / "out", "test", show_progress=False)
-        finally:
-            await client.aclose()
-
-    seven, eight = read_jsonl(asyncio.run(scenario()))
+    seven, eight = run_collection(vllm_server, spec, tasks, tmp_path / "out", tiny_adapter)
     assert seven["solved_at_turn"] == 1 and len(seven["turns"]) == 1 and seven["adapter"] == "tiny-iter1"
     assert eight["solved_at_turn"] is None and len(eight["turns"]) == 3
     assert eight["turns"][0]["feedback"] == config.rollout.templates.binary_feedback
+
+
+def test_each_turn_draws_its_scheduled_count(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    """RISE's reference schedule: one on-policy answer at turn 1, best-of-N after (the last count repeats)."""
+    config = make_config(tmp_path, Path(vllm_server.model_path), turns=4, samples_per_turn=[1, 3])
+    assert config.rollout.sample_schedule == (1, 3, 3, 3)
+    tasks = [Task("never", "What is 123 + 456?", "-1")]  # the random model never answers -1: all 4 turns run
+    (record,) = run_collection(vllm_server, collection_spec(config, adapter=None), tasks, tmp_path / "out")
+    assert [len(turn["candidates"]) for turn in record["turns"]] == [1, 3, 3, 3]
 
 
 def test_teacher_answers_turns_after_the_first(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:

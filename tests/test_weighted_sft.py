@@ -25,7 +25,10 @@ def _row(target: str, weight: float, question: str = "What is 3 + 4?") -> dict:
 
 def _trainer(tiny_model: Path, tmp_path: Path, rows: list[dict], **overrides) -> WeightedSFTTrainer:
     settings = TrainingSection(
-        lora_dropout=0.0, per_device_batch_size=len(rows), learning_rate=overrides.pop("learning_rate", 1e-3)
+        lora_dropout=0.0,
+        per_device_batch_size=len(rows),
+        learning_rate=overrides.pop("learning_rate", 1e-3),
+        loss_normalization=overrides.pop("loss_normalization", "weights"),
     )
     trainer = build_trainer(
         tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, **overrides
@@ -72,6 +75,18 @@ def test_loss_is_weighted_mean_of_per_example_nll(pair_trainer: WeightedSFTTrain
     w = torch.tensor(weights)
     assert per_example[0] != pytest.approx(per_example[1].item(), rel=1e-3)
     assert loss.item() == pytest.approx(((w * per_example).sum() / w.sum()).item(), abs=1e-5)
+
+
+def test_reference_normalization_is_the_plain_mean_of_weighted_losses(tiny_model: Path, tmp_path: Path) -> None:
+    """RISE's reference code: mean_i w_i L_i, which scales with the weights (ours divides by sum w_i)."""
+    trainer = _trainer(tiny_model, tmp_path, [_row(TARGETS[0], 1.0), _row(TARGETS[1], 1.0)], loss_normalization="mean")
+    weights = [0.25, 2.0]
+    batch = _batch(trainer, [0, 1], weights)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        per_example = _completion_nll(model, batch)
+        loss = trainer.compute_loss(model, batch)
+    assert loss.item() == pytest.approx((0.25 * per_example[0] + 2.0 * per_example[1]).item() / 2, abs=1e-5)
 
 
 def test_zero_weight_example_contributes_no_gradient(pair_trainer: WeightedSFTTrainer) -> None:
