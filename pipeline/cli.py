@@ -177,12 +177,12 @@ def status(run_dir: RunDirArg) -> None:
             escape("\n".join(p.removeprefix(f"{run_dir}/") for p in damaged[key]) or record.error or ""),
         )
     console.print(table)
+    nxt = manifest.first_unfinished()
     if broken := [key for key, problems in damaged.items() if problems]:
         console.print(f"[bold red]damaged[/]: {', '.join(broken)}; `selfimprove resume {escape(str(run_dir))}` "
                       "redoes them and the stages built on them")
-        return
-    nxt = manifest.first_unfinished()
-    console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
+    else:
+        console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
     _print_buffer(run_dir)
 
 
