@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from pipeline.atomic import make_temp_dir
 
 
 class AdapterError(ValueError):
@@ -56,7 +57,7 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}-")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype="auto")
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

@@ -1,25 +1,29 @@
 """``selfimprove``: a thin command line over the pipeline's library API.
 
 Each command maps to one library call; the CLI only parses arguments, prints
-with rich and turns library errors into a clear message and a non-zero exit.
+with rich and turns library errors into a clear message and a non-zero exit
+(``--debug`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.adapters import AdapterError
-from pipeline.config import ConfigError, dump_config, load_config
+from pipeline.atomic import CorruptFileError
+from pipeline.config import ConfigError, check_tasks, dump_config, load_config
 from pipeline.generation import GenerationError
-from pipeline.manifest import Manifest, StageState
+from pipeline.manifest import DamagedOutputError, Manifest, StageState, parse_stage_key
 from pipeline.run_dir import RunDir, RunDirError
 from pipeline.vllm_server import ServerError
 
@@ -48,9 +52,17 @@ _STATE_STYLE = {
 }
 
 
+_OPEN_ERRORS = (RunDirError, ConfigError, FileNotFoundError, CorruptFileError)
+_debug = False
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not just its message.")] = False,
+) -> None:
     """Turn SIGTERM into the same clean shutdown as Ctrl-C (servers stopped, manifest updated)."""
+    global _debug
+    _debug = debug
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
@@ -59,7 +71,10 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print the error and exit; under ``--debug``, re-raise the exception being handled, traceback and all."""
+    if _debug and sys.exc_info()[1] is not None:
+        raise
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -73,11 +88,13 @@ def run(
     """Start a run: eval(0), then rollout -> curate -> train -> eval per iteration."""
     try:
         resolved = load_config(config, overrides or [])
+        counts = check_tasks(resolved)
     except ConfigError as exc:
         _fail(str(exc))
     if dry_run:
         console.print(dump_config(resolved), markup=False, highlight=False)
-        console.print(f"[green]config OK[/]: the run would write to {resolved.run_dir}")
+        console.print(f"[green]config OK[/]: {counts['train']} train and {counts['eval']} eval tasks; "
+                      f"the run would write to {resolved.run_dir}")
         return
     try:
         run_dir = RunDir.create(resolved)
@@ -89,11 +106,16 @@ def run(
 
 @app.command()
 def resume(run_dir: RunDirArg, progress: ProgressOpt = True) -> None:
-    """Continue an interrupted run from its first unfinished stage."""
+    """Continue an interrupted run from its first unfinished stage, redoing damaged stages and those built on them."""
+    from pipeline.loop import redo_damaged
+
     try:
         run = RunDir.open(run_dir)
-    except (RunDirError, ConfigError, FileNotFoundError) as exc:
+        check_tasks(run.config)
+    except _OPEN_ERRORS as exc:
         _fail(str(exc))
+    for key, reason in redo_damaged(run).items():
+        err_console.print(f"[yellow]redoing {key}[/]: {escape(reason)}")
     nxt = run.manifest.first_unfinished()
     if nxt is None:
         console.print("all stages are done; nothing to resume")
@@ -108,7 +130,8 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
     from pipeline.eval_stage import EvalError
     from pipeline.train_stage import TrainError
 
-    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError)
+    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError,
+            ConfigError, CorruptFileError, DamagedOutputError)
 
 
 def _drive(run: RunDir, progress: bool) -> None:
@@ -133,7 +156,7 @@ def status(run_dir: RunDirArg) -> None:
     """Show each stage's state, attempts, finish time and outputs from the run manifest."""
     try:
         manifest = Manifest.load(run_dir)
-    except (FileNotFoundError, RunDirError) as exc:
+    except _OPEN_ERRORS as exc:
         _fail(str(exc))
     table = Table(title=f"run {manifest.run_name} ({run_dir})")
     table.add_column("stage", no_wrap=True)
@@ -142,18 +165,24 @@ def status(run_dir: RunDirArg) -> None:
     table.add_column("finished", no_wrap=True)
     table.add_column("outputs")
     table.add_column("error", overflow="fold")
+    damaged = {key: manifest.damage(*parse_stage_key(key)) for key in manifest.stages}
     for key, record in manifest.stages.items():
+        state = "[bold red]damaged[/]" if damaged[key] else f"[{_STATE_STYLE[record.state]}]{record.state.value}[/]"
         table.add_row(
             key,
-            f"[{_STATE_STYLE[record.state]}]{record.state.value}[/]",
+            state,
             str(record.attempts),
             _short_time(record.finished_at),
             "\n".join(Path(name).name for name in record.outputs),
-            record.error or "",
+            escape("\n".join(p.removeprefix(f"{run_dir}/") for p in damaged[key]) or record.error or ""),
         )
     console.print(table)
     nxt = manifest.first_unfinished()
-    console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
+    if broken := [key for key, problems in damaged.items() if problems]:
+        console.print(f"[bold red]damaged[/]: {', '.join(broken)}; `selfimprove resume {escape(str(run_dir))}` "
+                      "redoes them and the stages built on them")
+    else:
+        console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
     _print_buffer(run_dir)
 
 
@@ -194,12 +223,13 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
             return RunDir.open(target)
         config = load_config(target, overrides or [])
         if not (config.run_dir / "config.yaml").exists():
+            check_tasks(config)
             return RunDir.create(config)
         run = RunDir.open(config.run_dir)
         if run.config != config:
             _fail(f"{run.root} holds a run with another config; pass the run directory, or set a new run.name")
         return run
-    except (ConfigError, RunDirError, FileNotFoundError) as exc:
+    except _OPEN_ERRORS as exc:
         _fail(str(exc))
 
 
@@ -279,7 +309,7 @@ def join(
 
     try:
         codes = join_training(run_dir, machine_rank, announce)
-    except (RunDirError, ConfigError, TrainError) as exc:
+    except (*_OPEN_ERRORS, TrainError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130)
@@ -384,12 +414,17 @@ def report(run_dir: RunDirArg) -> None:
 
 
 def _print_report(run_dir: Path) -> None:
+    """Write and print the report, after checking that the done evals it reads are intact."""
     from pipeline.report import ReportError, collect_evals, report_table, write_report
 
     try:
+        manifest = Manifest.load(run_dir)
+        for iteration, stage in map(parse_stage_key, manifest.stages):
+            if stage == "eval":
+                manifest.check_intact(iteration, stage)
         path = write_report(run_dir)
         table = report_table(collect_evals(run_dir))
-    except (ReportError, FileNotFoundError) as exc:
+    except (ReportError, FileNotFoundError, CorruptFileError, DamagedOutputError) as exc:
         _fail(str(exc))
     console.print(table)
     console.print(f"[green]report[/]: {path}")

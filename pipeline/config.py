@@ -34,6 +34,14 @@ class RunSection(StrictModel):
     seed: int = 0
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
 
+    @field_validator("name")
+    @classmethod
+    def _one_directory(cls, value: str) -> str:
+        # "." and ".." pass the pattern but would put the run in output_dir itself or in its parent.
+        if value in (".", ".."):
+            raise ValueError(f"must name a directory inside run.output_dir, not {value!r}")
+        return value
+
 
 class ModelSection(StrictModel):
     name_or_path: str = Field(EMBEDDED_MODEL, description="Local directory, hub id, or the embedded default.")
@@ -295,8 +303,9 @@ class TrainingSection(StrictModel):
     @field_validator("accelerate_config")
     @classmethod
     def _accelerate_config_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.exists():
-            raise ValueError(f"file not found: {value}")
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is a directory, not an accelerate config file" if value.is_dir()
+                             else f"file not found: {value}")
         return value
 
     @model_validator(mode="after")
@@ -400,8 +409,8 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
     """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"training.accelerate_config {path}: not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
     if not isinstance(data, dict) or "distributed_type" not in data:
         raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
     return data
@@ -413,7 +422,7 @@ def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
 
 
 class EvaluationSection(StrictModel):
-    turns: int = Field(3, ge=1)
+    turns: int = Field(3, ge=2, description="Turns T; at least 2, since evaluation measures revision.")
     samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k).")
     feedback: Literal["binary", "none", "improve"] = Field(
         "binary", description="Without oracle: 'binary' always says incorrect; 'improve' asks for an improvement (ExIt)."
@@ -533,7 +542,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value {unreadable_yaml(exc)}") from None
     return data
 
 
@@ -551,11 +563,43 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path}: {unreadable_yaml(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return parse_config(apply_overrides(data, overrides or []), source=str(path))
+
+
+def unreadable_yaml(exc: Exception) -> str:
+    """Why a YAML text could not be read, on one line: the parser's problem and where, or the decoding error."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text (byte offset {exc.start})"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror})"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"is not valid YAML: {problem}{where}"
+
+
+def check_tasks(config: PipelineConfig) -> dict[str, int]:
+    """Read every task of both splits, as the stages will, so a bad row fails before a run or server exists.
+
+    The config's validation only builds the task sources; their rows are
+    read here. Returns the number of tasks per split.
+    """
+    from pipeline.tasks import load_tasks
+
+    counts = {}
+    for split, section in (("train", config.tasks.train), ("eval", config.tasks.eval)):
+        try:
+            tasks = load_tasks(section, split)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"tasks.{split} ({section.source}): {exc}") from None
+        if not tasks:
+            raise ConfigError(f"tasks.{split} ({section.source}): the {split} split has no tasks")
+        counts[split] = len(tasks)
+    return counts
 
 
 def dump_config(config: PipelineConfig) -> str:

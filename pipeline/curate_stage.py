@@ -38,12 +38,12 @@ def rise_method(run: RunDir) -> RiseSection:
 def rollout_records(run: RunDir, iteration: int) -> list[dict]:
     """Iteration ``iteration``'s finished rollouts; refuses a rollout stage the manifest does not call done."""
     path = run.root / f"iter_{iteration}" / "rollout" / "rollouts.jsonl"
-    if not run.manifest.is_done(iteration, "rollout") or not path.is_file():
+    if not run.manifest.verified_done(iteration, "rollout") or not path.is_file():
         raise CurateError(
             f"iteration {iteration}'s rollout stage is not done (no finished {path}); "
             f"run `selfimprove rollout {run.root} --iteration {iteration}` first"
         )
-    return read_jsonl(path)
+    return read_jsonl(path, whole=True)
 
 
 def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:
@@ -51,9 +51,9 @@ def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:
     lists = []
     for earlier in range(1, iteration):
         path = run.root / f"iter_{earlier}" / STAGE / TRAIN_NAME
-        if not run.manifest.is_done(earlier, STAGE) or not path.is_file():
+        if not run.manifest.verified_done(earlier, STAGE) or not path.is_file():
             raise CurateError(f"accumulating data needs iteration {earlier}'s curate output, but {path} is not done")
-        lists.append([Example.from_dict(row) for row in read_jsonl(path)])
+        lists.append([Example.from_dict(row) for row in read_jsonl(path, whole=True)])
     return lists
 
 
@@ -84,7 +84,7 @@ def run_curate_stage(run: RunDir, iteration: int) -> Path:
     """
     out_dir = run.stage_dir(iteration, STAGE)
     train_path, summary_path = out_dir / TRAIN_NAME, out_dir / SUMMARY_NAME
-    if run.manifest.is_done(iteration, STAGE):
+    if run.manifest.verified_done(iteration, STAGE):
         return train_path
     run.manifest.start(iteration, STAGE)
     try:

@@ -201,12 +201,12 @@ async def _generate(
     config, adapter = model.config, model.adapter_name
     async with open_service(model, out_dir) as service:
         runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
-        records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress))
+        records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress), whole=True)
         if samples >= turns or config.evaluation.sampling.temperature == 0:
             return records, None
         runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
         parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
-        return records, read_jsonl(parallel)
+        return records, read_jsonl(parallel, whole=True)
 
 
 def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
@@ -216,7 +216,7 @@ def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> P
     run's report is rewritten after every eval.
     """
     out_dir = run.stage_dir(iteration, STAGE)
-    if run.manifest.is_done(iteration, STAGE):
+    if run.manifest.verified_done(iteration, STAGE):
         return out_dir / EVAL_NAME
     run.manifest.start(iteration, STAGE)
     try:

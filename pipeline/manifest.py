@@ -4,23 +4,31 @@ The manifest is the single source of truth for resume: a stage is done only
 once its outputs are on disk (written atomically) *and* the manifest says so
 with their digests. It is rewritten atomically on every change, so a crash
 mid-write leaves the previous version readable.
+
+The digests are checked, not just kept: :meth:`Manifest.verified_done` asks
+that a done stage's outputs still match them, so no stage consumes a torn, edited
+or deleted output; :meth:`Manifest.damage` says what is wrong for ``status``
+and for ``resume``, which redoes damaged stages (:func:`pipeline.loop.redo_damaged`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.atomic import file_digest, write_json_atomic
+from pipeline.atomic import CorruptFileError, file_digest, read_json, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 STAGES: tuple[str, ...] = ("rollout", "curate", "train", "eval")
 # ExIt generates while it trains (GRPO), so its iterations have no separate rollout or curate stage.
 STAGES_BY_METHOD: dict[str, tuple[str, ...]] = {"rise": STAGES, "exit": ("train", "eval")}
+
+
+class DamagedOutputError(RuntimeError):
+    """A done stage's output is missing or no longer matches the digest the manifest recorded for it."""
 
 
 class StageState(str, Enum):
@@ -74,6 +82,7 @@ class Manifest:
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.stages: dict[str, StageRecord] = stages or {}
+        self._intact: dict[str, tuple[str, tuple[int, int, int]]] = {}  # output -> (digest, stat) that matched
 
     @property
     def path(self) -> Path:
@@ -91,9 +100,14 @@ class Manifest:
         path = Path(run_dir) / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no run manifest at {path}: is {run_dir} a run directory?")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        stages = {key: StageRecord.from_dict(value) for key, value in data["stages"].items()}
-        return cls(Path(run_dir), data["run"], stages)
+        data = read_json(path)
+        try:
+            stages = {key: StageRecord.from_dict(value) for key, value in data["stages"].items()}
+            for key in stages:
+                parse_stage_key(key)
+            return cls(Path(run_dir), str(data["run"]), stages)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptFileError(f"{path}: not a run manifest ({type(exc).__name__}: {exc})") from None
 
     def save(self) -> None:
         write_json_atomic(
@@ -105,7 +119,59 @@ class Manifest:
         return self.stages.setdefault(stage_key(iteration, stage), StageRecord())
 
     def is_done(self, iteration: int, stage: str) -> bool:
+        """Whether the manifest records the stage as done; its outputs unchecked (see :meth:`verified_done`)."""
         return self.record(iteration, stage).state is StageState.DONE
+
+    def verified_done(self, iteration: int, stage: str) -> bool:
+        """Whether the stage is done with its outputs intact; a done stage whose outputs were damaged raises.
+
+        What a stage consumes, or returns as already done, goes through here:
+        raising rather than answering False keeps a damaged file from being
+        used, and a stage that later stages were built on from being redone
+        on its own.
+        """
+        if not self.is_done(iteration, stage):
+            return False
+        self.check_intact(iteration, stage)
+        return True
+
+    def check_intact(self, iteration: int, stage: str) -> None:
+        """Raise :class:`DamagedOutputError`, naming the files, when a done stage's outputs were damaged."""
+        if problems := self.damage(iteration, stage):
+            raise DamagedOutputError(
+                f"{'; '.join(problems)}: iter_{iteration}/{stage} is damaged; "
+                f"`selfimprove resume {self.run_dir}` redoes it and the stages built on it"
+            )
+
+    def damage(self, iteration: int, stage: str) -> list[str]:
+        """What is wrong with a done stage's outputs: each missing or changed file, by path; [] when intact.
+
+        A file is hashed again only when its size or modification time
+        changed since it last matched, so repeated checks stay cheap.
+        """
+        record = self.record(iteration, stage)
+        if record.state is not StageState.DONE:
+            return []
+        problems = []
+        for name, digest in record.outputs.items():
+            path = self.run_dir / name
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+                continue
+            stat = path.stat()
+            signature = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            if self._intact.get(name) == (digest, signature):
+                continue
+            if file_digest(path) != digest:
+                problems.append(f"{path} does not match the digest the manifest recorded")
+            else:
+                self._intact[name] = (digest, signature)
+        return problems
+
+    def reset(self, iteration: int, stage: str, reason: str) -> None:
+        """Make a stage pending again, saying why (in ``error``); the caller saves."""
+        record = self.record(iteration, stage)
+        record.state, record.outputs, record.finished_at, record.error = StageState.PENDING, {}, None, reason
 
     def start(self, iteration: int, stage: str) -> None:
         record = self.record(iteration, stage)

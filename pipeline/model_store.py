@@ -13,9 +13,9 @@ import fcntl
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from pipeline.atomic import make_temp_dir
 from pipeline.config import EMBEDDED_MODEL
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -66,7 +66,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = make_temp_dir(target.parent, ".convert-")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(

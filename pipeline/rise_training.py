@@ -45,7 +45,7 @@ def training_dataset(path: Path) -> Dataset:
                 "completion": [{"role": "assistant", "content": row["completion"]}],
                 WEIGHT: float(row["weight"]),
             }
-            for row in read_jsonl(path)
+            for row in read_jsonl(path, whole=True)
         ]
     )
 

@@ -156,7 +156,7 @@ class RolloutWriter:
         self.records: dict[str, dict[str, Any]] = {}
         if self.final_path.exists():
             # Finalized before the stage was recorded as done (e.g. killed in between): keep every record.
-            for record in read_jsonl(self.final_path):
+            for record in read_jsonl(self.final_path, whole=True):
                 self.records.setdefault(record["key"], record)
         if self.partial_path.exists():
             for record in read_jsonl(self.partial_path):

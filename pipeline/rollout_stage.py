@@ -16,21 +16,16 @@ from typing import AsyncIterator
 
 from pipeline.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.backends import open_learner, open_teacher
-from pipeline.config import PipelineConfig, SamplingSection, TaskSourceSection
+from pipeline.config import PipelineConfig, SamplingSection
 from pipeline.generation import GenerationBackend, SamplingParams
 from pipeline.progress import RolloutProgress
 from pipeline.rollout import GradeFn, RolloutSpec, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run_dir import RunDir
-from pipeline.tasks import Task, get_task_source
+from pipeline.tasks import Task, load_tasks
 from rewards import get_grader
 from rewards.pool import GradingPool
 
 STAGE = "rollout"
-
-
-def load_tasks(section: TaskSourceSection, split: str) -> list[Task]:
-    tasks = get_task_source(section.source, **section.options).load(split)
-    return tasks[: section.limit] if section.limit else tasks
 
 
 def sampling_params(section: SamplingSection) -> SamplingParams:
@@ -76,6 +71,7 @@ def iteration_model(run: RunDir, iteration: int) -> IterationModel:
     """
     if iteration < 1:
         return IterationModel(run.config)
+    run.manifest.check_intact(iteration, "train")  # a deleted or changed adapter is never served
     train_dir = run.root / f"iter_{iteration}" / "train"
     if run.config.training.finetune == "full":
         return _checkpoint_model(run.config, train_dir / "model")
@@ -150,7 +146,7 @@ async def open_service(model: IterationModel, log_dir: Path) -> AsyncIterator[Se
 
 def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
     out_dir = run.stage_dir(iteration, STAGE)
-    if run.manifest.is_done(iteration, STAGE):
+    if run.manifest.verified_done(iteration, STAGE):
         return out_dir / "rollouts.jsonl"
     run.manifest.start(iteration, STAGE)
     try:

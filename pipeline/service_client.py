@@ -140,14 +140,38 @@ class ServiceClient:
             endpoint.adapters[name] = path
 
     async def _load_adapter_on(self, endpoint: Endpoint, name: str, path: str) -> None:
+        """Load adapter ``name`` from ``path`` unless the server already serves it from there.
+
+        What is loaded is asked of the server (``/v1/models``), not read from
+        the text of a refusal; a server that serves ``name`` from another
+        path is an error, since requests for ``name`` would get that adapter.
+        """
+        served = await self.served_adapters(endpoint)
+        if name in served:
+            if served[name] == str(path):
+                return
+            raise GenerationError(
+                f"{endpoint.url} already serves an adapter named {name!r} from {served[name]}, not {path}: "
+                "unload it there, or give this run another run.name"
+            )
         response = await self._http.post(
             f"{endpoint.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
         )
-        if response.status_code != 200 and "already been loaded" not in response.text:
+        if response.status_code != 200:
             raise GenerationError(
                 f"{endpoint.url} could not load adapter {name!r} from {path}: "
                 f"HTTP {response.status_code}: {_error_text(response)}"
             )
+
+    async def served_adapters(self, endpoint: Endpoint) -> dict[str, str]:
+        """The LoRA adapters ``endpoint`` serves, name -> path: the ``/v1/models`` entries that have a parent model."""
+        response = await self._http.get(f"{endpoint.url}/v1/models")
+        if response.status_code != 200:
+            raise GenerationError(f"{endpoint.url}/v1/models: HTTP {response.status_code}: {_error_text(response)}")
+        try:
+            return {card["id"]: str(card.get("root")) for card in response.json()["data"] if card.get("parent")}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GenerationError(f"{endpoint.url}/v1/models: not a model list ({type(exc).__name__}: {exc})") from None
 
     async def unload_adapter(self, name: str) -> None:
         """Unload adapter ``name`` from every endpoint, freeing its slot (ExIt syncs a new one each few steps)."""

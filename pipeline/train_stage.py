@@ -43,9 +43,9 @@ from typing import IO, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.adapters import AdapterError, check_adapter_dir
-from pipeline.config import ExitSection, LaunchSettings, TrainingSection
+from pipeline.config import ExitSection, LaunchSettings, RiseSection, TrainingSection
 from pipeline.curate_stage import STAGE as CURATE_STAGE, TRAIN_NAME
-from pipeline.manifest import Manifest, StageState
+from pipeline.manifest import Manifest, StageRecord, StageState
 from pipeline.run_dir import RunDir
 from pipeline.subprocess_utils import start_in_own_session, stop_group, tail
 
@@ -93,7 +93,7 @@ def summary_path(run: RunDir, iteration: int) -> Path:
 def training_set(run: RunDir, iteration: int) -> Path:
     """Iteration ``iteration``'s curated training set; refuses a curate stage that is not done, or an empty set."""
     path = run.root / f"iter_{iteration}" / CURATE_STAGE / TRAIN_NAME
-    if not run.manifest.is_done(iteration, CURATE_STAGE) or not path.is_file():
+    if not run.manifest.verified_done(iteration, CURATE_STAGE) or not path.is_file():
         raise TrainError(
             f"iteration {iteration}'s curate stage is not done (no finished {path}); "
             f"run `selfimprove curate {run.root} --iteration {iteration}` first"
@@ -103,6 +103,11 @@ def training_set(run: RunDir, iteration: int) -> Path:
     return path
 
 
+def continues_previous(method: RiseSection | ExitSection) -> bool:
+    """Whether iteration K > 1 trains on from iteration K-1's adapter or model rather than from the base."""
+    return isinstance(method, ExitSection) or method.train_from == "previous"
+
+
 def previous_output(run: RunDir, iteration: int) -> Path | None:
     """The adapter or model to continue training, None to start from the base.
 
@@ -110,11 +115,10 @@ def previous_output(run: RunDir, iteration: int) -> Path | None:
     ``method.train_from: previous``. Iteration 1 always starts from the base model.
     """
     method = run.config.method
-    continues = isinstance(method, ExitSection) or method.train_from == "previous"
-    if not continues or iteration == 1:
+    if not continues_previous(method) or iteration == 1:
         return None
     previous = iteration - 1
-    if not run.manifest.is_done(previous, STAGE):
+    if not run.manifest.verified_done(previous, STAGE):
         exit_method = isinstance(method, ExitSection)
         reason = "ExIt continues the last adapter" if exit_method else "method.train_from is 'previous'"
         raise TrainError(
@@ -299,10 +303,13 @@ def join_training(
     and run files. This machine watches the manifest on the shared run
     directory and, each time a train stage starts or restarts there,
     launches its own processes with the same options, so that they meet the
-    main machine's at the rendezvous. A failed launch is left to the main
-    machine to report (its stage fails too); a retried stage is joined again.
-    Returns the launchers' exit codes; ``on_join(iteration, attempt)`` is called
-    before each launch.
+    main machine's at the rendezvous. When the main machine's stage fails
+    (an attempt this machine joined, or one started after it began
+    watching), this machine stops its processes and raises :class:`TrainError`:
+    they would otherwise wait for peers that are gone. A failure recorded
+    before joining is the past: the stage's next attempt is awaited.
+    Returns the launchers' exit codes; ``on_join(iteration, attempt)`` is
+    called before each launch.
     """
     run = RunDir.open(run_root)
     check_launchable(run.config.training)
@@ -312,28 +319,53 @@ def join_training(
     if not 0 < machine_rank < machines:
         raise TrainError(f"{run_root} trains on {machines} machines: joining needs a machine rank from 1 to "
                          f"{machines - 1} (machine rank 0 runs the pipeline itself)")
-    joined: set[tuple[int, int]] = set()
-    codes = []
     iterations = range(1, run.config.run.iterations + 1)
+    over = _attempts_over(Manifest.load(run_root), iterations)
+    joined = dict(over)  # per iteration, the last attempt launched here
+    codes = []
     while True:
         manifest = Manifest.load(run_root)
-        if all(manifest.is_done(iteration, STAGE) for iteration in iterations):
+        if all(manifest.record(iteration, STAGE).state is StageState.DONE for iteration in iterations):
             return codes
         for iteration in iterations:
             record = manifest.record(iteration, STAGE)
-            if record.state is StageState.RUNNING and (iteration, record.attempts) not in joined:
-                joined.add((iteration, record.attempts))
+            _raise_if_failed(run_root, iteration, record, over[iteration])
+            if record.state is StageState.RUNNING and record.attempts > joined[iteration]:
+                joined[iteration] = record.attempts
                 on_join(iteration, record.attempts)
-                codes.append(_launch_here(run, iteration, machine_rank))
+                codes.append(_launch_here(run, iteration, machine_rank, record.attempts, poll_s))
         time.sleep(poll_s)
 
 
-def _launch_here(run: RunDir, iteration: int, machine_rank: int) -> int:
-    """This machine's launcher, its output on this terminal; its exit code."""
+def _attempts_over(manifest: Manifest, iterations: range) -> dict[int, int]:
+    """Per iteration, how many train attempts were over when joining started (a running one is not)."""
+    records = {iteration: manifest.record(iteration, STAGE) for iteration in iterations}
+    return {iteration: r.attempts - (r.state is StageState.RUNNING) for iteration, r in records.items()}
+
+
+def _raise_if_failed(run_root: Path, iteration: int, record: StageRecord, attempts_over: int) -> None:
+    """A failed attempt that was not over when joining started ends the join with the main machine's error."""
+    if record.state is StageState.FAILED and record.attempts > attempts_over:
+        raise TrainError(
+            f"iteration {iteration}'s train stage failed on the main machine (attempt {record.attempts}): "
+            f"{(record.error or 'no error recorded').splitlines()[0]}; "
+            f"join again once `selfimprove resume {run_root}` runs there"
+        )
+
+
+def _launch_here(run: RunDir, iteration: int, machine_rank: int, attempt: int, poll_s: float) -> int:
+    """This machine's launcher, its output on this terminal; its exit code.
+
+    While it runs, the manifest is watched: should the main machine's attempt
+    fail, the launcher is stopped and the failure raised.
+    """
     env = {**os.environ, **launch_env(run.config.training)}
     process = start_in_own_session(launch_command(run, iteration, machine_rank), None, env)
     try:
-        return process.wait()
+        while process.poll() is None:
+            _raise_if_failed(run.root, iteration, Manifest.load(run.root).record(iteration, STAGE), attempt - 1)
+            time.sleep(poll_s)
+        return process.returncode
     finally:
         stop_group(process, STOP_GRACE_S)
 
@@ -360,7 +392,7 @@ def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> 
     and its outputs were checked, so a crash leaves a stage that the next
     run resumes from its checkpoints.
     """
-    if run.manifest.is_done(iteration, STAGE):
+    if run.manifest.verified_done(iteration, STAGE):
         return final_dir(run, iteration)
     run.manifest.start(iteration, STAGE)
     try:

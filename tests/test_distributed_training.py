@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -176,3 +178,27 @@ def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path,
     log = (run.root / "iter_1" / "train" / "train.log").read_text()
     assert "--machine_rank 0 --main_process_ip 127.0.0.1" in log and "selfimprove-train step 1/1" in log
     assert lora_b(lora_weights(run.root / "iter_1" / "train" / "adapter")).abs().max() > 0
+
+
+def test_join_exits_non_zero_when_the_main_machines_stage_fails(tmp_path: Path, tiny_model: Path) -> None:
+    """`selfimprove join` in a subprocess joins attempt 1; the main machine's attempt then fails (recorded in
+    the manifest as the pipeline records it): the joiner stops its launcher and exits 1 with the main error."""
+    run = make_run(tmp_path, tiny_model, num_processes=2, num_machines=2, main_process_ip="127.0.0.1",
+                   main_process_port=free_port(), per_device_batch_size=2)
+    run.manifest.start(1, "train")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    joiner = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "join", str(run.root), "--machine-rank", "1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in joiner.stdout:  # the announcement comes right before its launcher starts
+            if "train (attempt 1), machine 1" in line:
+                break
+        run.manifest.fail(1, "train", "TrainError: rank 0 ran out of memory\nlog tail")
+        _, stderr = joiner.communicate(timeout=120)
+    finally:
+        joiner.kill()
+    assert joiner.returncode == 1, stderr
+    assert "iteration 1's train stage failed on the main machine (attempt 1): TrainError: rank 0 ran out" in stderr
+    assert "Traceback" not in stderr

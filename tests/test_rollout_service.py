@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -158,6 +159,28 @@ def test_adapter_is_loaded_and_changes_greedy_output(vllm_server: VLLMServer, ti
     base, tuned = asyncio.run(scenario())
     assert base != tuned
     assert "7" in tuned
+
+
+def test_what_is_loaded_is_asked_of_the_server(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
+    """/v1/models lists the loaded adapters: loading one again is a no-op, the same name from elsewhere an error."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_adapter, other)
+
+    async def scenario() -> dict[str, str]:
+        client = ServiceClient([Endpoint(vllm_server.url)], base_model="base")
+        try:
+            await client.load_adapter("asked", str(tiny_adapter))
+            await client.load_adapter("asked", str(tiny_adapter))
+            with pytest.raises(GenerationError, match=f"already serves an adapter named 'asked' from {tiny_adapter}"):
+                await client.load_adapter("asked", str(other))
+            served = await client.served_adapters(client.endpoints[0])
+            await client.unload_adapter("asked")
+            assert "asked" not in await client.served_adapters(client.endpoints[0])
+            return served
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario())["asked"] == str(tiny_adapter)
 
 
 def test_bad_adapter_directories_fail_with_the_reason(tmp_path: Path, tiny_adapter: Path) -> None:

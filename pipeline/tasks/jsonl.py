@@ -8,10 +8,8 @@ alone, and no row can silently land in both splits through a typo in a tag.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from pipeline.tasks.base import Task, register_task_source
-from pipeline.tasks.rows import DEFAULT_PROMPT_TEMPLATE, RowMapping, TaskCollector
+from pipeline.tasks.rows import DEFAULT_PROMPT_TEMPLATE, RowMapping, TaskCollector, numbered_lines
 
 
 @register_task_source("jsonl")
@@ -65,17 +63,16 @@ class JsonlTaskSource:
         if path is None:
             raise ValueError(f"jsonl task source: no {split}_path configured")
         collector = TaskCollector(self.mapping, self.skip_bad_rows, self.limit)
-        with open(Path(path), encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if collector.full:
-                    break
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    collector.reject(where, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                collector.add(where, row, {"line": number})
+        for number, line in numbered_lines(path):
+            if collector.full:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                collector.reject(where, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            collector.add(where, row, {"line": number})
         return collector.tasks

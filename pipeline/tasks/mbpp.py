@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.tasks.base import Task, register_task_source
 from pipeline.tasks.humaneval import select_split
-from pipeline.tasks.rows import BadRowError, wrap_prompt
+from pipeline.tasks.rows import BadRowError, numbered_lines, wrap_prompt
 from rewards.code_tests import infer_entry_point
 
 SAMPLE_PATH = Path(__file__).resolve().parents[2] / "data" / "mbpp_sample.jsonl"
@@ -56,11 +56,9 @@ class MbppJsonlSource:
         self.limit = limit
 
     def load(self, split: str) -> list[Task]:
-        tasks = []
-        with open(self.path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    tasks.append(self._task(line, f"{self.path}:{number}"))
+        tasks = [
+            self._task(line, f"{self.path}:{number}") for number, line in numbered_lines(self.path) if line.strip()
+        ]
         return select_split(tasks, split, self.eval_fraction, self.seed)[: self.limit]
 
     def _task(self, line: str, where: str) -> Task:

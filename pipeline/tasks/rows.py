@@ -12,7 +12,8 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 from pipeline.tasks.base import Task
 from rewards.extract import last_boxed
@@ -70,6 +71,20 @@ ANSWER_EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 
 class BadRowError(ValueError):
     """A row that cannot become a task; the message names where and why."""
+
+
+def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """The lines of a UTF-8 text file with their 1-based numbers; a binary file is a BadRowError naming it."""
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line
+    except UnicodeDecodeError as exc:
+        # Decoding runs ahead by chunks, so the bad byte is somewhere after the lines already read.
+        raise BadRowError(
+            f"{path}: not UTF-8 text, is it a JSONL file? ({exc.reason} after line {number})"
+        ) from None
 
 
 def stable_id(prefix: str, prompt: str, reference: Any) -> str:
