@@ -401,7 +401,7 @@ def compare(
     try:
         comparison = compare_evals([resolve_eval(path, iteration) for path in paths])
         written = write_comparison(comparison, out)
-    except CompareError as exc:
+    except (CompareError, *_OPEN_ERRORS) as exc:
         _fail(str(exc))
     console.print(comparison_table(comparison))
     console.print(f"[green]compare[/]: {', '.join(map(str, written))}")

@@ -30,7 +30,6 @@ page that could be mistaken for a result.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,7 +38,7 @@ import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from pipeline.atomic import read_jsonl, write_bytes_atomic, write_text_atomic
+from pipeline.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from pipeline.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.intervals import Interval, format_difference
 from pipeline.manifest import Manifest
@@ -260,7 +259,7 @@ def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"the manifest says this eval is done, but {path} is missing")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def _require(evals: Sequence[IterationEval]) -> None:

@@ -97,3 +97,12 @@ def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
     assert json.loads((out / "compare.json").read_text())["metrics"]["m1@t3"]["values"] == [0.0, 0.0]
     result = runner.invoke(app, ["compare", str(base), str(tmp_path / "nothing"), "--out", str(out)])
     assert result.exit_code == 1 and "neither an eval directory" in result.output
+
+
+def test_a_corrupt_eval_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    base = write_eval_dir(tmp_path / "base", tasks(0))
+    broken = write_eval_dir(tmp_path / "broken", tasks(0))
+    (broken / "eval.json").write_text('{"turns": 3,')
+    result = runner.invoke(app, ["compare", str(base), str(broken), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 1
+    assert f"{broken / 'eval.json'}: invalid JSON" in result.output and "Traceback" not in result.output
