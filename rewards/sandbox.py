@@ -78,7 +78,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -153,7 +153,14 @@ class SandboxResult:
 class Runner(Protocol):
     """Runs one Python program under limits. Implementations must be picklable
     (graders holding them are shipped to worker processes) and must not
-    raise for anything the program does."""
+    raise for anything the program does.
+
+    A runner the code grader can use also has ``connected(stdin, stdout)``:
+    a runner whose programs read stdin from and write stdout to those file
+    descriptors instead of ``/dev/null`` and the capture (the grader talks
+    to the program over them; ``SandboxResult.stdout`` is then empty). A
+    container runner gets this from ``docker run -i``.
+    """
 
     def run(self, program: str, limits: Limits) -> SandboxResult: ...
 
@@ -174,6 +181,12 @@ class LocalRunner:
     uid_slots: int = 256
     slot_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "selfimprove-sandbox-slots"))
     site_packages: bool = False
+    stdin_fd: int | None = None
+    stdout_fd: int | None = None
+
+    def connected(self, stdin: int, stdout: int) -> LocalRunner:
+        """This runner with its programs' stdin and stdout on the given descriptors (see :class:`Runner`)."""
+        return replace(self, stdin_fd=stdin, stdout_fd=stdout)
 
     def run(self, program: str, limits: Limits) -> SandboxResult:
         start = time.monotonic()
@@ -182,7 +195,7 @@ class LocalRunner:
                 (scratch / "main.py").write_text(program, encoding="utf-8")
                 return self._run_in(scratch, uid, limits, start)
         except OSError as exc:
-            return _error_result(f"sandbox could not run the program: {exc}", start)
+            return error_result(f"sandbox could not run the program: {exc}", start)
 
     def _run_in(self, scratch: Path, uid: int | None, limits: Limits, start: float) -> SandboxResult:
         control_r, control_w = os.pipe()
@@ -197,8 +210,8 @@ class LocalRunner:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", BOOT_SCRIPT, marshal.dumps(config).hex()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL if self.stdin_fd is None else self.stdin_fd,
+                stdout=subprocess.PIPE if self.stdout_fd is None else self.stdout_fd,
                 stderr=subprocess.PIPE,
                 cwd=scratch,
                 env=_environment(scratch),
@@ -283,8 +296,10 @@ def _collect(process: subprocess.Popen, control: int, streams: _Streams, deadlin
     is also the process group id, cannot be reused, so :func:`_stop` can
     still signal the group safely.
     """
-    assert process.stdout is not None and process.stderr is not None
-    sinks = {process.stdout.fileno(): streams.stdout, process.stderr.fileno(): streams.stderr, control: streams.control}
+    assert process.stderr is not None
+    sinks = {process.stderr.fileno(): streams.stderr, control: streams.control}
+    if process.stdout is not None:  # None when stdout is connected elsewhere
+        sinks[process.stdout.fileno()] = streams.stdout
     with selectors.DefaultSelector() as selector:
         for fd in sinks:
             selector.register(fd, selectors.EVENT_READ)
@@ -407,8 +422,10 @@ def _signal_detail(number: int) -> str:
     return f"killed by {name}" + (f": {cause}" if cause else "")
 
 
-def _error_result(detail: str, start: float) -> SandboxResult:
-    return SandboxResult("error", None, "", "", False, False, time.monotonic() - start, detail)
+def error_result(detail: str, start: float | None = None) -> SandboxResult:
+    """The result of a run that could not happen (not the program's fault)."""
+    duration = 0.0 if start is None else time.monotonic() - start
+    return SandboxResult("error", None, "", "", False, False, duration, detail)
 
 
 @contextmanager
