@@ -102,6 +102,9 @@ class Limits:
     separately. ``memory_mb`` (RLIMIT_AS) and ``cpu_s`` hold per process, so
     one run can use at most ``max_processes`` times as much; keep that
     product below what the machine can spare for each concurrent run.
+    ``max_tmp_mb`` is the size of each private tmpfs (the scratch directory,
+    ``/tmp``, ``/dev/shm``; as root only): memory the run can hold in files,
+    on top of ``memory_mb``.
     """
 
     timeout_s: float = 10.0
@@ -111,6 +114,7 @@ class Limits:
     max_open_files: int = 64
     max_file_mb: int = 16
     max_output_bytes: int = 64 * 1024
+    max_tmp_mb: int = 64
 
     def rlimits(self) -> list[tuple[str, int, int]]:
         """(resource name, soft, hard) for ``resource.setrlimit`` in the child."""
@@ -205,6 +209,8 @@ class LocalRunner:
             "uid": uid,
             "keep_read_search": uid is not None and not _readable_by_others(),
             "rlimits": limits.rlimits(),
+            "scratch": str(scratch),
+            "tmp_mb": limits.max_tmp_mb,
             "argv": python + [str(scratch / "main.py")],
         }
         try:
@@ -380,6 +386,7 @@ def _result(
     exit_code = _number(messages.get("exit"))
     returncode = returncode if exit_code is None else exit_code
     isolation = tuple(f"{name}ns" for name in messages.get("namespaces", "").split(",") if name)
+    isolation += tuple(name for name in ("tmpfs", "procfs") if name in messages)
     if uid is not None:
         isolation += ("uid",) + (("dac_read_search",) if read_search else ())
     if streams.timed_out:

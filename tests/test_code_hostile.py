@@ -157,12 +157,9 @@ def test_plain_data_feedback_names_the_type(graders: dict) -> None:
     assert "0 of 3 tests passed" in feedback and "Anything" in feedback, feedback
 
 
-@pytest.mark.parametrize("name", ["stdout_spam", "closes_every_fd"])
-def test_a_correct_program_survives_its_own_noise(graders: dict, name: str) -> None:
-    """The same noise around a correct function: only the noise that breaks the channel costs marks."""
-    correct = "def {entry}(number):\n    return number % 1.0\n"
-    noisy = CHANNEL_TABLE[name].replace("def {entry}(*args, **kwargs):", "def _unused(*args, **kwargs):") + correct
-    result = grade_all(graders["fraction", False], {name: noisy}, ("HumanEval/2",))[name, "HumanEval/2"]
-    # Closing fds before the harness's private channel copies are made cannot happen (they are made
-    # first); closing them afterwards cuts the program off from the grader, which fails.
-    assert result.correct is (name == "stdout_spam"), result.feedback
+def test_a_correct_program_survives_stdout_spam(graders: dict) -> None:
+    """Prints go to the run's error output, never into the channel: the spam costs nothing."""
+    spam = CHANNEL_TABLE["stdout_spam"].replace("def {entry}(*args, **kwargs):", "def _unused(*args, **kwargs):")
+    program = spam + "def {entry}(number):\n    print('{{\"value\": 0.5}}')\n    return number % 1.0\n"
+    result = grade_all(graders["fraction", False], {"spam": program}, ("HumanEval/2",))["spam", "HumanEval/2"]
+    assert result.correct and result.score == 1.0, result.feedback
