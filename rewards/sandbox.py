@@ -14,7 +14,8 @@ interpreter (:mod:`rewards.sandbox_boot`) starts in its own session and
 process group, sets up namespaces and limits and starts the program under a
 small init process with stdin on ``/dev/null``, an environment of a few fixed
 variables (nothing inherited, so no secrets) and only a control pipe besides
-stdout and stderr. Stdout and stderr are read with a cap: the first and last
+stdout and stderr (a :meth:`LocalRunner.connected` runner puts stdin and
+stdout on the caller's descriptors instead). Stdout and stderr are read with a cap: the first and last
 half of :attr:`Limits.max_output_bytes` are kept, the middle is drained and
 dropped. Past the wall-clock limit the init process is killed, which takes
 its whole PID namespace with it, and then the process group (which is all
@@ -28,34 +29,49 @@ What holds where (measured on Linux 6.x; see the tests):
   capped output, empty environment, stdin closed, scratch directory.
 - As root: new network namespace (only a down loopback: no connection can
   leave or reach the host, not even to 127.0.0.1), new PID namespace (the
-  program cannot see or signal host processes, and every process it starts
-  dies with it), new IPC namespace, and the program runs under a uid of its
-  own (one per concurrent run, from :attr:`LocalRunner.uid_base`). That uid
-  makes RLIMIT_NPROC bite (the kernel never applies it to root) and file
-  permissions stop writes outside the scratch directory; world-writable
-  places such as ``/tmp`` and ``/dev/shm`` stay writable. When the
+  program cannot signal host processes, and every process it starts dies
+  with it), new IPC namespace, new mount namespace, and the program runs
+  under a uid of its own (one per concurrent run, from
+  :attr:`LocalRunner.uid_base`). In the mount namespace (all mounts private,
+  nothing propagates to the host) the program gets its own ``/proc``, which
+  lists only the run's processes (PID 1 is its init), and a fresh tmpfs of
+  :attr:`Limits.max_tmp_mb` (and at most 16384 files) on the scratch
+  directory and on each of ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+  ``/run/lock`` that exists: writes past the size fail with ENOSPC, host
+  files there are invisible, and all of it is gone when the run's last
+  process ends. The uid makes RLIMIT_NPROC bite (the kernel never applies
+  it to root) and file permissions stop writes anywhere else. When the
   interpreter is not readable by other users (e.g. pyenv under ``/root``),
   the run keeps CAP_DAC_READ_SEARCH so that Python can start: it can then
-  read (not write) every file.
-- Not root: the same namespaces where unprivileged user namespaces are
-  enabled, else none (the program could then connect to the network and
-  signal the grader's processes); RLIMIT_NPROC counts all of the user's
+  read (not write) every file, the task data of installed packages included.
+  Should the kernel refuse the mount namespace, the run goes on without it
+  (no ``mntns`` in the isolation); should it refuse the tmpfs mounts after
+  granting the namespace, the run fails with ``status == "error"``.
+- Not root: network, PID and IPC namespaces where unprivileged user
+  namespaces are enabled, else none (the program could then connect to the
+  network and signal the grader's processes); no mount namespace, so
+  ``/proc`` lists the host's processes and ``/tmp``, ``/dev/shm`` are the
+  host's (files left there stay); RLIMIT_NPROC counts all of the user's
   processes; the program runs as the grading user (shown as ``nobody``
-  inside a user namespace) and can write wherever that user can.
+  inside a user namespace) and can write wherever that user can, so only
+  the kernel's ptrace rules keep it from the grader's processes (the code
+  grader's checker included).
 
-:attr:`SandboxResult.isolation` says which of these a run actually got.
+:attr:`SandboxResult.isolation` says which of these a run actually got
+(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``procfs``, ``uid``,
+``dac_read_search``).
 
-A program proves success only through what it prints: the exit status alone
-says nothing about tests (``sys.exit(0)`` before them exits 0). The code
-grader's harness prints a random per-run marker after its tests; see
-:mod:`rewards.code`.
+The exit status alone says nothing about tests (``sys.exit(0)`` before
+them exits 0); the code grader's verdict is made outside the sandbox
+altogether, see :mod:`rewards.code_session`.
 
 To run programs elsewhere (Docker, gVisor, a remote service), implement
-:class:`Runner` (one method, ``run(program, limits) -> SandboxResult``) and
-pass the runner to the grader (``get_grader("code", runner=...)``). A
-container runner would start e.g. ``docker run --rm -i --network none
---pids-limit N --memory M --read-only --tmpfs /work python:3.11 python -``,
-feed the program on stdin and map the exit and timeout onto a
+:class:`Runner` (``run(program, limits) -> SandboxResult`` and, for the code
+grader, ``connected(stdin, stdout)``) and pass the runner to the grader
+(``get_grader("code", runner=...)``). A container runner would start e.g.
+``docker run --rm -i --network none --pids-limit N --memory M --read-only
+--tmpfs /work python:3.11 python -c PROGRAM`` with the given descriptors as
+its stdin and stdout, and map the exit and timeout onto a
 :class:`SandboxResult`; everything above the runner stays the same.
 """
 

@@ -7,19 +7,24 @@ scratch directory as its working directory and a minimal environment. It
 imports nothing from this project (it runs before ``sys.path`` holds it) and
 does, in order:
 
-1. Enter new network, PID and IPC namespaces (as root directly; otherwise
-   through a new user namespace, where the kernel allows one). What worked is
-   written to the control pipe, so the runner can report the isolation that
-   actually held.
-2. Fork an init process, PID 1 of the new PID namespace: when it dies, the
+1. Enter new network, PID and IPC namespaces (as root directly, with a
+   mount namespace too; otherwise through a new user namespace, where the
+   kernel allows one). What worked is written to the control pipe, so the
+   runner can report the isolation that actually held.
+2. In the mount namespace: make every mount private, put a size-limited
+   tmpfs on the world-writable directories and on the scratch directory,
+   and copy the program into the latter (:func:`private_filesystems`).
+3. Fork an init process, PID 1 of the new PID namespace: when it dies, the
    kernel kills everything the program started, even processes that left
    the process group with ``setsid``. It drops to the run's own
    unprivileged uid (when root), arms ``PR_SET_PDEATHSIG`` (it dies with the
-   bootstrap), sets
-   ``no_new_privs`` and the resource limits, then forks the program, which
-   execs the interpreter. A set-up failure is written to the control pipe
-   and ends init with :data:`SETUP_FAILED` before the program runs.
-3. Init reaps orphans until the program ends, then writes the program's exit
+   bootstrap), sets ``no_new_privs`` and the resource limits, then forks
+   the program, which execs the interpreter. Before that, still root, it
+   mounts the PID namespace's own ``/proc`` (a mount made by PID 1 of the
+   namespace shows that namespace). A set-up failure is written to the
+   control pipe and ends init with :data:`SETUP_FAILED` before the program
+   runs.
+4. Init reaps orphans until the program ends, then writes the program's exit
    code (negative for a signal) to the control pipe. The program is not PID 1
    itself because PID 1 ignores every signal it has no handler for, SIGXCPU
    of the CPU limit and the program's own ``os.kill(os.getpid(), ...)``
@@ -31,7 +36,7 @@ Why a separate interpreter rather than ``preexec_fn``: ``preexec_fn`` runs
 Python in a fork of the (multi-threaded) grading process, which the
 ``subprocess`` docs warn may deadlock, and it rules out ``vfork``. And a
 process that unshares a PID namespace does not enter it itself; only its
-children do, hence the fork in step 2.
+children do, hence the fork in step 3.
 """
 
 from __future__ import annotations
