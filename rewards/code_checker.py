@@ -114,8 +114,9 @@ class Channel:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise CallFailed("Timeout", "your program did not answer within the time limit", True)
-        fds = [self.receive_fd] if readable else []
-        select.select(fds, [] if readable else [self.send_fd], [], remaining)
+        poller = select.poll()  # not select(): the grader's descriptor numbers may pass 1024
+        poller.register(self.receive_fd if readable else self.send_fd, select.POLLIN if readable else select.POLLOUT)
+        poller.poll(remaining * 1000)
 
     def _send(self, line: bytes) -> None:
         view = memoryview(line)

