@@ -8,8 +8,12 @@ The reference is a dict (see :mod:`rewards.code_tests`): HumanEval's
 code}``. Grading a response:
 
 1. Extract the program (:mod:`rewards.code_extract`).
-2. Run it with the tests in the sandbox (:mod:`rewards.sandbox`), through the
-   harness in :mod:`rewards.code_harness`, which counts each test.
+2. Run it in the sandbox (:mod:`rewards.sandbox`) as a server of calls of the
+   task's function (:mod:`rewards.code_candidate`), while the task's tests
+   run in a separate, trusted checker process (:mod:`rewards.code_checker`)
+   where the function is a proxy: arguments and results cross as plain data
+   (:mod:`rewards.code_wire`), so the program can neither see the tests nor
+   reach the verdict (:mod:`rewards.code_session`).
 3. Score: the share of tests passed (``fraction``) or 1/0 for all/not all
    (``binary``); ``correct`` means all passed in both modes.
 4. Feedback for the next turn: how many tests passed and the first failure:
@@ -17,32 +21,41 @@ code}``. Grading a response:
    traceback. With ``hidden_tests`` the test's text, the values it computed
    and the test-side traceback frames are left out.
 
-A run counts only if its report, which carries a random per-run nonce,
-arrives after the tests: exiting early or closing stdout cannot pass. The
-nonce is a guard against accidents, not against a program that goes looking
-for it (the harness runs in the same process as the candidate).
+What can fail a call besides a wrong answer: a result that is not plain data
+(None, bool, int, float, str, list, tuple, dict, set, frozenset; an object
+with its own ``__eq__`` is not), more than 4 MiB of it, more than
+``test_timeout_s`` of CPU time, the program ending, or anything on the
+channel that is not a reply. The tests may only use the task's function (the
+prompt's helpers run on the trusted side) and pass it plain data; changes a
+call makes to its arguments stay in the sandbox.
+
+Answer key (``GradeResult.answer_key``, what majority votes compare): the
+program's behaviour on the inputs the task shows (:mod:`rewards.code_examples`:
+the prompt's example calls, else the first test's calls), computed in the same
+run after the tests: the first 16 hex digits of the SHA-256 of the JSON list
+of outcomes, one per input: the returned value in canonical form (dicts and
+sets sorted; 1, 1.0 and True differ) or the type name of the exception.
+Programs that behave alike on those inputs get equal keys however they are
+written. The key is None when there is nothing to vote for: no example
+inputs, a program that does not load, a run cut short (timeout, crash,
+broken channel) or one that raised on every input.
 
 ``timeout_s`` is the wall-clock limit of one run; ``test_timeout_s`` the CPU
-time of one test step (so one looping test fails alone, the others still
-count). A grading pool that wraps this grader needs a per-response timeout
-above ``timeout_s``.
+time of one call (so one looping test fails, and ends the run, without
+using the whole limit). A grading pool that wraps this grader needs a
+per-response timeout above ``timeout_s``.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import json
-import marshal
-import secrets
 import textwrap
-import types
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rewards.base import GradeResult, register_grader
-from rewards.code_extract import Program, extract_program
+from rewards.code_examples import example_calls
+from rewards.code_extract import Program, extract_program, prompt_code
+from rewards.code_session import Session, run_session
 from rewards.code_tests import Suite, suite_from_reference
 from rewards.sandbox import Limits, LocalRunner, Runner, SandboxResult, parallel_map
 
@@ -50,7 +63,7 @@ SCORE_MODES = ("fraction", "binary")
 NO_CODE_FEEDBACK = "Your answer contains no Python code. Put your solution in a ```python code block."
 MAX_FEEDBACK_CHARS = 2500
 SETUP_FILE = "tests.py"
-OBSERVED = "__observed__"
+PROMPT_FILE = "prompt.py"
 _SHOWN_STDERR_CHARS = 600
 
 
@@ -91,36 +104,61 @@ class CodeGrader:
             suite = suite_from_reference(reference)
         except ValueError as exc:
             return GradeResult.failure(f"not a code reference: {exc}")
-        prompt = reference.get("prompt")
-        program = extract_program(response, suite.entry_point, prompt if isinstance(prompt, str) else None)
+        if suite.entry_point is None:
+            return GradeResult.failure("not a code reference: it names no function for its tests to call")
+        prompt = prompt_code(reference.get("prompt"))
+        program = extract_program(response, suite.entry_point, prompt or None)
         if program is None:
             return GradeResult.failure("no code found", feedback=NO_CODE_FEEDBACK)
-        nonce = secrets.token_hex(16)
-        run = self.runner.run(harness_program(program, suite, nonce, self.test_timeout_s, self.hidden_tests), self.limits)
-        return self._verdict(run, read_report(run.stdout, nonce), program, suite)
+        candidate = {"context": program.context, "solution": program.code, "entry_point": suite.entry_point, "cpu_s": self.test_timeout_s}
+        session = run_session(self.runner, self.limits, candidate, self._checker_spec(suite, prompt))
+        return self._verdict(session, program, suite)
 
     def grade_many(self, pairs: Sequence[tuple[str, Any]], workers: int | None = None) -> list[GradeResult]:
         """Grade (response, reference) pairs concurrently; results in input order."""
         return parallel_map(lambda pair: self.grade(*pair), pairs, workers)
 
-    def _verdict(self, run: SandboxResult, report: dict | None, program: Program, suite: Suite) -> GradeResult:
+    def _checker_spec(self, suite: Suite, prompt: str) -> dict[str, Any]:
+        """What the checker runs: the prompt's code, the test module, then the steps (see :mod:`rewards.code_checker`)."""
+        steps = [(PROMPT_FILE, prompt, False)] if prompt else []
+        steps += [(SETUP_FILE, suite.prelude, False)] if suite.prelude else []
+        steps += [(f"<test {index}>", step.source, step.is_test) for index, step in enumerate(suite.steps, 1)]
+        return {
+            "steps": steps,
+            "entry_point": suite.entry_point,
+            "candidate_names": [name for name in (suite.entry_point, suite.candidate_param) if name],
+            "hidden": self.hidden_tests,
+            "cpu_s": self.test_timeout_s,
+            "examples": example_calls(prompt, suite),
+        }
+
+    def _verdict(self, session: Session, program: Program, suite: Suite) -> GradeResult:
+        run, report = session.run, session.report
         if run.status == "error":
             return GradeResult(0.0, False, program.code, "Your program could not be run. Please try again.", run.detail)
-        if report is None:
-            return GradeResult(0.0, False, program.code, self._no_report_feedback(run))
+        if report is None or session.problem is not None:
+            return GradeResult(0.0, False, program.code, "Your answer could not be graded. Please try again.", session.problem)
         total = suite.num_tests
         passed = sum(1 for ok in report["passed"][:total] if ok is True)
         correct = total > 0 and passed == total
         score = passed / total if self.score_mode == "fraction" and total else float(correct)
-        feedback = f"All tests passed ({total} of {total})." if correct else self._failure_feedback(report, passed, total)
-        return GradeResult(score, correct, program.code, _cap(feedback))
+        if correct:
+            feedback = f"All tests passed ({total} of {total})."
+        elif report["load_error"]:
+            feedback = f"Your program failed before any test could run:\n{_error_text(report['load_error'])}"
+        elif report["ended"] in ("ProgramEnded", "Timeout") or not report["started"]:
+            feedback = self._ended_feedback(run, report, passed, total)
+        else:
+            feedback = self._failure_feedback(report, passed, total)
+        return GradeResult(score, correct, program.code, _cap(feedback), answer_key=report["answer_key"])
+
+    def _tests_passed(self, passed: int, total: int) -> str:
+        return f"{passed} of {total} {'hidden tests' if self.hidden_tests else 'tests'} passed."
 
     def _failure_feedback(self, report: dict, passed: int, total: int) -> str:
-        if report["load_error"]:
-            return f"Your program failed before any test could run:\n{_error_text(report['load_error'])}"
-        failure = report["failure"] or {"test": None, "source": None, "observed": None, "error": _checked_error({})}
+        failure = report["failure"]
         error = failure["error"]
-        lines = [f"{passed} of {total} {'hidden tests' if self.hidden_tests else 'tests'} passed."]
+        lines = [self._tests_passed(passed, total)]
         if failure["test"] is None:
             lines += ["The test set-up failed:", _error_text(error)]
         elif self.hidden_tests:
@@ -137,114 +175,28 @@ class CodeGrader:
             lines.append(_error_text(error))
         return "\n".join(lines)
 
-    def _no_report_feedback(self, run: SandboxResult) -> str:
-        if run.status == "timeout":
+    def _ended_feedback(self, run: SandboxResult, report: dict, passed: int, total: int) -> str:
+        """The run ended before the tests did: how, and how far it got."""
+        ended = report["ended"]
+        if ended == "Timeout" or run.status == "timeout":
             text = (
                 f"Your program did not finish within {self.limits.timeout_s:g} seconds. "
                 "Look for an infinite loop or a slow algorithm."
             )
+        elif ended != "ProgramEnded":
+            text = "Your program wrote something to the grader's channel that is not an answer, so it could not be tested."
         elif run.status == "killed":
             text = f"Your program was {run.detail}."
         else:
             text = (
                 f"Your program ended (exit code {run.returncode}) before the tests finished. "
-                "Do not call exit(), sys.exit() or os._exit(), and do not close standard output."
+                "Do not call exit(), sys.exit() or os._exit(), and do not close standard input or output."
             )
+        if report["started"]:
+            text = f"{self._tests_passed(passed, total)} {text}"
         if not self.hidden_tests and run.stderr.strip():
             text += "\nIts error output ended with:\n" + run.stderr[-_SHOWN_STDERR_CHARS:].rstrip("\n")
-        return _cap(text)
-
-
-def harness_program(program: Program, suite: Suite, nonce: str, test_cpu_s: float, hidden: bool) -> str:
-    """The sandbox program: the harness, then a call to it with the run's payload."""
-    steps = [(SETUP_FILE, suite.prelude, False)] if suite.prelude else []
-    steps += [(f"<test {index}>", step.source, step.is_test) for index, step in enumerate(suite.steps, 1)]
-    payload = {
-        "nonce": nonce,
-        "context": program.context,
-        "solution": program.code,
-        "steps": [
-            [filename, source, is_test, marshal.dumps(compile_step(source, filename)).hex()]
-            for filename, source, is_test in steps
-        ],
-        "entry_point": suite.entry_point,
-        "param": suite.candidate_param,
-        "observed_name": OBSERVED,
-        "test_cpu_s": test_cpu_s,
-        "hidden": hidden,
-    }
-    return f"{_harness_source()}\n\nmain({json.dumps(payload)!r})\n"
-
-
-def compile_step(source: str, filename: str) -> types.CodeType:
-    """Compile a test step; a plain ``assert f(x) == y`` (or ``assert f(x)``)
-    also keeps ``f(x)`` in :data:`OBSERVED`, so that feedback can say what the
-    function returned without calling it a second time.
-
-    Compiled here rather than in the sandbox: the tests are trusted, the
-    sandbox's interpreter is this one (same bytecode), and each run is
-    spared importing ``ast``.
-    """
-    tree = ast.parse(source, filename)
-    statement = tree.body[0] if len(tree.body) == 1 else None
-    if isinstance(statement, ast.Assert):
-        test = statement.test
-        kept: ast.expr | None = None
-        if isinstance(test, ast.Compare) and len(test.comparators) == 1:
-            kept, test.left = test.left, ast.Name(OBSERVED, ast.Load())
-        elif isinstance(test, ast.Call):
-            kept, statement.test = test, ast.Name(OBSERVED, ast.Load())
-        if kept is not None:
-            tree.body.insert(0, ast.copy_location(ast.Assign([ast.Name(OBSERVED, ast.Store())], kept), statement))
-            ast.fix_missing_locations(tree)
-    return compile(tree, filename, "exec")
-
-
-def read_report(stdout: str, nonce: str) -> dict | None:
-    """The harness's report from the run's stdout, checked, or None if there is none.
-
-    Everything in stdout is the candidate's to write (it can patch ``json``
-    in the sandbox, say), so the report is rebuilt field by field with the
-    types the feedback code relies on: a garbled report can fail a grade,
-    never crash it.
-    """
-    at = stdout.rfind(nonce)
-    if at < 0:
-        return None
-    try:
-        raw = json.loads(stdout[at + len(nonce) :].split("\n", 1)[0])
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("passed"), list):
-        return None
-    failure = raw.get("failure")
-    return {
-        "passed": [value is True for value in raw["passed"]],
-        "load_error": _checked_error(raw.get("load_error")),
-        "failure": None
-        if not isinstance(failure, dict)
-        else {
-            "test": failure.get("test") if type(failure.get("test")) is int else None,
-            "source": _text(failure.get("source")),
-            "observed": _text(failure.get("observed")),
-            "error": _checked_error(failure.get("error")) or {"type": "unknown error", "message": "", "traceback": ""},
-        },
-    }
-
-
-def _checked_error(raw: Any) -> dict[str, str] | None:
-    if not isinstance(raw, dict):
-        return None
-    return {key: _text(raw.get(key)) or "" for key in ("type", "message", "traceback")}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-@functools.cache
-def _harness_source() -> str:
-    return Path(__file__).with_name("code_harness.py").read_text(encoding="utf-8")
+        return text
 
 
 def _error_text(error: dict[str, str]) -> str:

