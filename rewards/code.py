@@ -52,7 +52,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from rewards.base import GradeResult, register_grader
+from rewards.base import ExactKeys, GradeResult, register_grader
 from rewards.code_examples import example_calls
 from rewards.code_extract import Program, extract_program, prompt_code
 from rewards.code_session import Session, run_session
@@ -68,7 +68,7 @@ _SHOWN_STDERR_CHARS = 600
 
 
 @register_grader("code")
-class CodeGrader:
+class CodeGrader(ExactKeys):
     """Grades Python programs by running the task's tests; see the module docstring."""
 
     name = "code"
@@ -109,7 +109,8 @@ class CodeGrader:
         prompt = prompt_code(reference.get("prompt"))
         program = extract_program(response, suite.entry_point, prompt or None)
         if program is None:
-            return GradeResult.failure("no code found", feedback=NO_CODE_FEEDBACK)
+            # No program is a wrong answer (nothing to run), not a grading failure.
+            return GradeResult(score=0.0, correct=False, parsed=None, feedback=NO_CODE_FEEDBACK)
         candidate = {"context": program.context, "solution": program.code, "entry_point": suite.entry_point, "cpu_s": self.test_timeout_s}
         session = run_session(self.runner, self.limits, candidate, self._checker_spec(suite, prompt))
         return self._verdict(session, program, suite)
