@@ -83,7 +83,7 @@ def test_no_code(response: str) -> None:
 
 def test_a_response_without_code_is_a_wrong_answer_not_a_grading_failure() -> None:
     """Issue 14: nothing to run is wrong (parsed None, no error), so RISE can reward it, not skip it."""
-    result = CodeGrader().grade("I would loop over the list.", {"test_list": ["assert add(1, 2) == 3"]})
+    result = CodeGrader().grade("```\n```", {"test_list": ["assert add(1, 2) == 3"]})
     assert (result.score, result.correct, result.parsed, result.error) == (0.0, False, None, None)
     assert "no Python code" in result.feedback
 
