@@ -52,21 +52,21 @@ WORD = [
 
 
 def addition(rng: random.Random, seen: set[str]) -> dict:
-    while True:
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        key = f"add2:{min(a, b)},{max(a, b)}"
-        if key not in seen and split_of(key, EVAL_FRACTION) == "eval":
-            seen.add(key)
-            return {"prompt": rng.choice(ADD).format(a=a, b=b), "answer": a + b, "kind": "add2"}
+    return binary(rng, seen, "add2", ADD, lambda: (rng.randint(10, 99), rng.randint(10, 99)), lambda a, b: a + b)
 
 
 def multiplication(rng: random.Random, seen: set[str]) -> dict:
+    return binary(rng, seen, "mul1x2", MUL, lambda: (rng.randint(2, 9), rng.randint(10, 99)), lambda a, b: a * b)
+
+
+def binary(rng: random.Random, seen: set[str], kind: str, phrasings: list[str], draw, solve) -> dict:
+    """A new two-operand problem of ``kind`` from the generator's eval split, in one of ``phrasings``."""
     while True:
-        a, b = rng.randint(2, 9), rng.randint(10, 99)
-        key = f"mul1x2:{a},{b}"
+        a, b = draw()
+        key = f"{kind}:{min(a, b)},{max(a, b)}"
         if key not in seen and split_of(key, EVAL_FRACTION) == "eval":
             seen.add(key)
-            return {"prompt": rng.choice(MUL).format(a=a, b=b), "answer": a * b, "kind": "mul1x2"}
+            return {"prompt": rng.choice(phrasings).format(a=a, b=b), "answer": solve(a, b), "kind": kind}
 
 
 def word_problem(rng: random.Random, seen: set[str]) -> dict:

@@ -31,6 +31,15 @@ def write_eval_dir(out: Path, answers_by_task: dict[str, list[str]]) -> Path:
     return out
 
 
+def finish_eval(run: RunDir, iteration: int, n_right: int) -> None:
+    """Write iteration ``iteration``'s eval stage of ``run`` (``n_right`` of 40 tasks revised right) and mark it done."""
+    out = run.stage_dir(iteration, "eval")
+    out.rmdir()
+    write_eval_dir(out, tasks(n_right))
+    run.manifest.start(iteration, "eval")
+    run.manifest.complete(iteration, "eval", [out / "eval.json"])
+
+
 def tasks(n_right: int, total: int = 40) -> dict[str, list[str]]:
     """``total`` tasks, the first ``n_right`` answered 5 -> 7 -> 7 (revised), the rest 5, 5, 5."""
     return {f"t{i}": (["5", "7", "7"] if i < n_right else ["5", "5", "5"]) for i in range(total)}
@@ -79,12 +88,8 @@ def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
         "evaluation": {"turns": TURNS, "samples": 3, "sampling": {"temperature": 0.7}},
     })
     run = RunDir.create(config)
-    for iteration, n_right in ((0, 0), (1, 10)):
-        out = run.stage_dir(iteration, "eval")
-        out.rmdir()
-        write_eval_dir(out, tasks(n_right))
-        run.manifest.start(iteration, "eval")
-        run.manifest.complete(iteration, "eval", [out / "eval.json"])
+    finish_eval(run, 0, 0)
+    finish_eval(run, 1, 10)
     base = tmp_path / "base"
     write_eval_dir(base, tasks(0))
     out = tmp_path / "cmp"

@@ -204,15 +204,11 @@ def test_exit_runs_mark_each_iterations_mean_training_depth(run: RunDir) -> None
 
 def test_report_shows_the_oracle_baseline_intervals_and_incomplete_count(tmp_path: Path) -> None:
     """Evals written by the eval stage's own writer: p3@t1, the gaps with intervals, changes vs base with intervals."""
-    from tests.test_compare import tasks, write_eval_dir
+    from tests.test_compare import finish_eval
 
     run = make_run(tmp_path, iterations=1)
-    for iteration, n_right in ((0, 0), (1, 10)):
-        out = run.stage_dir(iteration, "eval")
-        out.rmdir()
-        write_eval_dir(out, tasks(n_right))
-        run.manifest.start(iteration, "eval")
-        run.manifest.complete(iteration, "eval", [out / "eval.json"])
+    finish_eval(run, 0, 0)
+    finish_eval(run, 1, 10)
     text = write_report(run.root).read_text(encoding="utf-8")
     iteration_1 = text.split("## Iteration 1")[1]
     assert "| p3@t1 | 0.0% |" in iteration_1
