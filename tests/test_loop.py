@@ -33,8 +33,9 @@ pytestmark = pytest.mark.slow
 
 TURNS = 3
 EVAL_KEYS = {
-    "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1",
+    "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1", f"p{TURNS}@t1",
     "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
+    "intervals", "incomplete", "incomplete_parallel", "bootstrap_seed", "history_window",
 }
 
 
@@ -114,7 +115,10 @@ def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path)
         # n = 1 < T = 3: the parallel baseline drew T first-turn answers per task in its own request.
         parallel = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "parallel" / "rollouts.jsonl")
         assert len(parallel) == 5 and all(len(r["turns"][0]["candidates"]) == TURNS for r in parallel)
-        assert summary["m3@t1"] is not None
+        assert summary["m3@t1"] is not None and summary["p3@t1"] is not None
+        assert summary["incomplete"] == summary["incomplete_parallel"] == 0
+        task_rows = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "task_metrics.jsonl")
+        assert len(task_rows) == 5 and summary["m1@t3"] == sum(r["m1@t3"] for r in task_rows) / 5
         eval_records = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "rollouts.jsonl")
         assert all(len(r["turns"]) == TURNS and r["error"] is None for r in eval_records)
     for iteration in (1, 2):
