@@ -118,7 +118,7 @@ def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path)
         assert summary["m3@t1"] is not None and summary["p3@t1"] is not None
         assert summary["incomplete"] == summary["incomplete_parallel"] == 0
         task_rows = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "task_metrics.jsonl")
-        assert len(task_rows) == 5 and summary["m1@t3"] == sum(r["m1@t3"] for r in task_rows) / 5
+        assert len(task_rows) == 5 and summary["m1@t3"] == pytest.approx(sum(r["m1@t3"] for r in task_rows) / 5)
         eval_records = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "rollouts.jsonl")
         assert all(len(r["turns"]) == TURNS and r["error"] is None for r in eval_records)
     for iteration in (1, 2):
