@@ -42,7 +42,7 @@ class RunSection(StrictModel):
 
     @field_validator("report_to")
     @classmethod
-    def _each_tracker_once(cls, value: list[str]) -> list[str]:
+    def _each_tracker_once_and_installed(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"names a tracker twice: {value}")
         missing = [name for name in value if importlib.util.find_spec(name) is None]

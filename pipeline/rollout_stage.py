@@ -126,7 +126,8 @@ async def collect(
                 for task, sample in todo:
                     group.create_task(one(task, sample))
         path = writer.finalize(order)
-        write_json_atomic(out_dir / THROUGHPUT_NAME, progress.throughput())
+        if todo:  # an attempt that only finalized what an earlier one generated measured nothing
+            write_json_atomic(out_dir / THROUGHPUT_NAME, progress.throughput())
         return path
     finally:
         writer.close()
