@@ -408,6 +408,47 @@ def compare(
 
 
 @app.command()
+def export(
+    run_dir: RunDirArg,
+    out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
+    iteration: Annotated[
+        Optional[int], typer.Option("--iteration", "-i", help="The iteration whose model to export (1..N).")
+    ] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="The PEFT adapter alone instead of merged weights.")] = False,
+    data: Annotated[bool, typer.Option("--data", help="Every iteration's trajectories and training sets as a dataset.")] = False,
+    push_to_hub: Annotated[
+        Optional[str], typer.Option("--push-to-hub", help="Then upload the folder to this hub repo (private).")
+    ] = None,
+) -> None:
+    """Export iteration K's model as a Hugging Face checkpoint with a model card, or (--data) the run's data as parquet."""
+    import shlex
+    import sys
+
+    from pipeline.dataset_export import export_data
+    from pipeline.export import ExportError, export_model
+    from pipeline.export import push_to_hub as upload
+
+    if data == (iteration is not None) or (data and adapter):
+        _fail("export either a model (--iteration K, optionally --adapter) or the data (--data), one at a time")
+    try:
+        run = RunDir.open(run_dir)
+        if data:
+            path = export_data(run, out)
+        else:
+            command = shlex.join(["selfimprove", *sys.argv[1:]])
+            path = export_model(run, iteration, out, adapter_only=adapter, command=command)
+    except (RunDirError, ConfigError, ExportError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]exported[/]: {path}")
+    if push_to_hub:
+        try:
+            url = upload(path, push_to_hub, repo_type="dataset" if data else "model")
+        except Exception as exc:  # huggingface_hub's errors (auth, network, names) share no narrower base
+            _fail(f"upload to {push_to_hub} failed: {exc}")
+        console.print(f"[green]pushed[/]: {url}")
+
+
+@app.command()
 def report(run_dir: RunDirArg) -> None:
     """Write report.md and the plots (accuracy by turn; sequential vs parallel) for a run, and print the table."""
     _print_report(run_dir)

@@ -8,6 +8,7 @@ unknown keys so that a typo fails before any work starts, and
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,21 @@ class RunSection(StrictModel):
     output_dir: Path = Path("runs")
     seed: int = 0
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers the training and the pipeline log into (pipeline/tracking.py); "
+        "[] logs nowhere. tensorboard writes local files only; wandb needs the tracking extra.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once_and_installed(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice: {value}")
+        missing = [name for name in value if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} is not installed: `pip install -e '.[tracking]'`")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -43,6 +43,7 @@ from pipeline.exit_stage import buffer_path, groups_path, sync_dir
 from pipeline.model_store import resolve_model
 from pipeline.rise_training import StepPrinter, runs_on_cpu, starting_model, training_precision
 from pipeline.run_dir import RunDir
+from pipeline.tracking_callbacks import attach_trackers
 from pipeline.train_stage import checkpoints_dir, final_dir, summary_path
 from pipeline.weighted_sft import checkpoint_step, last_checkpoint, lora_config, train, trainer_arguments
 
@@ -54,7 +55,7 @@ def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) ->
 
 
 class ExitGRPOTrainer(GRPOTrainer):
-    """GRPO with ExIt's two additions: the diversity bonus on advantages, and the buffer in checkpoints."""
+    """GRPO with ExIt's additions: the diversity bonus on advantages, the buffer in checkpoints and in the logs."""
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -62,12 +63,27 @@ class ExitGRPOTrainer(GRPOTrainer):
         output["advantages"] = scaled_advantages(output["advantages"], inputs)
         return output
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each logging step also carries the buffer's state, so the trackers plot it on the same step."""
+        generator = self.rollout_func.generator  # None on the processes that do not generate
+        if generator is not None and "loss" in logs:
+            logs = {**logs, **buffer_metrics(generator.buffer.stats())}
+        super().log(logs, start_time)
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             folder.mkdir(parents=True, exist_ok=True)
             self.rollout_func.generator.buffer.save(folder / BUFFER_NAME)
         super()._save_checkpoint(model, trial)
+
+
+def buffer_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The buffer's size, depth histogram and learnability quantiles as flat scalars for the trackers."""
+    metrics = {"buffer/size": float(stats["size"])}
+    metrics |= {f"buffer/depth_{depth}": float(count) for depth, count in stats["depth_histogram"].items()}
+    metrics |= {f"buffer/score_{name}": float(value) for name, value in (stats["score_quantiles"] or {}).items()}
+    return metrics
 
 
 def exit_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
@@ -80,7 +96,7 @@ def grpo_config(config: PipelineConfig, output_dir: Path, *, precision: str, use
     ``training`` section (:func:`~pipeline.weighted_sft.trainer_arguments`)."""
     method, sampling = config.method, config.rollout.sampling
     common = trainer_arguments(output_dir, config.training, bf16=precision == "bf16", fp16=precision == "fp16",
-                               seed=config.run.seed, use_cpu=use_cpu)
+                               seed=config.run.seed, use_cpu=use_cpu, report_to=config.run.report_to)
     return GRPOConfig(
         **common,
         max_steps=method.steps_per_iteration,
@@ -145,6 +161,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
             rollout_func=rollout,
             callbacks=[StepPrinter()],
         )
+        attach_trackers(trainer, run, iteration)
         started = time.monotonic()
         final = train(trainer, final_dir(run, iteration))
         seconds = time.monotonic() - started

@@ -25,6 +25,7 @@ from typing import Callable, Protocol
 from pipeline.config import PipelineConfig
 from pipeline.manifest import STAGES_BY_METHOD, StageState, parse_stage_key, stage_key
 from pipeline.run_dir import RunDir
+from pipeline.tracking import sync_tracking
 
 SUPERSEDED_DIR = "superseded"
 
@@ -53,12 +54,18 @@ def run_loop(
     show_progress: bool = True,
     on_stage: Callable[[int, str], None] | None = None,
 ) -> None:
-    """Run every unfinished stage of ``run`` in plan order; ``on_stage(k, stage)`` is told before each starts."""
+    """Run every unfinished stage of ``run`` in plan order; ``on_stage(k, stage)`` is told before each starts.
+
+    Each finished stage's figures go to the run's trackers (``run.report_to``),
+    and so do those of stages an earlier process finished but did not log.
+    """
     functions = stage_functions()
+    sync_tracking(run)
     for iteration, stage in run.manifest.unfinished():
         if on_stage is not None:
             on_stage(iteration, stage)
         functions[stage](run, iteration, show_progress=show_progress)
+        sync_tracking(run)
 
 
 

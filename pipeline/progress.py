@@ -49,6 +49,14 @@ class RolloutProgress:
     def tokens_per_second(self) -> float:
         return self.tokens / max(time.monotonic() - self._started, 1e-9)
 
+    def throughput(self) -> dict[str, float | int]:
+        """This attempt's trajectories, completion tokens and tokens/s (a resumed stage counts only its own)."""
+        return {
+            "trajectories": self.total - self.already_done,
+            "completion_tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_second,
+        }
+
     def stats_text(self) -> str:
         accuracy = " ".join(f"t{t}:{self.correct[t] / self.seen[t]:.0%}" for t in sorted(self.seen))
         return f"{self.tokens_per_second:,.0f} tok/s  acc {accuracy}"

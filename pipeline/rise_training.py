@@ -24,6 +24,7 @@ from pipeline.atomic import read_jsonl, write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.model_store import resolve_model
 from pipeline.run_dir import RunDir
+from pipeline.tracking_callbacks import attach_trackers
 from pipeline.train_stage import (
     checkpoints_dir,
     final_dir,
@@ -133,6 +134,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
         fp16=precision == "fp16",
         seed=run.config.run.seed,
         use_cpu=on_cpu,
+        report_to=run.config.run.report_to,
     )
     if len(trainer.train_dataset) == 0:
         raise ValueError(
@@ -140,6 +142,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
             "every prompt fills it; raise it"
         )
     trainer.add_callback(StepPrinter())
+    attach_trackers(trainer, run, iteration)
     final = train(trainer, final_dir(run, iteration))
     if trainer.accelerator.is_main_process:
         if (merged := merged_dir(run, iteration)) is not None:

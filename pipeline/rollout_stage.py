@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from pipeline.adapters import AdapterError, adapter_name, check_adapter_dir
+from pipeline.atomic import write_json_atomic
 from pipeline.backends import open_learner, open_teacher
 from pipeline.config import PipelineConfig, SamplingSection
 from pipeline.generation import GenerationBackend, SamplingParams
@@ -22,6 +23,7 @@ from pipeline.progress import RolloutProgress
 from pipeline.rollout import GradeFn, RolloutSpec, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run_dir import RunDir
 from pipeline.tasks import Task, load_tasks
+from pipeline.tracking import THROUGHPUT_NAME
 from rewards import get_grader
 from rewards.pool import GradingPool
 
@@ -100,7 +102,10 @@ def pooled_grading(pool: GradingPool, name: str, options: dict) -> GradeFn:
 async def collect(
     tasks: list[Task], runner: TrajectoryRunner, out_dir: Path, description: str, show_progress: bool = True
 ) -> Path:
-    """Run every missing trajectory of ``tasks`` and write ``rollouts.jsonl`` in task order."""
+    """Run every missing trajectory of ``tasks`` and write ``rollouts.jsonl`` in task order.
+
+    ``throughput.json`` beside it holds this attempt's generation speed, which the trackers log.
+    """
     per_task = runner.spec.trajectories_per_task
     writer = RolloutWriter(out_dir)
     order = [trajectory_key(t.task_id, s) for t in tasks for s in range(per_task)]
@@ -116,7 +121,10 @@ async def collect(
             async with asyncio.TaskGroup() as group:
                 for task, sample in todo:
                     group.create_task(one(task, sample))
-        return writer.finalize(order)
+        path = writer.finalize(order)
+        if todo:  # an attempt that only finalized what an earlier one generated measured nothing
+            write_json_atomic(out_dir / THROUGHPUT_NAME, progress.throughput())
+        return path
     finally:
         writer.close()
 

@@ -48,6 +48,7 @@ from pipeline.curate_stage import STAGE as CURATE_STAGE, TRAIN_NAME
 from pipeline.manifest import Manifest, StageRecord, StageState
 from pipeline.run_dir import RunDir
 from pipeline.subprocess_utils import start_in_own_session, stop_group, tail
+from pipeline.tracking import tracking_env
 
 STAGE = "train"
 LOG_NAME = "train.log"
@@ -273,7 +274,7 @@ def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: di
     log_path = run.stage_dir(iteration, STAGE) / LOG_NAME
     command = launch_command(run, iteration)
     attempt = run.manifest.record(iteration, STAGE).attempts
-    env = {**os.environ, **launch_env(settings), **(extra_env or {})}
+    env = {**os.environ, **launch_env(settings), **tracking_env(run), **(extra_env or {})}
     with open(log_path, "ab") as log, open(log_path, "rb") as follow:
         log.write(f"=== train iteration {iteration}, attempt {attempt}: {' '.join(command)}\n".encode())
         log.flush()

@@ -194,7 +194,14 @@ def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
 
 
 def trainer_arguments(
-    output_dir: str | Path, settings: TrainingSection, *, bf16: bool, fp16: bool, seed: int, use_cpu: bool
+    output_dir: str | Path,
+    settings: TrainingSection,
+    *,
+    bf16: bool,
+    fp16: bool,
+    seed: int,
+    use_cpu: bool,
+    report_to: list[str] | None = None,
 ) -> dict[str, Any]:
     """The ``training`` section as the Trainer arguments every trainer here shares (SFT and GRPO).
 
@@ -202,7 +209,8 @@ def trainer_arguments(
     Trainer (gradient checkpointing and bf16 on). ``bf16`` also picks the
     dtype the model is loaded in (float32 otherwise), so bf16 autocast is
     never asked of float32 weights or vice versa; ``fp16`` autocasts float32
-    weights, with loss scaling.
+    weights, with loss scaling. ``report_to`` (``run.report_to``) names the
+    trackers whose integration callbacks the trainer builds; none by default.
     """
     return dict(
         output_dir=str(output_dir),
@@ -219,7 +227,7 @@ def trainer_arguments(
         fp16=fp16,
         use_cpu=use_cpu,
         seed=seed,
-        report_to=[],
+        report_to=list(report_to or []),
         model_init_kwargs=model_load_kwargs(settings, bf16),
     )
 
@@ -233,10 +241,12 @@ def sft_config(
     seed: int = 0,
     max_steps: int = -1,
     use_cpu: bool = False,
+    report_to: list[str] | None = None,
 ) -> SFTConfig:
     """TRL's SFT arguments from the run config's ``training`` section (see :func:`trainer_arguments`)."""
     return SFTConfig(
-        **trainer_arguments(output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu),
+        **trainer_arguments(output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu,
+                            report_to=report_to),
         num_train_epochs=settings.epochs,
         max_steps=max_steps,
         max_length=settings.max_seq_length,

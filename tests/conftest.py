@@ -59,3 +59,15 @@ def answering_model(tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pyte
     from pipeline.adapters import merge_adapter
 
     return merge_adapter(tiny_model, tiny_adapter, tmp_path_factory.mktemp("answering") / "model")
+
+
+@pytest.fixture(scope="session")
+def tracked_run(answering_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny RISE run logging to TensorBoard and W&B (offline), interrupted and resumed (tests/eco_run.py)."""
+    from tests.eco_run import interrupted_then_resumed, tracked_config
+    from tests.run_helpers import serving
+
+    root = tmp_path_factory.mktemp("tracked")
+    data = tracked_config(root, answering_model, "http://unused", ["tensorboard"])
+    with serving(answering_model, data, root / "vllm.log") as server:
+        return interrupted_then_resumed(root, answering_model, server, ["tensorboard", "wandb"])

@@ -237,3 +237,17 @@ def test_two_training_processes_share_each_group(
         "rng_state_0.pth", "rng_state_1.pth"}
     assert json.loads((train_dir / "train_summary.json").read_text())["groups"] == 2
     assert (train_dir / "train.log").read_text(errors="replace").count("exit step 1:") == 1  # the main one only
+
+
+def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
+    """TensorBoard (the default tracker) has the buffer's size at every step of both iterations, on one axis."""
+    from pipeline.run_dir import RunDir
+    from tests.tracker_files import scalars
+
+    run = RunDir.open(resumed_run["root"])
+    sizes = scalars(run, "train/buffer/size")
+    # The resume repeats the steps logged after the checkpoint it restarted from; each step is there.
+    assert {step for step, _ in sizes} == set(range(1, 2 * STEPS + 1))
+    final = LearnabilityBuffer.load(run.root / "iter_2" / "train" / "buffer.json").stats()
+    assert max(sizes)[1] == final["size"]
+    assert {step for step, _ in scalars(run, "train/buffer/score_q50")} == set(range(1, 2 * STEPS + 1))

@@ -46,6 +46,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_split": "train",
         "eval_split": "test",
     },
+    # The ``tasks`` config of a run's data export (pipeline/dataset_export.py): prompts are stored as the
+    # model saw them and task ids are kept, so a run seeded from another evaluates the same tasks.
+    "selfimprove": {
+        "config": "tasks",
+        "prompt_field": "prompt",
+        "answer_field": "reference",
+        "id_field": "task_id",
+        "prompt_template": "{question}",
+        "train_split": "train",
+        "eval_split": "eval",
+    },
 }
 
 # Files that only ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write.

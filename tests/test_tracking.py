@@ -1,0 +1,101 @@
+"""Tracking on a real tiny run: TensorBoard event files and W&B offline files, read back by their own readers.
+
+The run (``tests/eco_run.py``) trains two RISE iterations through the real
+train stage (TRL's integration callbacks in the accelerate-launched worker)
+and is interrupted before iteration 2 and resumed, so these tests also check
+that the global step continues across iterations and processes and that a
+resume logs every stage exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.atomic import read_jsonl
+from pipeline.config import ConfigError, parse_config
+from pipeline.run_dir import RunDir
+from pipeline.tracking import STEP_KEY, eval_metrics, logged_stages
+from tests.eco_run import ITERATIONS
+from tests.tracker_files import scalars, wandb_history
+
+pytestmark = pytest.mark.slow
+
+
+def train_steps(run: RunDir) -> list[int]:
+    return [json.loads((run.root / f"iter_{k}" / "train" / "train_summary.json").read_text())["steps"]
+            for k in range(1, ITERATIONS + 1)]
+
+
+def eval_summary(run: RunDir, iteration: int) -> dict:
+    return json.loads((run.root / f"iter_{iteration}" / "eval" / "eval.json").read_text())
+
+
+def test_training_loss_is_logged_every_step_on_one_step_axis(tracked_run: RunDir) -> None:
+    first, second = train_steps(tracked_run)
+    loss = scalars(tracked_run, "train/loss")
+    # Iteration 2 trains in a new worker process after the resume; its steps continue iteration 1's.
+    assert [step for step, _ in loss] == list(range(1, first + second + 1))
+    for tag in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s"):
+        assert [step for step, _ in scalars(tracked_run, tag)] == list(range(1, first + second + 1)), tag
+    assert all(value > 0 for _, value in scalars(tracked_run, "train/tokens_per_s"))
+
+
+def test_each_eval_is_logged_once_at_the_steps_trained_so_far(tracked_run: RunDir) -> None:
+    first, second = train_steps(tracked_run)
+    steps = [0, first, first + second]
+    logged = scalars(tracked_run, "eval/pass@1_turn_1")
+    assert [step for step, _ in logged] == steps
+    expected = [eval_summary(tracked_run, k)["per_turn"][0]["pass@1"] for k in range(ITERATIONS + 1)]
+    assert [value for _, value in logged] == pytest.approx(expected)
+    interval = eval_summary(tracked_run, 2)["intervals"]["pass@1 turn 3"]
+    assert scalars(tracked_run, "eval_interval/pass@1_turn_3_low")[-1] == (first + second, pytest.approx(interval["low"]))
+    assert scalars(tracked_run, "eval/m1@t3")[-1][1] == pytest.approx(eval_summary(tracked_run, 2)["m1@t3"])
+
+
+def test_curation_and_rollout_figures_are_logged_at_the_step_of_the_model_that_made_them(tracked_run: RunDir) -> None:
+    first, _ = train_steps(tracked_run)
+    summaries = [json.loads((tracked_run.root / f"iter_{k}" / "curate" / "summary.json").read_text()) for k in (1, 2)]
+    assert scalars(tracked_run, "curate/examples") == [(0, summaries[0]["examples"]), (first, summaries[1]["examples"])]
+    assert [v for _, v in scalars(tracked_run, "curate/examples_accumulated")] == [0, summaries[1]["by_source"]["accumulated"]]
+    records = read_jsonl(tracked_run.root / "iter_1" / "rollout" / "rollouts.jsonl")
+    accuracy = sum(r["turns"][0]["grade"]["correct"] for r in records) / len(records)
+    assert scalars(tracked_run, "rollout/accuracy_turn_1")[0] == (0, pytest.approx(accuracy))
+    assert [step for step, _ in scalars(tracked_run, "rollout/tokens_per_s")] == [0, first]
+
+
+def test_wandb_offline_holds_the_same_figures_on_the_same_steps(tracked_run: RunDir) -> None:
+    first, second = train_steps(tracked_run)
+    history = wandb_history(tracked_run)
+    loss_steps = [row[STEP_KEY] for row in history if "train/loss" in row]
+    assert loss_steps == list(range(1, first + second + 1))
+    evals = [(row[STEP_KEY], row["eval/pass@1_turn_1"]) for row in history if "eval/pass@1_turn_1" in row]
+    expected = [eval_summary(tracked_run, k)["per_turn"][0]["pass@1"] for k in range(ITERATIONS + 1)]
+    assert evals == [(0, pytest.approx(expected[0])), (first, pytest.approx(expected[1])),
+                     (first + second, pytest.approx(expected[2]))]
+
+
+def test_the_ledger_names_every_stage_once_in_plan_order(tracked_run: RunDir) -> None:
+    assert logged_stages(tracked_run) == list(tracked_run.manifest.stages)
+
+
+def test_eval_metrics_flatten_the_headline_figures_and_intervals() -> None:
+    summary = {
+        "turns": 2, "per_turn": [{"turn": 1, "pass@1": 0.25}, {"turn": 2, "pass@1": 0.5}],
+        "m1@t2": 0.5, "p1@t2": 0.75, "m2@t1": None, "p2@t1": None,
+        "delta_i_to_c": 0.25, "delta_c_to_i": 0.0, "delta_t1_tT": 0.25, "incomplete": 0,
+        "intervals": {"pass@1 turn 2": {"estimate": 0.5, "low": 0.1, "high": 0.9}},
+    }
+    metrics = eval_metrics(summary)
+    assert metrics["eval/pass@1_turn_2"] == 0.5 and metrics["eval_interval/pass@1_turn_2_high"] == 0.9
+    assert "eval/m2@t1" not in metrics  # not measured: left out, never plotted as 0
+
+
+def test_report_to_names_known_trackers_once(tmp_path: Path) -> None:
+    base = {"tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}}
+    assert parse_config(base).run.report_to == ["tensorboard"]
+    for bad, message in ((["tensorboard", "tensorboard"], "twice"), (["mlflow"], "run.report_to")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**base, "run": {"report_to": bad}})
