@@ -30,6 +30,7 @@ network (``wandb sync RUN/tracking/wandb/offline-run-*`` uploads later).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -38,6 +39,8 @@ from typing import Any, Protocol
 from pipeline.atomic import read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.manifest import StageState, parse_stage_key
 from pipeline.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
 
 TRACKING_DIR = "tracking"
 TENSORBOARD_DIR = "tensorboard"
@@ -122,6 +125,8 @@ def curate_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics: dict[str, Any] = {"curate/examples": summary["examples"], "curate/mean_reward": summary.get("mean_reward")}
     metrics |= {f"curate/examples_turn_{turn}": count for turn, count in summary["by_turn"].items()}
     metrics |= {f"curate/examples_{source}": count for source, count in summary["by_source"].items()}
+    metrics |= {f"curate/examples_{kind}": count for kind, count in summary.get("by_kind", {}).items()}
+    metrics["curate/unparsed_targets"] = summary.get("unparsed")
     return _scalars(metrics)
 
 
@@ -240,7 +245,7 @@ def sync_tracking(run: RunDir) -> list[str]:
     if not todo:
         return []
     batches = [(stage_step(run, *parse_stage_key(key)), metrics) for key in todo
-               if (metrics := stage_metrics(run, *parse_stage_key(key)))]
+               if (metrics := _trackable_metrics(run, key))]
     if batches:  # a train stage alone has nothing to add: TRL logged it
         trackers = open_trackers(run)
         try:
@@ -252,6 +257,15 @@ def sync_tracking(run: RunDir) -> list[str]:
                 tracker.close()
     write_json_atomic(tracking_dir(run) / LEDGER_NAME, {"stages": [*logged, *todo]})
     return todo
+
+
+def _trackable_metrics(run: RunDir, key: str) -> dict[str, float]:
+    """A stage's figures, or none (with a warning) when its files cannot give them: tracking never stops a run."""
+    try:
+        return stage_metrics(run, *parse_stage_key(key))
+    except (KeyError, TypeError, ValueError, OSError) as exc:  # CorruptFileError is a ValueError
+        logger.warning("not tracked: %s (%s: %s)", key, type(exc).__name__, exc)
+        return {}
 
 
 def _tag(key: str) -> str:

@@ -142,7 +142,7 @@ def test_resume_redoes_a_damaged_stage_before_going_on(tmp_path: Path) -> None:
 
     code, output = cli("resume", str(run.root), "--no-progress")
     assert "redoing iter_1/curate" in output and "summary.json does not match the digest" in output
-    assert code == 1 and "training set" in output and "is empty" in output and "Traceback" not in output
+    assert code == 1 and "training set" in output and "is empty" in output and "Traceback" not in output, output
     manifest = Manifest.load(run.root)
     assert manifest.record(1, "curate").state is StageState.DONE and manifest.record(1, "curate").attempts == 2
     assert json.loads(summary.read_text())["examples"] == 0
