@@ -16,34 +16,17 @@ from pipeline.config import parse_config
 from pipeline.loop import run_loop
 from pipeline.run_dir import RunDir
 from pipeline.vllm_server import VLLMServer
-from tests.run_helpers import write_tasks
+from tests.run_helpers import SMOKE_TURNS, smoke_config
 
-TURNS = 3
+TURNS = SMOKE_TURNS
 ITERATIONS = 2
 
 
 def tracked_config(root: Path, model: Path, url: str, report_to: list[str]) -> dict:
-    tasks = str(write_tasks(root / "tasks.jsonl"))
-    return {
-        "run": {"name": "tracked", "output_dir": str(root / "runs"), "seed": 3, "iterations": ITERATIONS,
-                "report_to": report_to},
-        "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
-        "rollout": {
-            "urls": [url], "turns": TURNS, "samples_per_turn": 2, "max_concurrency": 16,
-            "sampling": {"temperature": 1.0, "max_tokens": 12},
-        },
-        "tasks": {
-            "train": {"source": "jsonl", "options": {"train_path": tasks}},
-            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 5},
-        },
-        "grader": {"name": "numeric", "workers": 1},
-        "method": {"name": "rise", "selection": "all", "accumulate": True, "train_from": "base"},
-        "training": {
-            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-3, "epochs": 1,
-            "per_device_batch_size": 4, "max_seq_length": 256, "save_steps": 1,
-        },
-        "evaluation": {"turns": TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
-    }
+    """The loop tests' smoke run against a running server, with trackers."""
+    config = smoke_config(root / "runs", model, "tracked", [url])
+    config["run"]["report_to"] = report_to
+    return config
 
 
 class Interrupted(KeyboardInterrupt):

@@ -51,3 +51,34 @@ def serving(model: Path, data: dict, log_path: Path) -> Iterator[VLLMServer]:
     config = parse_config(data)
     with VLLMServer(str(model), config.model, config.rollout.server, log_path) as server:
         yield server
+
+
+SMOKE_TURNS = 3
+
+
+def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
+    """Two iterations on 6 train and 5 eval tasks; seeded sampling so that reruns reproduce records."""
+    tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
+    return {
+        "run": {"name": name, "output_dir": str(output_dir), "seed": 3, "iterations": 2},
+        "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
+        "rollout": {
+            "urls": urls or [],
+            "turns": SMOKE_TURNS,
+            "samples_per_turn": 2,
+            "max_concurrency": 16,
+            "sampling": {"temperature": 1.0, "max_tokens": 12},
+            "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 32, "startup_timeout_s": 300},
+        },
+        "tasks": {
+            "train": {"source": "jsonl", "options": {"train_path": tasks}},
+            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 5},
+        },
+        "grader": {"name": "numeric", "workers": 1},
+        "method": {"name": "rise", "selection": "all", "accumulate": True, "train_from": "base"},
+        "training": {
+            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-3, "epochs": 1,
+            "per_device_batch_size": 4, "max_seq_length": 256, "save_steps": 1,
+        },
+        "evaluation": {"turns": SMOKE_TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
+    }

@@ -27,44 +27,16 @@ import pytest
 from pipeline.atomic import read_jsonl
 from pipeline.manifest import Manifest, planned_stages
 from pipeline.vllm_server import VLLMServer
-from tests.run_helpers import REPO, cli, cli_env, run_cli, serving, write_config, write_tasks
+from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, serving, smoke_config, write_config
 
 pytestmark = pytest.mark.slow
 
-TURNS = 3
+TURNS = SMOKE_TURNS
 EVAL_KEYS = {
     "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1", f"p{TURNS}@t1",
     "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
     "intervals", "incomplete", "incomplete_parallel", "bootstrap_seed", "history_window",
 }
-
-
-def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
-    """Two iterations on 6 train and 5 eval tasks; seeded sampling so that reruns reproduce records."""
-    tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
-    return {
-        "run": {"name": name, "output_dir": str(output_dir), "seed": 3, "iterations": 2},
-        "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
-        "rollout": {
-            "urls": urls or [],
-            "turns": TURNS,
-            "samples_per_turn": 2,
-            "max_concurrency": 16,
-            "sampling": {"temperature": 1.0, "max_tokens": 12},
-            "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 32, "startup_timeout_s": 300},
-        },
-        "tasks": {
-            "train": {"source": "jsonl", "options": {"train_path": tasks}},
-            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 5},
-        },
-        "grader": {"name": "numeric", "workers": 1},
-        "method": {"name": "rise", "selection": "all", "accumulate": True, "train_from": "base"},
-        "training": {
-            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-3, "epochs": 1,
-            "per_device_batch_size": 4, "max_seq_length": 256, "save_steps": 1,
-        },
-        "evaluation": {"turns": TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
-    }
 
 
 def record_digests(path: Path) -> Counter:
