@@ -126,6 +126,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from rewards.sandbox_boot import PRIVATE_TMPFS
+
 BOOT_SCRIPT = str(Path(__file__).with_name("sandbox_boot.py"))
 _READ_CHUNK = 1 << 16
 _IDLE_POLL_S = 0.25
@@ -242,12 +244,25 @@ class LocalRunner:
 
     def run(self, program: str, limits: Limits) -> SandboxResult:
         start = time.monotonic()
+        if problem := self._environment_problem():
+            return error_result(problem, start)
         try:
             with self._uid() as uid, _scratch_dir(uid) as scratch:
                 (scratch / "main.py").write_text(program, encoding="utf-8")
                 return self._run_in(scratch, uid, limits, start)
         except OSError as exc:
             return error_result(f"sandbox could not run the program: {exc}", start)
+
+    def _environment_problem(self) -> str | None:
+        """Why ``site_packages`` cannot work here: as root the private tmpfs dirs replace an environment inside them."""
+        prefix = os.path.realpath(sys.prefix)
+        covering = next((path for path in PRIVATE_TMPFS if _inside(prefix, path)), None)
+        if self.site_packages and os.geteuid() == 0 and covering is not None:
+            return (
+                f"site_packages: the Python environment {prefix} lies under {covering}, which the sandbox "
+                "replaces with a private tmpfs; install the environment elsewhere or leave site_packages off"
+            )
+        return None
 
     def _run_in(self, scratch: Path, uid: int | None, limits: Limits, start: float) -> SandboxResult:
         control_r, control_w = os.pipe()

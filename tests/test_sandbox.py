@@ -415,3 +415,13 @@ def test_the_standard_library_still_imports() -> None:
     program = f"import importlib\nfor name in {modules!r}:\n    importlib.import_module(name)\nprint('imported', len({modules!r}))\n"
     result = RUNNER.run(program, QUICK)
     assert result.status == "ok" and result.stdout == f"imported {len(modules)}\n", result
+
+
+def test_site_packages_under_a_private_tmp_dir_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root /tmp is the run's own tmpfs: an environment there cannot be shown, and the runner says why."""
+    if os.geteuid() != 0:
+        pytest.skip("only as root does the sandbox replace /tmp")
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "prefix", "/tmp/some-venv")  # where a clone under /tmp keeps its .venv
+        result = LocalRunner(site_packages=True).run("print(1)", QUICK)
+    assert result.status == "error" and "lies under /tmp" in result.detail
