@@ -116,6 +116,16 @@ class Manifest:
         )
 
     def record(self, iteration: int, stage: str) -> StageRecord:
+        """The stage's record; a stage the manifest does not hold reads as a fresh pending one.
+
+        Reading never adds an entry, so asking about a stage (say iteration
+        0's train, when the base model serves iteration 1) cannot put a stage
+        outside the run's plan into the saved manifest.
+        """
+        return self.stages.get(stage_key(iteration, stage)) or StageRecord()
+
+    def _entry(self, iteration: int, stage: str) -> StageRecord:
+        """The stage's record, added if missing: for the methods that change it."""
         return self.stages.setdefault(stage_key(iteration, stage), StageRecord())
 
     def is_done(self, iteration: int, stage: str) -> bool:
@@ -170,11 +180,11 @@ class Manifest:
 
     def reset(self, iteration: int, stage: str, reason: str) -> None:
         """Make a stage pending again, saying why (in ``error``); the caller saves."""
-        record = self.record(iteration, stage)
+        record = self._entry(iteration, stage)
         record.state, record.outputs, record.finished_at, record.error = StageState.PENDING, {}, None, reason
 
     def start(self, iteration: int, stage: str) -> None:
-        record = self.record(iteration, stage)
+        record = self._entry(iteration, stage)
         record.state = StageState.RUNNING
         record.started_at = _now()
         record.finished_at = None
@@ -184,14 +194,14 @@ class Manifest:
 
     def complete(self, iteration: int, stage: str, outputs: Iterable[Path]) -> None:
         """Mark a stage done, recording a digest of each output file (relative to the run dir)."""
-        record = self.record(iteration, stage)
+        record = self._entry(iteration, stage)
         record.outputs = {str(Path(p).relative_to(self.run_dir)): file_digest(p) for p in outputs}
         record.state = StageState.DONE
         record.finished_at = _now()
         self.save()
 
     def fail(self, iteration: int, stage: str, error: str) -> None:
-        record = self.record(iteration, stage)
+        record = self._entry(iteration, stage)
         record.state = StageState.FAILED
         record.finished_at = _now()
         record.error = error

@@ -127,3 +127,13 @@ def test_every_command_has_help() -> None:
     for command in ("run", "resume", "status", "rollout", "curate", "train", "eval", "serve", "report"):
         assert command in result.output
         assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_reading_a_stage_never_adds_it_to_the_manifest(tmp_path: Path) -> None:
+    """Asking about iteration 0's train stage (the base model serves iteration 1) must not plan it."""
+    run = make_run(tmp_path)
+    planned = list(run.manifest.stages)
+    assert not run.manifest.is_done(0, "train") and not run.manifest.verified_done(0, "rollout")
+    assert run.manifest.record(0, "curate").state is StageState.PENDING and run.manifest.damage(0, "train") == []
+    run.manifest.start(1, "rollout")  # any write saves the manifest
+    assert list(Manifest.load(run.root).stages) == planned
