@@ -15,6 +15,7 @@ import ast
 import re
 from typing import Any
 
+from rewards import python_ast
 from rewards.code_tests import Suite
 from rewards.code_wire import WireError, encode
 
@@ -50,7 +51,7 @@ def _call_at(text: str, start: int) -> Any:
     end = text.find(")", start)
     while 0 <= end < start + _MAX_CALL_CHARS:
         try:
-            node = ast.parse(text[start : end + 1], mode="eval").body
+            node = python_ast.parse(text[start : end + 1], mode="eval").body
         except (SyntaxError, ValueError):
             end = text.find(")", end + 1)
             continue

@@ -27,6 +27,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from rewards import python_ast
+
 MAX_RESPONSE_CHARS = 100_000
 """Longer responses are cut to their last this many characters before searching."""
 
@@ -142,7 +144,7 @@ def _parse(code: str) -> ast.Module | None:
     """The parsed module, or None for anything the parser rejects (including
     null bytes and nesting too deep for it)."""
     try:
-        return ast.parse(code)
+        return python_ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 

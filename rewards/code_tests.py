@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rewards import python_ast
+
 
 @dataclass(frozen=True)
 class Step:
@@ -96,13 +98,13 @@ def humaneval_suite(test_source: str, entry_point: str) -> Suite:
 def infer_entry_point(code: str, tests: list[str]) -> str | None:
     """The function the tests call that ``code`` defines (else the first one called)."""
     try:
-        defined = {node.name for node in ast.parse(code).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        defined = {node.name for node in python_ast.parse(code).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     except SyntaxError:
         defined = set()
     called: list[str] = []
     for test in tests:
         try:
-            tree = ast.parse(test)
+            tree = python_ast.parse(test)
         except SyntaxError:
             continue
         calls = sorted(
@@ -118,7 +120,7 @@ def infer_entry_point(code: str, tests: list[str]) -> str | None:
 def _check_syntax(source: str) -> ast.Module:
     """Parse test code; a reference whose tests do not compile is a ValueError."""
     try:
-        return ast.parse(source)
+        return python_ast.parse(source)
     except (SyntaxError, ValueError, RecursionError) as exc:
         raise ValueError(f"test code does not compile: {exc}") from None
 

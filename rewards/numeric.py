@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
 
+from rewards import python_ast
 from rewards.base import ExactKeys, GradeResult, register_grader
 from rewards.extract import last_boxed, no_answer, not_a_string, search_texts, shorten, verdict
 
@@ -113,7 +114,7 @@ def evaluate_arithmetic(text: str) -> Fraction | None:
     if not _ARITHMETIC.fullmatch(text) or _nesting(text) > MAX_NESTING:
         return None
     try:
-        return _evaluate(ast.parse(text.strip(), mode="eval").body)
+        return _evaluate(python_ast.parse(text.strip(), mode="eval").body)
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
         return None
 
