@@ -65,13 +65,17 @@ def pair_trainer(tiny_model: Path, tmp_path: Path) -> WeightedSFTTrainer:
     return _trainer(tiny_model, tmp_path, [_row(TARGETS[0], 1.0), _row(TARGETS[1], 1.0)])
 
 
+def _loss_and_nll(trainer: WeightedSFTTrainer, weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's loss on the two training rows with ``weights``, and their per-example NLLs computed independently."""
+    batch = _batch(trainer, [0, 1], weights)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        return trainer.compute_loss(model, batch), _completion_nll(model, batch)
+
+
 def test_loss_is_weighted_mean_of_per_example_nll(pair_trainer: WeightedSFTTrainer) -> None:
     weights = [0.25, 2.0]
-    batch = _batch(pair_trainer, [0, 1], weights)
-    model = pair_trainer.model.eval()
-    with torch.no_grad():
-        per_example = _completion_nll(model, batch)
-        loss = pair_trainer.compute_loss(model, batch)
+    loss, per_example = _loss_and_nll(pair_trainer, weights)
     w = torch.tensor(weights)
     assert per_example[0] != pytest.approx(per_example[1].item(), rel=1e-3)
     assert loss.item() == pytest.approx(((w * per_example).sum() / w.sum()).item(), abs=1e-5)
@@ -80,12 +84,7 @@ def test_loss_is_weighted_mean_of_per_example_nll(pair_trainer: WeightedSFTTrain
 def test_reference_normalization_is_the_plain_mean_of_weighted_losses(tiny_model: Path, tmp_path: Path) -> None:
     """RISE's reference code: mean_i w_i L_i, which scales with the weights (ours divides by sum w_i)."""
     trainer = _trainer(tiny_model, tmp_path, [_row(TARGETS[0], 1.0), _row(TARGETS[1], 1.0)], loss_normalization="mean")
-    weights = [0.25, 2.0]
-    batch = _batch(trainer, [0, 1], weights)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        per_example = _completion_nll(model, batch)
-        loss = trainer.compute_loss(model, batch)
+    loss, per_example = _loss_and_nll(trainer, [0.25, 2.0])
     assert loss.item() == pytest.approx((0.25 * per_example[0] + 2.0 * per_example[1]).item() / 2, abs=1e-5)
 
 
