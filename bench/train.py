@@ -53,17 +53,21 @@ def settings(batch_size: int) -> TrainingSection:
     return TrainingSection(lora_r=16, lora_alpha=32, lora_dropout=0.0, per_device_batch_size=batch_size, epochs=1)
 
 
-def plain_trainer(model: Path, data: Dataset, out: Path, training: TrainingSection) -> SFTTrainer:
+def plain_trainer(
+    model: Path, data: Dataset, out: Path, training: TrainingSection, use_cpu: bool = True, bf16: bool = False
+) -> SFTTrainer:
     """TRL's own SFTTrainer with exactly the arguments build_trainer uses."""
-    args = sft_config(out, training, use_cpu=True, seed=SEED)
+    args = sft_config(out, training, use_cpu=use_cpu, bf16=bf16, seed=SEED)
     args.save_strategy = "no"
     return SFTTrainer(
         model=str(model), args=args, train_dataset=data.remove_columns(WEIGHT), peft_config=lora_config(training)
     )
 
 
-def weighted_trainer(model: Path, data: Dataset, out: Path, training: TrainingSection) -> SFTTrainer:
-    trainer = build_trainer(model, data, out, training, use_cpu=True, seed=SEED)
+def weighted_trainer(
+    model: Path, data: Dataset, out: Path, training: TrainingSection, use_cpu: bool = True, bf16: bool = False
+) -> SFTTrainer:
+    trainer = build_trainer(model, data, out, training, use_cpu=use_cpu, bf16=bf16, seed=SEED)
     trainer.args.save_strategy = "no"
     return trainer
 

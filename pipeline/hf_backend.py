@@ -112,26 +112,31 @@ class HFBackend:
                 tokenizer=self.tokenizer if params.stop else None,
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        rows = [self._completion(row, int(p_len)) for row, p_len in zip(new_tokens, prompt_lengths)]
+        prompts_ids = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        rows = [self._completion(prompt, row) for prompt, row in zip(prompts_ids, new_tokens)]
         results, start = [], 0
         for request in group:
             results.append(rows[start : start + request.n])
             start += request.n
         return results
 
-    def _completion(self, tokens: torch.Tensor, prompt_tokens: int) -> Completion:
+    def _completion(self, prompt: torch.Tensor, tokens: torch.Tensor) -> Completion:
+        """One row of a batch, with its unpadded prompt ids and sampled ids (EOS included, as vLLM
+        reports them), so GRPO can train on exactly the tokens generated here."""
         ids = tokens.tolist()
         eos = self.tokenizer.eos_token_id
         finished = eos in ids
         if finished:
             ids = ids[: ids.index(eos)]
         ids = [t for t in ids if t != self.tokenizer.pad_token_id]
+        sampled = ids + [eos] if finished else ids
         return Completion(
             text=self.tokenizer.decode(ids, skip_special_tokens=True),
             finish_reason="stop" if finished else "length",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(ids) + int(finished),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(sampled),
+            prompt_token_ids=tuple(prompt.tolist()),
+            token_ids=tuple(sampled),
         )
 
     def _select_adapter(self, adapter: str | None) -> None:
@@ -158,6 +163,20 @@ class HFBackend:
             else:
                 self.model.load_adapter(path, adapter_name=name)
             self._adapters.add(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Drop a loaded adapter (ExIt replaces its synced adapter every ``sync_every`` steps)."""
+        await asyncio.to_thread(self._unload_adapter, name)
+
+    def _unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                return
+            self._adapters.discard(name)
+            if self._adapters:
+                self.model.delete_adapter(name)
+            else:  # the last one: back to the bare base model
+                self.model = self.model.unload()
 
     async def aclose(self) -> None:
         if self._worker is not None:
