@@ -9,16 +9,18 @@ embedded model's). Random weights time the same kernels as trained ones.
 
 1. ``sft``: WeightedSFTTrainer against TRL's own SFTTrainer, bf16, LoRA r 16
    on all linear layers, the same batches (bench/train.py's chats and
-   arguments), alternating rounds: trained tokens/s and peak GPU memory of
-   each, and the ratios weighted / plain.
+   arguments), alternating rounds after an untimed warm-up round: trained
+   tokens/s and peak GPU memory of each, and the ratios weighted / plain.
 2. ``grpo``: ExIt's GRPO trainer (``ExitGRPOTrainer`` with its real rollout
    function, buffer and group log) generating through the ``hf`` backend on
-   the same GPU, on the 135M model after section 1's weighted LoRA is merged
-   into it (so that it answers in the task format and rewards vary): seconds
-   per step, rollout share, and whether the groups had any advantage.
+   the same GPU. The policy is the 135M shape fully fine-tuned first on those
+   chats, so that it answers in the task format, some answers right and some
+   wrong: its groups have rewards that vary, hence advantages and a gradient.
+   Seconds per step, groups with mixed rewards, mean reward.
 3. ``rollout``: the ``hf`` backend (queued, batched ``chat`` calls, as the
    rollout engine drives it) against bare ``model.generate`` on the same
-   left-padded prompts, at two batch sizes: generated tokens/s and the ratio.
+   left-padded prompts, at two batch sizes, on the 135M shape: generated
+   tokens/s and the ratio.
 
     python bench/gpu_check.py [--out DIR] [--sections sft,grpo,rollout] [--tiny]
 
@@ -46,7 +48,6 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import train as sft_bench  # bench/train.py, beside this file
 
-from pipeline.adapters import merge_adapter
 from pipeline.buffer import LearnabilityBuffer
 from pipeline.config import parse_config
 from pipeline.exit_rollout import BackgroundLoop, ExitGenerator, ExitRollout, GroupLog, prompt_index
@@ -97,24 +98,23 @@ def reset_peak() -> None:
 
 
 def sft_section(model: Path, examples: int, batch_size: int, rounds: int, on_gpu: bool, work: Path) -> dict:
-    """Plain against weighted SFT on one model; also leaves the last weighted adapter in ``work/adapter``."""
+    """Plain against weighted SFT on one model, the same data and arguments, alternating which goes first."""
     data, training = sft_bench.chats(examples), sft_bench.settings(batch_size)
     contenders = {"plain": sft_bench.plain_trainer, "weighted": sft_bench.weighted_trainer}
     speed: dict[str, list[float]] = {name: [] for name in contenders}
     memory: dict[str, list[float]] = {name: [] for name in contenders}
-    for round_index in range(rounds):
+    for round_index in range(-1, rounds):  # round -1 warms CUDA up and is not counted
         order = list(contenders) if round_index % 2 == 0 else list(reversed(contenders))
         for name in order:
             reset_peak()
             trainer = contenders[name](model, data, work / f"{name}-{round_index}", training,
                                        use_cpu=not on_gpu, bf16=on_gpu)
-            speed[name].append(sft_bench.tokens_per_second(trainer))
-            if on_gpu:
-                memory[name].append(peak_gib())
-            print(f"  round {round_index} {name:8s} {speed[name][-1]:10.1f} tok/s"
-                  + (f", peak {memory[name][-1]:.2f} GiB" if on_gpu else ""), flush=True)
-            if name == "weighted":
-                trainer.model.save_pretrained(work / "adapter")
+            tokens_per_s, peak = sft_bench.tokens_per_second(trainer), peak_gib()
+            print(f"  round {round_index} {name:8s} {tokens_per_s:10.1f} tok/s"
+                  + (f", peak {peak:.2f} GiB" if peak is not None else ""), flush=True)
+            if round_index >= 0:
+                speed[name].append(tokens_per_s)
+                memory[name] += [peak] if peak is not None else []
             del trainer
     result = {name: {"tokens_per_s": statistics.median(speed[name]),
                      "peak_gib": max(memory[name]) if memory[name] else None} for name in contenders}
@@ -125,8 +125,21 @@ def sft_section(model: Path, examples: int, batch_size: int, rounds: int, on_gpu
     return result
 
 
+def answering_policy(model: Path, examples: int, epochs: int, on_gpu: bool, work: Path) -> Path:
+    """``model`` fully fine-tuned on bench/train.py's chats, saved with its tokenizer: it answers the products
+    of :func:`grpo_tasks` in their format, rightly for those it has learned."""
+    training = sft_bench.settings(16).model_copy(update={"finetune": "full", "epochs": epochs,
+                                                         "learning_rate": 5e-4})
+    trainer = sft_bench.weighted_trainer(model, sft_bench.chats(examples), work / "trainer", training,
+                                         use_cpu=not on_gpu, bf16=on_gpu)
+    trainer.train()
+    trainer.save_model(str(work / "model"))
+    AutoTokenizer.from_pretrained(model).save_pretrained(work / "model")
+    return work / "model"
+
+
 def grpo_tasks(count: int) -> list[Task]:
-    """Products in the phrasing of bench/train.py's chats, which the merged SFT adapter learned to answer."""
+    """Products in the phrasing of bench/train.py's chats (the same operand pairs), which the policy learned."""
     return [
         Task(f"mul-{a}x{b}", f"What is {a} * {b}? Put the answer in \\boxed{{}}.", a * b)
         for a, b in ((i % 17 + 2, i % 13 + 3) for i in range(count))
@@ -290,26 +303,26 @@ def main() -> None:
         work = Path(tmp)
         models = {shape: random_model(shape, tokenizer_dir, work / shape) for shape in shapes}
         small = shapes[0]
-        for shape in shapes:
-            if "sft" not in sections:
-                break
+        sizes = {"sft": (32, 8), "policy": (32, 2), "rollout": ([4, 16], 8)} if opts.tiny else \
+            {"sft": (512, 16), "policy": (1024, 3), "rollout": ([16, 64], 96)}
+
+        def record(name: str, section: Any) -> None:
+            started = time.perf_counter()
+            report[name] = section()
+            report[name]["section_seconds"] = time.perf_counter() - started
+            (opts.out / "gpu_check.json").write_text(json.dumps(report, indent=2))  # whatever finished so far
+            print(f"  {name}: {json.dumps(report[name])}", flush=True)
+
+        for shape in shapes if "sft" in sections else []:
             print(f"sft on {shape}", flush=True)
-            examples, batch = (32, 8) if opts.tiny else (512, 16)
-            report[f"sft_{shape}"] = sft_section(models[shape], examples, batch, 2, on_gpu, work / f"sft-{shape}")
-        policy = models[small]
-        if (work / f"sft-{small}" / "adapter").exists():
-            policy = merge_adapter(models[small], work / f"sft-{small}" / "adapter", work / "policy")
+            record(f"sft_{shape}", lambda: sft_section(models[shape], *sizes["sft"], 2, on_gpu, work / f"sft-{shape}"))
         if "grpo" in sections:
-            print(f"grpo on {small} (+ the weighted SFT adapter merged, if trained)", flush=True)
-            report["grpo"] = grpo_section(policy, on_gpu, work / "grpo", batch_groups=1 if opts.tiny else 4)
-            print(f"  {json.dumps(report['grpo'])}", flush=True)
+            print(f"grpo on {small}, fully fine-tuned first", flush=True)
+            policy = answering_policy(models[small], *sizes["policy"], on_gpu, work / "policy")
+            record("grpo", lambda: grpo_section(policy, on_gpu, work / "grpo", batch_groups=1 if opts.tiny else 4))
         if "rollout" in sections:
-            for shape in shapes:
-                model = policy if shape == small else models[shape]
-                print(f"rollout on {shape}", flush=True)
-                batch_sizes, max_tokens = ([4, 16], 8) if opts.tiny else ([16, 64], 96)
-                report[f"rollout_{shape}"] = rollout_section(model, on_gpu, batch_sizes, max_tokens)
-    (opts.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+            print(f"rollout on {small}", flush=True)
+            record(f"rollout_{small}", lambda: rollout_section(models[small], on_gpu, *sizes["rollout"]))
     print_summary(report)
 
 
