@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pipeline.atomic import read_jsonl, write_jsonl_atomic
-from pipeline.config import parse_config
-from pipeline.curate_stage import CurateError, run_curate_stage
-from pipeline.curation import (
+from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.config.settings import parse_config
+from pipeline.methods.rise.curate_stage import CurateError, run_curate_stage
+from pipeline.methods.rise.curation import (
     Example,
     accumulate,
     boost_examples,
@@ -25,8 +25,8 @@ from pipeline.curation import (
     summarize,
     weight_histogram,
 )
-from pipeline.manifest import StageState
-from pipeline.run_dir import RunDir
+from pipeline.run.manifest import StageState
+from pipeline.run.layout import RunDir
 
 TAU = 0.4
 
@@ -361,7 +361,7 @@ def test_keep_cap_holds_relative_to_fix_examples() -> None:
 
 
 def test_pairs_pair_a_wrong_sample_with_a_right_one_of_the_same_state() -> None:
-    from pipeline.config import TemplatesSection
+    from pipeline.config.settings import TemplatesSection
 
     record = make_record("p", [0.0, 0.0], extra={2: [candidate("p right", 1.0), candidate("p wrong b", 0.0)]})
     other = make_record("q", [1.0])  # one sample per state: no pairs

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
-from pipeline.metrics import TurnOutcome
+from pipeline.eval.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
+from pipeline.eval.metrics import TurnOutcome
 from rewards import GradeResult
 
 REFERENCE = "7"
@@ -18,7 +18,7 @@ Answers = list[str | None]
 
 
 def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> dict[str, Any]:
-    """A rollout record as pipeline.rollout writes it, one turn per parsed answer (correct iff == REFERENCE)."""
+    """A rollout record as pipeline.rollouts.trajectory writes it, one turn per parsed answer (correct iff == REFERENCE)."""
     turns = []
     for turn, parsed in enumerate(answers, start=1):
         correct = parsed == REFERENCE
@@ -255,7 +255,7 @@ def test_curves_leave_parallel_points_without_enough_samples_empty() -> None:
 
 
 def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> None:
-    from pipeline.eval_stage import first_turn_samples
+    from pipeline.eval.stage import first_turn_samples
 
     full = make_record("a", 0, ["7"])
     full["turns"][0]["candidates"] *= 3
@@ -294,7 +294,7 @@ def test_numeric_spellings_of_one_number_vote_together() -> None:
 
 def test_math_equivalence_classes_vote_together() -> None:
     """\\frac12, 0.5 and 2/4 are one class after merging; 1/3 twice still loses to them."""
-    from pipeline.evaluation import merge_answer_classes
+    from pipeline.eval.evaluation import merge_answer_classes
     from rewards import get_grader
 
     responses = ["\\boxed{\\frac{1}{3}}", "\\boxed{\\frac12}", "\\boxed{1/3}", "\\boxed{0.5}", "\\boxed{2/4}"]
@@ -307,7 +307,7 @@ def test_math_equivalence_classes_vote_together() -> None:
 
 def test_merged_classes_are_per_task() -> None:
     """Two tasks never share classes: each task's keys are clustered on their own."""
-    from pipeline.evaluation import merge_answer_classes
+    from pipeline.eval.evaluation import merge_answer_classes
 
     records = [graded_record(task, 0, ["\\boxed{1}", "\\boxed{2}"], "numeric", "1") for task in ("a", "b")]
     calls: list[list[str]] = []
