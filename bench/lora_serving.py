@@ -23,9 +23,9 @@ from pathlib import Path
 from pipeline.config.settings import parse_config
 from pipeline.engine.model_store import resolve_model
 from pipeline.rollouts.trajectory import request_seed
-from pipeline.rollouts.service import load_tasks, sampling_params
+from pipeline.rollouts.service import sampling_params
 from pipeline.engine.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task
+from pipeline.tasks import Task, load_tasks
 from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.vllm_server import VLLMServer
 

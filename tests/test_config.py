@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config.settings import ConfigError, ExitSection, RiseSection, dump_config, load_config, parse_config
+from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.rise.config import RiseSection
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {

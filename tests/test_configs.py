@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.settings import ExitSection, RiseSection, load_config
+from pipeline.config.settings import load_config
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.rise.config import RiseSection
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))

@@ -25,6 +25,7 @@ from pipeline.methods.rise.curation import (
     summarize,
     weight_histogram,
 )
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from pipeline.run.manifest import StageState
 from pipeline.run.layout import RunDir
 
@@ -35,58 +36,49 @@ def grade(score: float, error: str | None = None) -> dict[str, Any]:
     return {"score": score, "correct": score == 1.0, "parsed": str(score), "feedback": "fb", "error": error}
 
 
-def candidate(response: str, score: float, error: str | None = None) -> dict[str, Any]:
-    return {"response": response, "grade": grade(score, error), "completion_tokens": 5, "finish_reason": "stop"}
+def candidate(response: str, score: float, error: str | None = None) -> Candidate:
+    return Candidate(response, grade(score, error), completion_tokens=5, finish_reason="stop")
 
 
 def make_record(
     task_id: str,
     rewards: list[float],
     sample: int = 0,
-    extra: dict[int, list[dict[str, Any]]] | None = None,
+    extra: dict[int, list[Candidate]] | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
-    """A rollout record in the schema ``TrajectoryRunner.run`` writes.
+    """A rollout record in the schema ``TrajectoryRunner.run`` writes (:class:`TrajectoryRecord`).
 
     Turn t's best response is ``"{task_id} answer t"`` with reward
     ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t.
     """
-    turns, messages = [], [{"role": "user", "content": f"solve {task_id}"}]
+    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, f"solve {task_id}", "1", None, error=error)
+    messages = [{"role": "user", "content": f"solve {task_id}"}]
     for number, reward in enumerate(rewards, start=1):
         best = candidate(f"{task_id} answer {number}", reward)
         candidates = [best, *(extra or {}).get(number, [])]
         feedback = None if number == len(rewards) else f"feedback {number}"
-        turns.append(
-            {
-                "turn": number,
-                "source": "learner",
-                "messages": list(messages),
-                "candidates": candidates,
-                "best": 0,
-                "response": best["response"],
-                "grade": best["grade"],
-                "prompt_tokens": 10,
-                "completion_tokens": 5 * len(candidates),
-                "finish_reason": "stop",
-                "feedback": feedback,
-            }
+        record.turns.append(
+            TurnRecord(
+                turn=number,
+                source="learner",
+                messages=list(messages),
+                candidates=candidates,
+                best=0,
+                response=best.response,
+                grade=best.grade,
+                prompt_tokens=10,
+                completion_tokens=5 * len(candidates),
+                finish_reason="stop",
+                feedback=feedback,
+            )
         )
         messages += [
-            {"role": "assistant", "content": best["response"]},
+            {"role": "assistant", "content": best.response},
             {"role": "user", "content": f"feedback {number}"},
         ]
-    solved = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
-    return {
-        "key": f"{task_id}#{sample}",
-        "task_id": task_id,
-        "sample": sample,
-        "prompt": f"solve {task_id}",
-        "reference": "1",
-        "adapter": None,
-        "turns": turns,
-        "solved_at_turn": solved,
-        "error": error,
-    }
+    record.solved_at_turn = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
+    return record.to_dict()
 
 
 TRAJECTORIES = {"a": [0, 0, 1], "b": [0.5, 0.2, 0.7], "c": [1], "d": [0, 0.5, 0.5]}

@@ -23,9 +23,11 @@ import torch
 from pipeline.run.manifest import StageState
 from pipeline.methods.rise.training import training_dataset
 from pipeline.run.layout import RunDir
-from pipeline.training.launch import TrainError, join_training, run_train_stage
+from pipeline.methods.rise.stages import run_train_stage
+from pipeline.training.launch import TrainError, join_training
 from pipeline.engine.vllm_server import free_port
-from pipeline.methods.rise.weighted_sft import build_trainer, train
+from pipeline.methods.rise.weighted_sft import build_trainer
+from pipeline.training.checkpoints import train
 from tests.train_helpers import (
     REPO,
     attempts,

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pipeline.eval.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
 from pipeline.eval.metrics import TurnOutcome
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from rewards import GradeResult
 
 REFERENCE = "7"
@@ -19,37 +20,28 @@ Answers = list[str | None]
 
 def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> dict[str, Any]:
     """A rollout record as pipeline.rollouts.trajectory writes it, one turn per parsed answer (correct iff == REFERENCE)."""
-    turns = []
+    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, "What is 3 + 4?", REFERENCE, None, error=error)
     for turn, parsed in enumerate(answers, start=1):
         correct = parsed == REFERENCE
         grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None).to_dict()
         response = f"The answer is {parsed}."
-        turns.append(
-            {
-                "turn": turn,
-                "source": "learner",
-                "messages": [{"role": "user", "content": "What is 3 + 4?"}],
-                "candidates": [{"response": response, "grade": grade, "completion_tokens": 5, "finish_reason": "stop"}],
-                "best": 0,
-                "response": response,
-                "grade": grade,
-                "prompt_tokens": 10,
-                "completion_tokens": 5,
-                "finish_reason": "stop",
-                "feedback": None if turn == len(answers) else "Your answer is incorrect.",
-            }
+        record.turns.append(
+            TurnRecord(
+                turn=turn,
+                source="learner",
+                messages=[{"role": "user", "content": "What is 3 + 4?"}],
+                candidates=[Candidate(response, grade, completion_tokens=5, finish_reason="stop")],
+                best=0,
+                response=response,
+                grade=grade,
+                prompt_tokens=10,
+                completion_tokens=5,
+                finish_reason="stop",
+                feedback=None if turn == len(answers) else "Your answer is incorrect.",
+            )
         )
-    return {
-        "key": f"{task_id}#{sample}",
-        "task_id": task_id,
-        "sample": sample,
-        "prompt": "What is 3 + 4?",
-        "reference": REFERENCE,
-        "adapter": None,
-        "turns": turns,
-        "solved_at_turn": next((t["turn"] for t in turns if t["grade"]["correct"]), None),
-        "error": error,
-    }
+    record.solved_at_turn = next((t.turn for t in record.turns if t.grade["correct"]), None)
+    return record.to_dict()
 
 
 def make_records(tasks: dict[str, list[Answers]]) -> list[dict[str, Any]]:

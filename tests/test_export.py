@@ -13,7 +13,7 @@ from pipeline.system.atomic import read_jsonl
 from pipeline.config.settings import parse_config
 from pipeline.export.dataset import data_splits
 from pipeline.export.model import ExportError, export_model
-from pipeline.rollouts.service import load_tasks
+from pipeline.tasks import load_tasks
 from pipeline.run.layout import RunDir
 from pipeline.tasks import get_task_source
 from tests.run_helpers import run_cli, serving

@@ -28,7 +28,9 @@ from pipeline.cli import app
 from pipeline.config.settings import PipelineConfig, dump_config, parse_config
 from pipeline.engine.generation import GenerationError, SamplingParams
 from pipeline.rollouts.trajectory import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
-from pipeline.rollouts.service import collect, collection_spec, load_tasks, pooled_grading, run_rollout_stage
+from pipeline.methods.rise.stages import collection_spec, run_rollout_stage
+from pipeline.rollouts.service import collect, pooled_grading
+from pipeline.tasks import load_tasks
 from pipeline.run.layout import RunDir
 from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.tasks import Task

@@ -15,8 +15,8 @@ from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir
 from pipeline.training.launch import STEP_MARKER
-from pipeline.methods.rise.weighted_sft import checkpoint_step as step_of_checkpoint
-from pipeline.methods.rise.weighted_sft import last_checkpoint
+from pipeline.training.checkpoints import checkpoint_step as step_of_checkpoint
+from pipeline.training.checkpoints import last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2

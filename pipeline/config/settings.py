@@ -9,24 +9,22 @@ unknown keys so that a typo fails before any work starts, and
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.config.launch import LaunchSettings, unreadable_yaml
+from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
+from pipeline.config.sections import StrictModel
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names every bad key."""
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RunSection(StrictModel):
@@ -236,45 +234,6 @@ class GraderSection(StrictModel):
         return self
 
 
-class RiseSection(StrictModel):
-    name: Literal["rise"] = "rise"
-    mode: Literal["self_distill", "distill"] = "self_distill"
-    selection: Literal["all", "better", "best", "success"] = "all"
-    tau: float = Field(0.4, gt=0, description="Temperature of the weights exp(r / tau).")
-    accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
-    train_from: Literal["base", "previous"] = Field("base", description="Retrain from the base or continue the previous adapter.")
-    boost: bool = Field(False, description="Warm-up SFT on successful first-turn samples.")
-    unparsed_reward: float = Field(-1.0, description="Reward of a turn that gave no answer (RISE: -1, weight 0.08).")
-    pairs_per_state: int = Field(
-        0, ge=0, description="Wrong -> right pairs built from each state's parallel samples (0: none)."
-    )
-    keep_ratio: float | None = Field(
-        None,
-        ge=0,
-        description="Cap keep examples (right after right, told 'incorrect') at this many per fix example; "
-        "needs rollout.stop_at_success false (null: no cap).",
-    )
-    informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
-
-
-class ExitSection(StrictModel):
-    """ExIt: GRPO on single improvement steps drawn from a buffer of learnable partial histories."""
-
-    name: Literal["exit"] = "exit"
-    buffer_capacity: int = Field(512, ge=1, description="N: the buffer keeps the top N instances by learnability.")
-    min_buffer: int = Field(128, ge=0, description="B_min: items needed before the buffer is sampled.")
-    select_prob: float = Field(0.5, ge=0, le=1, description="p: chance a group continues a buffer instance.")
-    kappa: float = Field(1.0, description="Sampling weight exp(kappa * S).")
-    divergence_prob: float = Field(0.2, ge=0, le=1, description="p_div: chance an improvement step must diverge.")
-    group_size: int = Field(8, ge=2, description="G: completions per prompt (GRPO group).")
-    clip_eps: float = Field(0.2, gt=0, description="PPO clipping epsilon.")
-    kl_beta: float = Field(0.0, ge=0, description="KL coefficient to the reference (0: no reference model).")
-    steps_per_iteration: int = Field(50, ge=1, description="GRPO optimizer steps per iteration.")
-    sync_every: int = Field(1, ge=1, description="Load the current adapter into vLLM every this many steps.")
-    delta_max: float = Field(1.0, gt=0, description="Improvement reward max(0, delta / delta_max) (graded scores).")
-    diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
-
-
 class TrainingSection(StrictModel):
     finetune: Literal["lora", "qlora", "full"] = "lora"
     loss_normalization: Literal["weights", "mean"] = Field(
@@ -342,96 +301,6 @@ class TrainingSection(StrictModel):
         return self
 
 
-@dataclass(frozen=True)
-class LaunchSettings:
-    """What ``accelerate launch`` will run: the accelerate YAML's values, overridden by the ``training`` section's.
-
-    Read with plain YAML (not accelerate's classes, which import torch and the
-    hub) so that loading a run config stays light.
-    """
-
-    distributed_type: str
-    num_processes: int
-    num_machines: int
-    main_process_ip: str | None
-    main_process_port: int | None
-    use_cpu: bool
-    mpirun: bool
-    fsdp_version: int | None
-    fsdp_state_dict_type: str | None
-    zero_stage: int | None
-    deepspeed_multinode_launcher: str | None
-
-    @classmethod
-    def of(cls, settings: "TrainingSection") -> "LaunchSettings":
-        file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else {}
-        fsdp, deepspeed = file.get("fsdp_config") or {}, file.get("deepspeed_config") or {}
-        num_processes = settings.num_processes or int(file.get("num_processes") or 1)
-        # Without a file the stage launches one plain process, or several under torchrun (--multi_gpu).
-        plain = "MULTI_GPU" if num_processes > 1 else "NO"
-        return cls(
-            distributed_type=str(file.get("distributed_type", plain)),
-            num_processes=num_processes,
-            num_machines=settings.num_machines or int(file.get("num_machines") or 1),
-            main_process_ip=settings.main_process_ip or file.get("main_process_ip"),
-            main_process_port=settings.main_process_port or file.get("main_process_port"),
-            use_cpu=bool(file.get("use_cpu", False)),
-            mpirun=bool((file.get("mpirun_config") or {}).get("mpirun_hostfile")),
-            fsdp_version=fsdp.get("fsdp_version"),
-            fsdp_state_dict_type=fsdp.get("fsdp_state_dict_type"),
-            zero_stage=deepspeed.get("zero_stage"),
-            deepspeed_multinode_launcher=deepspeed.get("deepspeed_multinode_launcher"),
-        )
-
-    @property
-    def processes_per_machine(self) -> int:
-        """torchrun starts num_processes / num_machines on each machine (the validation asks that it divides)."""
-        return max(1, self.num_processes // self.num_machines)
-
-    @property
-    def shards_parameters(self) -> bool:
-        """FSDP, or DeepSpeed ZeRO-3: each process holds only a shard of the weights."""
-        return self.distributed_type == "FSDP" or (self.distributed_type == "DEEPSPEED" and self.zero_stage == 3)
-
-    def problems(self) -> list[str]:
-        """What would go wrong at launch: each problem names the key to change."""
-        problems = []
-        if self.num_processes % self.num_machines:
-            problems.append(f"training.num_processes ({self.num_processes}) must be a multiple of "
-                            f"training.num_machines ({self.num_machines}): every machine runs as many processes")
-        if self.num_machines > 1 and not self.main_process_ip:
-            problems.append("training.num_machines > 1 needs training.main_process_ip (or main_process_ip in the "
-                            "accelerate config): the address of machine rank 0")
-        if self.num_processes > 1 and (self.distributed_type == "NO" or
-                                       (self.distributed_type == "MULTI_CPU" and not self.mpirun)):
-            # accelerate's plain launcher starts a single process for these, whatever --num_processes says.
-            problems.append(f"training.num_processes {self.num_processes} needs an accelerate config whose "
-                            f"distributed_type is MULTI_GPU, FSDP or DEEPSPEED (with use_cpu: true for CPU "
-                            f"processes, as in configs/accelerate/cpu_2proc.yaml), or no accelerate_config: "
-                            f"distributed_type {self.distributed_type} runs one process")
-        if self.distributed_type == "FSDP" and self.fsdp_version != 2:
-            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_version: 2 (FSDP2)")
-        if self.distributed_type == "FSDP" and self.fsdp_state_dict_type != "FULL_STATE_DICT":
-            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_state_dict_type: "
-                            "FULL_STATE_DICT (the trained adapter or model is served as one checkpoint)")
-        if self.distributed_type == "DEEPSPEED" and self.num_machines > 1 \
-                and self.deepspeed_multinode_launcher != "standard":
-            problems.append("training.accelerate_config: DeepSpeed on several machines needs "
-                            "deepspeed_config.deepspeed_multinode_launcher: standard (each machine launches its own)")
-        return problems
-
-
-def read_accelerate_config(path: Path) -> dict[str, Any]:
-    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
-    if not isinstance(data, dict) or "distributed_type" not in data:
-        raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
-    return data
-
-
 def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
     if any(gpu < 0 for gpu in gpu_ids) or len(set(gpu_ids)) != len(gpu_ids):
         raise ValueError(f"{key} must be distinct GPU indices >= 0, got {gpu_ids}")
@@ -458,24 +327,12 @@ class PipelineConfig(StrictModel):
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     tasks: TasksSection
     grader: GraderSection = Field(default_factory=GraderSection)
-    method: Annotated[RiseSection | ExitSection, Field(discriminator="name")] = Field(default_factory=RiseSection)
+    # Each registered method's section (pipeline/config/methods.py), told apart by its name.
+    method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: method_section(DEFAULT_METHOD)()
+    )
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-
-    @model_validator(mode="after")
-    def _teacher_for_distillation(self) -> "PipelineConfig":
-        if isinstance(self.method, RiseSection) and self.method.mode == "distill" and self.rollout.teacher is None:
-            raise ValueError("method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)")
-        return self
-
-    @model_validator(mode="after")
-    def _keep_targets_need_turns_after_success(self) -> "PipelineConfig":
-        if isinstance(self.method, RiseSection) and self.method.keep_ratio is not None and self.rollout.stop_at_success:
-            raise ValueError(
-                "method.keep_ratio caps keep examples, which exist only when collection goes on after a success: "
-                "set rollout.stop_at_success false"
-            )
-        return self
 
     @model_validator(mode="after")
     def _greedy_means_one_sample(self) -> "PipelineConfig":
@@ -495,35 +352,9 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _exit_trains_adapters_on_a_vllm_server(self) -> "PipelineConfig":
-        # ExIt generates through vLLM during training and syncs the adapter into it by name.
-        if not isinstance(self.method, ExitSection):
-            return self
-        problems = []
-        if self.rollout.backend != "vllm":
-            problems.append("rollout.backend must be 'vllm' (the adapter is synced into the server while training)")
-        if self.training.finetune != "lora":
-            problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
-        if self.rollout.serve_merged:
-            problems.append("rollout.serve_merged must be false (adapters are served by name)")
-        if self.rollout.sampling.temperature == 0:
-            problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")
-        served, trained = set(self.rollout.server.gpu_ids or ()), set(self.training.gpu_ids or ())
-        if served & trained:
-            problems.append(f"rollout.server.gpu_ids and training.gpu_ids share GPU(s) {sorted(served & trained)}: "
-                            "ExIt's servers run while it trains")
-        launch = LaunchSettings.of(self.training)
-        if launch.shards_parameters:
-            problems.append("training.accelerate_config shards the weights (FSDP, ZeRO-3), but ExIt syncs the adapter "
-                            "from the main process's copy: use DDP or ZeRO-2")
-        # One optimizer step's completions, over every process: GRPO cuts them into whole groups.
-        processes = launch.num_processes
-        batch = self.training.per_device_batch_size * self.training.gradient_accumulation_steps * processes
-        if batch % self.method.group_size:
-            problems.append(f"training.per_device_batch_size x gradient_accumulation_steps x processes ({batch}) "
-                            f"must be a multiple of method.group_size ({self.method.group_size})")
-        if problems:
-            raise ValueError("method 'exit': " + "; ".join(problems))
+    def _the_method_can_run(self) -> "PipelineConfig":
+        if problems := self.method.problems(self):
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -586,18 +417,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     return parse_config(apply_overrides(data, overrides or []), source=str(path))
 
 
-def unreadable_yaml(exc: Exception) -> str:
-    """Why a YAML text could not be read, on one line: the parser's problem and where, or the decoding error."""
-    if isinstance(exc, UnicodeDecodeError):
-        return f"is not UTF-8 text (byte offset {exc.start})"
-    if isinstance(exc, OSError):
-        return f"cannot be read ({exc.strerror})"
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"is not valid YAML: {problem}{where}"
-
-
 def check_tasks(config: PipelineConfig) -> dict[str, int]:
     """Read every task of both splits, as the stages will, so a bad row fails before a run or server exists.
 
@@ -626,7 +445,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        if loc[:1] == ["method"] and loc[1:2] in (["rise"], ["exit"]):
+        if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHOD_PACKAGES:
             del loc[1]  # the union tag pydantic inserts for the discriminated section
         key = ".".join(loc) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")

@@ -7,11 +7,10 @@ iteration, so several runs can share one server without clashing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from pipeline.system.atomic import make_temp_dir
+from pipeline.system.atomic import make_temp_dir, publish_dir
 
 
 class AdapterError(ValueError):
@@ -50,7 +49,8 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     vLLM's CPU build serves a merged checkpoint much faster than the same
     weights as a runtime LoRA (``bench/lora_serving.py``). The checkpoint is
     saved in the base model's dtype into a temp directory beside ``out_dir``
-    and renamed into place, so a crash never leaves a half-written model.
+    and published into place (:func:`~pipeline.system.atomic.publish_dir`: synced, then renamed), so a crash
+    never leaves a half-written model.
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,8 +63,7 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(str(base_model)).save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

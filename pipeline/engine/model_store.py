@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.system.atomic import make_temp_dir
+from pipeline.system.atomic import make_temp_dir, publish_dir
 from pipeline.config.settings import EMBEDDED_MODEL
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +77,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         )
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        publish_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

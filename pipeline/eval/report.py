@@ -38,6 +38,7 @@ import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from pipeline.config.methods import METHOD_PACKAGES, method_section
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
@@ -55,11 +56,6 @@ TRAIN_SUMMARY_NAME = "train_summary.json"  # pipeline.training.launch.SUMMARY_NA
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "rise": ("mode", "selection", "tau", "train_from", "accumulate", "boost"),
-    "exit": ("group_size", "steps_per_iteration", "buffer_capacity", "min_buffer", "select_prob", "divergence_prob"),
-}
-"""The settings of each method worth a place in the report's header."""
 
 
 class ReportError(RuntimeError):
@@ -291,8 +287,13 @@ def _header(config: dict[str, Any], evals: Sequence[IterationEval]) -> list[str]
 
 
 def _describe_method(method: dict[str, Any]) -> str:
-    settings = [f"{key} {method[key]}" for key in METHOD_FIELDS.get(method["name"], ()) if key in method]
+    settings = [f"{key} {method[key]}" for key in _reported_settings(method["name"]) if key in method]
     return f"{method['name']} ({', '.join(settings)})" if settings else method["name"]
+
+
+def _reported_settings(name: str) -> tuple[str, ...]:
+    """The settings the method's section names as worth the header; none for a method this version does not know."""
+    return method_section(name).REPORTED if name in METHOD_PACKAGES else ()
 
 
 def _describe_tasks(section: dict[str, Any]) -> str:

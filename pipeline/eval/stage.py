@@ -52,9 +52,10 @@ from pipeline.eval.evaluation import (
 from pipeline.eval.metrics import TurnOutcome
 from pipeline.eval.report import CURVES_NAME, EVAL_NAME, STAGE, TASK_METRICS_NAME, ReportError, write_report
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
-from pipeline.rollouts.service import IterationModel, collect, iteration_model, load_tasks, open_service, sampling_params
+from pipeline.rollouts.service import IterationModel, collect, iteration_model, open_service, sampling_params
 from pipeline.run.layout import RunDir
-from pipeline.tasks import Task, task_source_names
+from pipeline.run.lifecycle import StageError, stage_attempt
+from pipeline.tasks import Task, load_tasks, task_source_names
 from rewards import Grader, get_grader
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ PER_TASK_NAME = "per_task.jsonl"
 PARALLEL_DIR = "parallel"
 
 
-class EvalError(ValueError):
+class EvalError(StageError, ValueError):
     """An evaluation that cannot run as asked."""
 
 
@@ -215,19 +216,15 @@ def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> P
     Recorded in the manifest; a rerun of a finished stage does nothing. The
     run's report is rewritten after every eval.
     """
-    out_dir = run.stage_dir(iteration, STAGE)
-    if run.manifest.verified_done(iteration, STAGE):
-        return out_dir / EVAL_NAME
-    run.manifest.start(iteration, STAGE)
-    try:
+    with stage_attempt(run.manifest, iteration, STAGE) as attempt:
+        out_dir = run.stage_dir(iteration, STAGE)
+        if attempt.done:
+            return out_dir / EVAL_NAME
         settings = run.config.evaluation
         tasks = load_tasks(run.config.tasks.eval, "eval")
         evaluate(iteration_model(run, iteration), tasks, out_dir, settings.turns, settings.samples, show_progress)
-    except BaseException as exc:
-        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
-        raise
-    outputs = [out_dir / name for name in ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)]
-    run.manifest.complete(iteration, STAGE, outputs)
+        names = ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)
+        attempt.outputs = [out_dir / name for name in names]
     try:
         write_report(run.root)
     except ReportError as exc:  # the eval itself is done and recorded; `selfimprove report` can retry

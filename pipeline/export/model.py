@@ -30,9 +30,10 @@ import yaml
 
 from pipeline.engine.adapters import merge_adapter
 from pipeline.system.atomic import publish_dir, write_text_atomic
-from pipeline.config.settings import EMBEDDED_MODEL, ExitSection
+from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
+from pipeline.methods.registry import method_of
 from pipeline.run.layout import CONFIG_NAME, RunDir
 
 CARD_NAME = "README.md"
@@ -131,7 +132,7 @@ def model_card(run: RunDir, iteration: int, adapter_only: bool, command: str) ->
         f"# {config.run.name}, iteration {iteration}",
         "",
         f"{kind.capitalize()} of iteration {iteration} of the `selfimprove` run `{config.run.name}`: "
-        f"{_method_name(method.name)} on top of `{config.model.name_or_path}`, "
+        f"{method_of(config).title} on top of `{config.model.name_or_path}`, "
         "trained to revise its own answers over several turns.",
         "",
         "## Base model",
@@ -179,11 +180,6 @@ def _describe_base(name_or_path: str, hub_id: str | None) -> str:
     return f"[{hub_id}](https://huggingface.co/{hub_id})."
 
 
-def _method_name(name: str) -> str:
-    return {"rise": "RISE (reward-weighted SFT on multi-turn revisions)",
-            "exit": "ExIt (GRPO on self-iteration steps from a learnability buffer)"}.get(name, name)
-
-
 def _training_settings(run: RunDir) -> dict[str, Any]:
     """The settings that decide the weights (not the launch: processes, ports, GPUs)."""
     keep = ("finetune", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs",
@@ -194,25 +190,18 @@ def _training_settings(run: RunDir) -> dict[str, Any]:
 
 
 def _data_lines(run: RunDir, iteration: int) -> list[str]:
-    """RISE: each iteration's curated examples by turn and source; ExIt: its groups, depths and buffer."""
-    exit_method = isinstance(run.config.method, ExitSection)
-    columns = (["iteration", "groups", "mean depth", "depth histogram", "buffer size"] if exit_method
-               else ["iteration", "examples", "by turn", "by source"])
+    """Each iteration's training data as its method summarizes it (RISE: curated examples; ExIt: groups, buffer)."""
+    method = method_of(run.config)
+    columns = ["iteration", *method.data_columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    stage, name = method.data_summary
     for k in range(1, iteration + 1):
-        stage = "train" if exit_method else "curate"
-        path = run.root / f"iter_{k}" / stage / ("train_summary.json" if exit_method else "summary.json")
+        path = run.root / f"iter_{k}" / stage / name
         if not path.is_file():
             lines.append(f"| {k} | not recorded |" + " |" * (len(columns) - 2))
             continue
         summary = json.loads(path.read_text(encoding="utf-8"))
-        if exit_method:
-            depth = summary["mean_depth"]
-            lines.append(f"| {k} | {summary['groups']} | {'-' if depth is None else f'{depth:.2f}'} | "
-                         f"{_counts(summary['depth_histogram'])} | {summary['buffer']['size']} |")
-        else:
-            lines.append(f"| {k} | {summary['examples']} | {_counts(summary['by_turn'], 'turn ')} | "
-                         f"{_counts(summary['by_source'])} |")
+        lines.append("| " + " | ".join([str(k), *method.data_row(summary)]) + " |")
     return lines
 
 
@@ -244,10 +233,6 @@ def _loading_snippet(adapter_only: bool, base: str) -> str:
                 "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
                 "# or serve it: vllm serve PATH")
     return f"```python\n{code}\n```"
-
-
-def _counts(counts: dict[str, int], prefix: str = "") -> str:
-    return ", ".join(f"{prefix}{key}: {value}" for key, value in counts.items()) or "-"
 
 
 def _yaml_block(data: Any) -> str:

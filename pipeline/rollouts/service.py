@@ -1,9 +1,9 @@
-"""The ``rollout`` stage: iteration K's model generates graded revision trajectories.
+"""The rollout service a stage opens: iteration K's model served (with its adapter), graded, and collected.
 
-Iteration K collects with the model of iteration K-1: the base model for
-K = 1, else what iteration K-1's train stage wrote (:func:`iteration_model`). The stage
-is recorded in the manifest; a rerun of a finished stage does nothing and a
-rerun of an interrupted one completes only the missing trajectories.
+RISE's rollout stage and the eval stage both generate trajectories this way;
+ExIt's groups use its sampling and grading. Which model serves iteration K
+is decided here only (:func:`iteration_model`): the base model for 0, else
+what iteration K's train stage wrote.
 """
 
 from __future__ import annotations
@@ -20,34 +20,16 @@ from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
-from pipeline.rollouts.trajectory import GradeFn, RolloutSpec, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run.layout import RunDir
-from pipeline.tasks import Task, load_tasks
+from pipeline.tasks import Task
 from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
 from rewards.pool import GradingPool
 
-STAGE = "rollout"
-
 
 def sampling_params(section: SamplingSection) -> SamplingParams:
     return SamplingParams(section.temperature, section.top_p, section.max_tokens, tuple(section.stop))
-
-
-def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
-    rollout = config.rollout
-    return RolloutSpec(
-        turns=rollout.turns,
-        samples_per_turn=rollout.sample_schedule,
-        trajectories_per_task=1,
-        feedback=rollout.feedback,
-        stop_at_success=rollout.stop_at_success,
-        history_window=rollout.history_window,
-        sampling=sampling_params(rollout.sampling),
-        templates=rollout.templates,
-        seed=config.run.seed,
-        adapter=adapter,
-    )
 
 
 @dataclass(frozen=True)
@@ -150,28 +132,3 @@ async def open_service(model: IterationModel, log_dir: Path) -> AsyncIterator[Se
             if model.adapter is not None:
                 await learner.load_adapter(*map(str, model.adapter))
             yield Service(learner, teacher, pooled_grading(pool, config.grader.name, config.grader.options))
-
-
-def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    out_dir = run.stage_dir(iteration, STAGE)
-    if run.manifest.verified_done(iteration, STAGE):
-        return out_dir / "rollouts.jsonl"
-    run.manifest.start(iteration, STAGE)
-    try:
-        model = iteration_model(run, iteration - 1)
-        tasks = load_tasks(run.config.tasks.train, "train")
-        spec = collection_spec(run.config, model.adapter_name)
-        path = asyncio.run(_collect(model, tasks, spec, out_dir, f"rollout iter {iteration}", show_progress))
-    except BaseException as exc:
-        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
-        raise
-    run.manifest.complete(iteration, STAGE, [path])
-    return path
-
-
-async def _collect(
-    model: IterationModel, tasks: list[Task], spec: RolloutSpec, out_dir: Path, description: str, show_progress: bool
-) -> Path:
-    async with open_service(model, out_dir) as service:
-        runner = TrajectoryRunner(spec, service.learner, service.grade, service.teacher)
-        return await collect(tasks, runner, out_dir, description, show_progress)

@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.config.settings import TemplatesSection
-from pipeline.engine.generation import GenerationBackend, GenerationError, SamplingParams
+from pipeline.engine.generation import Completion, GenerationBackend, GenerationError, Message, SamplingParams
 from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from pipeline.tasks import Task
 from rewards import GradeResult
 
@@ -61,6 +62,27 @@ def request_seed(base_seed: int, task_id: str, sample: int, turn: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+async def chat_and_grade(
+    backend: GenerationBackend,
+    messages: list[Message],
+    grade: GradeFn,
+    reference: Any,
+    *,
+    n: int,
+    params: SamplingParams,
+    seed: int,
+    adapter: str | None,
+) -> tuple[list[Completion], list[GradeResult]]:
+    """One turn: ``n`` completions of ``messages``, each graded against ``reference`` (grades in completion order).
+
+    RISE's trajectory turns and ExIt's GRPO groups both generate this way;
+    a failed request raises :class:`~pipeline.engine.generation.GenerationError`.
+    """
+    completions = await backend.chat(messages, n=n, params=params, seed=seed, adapter=adapter)
+    grades = await asyncio.gather(*(asyncio.wrap_future(grade(c.text, reference)) for c in completions))
+    return completions, list(grades)
+
+
 class TrajectoryRunner:
     """Runs single trajectories against a learner (and optionally a teacher) backend."""
 
@@ -77,72 +99,58 @@ class TrajectoryRunner:
         self.grade = grade
 
     async def run(self, task: Task, sample: int) -> dict[str, Any]:
+        """One trajectory of ``task``, as the dict ``rollouts.jsonl`` holds (:class:`TrajectoryRecord`)."""
         spec = self.spec
         attempts: list[Attempt] = []
-        turns: list[dict[str, Any]] = []
-        record: dict[str, Any] = {
-            "key": trajectory_key(task.task_id, sample),
-            "task_id": task.task_id,
-            "sample": sample,
-            "prompt": task.prompt,
-            "reference": task.reference,
-            "adapter": spec.adapter,
-            "turns": turns,
-            "solved_at_turn": None,
-            "error": None,
-        }
+        record = TrajectoryRecord(
+            trajectory_key(task.task_id, sample), task.task_id, sample, task.prompt, task.reference, spec.adapter
+        )
         for turn in range(1, spec.turns + 1):
             messages = build_messages(task.prompt, attempts, spec.templates, spec.history_window)
             use_teacher = self.teacher is not None and turn > 1
             backend = self.teacher if use_teacher else self.learner
             try:
-                completions = await backend.chat(
+                completions, grades = await chat_and_grade(
+                    backend,
                     messages,
+                    self.grade,
+                    task.reference,
                     n=spec.samples_per_turn[turn - 1],
                     params=spec.sampling,
                     seed=request_seed(spec.seed, task.task_id, sample, turn),
                     adapter=None if use_teacher else spec.adapter,
                 )
             except GenerationError as exc:
-                record["error"] = f"turn {turn}: {exc}"
+                record.error = f"turn {turn}: {exc}"
                 break
-            grades = await asyncio.gather(
-                *(asyncio.wrap_future(self.grade(c.text, task.reference)) for c in completions)
-            )
             best = max(range(len(grades)), key=lambda i: (grades[i].score, -i))
             chosen, grade = completions[best], grades[best]
-            turns.append(
-                {
-                    "turn": turn,
-                    "source": "teacher" if use_teacher else "learner",
-                    "messages": messages,
-                    "candidates": [
-                        {
-                            "response": c.text,
-                            "grade": g.to_dict(),
-                            "completion_tokens": c.completion_tokens,
-                            "finish_reason": c.finish_reason,
-                        }
+            record.turns.append(
+                TurnRecord(
+                    turn=turn,
+                    source="teacher" if use_teacher else "learner",
+                    messages=messages,
+                    candidates=[
+                        Candidate(c.text, g.to_dict(), c.completion_tokens, c.finish_reason)
                         for c, g in zip(completions, grades)
                     ],
-                    "best": best,
-                    "response": chosen.text,
-                    "grade": grade.to_dict(),
-                    "prompt_tokens": chosen.prompt_tokens,
-                    "completion_tokens": sum(c.completion_tokens for c in completions),
-                    "finish_reason": chosen.finish_reason,
-                    "feedback": None,
-                }
+                    best=best,
+                    response=chosen.text,
+                    grade=grade.to_dict(),
+                    prompt_tokens=chosen.prompt_tokens,
+                    completion_tokens=sum(c.completion_tokens for c in completions),
+                    finish_reason=chosen.finish_reason,
+                )
             )
-            if grade.correct and record["solved_at_turn"] is None:
-                record["solved_at_turn"] = turn
+            if grade.correct and record.solved_at_turn is None:
+                record.solved_at_turn = turn
                 if spec.stop_at_success:
                     break
             if turn < spec.turns:
                 text = feedback_text(spec.feedback, grade, spec.templates)
-                turns[-1]["feedback"] = text
+                record.turns[-1].feedback = text
                 attempts.append(Attempt(chosen.text, text))
-        return record
+        return record.to_dict()
 
 
 class RolloutWriter:

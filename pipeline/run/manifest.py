@@ -19,12 +19,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.config.methods import method_section
 from pipeline.system.atomic import CorruptFileError, file_digest, read_json, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
-STAGES: tuple[str, ...] = ("rollout", "curate", "train", "eval")
-# ExIt generates while it trains (GRPO), so its iterations have no separate rollout or curate stage.
-STAGES_BY_METHOD: dict[str, tuple[str, ...]] = {"rise": STAGES, "exit": ("train", "eval")}
 
 
 class DamagedOutputError(RuntimeError):
@@ -68,10 +66,10 @@ def parse_stage_key(key: str) -> tuple[int, str]:
 
 
 def planned_stages(iterations: int, method: str = "rise") -> list[tuple[int, str]]:
-    """The order a run goes through: the base model's eval, then each iteration's stages."""
+    """The order a run goes through: the base model's eval, then each iteration's stages (the method declares them)."""
     plan = [(0, "eval")]
     for iteration in range(1, iterations + 1):
-        plan.extend((iteration, stage) for stage in STAGES_BY_METHOD[method])
+        plan.extend((iteration, stage) for stage in method_section(method).ITERATION_STAGES)
     return plan
 
 

@@ -1,6 +1,7 @@
-"""The ``train`` stage: RISE's weighted SFT of iteration K, run under ``accelerate launch``.
+"""The ``train`` stage's launcher: every method's training worker, run under ``accelerate launch``.
 
-The stage launches :mod:`pipeline.training.worker` with ``accelerate launch``:
+The stage (each method's, through :func:`train_stage`) launches
+:mod:`pipeline.training.worker` with ``accelerate launch``:
 with the accelerate config ``training.accelerate_config`` names (DDP, FSDP2,
 DeepSpeed, several machines), else as plain processes (one, on CPU when there
 is no GPU, or ``training.num_processes`` under torchrun), the ``training``
@@ -42,11 +43,12 @@ from typing import IO, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.config.launch import LaunchSettings
+from pipeline.config.settings import TrainingSection
 from pipeline.engine.adapters import AdapterError, check_adapter_dir
-from pipeline.config.settings import ExitSection, LaunchSettings, RiseSection, TrainingSection
-from pipeline.methods.rise.curate_stage import STAGE as CURATE_STAGE, TRAIN_NAME
-from pipeline.run.manifest import Manifest, StageRecord, StageState
 from pipeline.run.layout import RunDir
+from pipeline.run.lifecycle import StageError, stage_attempt
+from pipeline.run.manifest import Manifest, StageRecord, StageState
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 from pipeline.tracking.trackers import tracking_env
 
@@ -66,7 +68,7 @@ _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:^=+$|\Z
 _CAUSE_FIELD = re.compile(r"^\s*(rank|host|exitcode|traceback)\s*:\s*(.*?)\s*$", re.MULTILINE)
 
 
-class TrainError(RuntimeError):
+class TrainError(StageError):
     """The train stage cannot run with this run's config or files, or training failed."""
 
 
@@ -91,37 +93,18 @@ def summary_path(run: RunDir, iteration: int) -> Path:
     return run.stage_dir(iteration, STAGE) / SUMMARY_NAME
 
 
-def training_set(run: RunDir, iteration: int) -> Path:
-    """Iteration ``iteration``'s curated training set; refuses a curate stage that is not done, or an empty set."""
-    path = run.root / f"iter_{iteration}" / CURATE_STAGE / TRAIN_NAME
-    if not run.manifest.verified_done(iteration, CURATE_STAGE) or not path.is_file():
-        raise TrainError(
-            f"iteration {iteration}'s curate stage is not done (no finished {path}); "
-            f"run `selfimprove curate {run.root} --iteration {iteration}` first"
-        )
-    if path.stat().st_size == 0:
-        raise TrainError(f"iteration {iteration}'s training set {path} is empty: no rollout turn was kept")
-    return path
-
-
-def continues_previous(method: RiseSection | ExitSection) -> bool:
-    """Whether iteration K > 1 trains on from iteration K-1's adapter or model rather than from the base."""
-    return isinstance(method, ExitSection) or method.train_from == "previous"
-
-
 def previous_output(run: RunDir, iteration: int) -> Path | None:
     """The adapter or model to continue training, None to start from the base.
 
-    ExIt always continues (RL carries on from the last policy); RISE does with
-    ``method.train_from: previous``. Iteration 1 always starts from the base model.
+    The method's section says whether it continues (ExIt always: RL carries
+    on from the last policy; RISE with ``method.train_from: previous``).
+    Iteration 1 always starts from the base model.
     """
-    method = run.config.method
-    if not continues_previous(method) or iteration == 1:
+    reason = run.config.method.continue_reason()
+    if reason is None or iteration == 1:
         return None
     previous = iteration - 1
     if not run.manifest.verified_done(previous, STAGE):
-        exit_method = isinstance(method, ExitSection)
-        reason = "ExIt continues the last adapter" if exit_method else "method.train_from is 'previous'"
         raise TrainError(
             f"{reason}, but iteration {previous}'s train stage is not done; "
             f"run `selfimprove train {run.root} --iteration {previous}` first"
@@ -386,29 +369,14 @@ def _wait(process: subprocess.Popen, watcher: StepWatcher, description: str, sho
             time.sleep(POLL_S)
 
 
-def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    """Train iteration ``iteration``'s adapter (or model); returns its directory.
+def train_stage(run: RunDir, iteration: int, train: Callable[[], list[Path]]) -> Path:
+    """Run a method's training of iteration ``iteration`` as one stage attempt; returns its adapter (or model) directory.
 
-    The manifest calls the stage done only after the worker exited cleanly
-    and its outputs were checked, so a crash leaves a stage that the next
-    run resumes from its checkpoints.
+    ``train`` trains and returns the files the manifest records. The
+    previous iteration's model is checked first when training continues it.
     """
-    if run.manifest.verified_done(iteration, STAGE):
-        return final_dir(run, iteration)
-    run.manifest.start(iteration, STAGE)
-    try:
-        previous_output(run, iteration)
-        if isinstance(run.config.method, ExitSection):
-            from pipeline.methods.exit.stage import exit_outputs, run_exit_training
-
-            run_exit_training(run, iteration, show_progress)
-            outputs = output_files(run, iteration) + exit_outputs(run, iteration)
-        else:
-            training_set(run, iteration)
-            run_training(run, iteration, show_progress)
-            outputs = output_files(run, iteration)
-    except BaseException as exc:
-        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
-        raise
-    run.manifest.complete(iteration, STAGE, outputs)
+    with stage_attempt(run.manifest, iteration, STAGE) as attempt:
+        if not attempt.done:
+            previous_output(run, iteration)
+            attempt.outputs = train()
     return final_dir(run, iteration)

@@ -11,6 +11,7 @@ never trains on, writing checkpoints beside a rerun's.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 
 from pipeline.system.processes import die_with_parent
@@ -28,15 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     die_with_parent(_LAUNCHER_PID)
     args = parse_args(argv)
-    from pipeline.config.settings import ExitSection
     from pipeline.run.layout import RunDir
 
     run = RunDir.open(args.run_dir)
-    if isinstance(run.config.method, ExitSection):
-        from pipeline.methods.exit.training import train_iteration
-    else:
-        from pipeline.methods.rise.training import train_iteration
-    train_iteration(run, args.iteration)
+    # The method's section names its worker module (pipeline/methods/<name>/training.py).
+    importlib.import_module(run.config.method.WORKER).train_iteration(run, args.iteration)
 
 
 if __name__ == "__main__":

@@ -28,35 +28,33 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from accelerate.utils import broadcast_object_list, gather_object
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.config.settings import PipelineConfig, TemplatesSection
 from pipeline.methods.exit.diversity import DiversityScorer
-from pipeline.methods.exit.stage import buffer_path, groups_path, service_from_env, sync_dir
+from pipeline.methods.exit.layout import buffer_path, groups_path, service_from_env, sync_dir
 from pipeline.engine.generation import Completion, GenerationError, Message
 from pipeline.rollouts.protocol import Attempt, build_messages
-from pipeline.rollouts.trajectory import GradeFn, request_seed
-from pipeline.rollouts.service import load_tasks, pooled_grading, sampling_params
+from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
+from pipeline.rollouts.service import pooled_grading, sampling_params
 from pipeline.run.layout import RunDir
 from pipeline.engine.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task
+from pipeline.tasks import Task, load_tasks
 from rewards import GradeResult, get_grader
 from rewards.pool import GradingPool
 
 REWARD = "exit_reward"
 ADVANTAGE_SCALE = "advantage_scale"
-
-T = TypeVar("T")
 
 
 def improvement_reward(score: float, previous: float | None, binary: bool, delta_max: float) -> float:
@@ -93,23 +91,6 @@ def prompt_index(tasks: list[Task]) -> dict[str, Task]:
         if known.reference != task.reference:
             raise ValueError(f"tasks {known.task_id} and {task.task_id} share a prompt but not the reference")
     return index
-
-
-class BackgroundLoop:
-    """An asyncio loop in a thread of its own, so that the synchronous trainer can await the async service."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="exit-rollout-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
 
 
 class GroupLog:
@@ -158,7 +139,7 @@ class ExitGenerator:
         buffer_path: Path,
         groups: GroupLog,
         client: ServiceClient,
-        loop: BackgroundLoop,
+        portal: BlockingPortal,
         grade: GradeFn,
         binary: bool,
         sync_dir: Path,
@@ -174,7 +155,7 @@ class ExitGenerator:
         self.buffer_path = buffer_path
         self.groups = groups
         self.client = client
-        self.loop = loop
+        self.portal = portal  # the event loop thread the synchronous trainer awaits the async service on
         self.grade = grade
         self.binary = binary
         self.sync_dir = sync_dir
@@ -191,7 +172,7 @@ class ExitGenerator:
         self.sync_adapter(trainer)
         size = trainer.num_generations
         instances = [self._next_instance(prompts[i]) for i in range(0, len(prompts), size)]
-        results = self.loop.run(self._generate(instances, size, step))
+        results = self.portal.call(self._generate, instances, size, step)
         batch = self._record(results, size, step)
         stats = self.buffer.stats()
         print(f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
@@ -211,11 +192,11 @@ class ExitGenerator:
         name, path = f"{self.adapter_prefix}-step{step}", self.sync_dir / f"step-{step}"
         shutil.rmtree(path, ignore_errors=True)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(path))
-        self.loop.run(self.client.load_adapter(name, str(path)))
+        self.portal.call(self.client.load_adapter, name, str(path))
         old_name, old_sync = self.adapter, self._synced
         self.adapter, self._synced = name, (step, path)
         if old_name is not None and old_sync is not None:
-            self.loop.run(self.client.unload_adapter(old_name))
+            self.portal.call(self.client.unload_adapter, old_name)
             shutil.rmtree(old_sync[1], ignore_errors=True)
 
     def _next_instance(self, prompt: Any) -> Instance:
@@ -236,15 +217,15 @@ class ExitGenerator:
         messages = instance_messages(task, instance, rollout.templates, rollout.history_window)
         seed = request_seed(self.config.run.seed, task.task_id, step, index)
         try:
-            completions = await self.client.chat(
-                messages, n=size, params=sampling_params(rollout.sampling), seed=seed, adapter=self.adapter
+            completions, grades = await chat_and_grade(
+                self.client, messages, self.grade, task.reference,
+                n=size, params=sampling_params(rollout.sampling), seed=seed, adapter=self.adapter,
             )
         except GenerationError as exc:
             return GroupResult(instance, task, None, [], f"{type(exc).__name__}: {exc}")
         if not all(c.prompt_token_ids for c in completions):
             raise GenerationError("the rollout server returned no prompt_token_ids; it must support return_token_ids")
-        grades = await asyncio.gather(*(asyncio.wrap_future(self.grade(c.text, task.reference)) for c in completions))
-        return GroupResult(instance, task, completions, list(grades))
+        return GroupResult(instance, task, completions, grades)
 
     def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any]]:
         """Update the buffer and the group log, in group order; return the batch TRL expects."""
@@ -329,7 +310,7 @@ def open_rollout(
 
     ``buffer`` is None on all but the main process, which alone holds the
     generator: the servers the train stage started
-    (:func:`~pipeline.methods.exit.stage.service_from_env`), a pool of
+    (:func:`~pipeline.methods.exit.layout.service_from_env`), a pool of
     ``grader.workers`` grading processes, and ``groups.jsonl``, kept up to
     ``through_step`` (the step of the checkpoint being resumed).
     """
@@ -340,16 +321,15 @@ def open_rollout(
         return
     urls, model_name = service_from_env()
     with ExitStack() as stack:
-        loop = BackgroundLoop()
-        stack.callback(loop.close)
+        portal = stack.enter_context(start_blocking_portal())
         client = ServiceClient([Endpoint(url) for url in urls], model_name, config.rollout.max_concurrency,
                                config.rollout.request_timeout_s, config.rollout.max_retries)
-        stack.callback(lambda: loop.run(client.aclose()))
+        stack.callback(portal.call, client.aclose)
         pool = stack.enter_context(GradingPool(config.grader.workers, config.grader.timeout_s))
         groups = GroupLog(groups_path(run, iteration), through_step)
         stack.callback(groups.close)
         generator = ExitGenerator(
-            config, tasks, buffer, buffer_path(run, iteration), groups, client, loop,
+            config, tasks, buffer, buffer_path(run, iteration), groups, client, portal,
             grade=pooled_grading(pool, config.grader.name, config.grader.options),
             binary=get_grader(config.grader.name, **config.grader.options).binary,
             sync_dir=sync_dir(run, iteration),

@@ -37,15 +37,16 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.methods.exit.buffer import BUFFER_NAME, LearnabilityBuffer
-from pipeline.config.settings import ExitSection, PipelineConfig
+from pipeline.config.settings import PipelineConfig
+from pipeline.methods.exit.config import ExitSection
 from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
-from pipeline.methods.exit.stage import buffer_path, groups_path, sync_dir
+from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.engine.model_store import resolve_model
-from pipeline.methods.rise.training import StepPrinter, runs_on_cpu, starting_model, training_precision
+from pipeline.training.trainer import StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision
 from pipeline.run.layout import RunDir
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.training.launch import checkpoints_dir, final_dir, summary_path
-from pipeline.methods.rise.weighted_sft import checkpoint_step, last_checkpoint, lora_config, train, trainer_arguments
+from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
 
 
 def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
-from pipeline.config.settings import RiseSection
+from pipeline.methods.rise.config import RiseSection
 from pipeline.methods.rise.curation import Example, accumulate, boost_examples, cap_keeps, count_skips, curate, pair_examples, summarize
 from pipeline.run.layout import RunDir
+from pipeline.run.lifecycle import StageError, stage_attempt
+from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipeline.training.launch import TrainError
 
 STAGE = "curate"
 TRAIN_NAME = "train.jsonl"
 SUMMARY_NAME = "summary.json"
 
 
-class CurateError(RuntimeError):
+class CurateError(StageError):
     """The curate stage cannot run with this run's config or files."""
 
 
@@ -82,17 +84,27 @@ def run_curate_stage(run: RunDir, iteration: int) -> Path:
     Both files are written atomically before the manifest calls the stage
     done, so a crash leaves either no stage output or a complete one.
     """
-    out_dir = run.stage_dir(iteration, STAGE)
-    train_path, summary_path = out_dir / TRAIN_NAME, out_dir / SUMMARY_NAME
-    if run.manifest.verified_done(iteration, STAGE):
-        return train_path
-    run.manifest.start(iteration, STAGE)
-    try:
-        examples, summary = build_training_set(run, iteration)
-        write_jsonl_atomic(train_path, (e.to_dict() for e in examples))
-        write_json_atomic(summary_path, summary)
-    except BaseException as exc:
-        run.manifest.fail(iteration, STAGE, f"{type(exc).__name__}: {exc}")
-        raise
-    run.manifest.complete(iteration, STAGE, [train_path, summary_path])
+    rise_method(run)  # a run of another method has no curate stage: say so before the plan does
+    with stage_attempt(run.manifest, iteration, STAGE) as attempt:
+        out_dir = run.stage_dir(iteration, STAGE)
+        train_path, summary_path = out_dir / TRAIN_NAME, out_dir / SUMMARY_NAME
+        if not attempt.done:
+            examples, summary = build_training_set(run, iteration)
+            write_jsonl_atomic(train_path, (e.to_dict() for e in examples))
+            write_json_atomic(summary_path, summary)
+            attempt.outputs = [train_path, summary_path]
     return train_path
+
+
+def training_set(run: RunDir, iteration: int) -> Path:
+    """Iteration ``iteration``'s curated training set; refuses a curate stage that is not done, or an empty set."""
+    path = run.root / f"iter_{iteration}" / STAGE / TRAIN_NAME
+    if not run.manifest.verified_done(iteration, STAGE) or not path.is_file():
+        raise TrainError(
+            f"iteration {iteration}'s curate stage is not done (no finished {path}); "
+            f"run `selfimprove curate {run.root} --iteration {iteration}` first"
+        )
+    if path.stat().st_size == 0:
+        raise TrainError(f"iteration {iteration}'s training set {path} is empty: no rollout turn was kept")
+    return path
+

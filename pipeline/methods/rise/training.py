@@ -13,28 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from pipeline.engine.adapters import merge_adapter
 from pipeline.system.atomic import read_jsonl, write_json_atomic
-from pipeline.config.settings import PipelineConfig
 from pipeline.engine.model_store import resolve_model
 from pipeline.run.layout import RunDir
 from pipeline.tracking.callbacks import attach_trackers
-from pipeline.training.launch import (
-    checkpoints_dir,
-    final_dir,
-    merged_dir,
-    previous_output,
-    step_line,
-    summary_path,
-    training_set,
-)
-from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, model_load_kwargs, train
+from pipeline.methods.rise.curate_stage import training_set
+from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
+from pipeline.training.checkpoints import train
+from pipeline.training.launch import checkpoints_dir, final_dir, merged_dir, summary_path
+from pipeline.training.trainer import StepPrinter, runs_on_cpu, starting_model, training_precision
 
 
 def training_dataset(path: Path) -> Dataset:
@@ -49,50 +39,6 @@ def training_dataset(path: Path) -> Dataset:
             for row in read_jsonl(path, whole=True)
         ]
     )
-
-
-def runs_on_cpu() -> bool:
-    """True without CUDA, or when the accelerate config asks for the CPU."""
-    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
-
-
-def training_precision(config: PipelineConfig, on_cpu: bool) -> str:
-    """``training.mixed_precision`` resolved: ``auto`` is bf16 on a GPU with ``model.dtype: bfloat16``, else ``no``.
-
-    The CPU has no fast bf16 training, and float16 needs loss scaling, so
-    ``auto`` never picks either there.
-    """
-    precision = config.training.mixed_precision
-    if precision != "auto":
-        return precision
-    return "bf16" if not on_cpu and config.model.dtype == "bfloat16" else "no"
-
-
-def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
-    """The checkpoint to start from, or iteration K-1's adapter on the base model, trainable, to continue it."""
-    base = resolve_model(run.config.model.name_or_path)
-    previous = previous_output(run, iteration)
-    if previous is None:
-        return base
-    if run.config.training.finetune == "full":
-        return str(previous)
-    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
-    return PeftModel.from_pretrained(model, previous, is_trainable=True)
-
-
-class StepPrinter(TrainerCallback):
-    """Prints :func:`~pipeline.training.launch.step_line` when training starts (or resumes) and after each step."""
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        self._print(state)
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        self._print(state)
-
-    @staticmethod
-    def _print(state: TrainerState) -> None:
-        if state.is_world_process_zero:
-            print(step_line(state.global_step, state.max_steps), flush=True)
 
 
 def summarize(trainer: WeightedSFTTrainer, examples: int) -> dict[str, Any]:

@@ -35,26 +35,20 @@ examples.
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset
-from peft import LoraConfig, PeftModel
-from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from peft import PeftModel
+from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.system.atomic import publish_dir
 from pipeline.config.settings import TrainingSection
+from pipeline.training.trainer import lora_config, trainer_arguments
 
 WEIGHT = "weight"
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class WeightCollator:
@@ -175,63 +169,6 @@ class WeightedSFTTrainer(SFTTrainer):
         return weights.sum() if self.normalization == "weights" else torch.tensor(float(weights.numel()))
 
 
-def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
-    """``from_pretrained`` arguments of the model to train.
-
-    The dtype is the training precision, so that no mixed precision is
-    needed. QLoRA loads the frozen base weights in 4-bit NF4 (bitsandbytes)
-    and computes in that precision; only the LoRA weights train.
-    """
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    if settings.finetune != "qlora":
-        return {"dtype": dtype}
-    from transformers import BitsAndBytesConfig
-
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
-    )
-    return {"dtype": dtype, "quantization_config": quantization}
-
-
-def trainer_arguments(
-    output_dir: str | Path,
-    settings: TrainingSection,
-    *,
-    bf16: bool,
-    fp16: bool,
-    seed: int,
-    use_cpu: bool,
-    report_to: list[str] | None = None,
-) -> dict[str, Any]:
-    """The ``training`` section as the Trainer arguments every trainer here shares (SFT and GRPO).
-
-    Every setting is explicit because TRL's configs default differently from
-    Trainer (gradient checkpointing and bf16 on). ``bf16`` also picks the
-    dtype the model is loaded in (float32 otherwise), so bf16 autocast is
-    never asked of float32 weights or vice versa; ``fp16`` autocasts float32
-    weights, with loss scaling. ``report_to`` (``run.report_to``) names the
-    trackers whose integration callbacks the trainer builds; none by default.
-    """
-    return dict(
-        output_dir=str(output_dir),
-        learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.per_device_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        warmup_steps=settings.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=settings.lr_scheduler,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=use_cpu,
-        seed=seed,
-        report_to=list(report_to or []),
-        model_init_kwargs=model_load_kwargs(settings, bf16),
-    )
-
-
 def sft_config(
     output_dir: str | Path,
     settings: TrainingSection,
@@ -253,19 +190,6 @@ def sft_config(
         logging_steps=max(1, settings.save_steps // 5),
         # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
         include_num_input_tokens_seen="non_padding",
-    )
-
-
-def lora_config(settings: TrainingSection) -> LoraConfig | None:
-    """The LoRA adapter to train (also on QLoRA's 4-bit base), or None for full fine-tuning."""
-    if settings.finetune == "full":
-        return None
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.target_modules,
-        task_type="CAUSAL_LM",
     )
 
 
@@ -293,76 +217,3 @@ def build_trainer(
     return WeightedSFTTrainer(
         model=model, args=args, train_dataset=dataset, normalization=settings.loss_normalization, peft_config=peft_config
     )
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest completely written checkpoint in ``output_dir``, or None.
-
-    Trainer writes a checkpoint in place and its ``trainer_state.json``
-    last, so one cut short by a kill lacks that file (or holds a torn one)
-    and must not be resumed from.
-    """
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    steps = {int(m.group(1)): path for path in output_dir.iterdir() if (m := _CHECKPOINT.match(path.name))}
-    for step in sorted(steps, reverse=True):
-        if _is_complete(steps[step]):
-            return str(steps[step])
-    return None
-
-
-def checkpoint_step(checkpoint: str | Path | None) -> int:
-    """The step a checkpoint directory holds (0 for None: training starts at the beginning)."""
-    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1)) if checkpoint else 0
-
-
-def _is_complete(checkpoint: Path) -> bool:
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def train(trainer: Trainer, final_dir: str | Path, *, resume: bool = True) -> Path:
-    """Train, continuing from the newest checkpoint in the output dir when ``resume``; save the model or adapter.
-
-    Resuming restores optimizer, scheduler, RNG and data order, so an
-    interrupted training stage ends with the same weights as a whole one.
-    The final directory appears complete or not at all (:func:`save_final`).
-    """
-    checkpoint = agreed_checkpoint(trainer) if resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    return save_final(trainer, Path(final_dir))
-
-
-def agreed_checkpoint(trainer: Trainer) -> str | None:
-    """The newest complete checkpoint as the main process sees it, sent to every process.
-
-    All processes must resume from the same step, or their collectives no
-    longer match; a process on another machine could see the shared
-    directory a moment out of date, so it does not look for itself.
-    """
-    found = [last_checkpoint(trainer.args.output_dir) if trainer.accelerator.is_main_process else None]
-    if trainer.accelerator.num_processes > 1:
-        broadcast_object_list(found)
-    return found[0]
-
-
-def save_final(trainer: Trainer, final_dir: Path) -> Path:
-    """Save the model or adapter to a scratch directory beside ``final_dir``, then rename it into place.
-
-    Every process takes part in saving (sharded weights are gathered
-    collectively); only the main one writes files and renames.
-    """
-    partial = final_dir.with_name(f".{final_dir.name}.partial")
-    accelerator = trainer.accelerator
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)  # left by an attempt killed while saving
-    accelerator.wait_for_everyone()
-    trainer.save_model(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        publish_dir(partial, final_dir)
-    return final_dir

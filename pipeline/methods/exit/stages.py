@@ -1,4 +1,4 @@
-"""ExIt's train stage, the pipeline side: serve the policy while the GRPO worker trains it.
+"""ExIt's stages (train -> eval, the registry's entry); its train stage serves the policy while GRPO trains it.
 
 GRPO generates while it trains, so the stage starts the rollout service
 (vLLM on the base model, or the servers of ``rollout.urls``) first, then
@@ -17,47 +17,19 @@ worker exits, however it exits. Layout, besides the train stage's own
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from pipeline.engine.backends import open_learner
-from pipeline.methods.exit.buffer import BUFFER_NAME
+from pipeline.eval.stage import run_eval_stage
+from pipeline.methods.exit.layout import buffer_path, groups_path, service_env
 from pipeline.run.layout import RunDir
-from pipeline.training.launch import STAGE, TrainError, run_training
-
-URLS_ENV = "SELFIMPROVE_ROLLOUT_URLS"
-MODEL_ENV = "SELFIMPROVE_ROLLOUT_MODEL"
-GROUPS_NAME = "groups.jsonl"
-SYNC_NAME = "sync"
+from pipeline.methods.base import Method, counts_cell
+from pipeline.training.launch import STAGE, SUMMARY_NAME, TrainError, output_files, run_training, train_stage
 
 T = TypeVar("T")
-
-
-def buffer_path(run: RunDir, iteration: int) -> Path:
-    return run.stage_dir(iteration, STAGE) / BUFFER_NAME
-
-
-def groups_path(run: RunDir, iteration: int) -> Path:
-    return run.stage_dir(iteration, STAGE) / GROUPS_NAME
-
-
-def sync_dir(run: RunDir, iteration: int) -> Path:
-    return run.stage_dir(iteration, STAGE) / SYNC_NAME
-
-
-def service_env(urls: list[str], model: str) -> dict[str, str]:
-    return {URLS_ENV: ",".join(urls), MODEL_ENV: model}
-
-
-def service_from_env() -> tuple[list[str], str]:
-    """The rollout servers' URLs and base model name the stage passed to the worker."""
-    urls, model = os.environ.get(URLS_ENV, ""), os.environ.get(MODEL_ENV, "")
-    if not urls or not model:
-        raise TrainError(f"the ExIt worker needs {URLS_ENV} and {MODEL_ENV}: run it through the train stage")
-    return urls.split(","), model
 
 
 def run_exit_training(run: RunDir, iteration: int, show_progress: bool) -> None:
@@ -91,3 +63,28 @@ def exit_outputs(run: RunDir, iteration: int) -> list[Path]:
     if missing := [str(p) for p in paths if not p.is_file()]:
         raise TrainError(f"ExIt training finished without writing {', '.join(missing)}")
     return paths
+
+
+def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
+    """Train iteration ``iteration``'s adapter by GRPO beside the rollout service; returns its directory."""
+
+    def train() -> list[Path]:
+        run_exit_training(run, iteration, show_progress)
+        return output_files(run, iteration) + exit_outputs(run, iteration)
+
+    return train_stage(run, iteration, train)
+
+
+def _data_row(summary: dict[str, Any]) -> list[str]:
+    depth = summary["mean_depth"]
+    return [str(summary["groups"]), "-" if depth is None else f"{depth:.2f}", counts_cell(summary["depth_histogram"]),
+            str(summary["buffer"]["size"])]
+
+
+METHOD = Method(
+    stages={"train": run_train_stage, "eval": run_eval_stage},
+    title="ExIt (GRPO on self-iteration steps from a learnability buffer)",
+    data_summary=(STAGE, SUMMARY_NAME),
+    data_columns=("groups", "mean depth", "depth histogram", "buffer size"),
+    data_row=_data_row,
+)
