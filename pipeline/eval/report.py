@@ -43,7 +43,7 @@ from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, wr
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.run.manifest import Manifest
-from pipeline.run.layout import CONFIG_NAME
+from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, stage_path
 
 # The eval stage's outputs this module reads. Spelled here, not imported from
 # pipeline.eval.stage, because that stage imports this module to rewrite the
@@ -52,7 +52,6 @@ STAGE = "eval"
 EVAL_NAME = "eval.json"
 CURVES_NAME = "curves.json"
 TASK_METRICS_NAME = "task_metrics.jsonl"
-TRAIN_SUMMARY_NAME = "train_summary.json"  # pipeline.training.launch.SUMMARY_NAME, read for ExIt's training depths
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
@@ -242,7 +241,7 @@ def points(value: float | None) -> str:
 
 
 def _read_eval(run_root: Path, iteration: int) -> IterationEval:
-    return read_eval_dir(run_root / f"iter_{iteration}" / STAGE, iteration)
+    return read_eval_dir(stage_path(run_root, iteration, STAGE), iteration)
 
 
 def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
@@ -348,7 +347,7 @@ def training_depths(run_root: Path, evals: Sequence[IterationEval]) -> dict[int,
     """Iteration -> the mean depth of the histories it trained on (ExIt's train summaries; empty for RISE)."""
     depths = {}
     for ev in evals:
-        path = run_root / f"iter_{ev.iteration}" / "train" / TRAIN_SUMMARY_NAME
+        path = stage_path(run_root, ev.iteration, TRAIN_STAGE) / TRAIN_SUMMARY_NAME
         if ev.iteration > 0 and path.is_file() and (depth := _read_json(path).get("mean_depth")) is not None:
             depths[ev.iteration] = float(depth)
     return depths

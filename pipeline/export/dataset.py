@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.system.atomic import read_jsonl, write_text_atomic
 from pipeline.export.model import CARD_NAME, ExportError, building
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, stage_path
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def data_splits(run: RunDir) -> list[DataSplit]:
     splits = []
     for kind in KINDS:
         for iteration in range(run.config.run.iterations + 1):
-            source = run.root / f"iter_{iteration}" / kind.stage / kind.file
+            source = stage_path(run.root, iteration, kind.stage) / kind.file
             if run.manifest.is_done(iteration, kind.stage) and source.is_file():
                 split = f"iter_{iteration}"
                 splits.append(DataSplit(kind.config, split, source, f"{kind.config}/{split}.parquet"))

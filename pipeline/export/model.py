@@ -34,7 +34,7 @@ from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
 from pipeline.methods.registry import method_of
-from pipeline.run.layout import CONFIG_NAME, RunDir
+from pipeline.run.layout import CONFIG_NAME, RunDir, final_dir, merged_dir, stage_path
 
 CARD_NAME = "README.md"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -92,7 +92,7 @@ def _trained_dir(run: RunDir, iteration: int, adapter_only: bool) -> Path:
     full = run.config.training.finetune == "full"
     if adapter_only and full:
         raise ExportError("--adapter: this run fine-tuned the whole model (training.finetune full); it has no adapter")
-    return run.root / f"iter_{iteration}" / "train" / ("model" if full else "adapter")
+    return final_dir(run, iteration)
 
 
 def _write_adapter(run: RunDir, adapter: Path, staged: Path) -> None:
@@ -106,9 +106,8 @@ def _write_adapter(run: RunDir, adapter: Path, staged: Path) -> None:
 
 def _write_merged(run: RunDir, iteration: int, trained: Path, staged: Path) -> None:
     """The whole model: copied when the run already has it merged (or fully fine-tuned), else merged now."""
-    merged = run.root / f"iter_{iteration}" / "train" / "merged"
-    ready = trained if run.config.training.finetune == "full" else merged
-    if (ready / "config.json").is_file():
+    ready = trained if run.config.training.finetune == "full" else merged_dir(run, iteration)
+    if ready is not None and (ready / "config.json").is_file():
         shutil.copytree(ready, staged, dirs_exist_ok=True)
     else:
         merge_adapter(resolve_model(run.config.model.name_or_path), trained, staged)
@@ -196,7 +195,7 @@ def _data_lines(run: RunDir, iteration: int) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     stage, name = method.data_summary
     for k in range(1, iteration + 1):
-        path = run.root / f"iter_{k}" / stage / name
+        path = stage_path(run.root, k, stage) / name
         if not path.is_file():
             lines.append(f"| {k} | not recorded |" + " |" * (len(columns) - 2))
             continue
@@ -207,7 +206,7 @@ def _data_lines(run: RunDir, iteration: int) -> list[str]:
 
 def _eval_lines(run: RunDir, iteration: int) -> list[str]:
     """Iteration K's eval table beside the base model's (the report's rows), or why there is none."""
-    evals = [read_eval_dir(run.root / f"iter_{k}" / "eval", k) for k in sorted({0, iteration})
+    evals = [read_eval_dir(stage_path(run.root, k, "eval"), k) for k in sorted({0, iteration})
              if run.manifest.is_done(k, "eval")]
     if not any(ev.iteration == iteration for ev in evals):
         return [f"Iteration {iteration} has not been evaluated (its eval stage is not done)."]

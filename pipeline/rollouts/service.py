@@ -21,7 +21,7 @@ from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
 from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, final_dir, merged_dir
 from pipeline.tasks import Task
 from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
@@ -56,12 +56,11 @@ def iteration_model(run: RunDir, iteration: int) -> IterationModel:
     if iteration < 1:
         return IterationModel(run.config)
     run.manifest.check_intact(iteration, "train")  # a deleted or changed adapter is never served
-    train_dir = run.root / f"iter_{iteration}" / "train"
     if run.config.training.finetune == "full":
-        return _checkpoint_model(run.config, train_dir / "model")
-    if run.config.rollout.serve_merged:
-        return _checkpoint_model(run.config, train_dir / "merged")
-    path = check_adapter_dir(train_dir / "adapter", run.config.rollout.server.max_lora_rank)
+        return _checkpoint_model(run.config, final_dir(run, iteration))
+    if (merged := merged_dir(run, iteration)) is not None:
+        return _checkpoint_model(run.config, merged)
+    path = check_adapter_dir(final_dir(run, iteration), run.config.rollout.server.max_lora_rank)
     return IterationModel(run.config, (adapter_name(run.config.run.name, iteration), path))
 
 

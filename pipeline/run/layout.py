@@ -22,6 +22,10 @@ from pipeline.config.settings import PipelineConfig, dump_config, load_config
 from pipeline.run.manifest import Manifest
 
 CONFIG_NAME = "config.yaml"
+TRAIN_STAGE = "train"
+TRAIN_SUMMARY_NAME = "train_summary.json"
+CHECKPOINTS_NAME = "checkpoints"
+MERGED_NAME = "merged"
 
 
 class RunDirError(RuntimeError):
@@ -53,6 +57,33 @@ class RunDir:
         return cls(root, load_config(root / CONFIG_NAME), Manifest.load(root))
 
     def stage_dir(self, iteration: int, stage: str) -> Path:
-        path = self.root / f"iter_{iteration}" / stage
+        """The stage's directory, created: for the stage that writes there."""
+        path = stage_path(self.root, iteration, stage)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def stage_path(root: Path, iteration: int, stage: str) -> Path:
+    """``root/iter_K/<stage>``, not created: for whoever only reads a stage's files."""
+    return Path(root) / f"iter_{iteration}" / stage
+
+
+def final_dir(run: RunDir, iteration: int) -> Path:
+    """Where iteration ``iteration``'s trained adapter (or, for full fine-tuning, model) lands: its model."""
+    name = "model" if run.config.training.finetune == "full" else "adapter"
+    return stage_path(run.root, iteration, TRAIN_STAGE) / name
+
+
+def merged_dir(run: RunDir, iteration: int) -> Path | None:
+    """Where the adapter merged into the base model lands (``rollout.serve_merged``), None when none is wanted."""
+    if not run.config.rollout.serve_merged or run.config.training.finetune == "full":
+        return None
+    return stage_path(run.root, iteration, TRAIN_STAGE) / MERGED_NAME
+
+
+def checkpoints_dir(run: RunDir, iteration: int) -> Path:
+    return stage_path(run.root, iteration, TRAIN_STAGE) / CHECKPOINTS_NAME
+
+
+def summary_path(run: RunDir, iteration: int) -> Path:
+    return stage_path(run.root, iteration, TRAIN_STAGE) / TRAIN_SUMMARY_NAME

@@ -24,7 +24,7 @@ import shutil
 from typing import Callable
 
 from pipeline.methods.registry import method_of
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.manifest import StageState, parse_stage_key, stage_key
 from pipeline.tracking.trackers import sync_tracking
 
@@ -77,10 +77,10 @@ def redo_damaged(run: RunDir) -> dict[str, str]:
 
 
 def _set_aside(run: RunDir, iteration: int, stage: str) -> None:
-    source = run.root / f"iter_{iteration}" / stage
+    source = stage_path(run.root, iteration, stage)
     if not source.exists():
         return
-    target = run.root / SUPERSEDED_DIR / f"iter_{iteration}" / stage
+    target = stage_path(run.root / SUPERSEDED_DIR, iteration, stage)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.run.manifest import StageState, parse_stage_key
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, stage_path, summary_path
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def steps_through(run: RunDir, iteration: int) -> int:
     """
     total = 0
     for earlier in range(1, iteration + 1):
-        summary = run.root / f"iter_{earlier}" / "train" / "train_summary.json"
+        summary = summary_path(run, earlier)
         if summary.is_file():
             total += int(json.loads(summary.read_text(encoding="utf-8"))["steps"])
     return total
@@ -149,7 +149,7 @@ def rollout_metrics(records: list[dict[str, Any]], throughput: dict[str, Any] | 
 
 def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
     """The figures the pipeline logs for one finished stage, read from its files (train: TRL logged them)."""
-    stage_dir = run.root / f"iter_{iteration}" / stage
+    stage_dir = stage_path(run.root, iteration, stage)
     if stage == "eval":
         return eval_metrics(_read_json(stage_dir / "eval.json"))
     if stage == "curate":

@@ -46,17 +46,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import TrainingSection
 from pipeline.engine.adapters import AdapterError, check_adapter_dir
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import TRAIN_STAGE, RunDir, final_dir, merged_dir, summary_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.run.manifest import Manifest, StageRecord, StageState
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 from pipeline.tracking.trackers import tracking_env
 
-STAGE = "train"
+STAGE = TRAIN_STAGE
 LOG_NAME = "train.log"
-SUMMARY_NAME = "train_summary.json"
-CHECKPOINTS_NAME = "checkpoints"
-MERGED_NAME = "merged"
 STEP_MARKER = "selfimprove-train step"
 # Not anchored at the line start: tqdm's bar, on the same log, ends its updates with "\r".
 _STEP_LINE = re.compile(rf"{STEP_MARKER} (\d+)/(\d+)$", re.MULTILINE)
@@ -70,27 +67,6 @@ _CAUSE_FIELD = re.compile(r"^\s*(rank|host|exitcode|traceback)\s*:\s*(.*?)\s*$",
 
 class TrainError(StageError):
     """The train stage cannot run with this run's config or files, or training failed."""
-
-
-def final_dir(run: RunDir, iteration: int) -> Path:
-    """Where iteration ``iteration``'s trained adapter (or, for full fine-tuning, model) lands."""
-    name = "model" if run.config.training.finetune == "full" else "adapter"
-    return run.stage_dir(iteration, STAGE) / name
-
-
-def merged_dir(run: RunDir, iteration: int) -> Path | None:
-    """Where the adapter merged into the base model lands (``rollout.serve_merged``), None when none is wanted."""
-    if not run.config.rollout.serve_merged or run.config.training.finetune == "full":
-        return None
-    return run.stage_dir(iteration, STAGE) / MERGED_NAME
-
-
-def checkpoints_dir(run: RunDir, iteration: int) -> Path:
-    return run.stage_dir(iteration, STAGE) / CHECKPOINTS_NAME
-
-
-def summary_path(run: RunDir, iteration: int) -> Path:
-    return run.stage_dir(iteration, STAGE) / SUMMARY_NAME
 
 
 def previous_output(run: RunDir, iteration: int) -> Path | None:

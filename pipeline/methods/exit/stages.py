@@ -25,9 +25,9 @@ from typing import Any, Iterator, TypeVar
 from pipeline.engine.backends import open_learner
 from pipeline.eval.stage import run_eval_stage
 from pipeline.methods.exit.layout import buffer_path, groups_path, service_env
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import TRAIN_SUMMARY_NAME, RunDir
 from pipeline.methods.base import Method, counts_cell
-from pipeline.training.launch import STAGE, SUMMARY_NAME, TrainError, output_files, run_training, train_stage
+from pipeline.training.launch import STAGE, TrainError, output_files, run_training, train_stage
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ def _data_row(summary: dict[str, Any]) -> list[str]:
 METHOD = Method(
     stages={"train": run_train_stage, "eval": run_eval_stage},
     title="ExIt (GRPO on self-iteration steps from a learnability buffer)",
-    data_summary=(STAGE, SUMMARY_NAME),
+    data_summary=(STAGE, TRAIN_SUMMARY_NAME),
     data_columns=("groups", "mean depth", "depth histogram", "buffer size"),
     data_row=_data_row,
 )

@@ -43,9 +43,8 @@ from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.engine.model_store import resolve_model
 from pipeline.training.trainer import StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
-from pipeline.training.launch import checkpoints_dir, final_dir, summary_path
 from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
 
 

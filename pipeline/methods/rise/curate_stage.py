@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.methods.rise.config import RiseSection
 from pipeline.methods.rise.curation import Example, accumulate, boost_examples, cap_keeps, count_skips, curate, pair_examples, summarize
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, stage_path
+from pipeline.rollouts.trajectory import ROLLOUTS_NAME
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.training.launch import TrainError
@@ -39,7 +40,7 @@ def rise_method(run: RunDir) -> RiseSection:
 
 def rollout_records(run: RunDir, iteration: int) -> list[dict]:
     """Iteration ``iteration``'s finished rollouts; refuses a rollout stage the manifest does not call done."""
-    path = run.root / f"iter_{iteration}" / "rollout" / "rollouts.jsonl"
+    path = stage_path(run.root, iteration, "rollout") / ROLLOUTS_NAME
     if not run.manifest.verified_done(iteration, "rollout") or not path.is_file():
         raise CurateError(
             f"iteration {iteration}'s rollout stage is not done (no finished {path}); "
@@ -52,7 +53,7 @@ def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:
     """The training sets of iterations 1..``iteration``-1, oldest first."""
     lists = []
     for earlier in range(1, iteration):
-        path = run.root / f"iter_{earlier}" / STAGE / TRAIN_NAME
+        path = stage_path(run.root, earlier, STAGE) / TRAIN_NAME
         if not run.manifest.verified_done(earlier, STAGE) or not path.is_file():
             raise CurateError(f"accumulating data needs iteration {earlier}'s curate output, but {path} is not done")
         lists.append([Example.from_dict(row) for row in read_jsonl(path, whole=True)])
@@ -98,7 +99,7 @@ def run_curate_stage(run: RunDir, iteration: int) -> Path:
 
 def training_set(run: RunDir, iteration: int) -> Path:
     """Iteration ``iteration``'s curated training set; refuses a curate stage that is not done, or an empty set."""
-    path = run.root / f"iter_{iteration}" / STAGE / TRAIN_NAME
+    path = stage_path(run.root, iteration, STAGE) / TRAIN_NAME
     if not run.manifest.verified_done(iteration, STAGE) or not path.is_file():
         raise TrainError(
             f"iteration {iteration}'s curate stage is not done (no finished {path}); "

@@ -5,7 +5,7 @@ their RWR weights, starts from the base model (a new LoRA adapter, or the
 whole model for full fine-tuning) or, with ``method.train_from: previous``,
 from iteration K-1's adapter or model, and trains with
 :class:`~pipeline.methods.rise.weighted_sft.WeightedSFTTrainer`, resuming from the newest
-checkpoint. Paths come from :mod:`pipeline.training.launch`.
+checkpoint. Paths come from :mod:`pipeline.run.layout`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from datasets import Dataset
 from pipeline.engine.adapters import merge_adapter
 from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.engine.model_store import resolve_model
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, merged_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
 from pipeline.training.checkpoints import train
-from pipeline.training.launch import checkpoints_dir, final_dir, merged_dir, summary_path
 from pipeline.training.trainer import StepPrinter, runs_on_cpu, starting_model, training_precision
 
 
