@@ -26,7 +26,7 @@ stage continues where it stopped and ends with the weights of an
 uninterrupted one. The stage is recorded in the manifest; a rerun of a
 finished stage does nothing.
 
-This module is also the worker's map of the run directory, so it imports
+The paths above come from :mod:`pipeline.run.layout`. This module imports
 nothing heavy: the pipeline process never loads torch's training stack.
 """
 
