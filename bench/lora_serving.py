@@ -20,14 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import parse_config
-from pipeline.model_store import resolve_model
-from pipeline.rollout import request_seed
-from pipeline.rollout_stage import load_tasks, sampling_params
-from pipeline.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task
-from pipeline.adapters import merge_adapter
-from pipeline.vllm_server import VLLMServer
+from pipeline.config.settings import parse_config
+from pipeline.engine.model_store import resolve_model
+from pipeline.rollouts.trajectory import request_seed
+from pipeline.rollouts.service import sampling_params
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.tasks import Task, load_tasks
+from pipeline.engine.adapters import merge_adapter
+from pipeline.engine.vllm_server import VLLMServer
 
 ADAPTER = "bench-lora"
 

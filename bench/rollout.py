@@ -24,15 +24,16 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.atomic import read_jsonl
-from pipeline.config import parse_config
-from pipeline.hf_backend import HFBackend
-from pipeline.model_store import resolve_model
-from pipeline.rollout import TrajectoryRunner, request_seed
-from pipeline.rollout_stage import collect, collection_spec, load_tasks, pooled_grading
-from pipeline.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task
-from pipeline.vllm_server import VLLMServer
+from pipeline.system.atomic import read_jsonl
+from pipeline.config.settings import parse_config
+from pipeline.engine.hf_backend import HFBackend
+from pipeline.engine.model_store import resolve_model
+from pipeline.rollouts.trajectory import TrajectoryRunner, request_seed
+from pipeline.methods.rise.stages import collection_spec
+from pipeline.rollouts.service import collect, pooled_grading
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.tasks import Task, load_tasks
+from pipeline.engine.vllm_server import VLLMServer
 from rewards.pool import GradingPool
 
 

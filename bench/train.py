@@ -22,9 +22,10 @@ from pathlib import Path
 from datasets import Dataset
 from trl import SFTTrainer
 
-from pipeline.config import TrainingSection
-from pipeline.model_store import embedded_checkpoint
-from pipeline.weighted_sft import WEIGHT, build_trainer, lora_config, sft_config
+from pipeline.config.settings import TrainingSection
+from pipeline.engine.model_store import embedded_checkpoint
+from pipeline.methods.rise.weighted_sft import WEIGHT, build_trainer, sft_config
+from pipeline.training.trainer import lora_config
 
 TAU = 0.4
 SEED = 0

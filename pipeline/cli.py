@@ -11,21 +11,24 @@ import json
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.adapters import AdapterError
-from pipeline.atomic import CorruptFileError
-from pipeline.config import ConfigError, check_tasks, dump_config, load_config
-from pipeline.generation import GenerationError
-from pipeline.manifest import DamagedOutputError, Manifest, StageState, parse_stage_key
-from pipeline.run_dir import RunDir, RunDirError
-from pipeline.vllm_server import ServerError
+from pipeline.engine.adapters import AdapterError
+from pipeline.system.atomic import CorruptFileError
+from pipeline.config.settings import ConfigError, check_tasks, dump_config, load_config
+from pipeline.engine.generation import GenerationError
+from pipeline.run.layout import RunDir, RunDirError
+from pipeline.run.lifecycle import StageError, check_planned
+from pipeline.run.lock import RunLockedError, run_lock
+from pipeline.run.manifest import DamagedOutputError, Manifest, StageState, parse_stage_key
+from pipeline.engine.vllm_server import ServerError
 
 app = typer.Typer(
     name="selfimprove",
@@ -70,6 +73,16 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _locked(root: Path) -> ExitStack:
+    """The run directory's lock, held until the returned stack closes; another holder ends this command, naming it."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(run_lock(root))
+    except RunLockedError as exc:
+        _fail(str(exc))
+    return stack
+
+
 def _fail(message: str, code: int = 1) -> None:
     """Print the error and exit; under ``--debug``, re-raise the exception being handled, traceback and all."""
     if _debug and sys.exc_info()[1] is not None:
@@ -101,42 +114,39 @@ def run(
     except RunDirError as exc:
         _fail(str(exc))
     console.print(f"run directory: {run_dir.root}")
-    _drive(run_dir, progress)
+    with _locked(run_dir.root):
+        _drive(run_dir, progress)
 
 
 @app.command()
 def resume(run_dir: RunDirArg, progress: ProgressOpt = True) -> None:
     """Continue an interrupted run from its first unfinished stage, redoing damaged stages and those built on them."""
-    from pipeline.loop import redo_damaged
+    from pipeline.runner.loop import redo_damaged
 
     try:
         run = RunDir.open(run_dir)
         check_tasks(run.config)
     except _OPEN_ERRORS as exc:
         _fail(str(exc))
-    for key, reason in redo_damaged(run).items():
-        err_console.print(f"[yellow]redoing {key}[/]: {escape(reason)}")
-    nxt = run.manifest.first_unfinished()
-    if nxt is None:
-        console.print("all stages are done; nothing to resume")
-    else:
-        console.print(f"resuming {run.root} at iter_{nxt[0]}/{nxt[1]}")
-    _drive(run, progress)
+    with _locked(run.root):
+        for key, reason in redo_damaged(run).items():
+            err_console.print(f"[yellow]redoing {key}[/]: {escape(reason)}")
+        nxt = run.manifest.first_unfinished()
+        if nxt is None:
+            console.print("all stages are done; nothing to resume")
+        else:
+            console.print(f"resuming {run.root} at iter_{nxt[0]}/{nxt[1]}")
+        _drive(run, progress)
 
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     """The errors a stage raises for a reason the user can act on (shown as a message, not a traceback)."""
-    from pipeline.curate_stage import CurateError
-    from pipeline.eval_stage import EvalError
-    from pipeline.train_stage import TrainError
-
-    return (ServerError, AdapterError, GenerationError, CurateError, TrainError, EvalError,
-            ConfigError, CorruptFileError, DamagedOutputError)
+    return (ServerError, AdapterError, GenerationError, StageError, ConfigError, CorruptFileError, DamagedOutputError)
 
 
 def _drive(run: RunDir, progress: bool) -> None:
     """Run the loop with a header per stage; on failure or Ctrl-C say how to resume, then print the report."""
-    from pipeline.loop import run_loop
+    from pipeline.runner.loop import run_loop
 
     def announce(iteration: int, stage: str) -> None:
         console.rule(f"iter {iteration}: {stage}")
@@ -188,7 +198,7 @@ def status(run_dir: RunDirArg) -> None:
 
 def _print_buffer(run_dir: Path) -> None:
     """ExIt runs: the newest buffer's size, depth histogram and score quantiles."""
-    from pipeline.buffer import BUFFER_NAME, BufferError, LearnabilityBuffer
+    from pipeline.methods.exit.buffer import BUFFER_NAME, BufferError, LearnabilityBuffer
 
     found = sorted(run_dir.glob(f"iter_*/train/{BUFFER_NAME}"), key=lambda p: int(p.parts[-3].removeprefix("iter_")))
     if not found:
@@ -233,15 +243,19 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
         _fail(str(exc))
 
 
-def _run_stage(
-    stage: Callable[..., Path], target: Path, overrides: list[str] | None, iteration: int, progress: bool
-) -> Path:
-    """Run one stage of the run a target names (created from a config on first use); stage errors as messages."""
-    run = _open_or_create_run(target, overrides)
-    try:
-        return stage(run, iteration, show_progress=progress)
-    except _stage_errors() as exc:
-        _fail(str(exc))
+def _run_stage(stage: str, run: RunDir, iteration: int, progress: bool) -> Path:
+    """Run one stage of ``run``, by its method's function, holding the run's lock; stage errors as messages.
+
+    A stage outside the run's plan is refused before anything is written.
+    """
+    from pipeline.methods.registry import method_of
+
+    with _locked(run.root):
+        try:
+            check_planned(run.manifest, iteration, stage)
+            return method_of(run.config).stages[stage](run, iteration, show_progress=progress)
+        except _stage_errors() as exc:
+            _fail(str(exc))
 
 
 def _short_time(iso: str | None) -> str:
@@ -257,22 +271,20 @@ def rollout(
     progress: ProgressOpt = True,
 ) -> None:
     """Generate and grade multi-turn revision trajectories with iteration K-1's model."""
-    from pipeline.rollout_stage import run_rollout_stage
-
-    path = _run_stage(run_rollout_stage, target, overrides, iteration, progress)
+    path = _run_stage("rollout", _open_or_create_run(target, overrides), iteration, progress)
     console.print(f"[green]rollouts[/]: {path}")
 
 
 @app.command()
 def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
     """Turn iteration K's rollouts into the weighted training set (RISE)."""
-    from pipeline.curate_stage import run_curate_stage
-    from pipeline.curation import format_summary
+    from pipeline.methods.rise.curation import format_summary
 
     try:
-        path = run_curate_stage(RunDir.open(run_dir), iteration)
-    except (RunDirError, *_stage_errors()) as exc:
+        run = RunDir.open(run_dir)
+    except _OPEN_ERRORS as exc:
         _fail(str(exc))
+    path = _run_stage("curate", run, iteration, progress=False)
     console.print(format_summary(json.loads((path.parent / "summary.json").read_text())))
     console.print(f"[green]training set[/]: {path}")
 
@@ -285,9 +297,7 @@ def train(
     progress: ProgressOpt = True,
 ) -> None:
     """Train iteration K's model (launched with accelerate): RISE on its curated data, ExIt by GRPO from its buffer."""
-    from pipeline.train_stage import run_train_stage
-
-    path = _run_stage(run_train_stage, target, overrides, iteration, progress)
+    path = _run_stage("train", _open_or_create_run(target, overrides), iteration, progress)
     console.print(f"[green]trained[/]: {path}")
 
 
@@ -302,7 +312,7 @@ def join(
     shared filesystem. Machine 0 writes the run's outputs and manifest; this machine's processes add only their
     own state to the checkpoints.
     """
-    from pipeline.train_stage import TrainError, join_training
+    from pipeline.training.launch import TrainError, join_training
 
     def announce(iteration: int, attempt: int) -> None:
         console.rule(f"iter {iteration}: train (attempt {attempt}), machine {machine_rank}")
@@ -329,20 +339,23 @@ def evaluate(
     progress: ProgressOpt = True,
 ) -> None:
     """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1."""
-    from pipeline.eval_stage import run_custom_eval, run_eval_stage
-    from pipeline.evaluation import format_eval_table
+    from pipeline.eval.stage import run_custom_eval
+    from pipeline.eval.evaluation import format_eval_table
 
     custom = any(value is not None for value in (tasks, turns, samples, limit))
     if custom and out is None:
         _fail("--tasks, --turns, --samples and --limit evaluate outside the run's plan: name an --out directory")
     try:
         run = RunDir.open(run_dir)
-        if out is None:
-            path = run_eval_stage(run, iteration, show_progress=progress)
-        else:
-            path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
-    except (RunDirError, *_stage_errors()) as exc:
+    except _OPEN_ERRORS as exc:
         _fail(str(exc))
+    if out is None:
+        path = _run_stage("eval", run, iteration, progress)
+    else:
+        try:
+            path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
+        except _stage_errors() as exc:
+            _fail(str(exc))
     console.print(format_eval_table(json.loads(path.read_text())))
     console.print(f"[green]eval[/]: {path}")
 
@@ -357,8 +370,8 @@ def serve(
 
     Point runs at them with `--set rollout.urls=[URL,...]` to keep them up between stages, or to use other hosts.
     """
-    from pipeline.model_store import resolve_model
-    from pipeline.vllm_server import replica_servers, start_servers
+    from pipeline.engine.model_store import resolve_model
+    from pipeline.engine.vllm_server import replica_servers, start_servers
 
     try:
         resolved = load_config(config, overrides or [])
@@ -396,7 +409,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="Where compare.md, compare.json and compare.png go.")] = Path("runs/compare"),
 ) -> None:
     """Headline metrics of several evaluations of the same tasks, each difference from the first with its paired 95 % interval."""
-    from pipeline.compare import CompareError, compare_evals, comparison_table, resolve_eval, write_comparison
+    from pipeline.eval.compare import CompareError, compare_evals, comparison_table, resolve_eval, write_comparison
 
     try:
         comparison = compare_evals([resolve_eval(path, iteration) for path in paths])
@@ -424,9 +437,9 @@ def export(
     import shlex
     import sys
 
-    from pipeline.dataset_export import export_data
-    from pipeline.export import ExportError, export_model
-    from pipeline.export import push_to_hub as upload
+    from pipeline.export.dataset import export_data
+    from pipeline.export.model import ExportError, export_model
+    from pipeline.export.model import push_to_hub as upload
 
     if data == (iteration is not None) or (data and adapter):
         _fail("export either a model (--iteration K, optionally --adapter) or the data (--data), one at a time")
@@ -456,7 +469,7 @@ def report(run_dir: RunDirArg) -> None:
 
 def _print_report(run_dir: Path) -> None:
     """Write and print the report, after checking that the done evals it reads are intact."""
-    from pipeline.report import ReportError, collect_evals, report_table, write_report
+    from pipeline.eval.report import ReportError, collect_evals, report_table, write_report
 
     try:
         manifest = Manifest.load(run_dir)

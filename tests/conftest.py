@@ -56,7 +56,7 @@ def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def answering_model(tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with the ``\\boxed{7}`` adapter merged in (by the code that serves merged iterations):
     it answers 7 to everything, so tasks whose answer is 7 can be solved and graded for real."""
-    from pipeline.adapters import merge_adapter
+    from pipeline.engine.adapters import merge_adapter
 
     return merge_adapter(tiny_model, tiny_adapter, tmp_path_factory.mktemp("answering") / "model")
 

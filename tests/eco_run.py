@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import parse_config
-from pipeline.loop import run_loop
-from pipeline.run_dir import RunDir
-from pipeline.vllm_server import VLLMServer
+from pipeline.config.settings import parse_config
+from pipeline.runner.loop import run_loop
+from pipeline.run.layout import RunDir
+from pipeline.engine.vllm_server import VLLMServer
 from tests.run_helpers import SMOKE_TURNS, smoke_config
 
 TURNS = SMOKE_TURNS

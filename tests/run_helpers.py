@@ -12,8 +12,8 @@ from typing import Iterator
 
 import yaml
 
-from pipeline.config import parse_config
-from pipeline.vllm_server import VLLMServer
+from pipeline.config.settings import parse_config
+from pipeline.engine.vllm_server import VLLMServer
 
 REPO = Path(__file__).resolve().parent.parent
 

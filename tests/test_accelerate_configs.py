@@ -18,9 +18,11 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from pipeline.config import ConfigError, LaunchSettings, ModelSection, ServerSection, TrainingSection, parse_config
-from pipeline.train_stage import TrainError, launch_env, launch_options, run_train_stage
-from pipeline.vllm_server import ServerError, replica_devices, replica_servers
+from pipeline.config.launch import LaunchSettings
+from pipeline.config.settings import ConfigError, ModelSection, ServerSection, TrainingSection, parse_config
+from pipeline.methods.rise.stages import run_train_stage
+from pipeline.training.launch import TrainError, launch_env, launch_options
+from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from tests.train_helpers import REPO, finish_curate, make_run
 
 ACCELERATE_DIR = REPO / "configs" / "accelerate"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.buffer import BufferError, Instance, LearnabilityBuffer, Step, learnability
+from pipeline.methods.exit.buffer import BufferError, Instance, LearnabilityBuffer, Step, learnability
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 # Few distinct values, so that ties (and ties with the minimum) are common.

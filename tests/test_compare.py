@@ -9,9 +9,9 @@ import matplotlib.image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import parse_config
-from pipeline.eval_stage import write_eval_outputs
-from pipeline.run_dir import RunDir
+from pipeline.config.settings import parse_config
+from pipeline.eval.stage import write_eval_outputs
+from pipeline.run.layout import RunDir
 from rewards import get_grader
 from tests.test_evaluation import graded_record
 

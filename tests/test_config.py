@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, ExitSection, RiseSection, dump_config, load_config, parse_config
+from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.rise.config import RiseSection
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {
@@ -139,7 +141,7 @@ def merge(base: dict, patch: dict) -> dict:
 
 def test_eval_history_window_falls_back_to_the_rollouts() -> None:
     """RISE's --context_window: evaluation.history_window, else rollout.history_window, else every attempt."""
-    from pipeline.eval_stage import eval_history_window
+    from pipeline.eval.stage import eval_history_window
 
     arithmetic = {"source": "arithmetic"}
     base = {"tasks": {"train": arithmetic, "eval": arithmetic}}

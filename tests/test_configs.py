@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ExitSection, RiseSection, load_config
+from pipeline.config.settings import load_config
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.rise.config import RiseSection
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -18,7 +20,7 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 DOWNLOADERS = ("datasets", "huggingface_hub")
 LOAD_ALL = """
 import json, sys
-from pipeline.config import load_config
+from pipeline.config.settings import load_config
 for path in sys.argv[1:]:
     load_config(path)
 print(json.dumps(sorted(name for name in {downloaders} if name in sys.modules)))

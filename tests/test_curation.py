@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pipeline.atomic import read_jsonl, write_jsonl_atomic
-from pipeline.config import parse_config
-from pipeline.curate_stage import CurateError, run_curate_stage
-from pipeline.curation import (
+from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.config.settings import parse_config
+from pipeline.methods.rise.curate_stage import CurateError, run_curate_stage
+from pipeline.methods.rise.curation import (
     Example,
     accumulate,
     boost_examples,
@@ -25,8 +25,9 @@ from pipeline.curation import (
     summarize,
     weight_histogram,
 )
-from pipeline.manifest import StageState
-from pipeline.run_dir import RunDir
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from pipeline.run.manifest import StageState
+from pipeline.run.layout import RunDir
 
 TAU = 0.4
 
@@ -35,58 +36,49 @@ def grade(score: float, error: str | None = None) -> dict[str, Any]:
     return {"score": score, "correct": score == 1.0, "parsed": str(score), "feedback": "fb", "error": error}
 
 
-def candidate(response: str, score: float, error: str | None = None) -> dict[str, Any]:
-    return {"response": response, "grade": grade(score, error), "completion_tokens": 5, "finish_reason": "stop"}
+def candidate(response: str, score: float, error: str | None = None) -> Candidate:
+    return Candidate(response, grade(score, error), completion_tokens=5, finish_reason="stop")
 
 
 def make_record(
     task_id: str,
     rewards: list[float],
     sample: int = 0,
-    extra: dict[int, list[dict[str, Any]]] | None = None,
+    extra: dict[int, list[Candidate]] | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
-    """A rollout record in the schema ``TrajectoryRunner.run`` writes.
+    """A rollout record in the schema ``TrajectoryRunner.run`` writes (:class:`TrajectoryRecord`).
 
     Turn t's best response is ``"{task_id} answer t"`` with reward
     ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t.
     """
-    turns, messages = [], [{"role": "user", "content": f"solve {task_id}"}]
+    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, f"solve {task_id}", "1", None, error=error)
+    messages = [{"role": "user", "content": f"solve {task_id}"}]
     for number, reward in enumerate(rewards, start=1):
         best = candidate(f"{task_id} answer {number}", reward)
         candidates = [best, *(extra or {}).get(number, [])]
         feedback = None if number == len(rewards) else f"feedback {number}"
-        turns.append(
-            {
-                "turn": number,
-                "source": "learner",
-                "messages": list(messages),
-                "candidates": candidates,
-                "best": 0,
-                "response": best["response"],
-                "grade": best["grade"],
-                "prompt_tokens": 10,
-                "completion_tokens": 5 * len(candidates),
-                "finish_reason": "stop",
-                "feedback": feedback,
-            }
+        record.turns.append(
+            TurnRecord(
+                turn=number,
+                source="learner",
+                messages=list(messages),
+                candidates=candidates,
+                best=0,
+                response=best.response,
+                grade=best.grade,
+                prompt_tokens=10,
+                completion_tokens=5 * len(candidates),
+                finish_reason="stop",
+                feedback=feedback,
+            )
         )
         messages += [
-            {"role": "assistant", "content": best["response"]},
+            {"role": "assistant", "content": best.response},
             {"role": "user", "content": f"feedback {number}"},
         ]
-    solved = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
-    return {
-        "key": f"{task_id}#{sample}",
-        "task_id": task_id,
-        "sample": sample,
-        "prompt": f"solve {task_id}",
-        "reference": "1",
-        "adapter": None,
-        "turns": turns,
-        "solved_at_turn": solved,
-        "error": error,
-    }
+    record.solved_at_turn = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
+    return record.to_dict()
 
 
 TRAJECTORIES = {"a": [0, 0, 1], "b": [0.5, 0.2, 0.7], "c": [1], "d": [0, 0.5, 0.5]}
@@ -361,7 +353,7 @@ def test_keep_cap_holds_relative_to_fix_examples() -> None:
 
 
 def test_pairs_pair_a_wrong_sample_with_a_right_one_of_the_same_state() -> None:
-    from pipeline.config import TemplatesSection
+    from pipeline.config.settings import TemplatesSection
 
     record = make_record("p", [0.0, 0.0], extra={2: [candidate("p right", 1.0), candidate("p wrong b", 0.0)]})
     other = make_record("q", [1.0])  # one sample per state: no pairs

@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.manifest import StageState
-from pipeline.rise_training import training_dataset
-from pipeline.run_dir import RunDir
-from pipeline.train_stage import TrainError, join_training, run_train_stage
-from pipeline.vllm_server import free_port
-from pipeline.weighted_sft import build_trainer, train
+from pipeline.run.manifest import StageState
+from pipeline.methods.rise.training import training_dataset
+from pipeline.run.layout import RunDir
+from pipeline.methods.rise.stages import run_train_stage
+from pipeline.training.launch import TrainError, join_training
+from pipeline.engine.vllm_server import free_port
+from pipeline.methods.rise.weighted_sft import build_trainer
+from pipeline.training.checkpoints import train
 from tests.train_helpers import (
     REPO,
     attempts,

@@ -9,8 +9,9 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
-from pipeline.metrics import TurnOutcome
+from pipeline.eval.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
+from pipeline.eval.metrics import TurnOutcome
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from rewards import GradeResult
 
 REFERENCE = "7"
@@ -18,38 +19,29 @@ Answers = list[str | None]
 
 
 def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> dict[str, Any]:
-    """A rollout record as pipeline.rollout writes it, one turn per parsed answer (correct iff == REFERENCE)."""
-    turns = []
+    """A rollout record as pipeline.rollouts.trajectory writes it, one turn per parsed answer (correct iff == REFERENCE)."""
+    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, "What is 3 + 4?", REFERENCE, None, error=error)
     for turn, parsed in enumerate(answers, start=1):
         correct = parsed == REFERENCE
         grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None).to_dict()
         response = f"The answer is {parsed}."
-        turns.append(
-            {
-                "turn": turn,
-                "source": "learner",
-                "messages": [{"role": "user", "content": "What is 3 + 4?"}],
-                "candidates": [{"response": response, "grade": grade, "completion_tokens": 5, "finish_reason": "stop"}],
-                "best": 0,
-                "response": response,
-                "grade": grade,
-                "prompt_tokens": 10,
-                "completion_tokens": 5,
-                "finish_reason": "stop",
-                "feedback": None if turn == len(answers) else "Your answer is incorrect.",
-            }
+        record.turns.append(
+            TurnRecord(
+                turn=turn,
+                source="learner",
+                messages=[{"role": "user", "content": "What is 3 + 4?"}],
+                candidates=[Candidate(response, grade, completion_tokens=5, finish_reason="stop")],
+                best=0,
+                response=response,
+                grade=grade,
+                prompt_tokens=10,
+                completion_tokens=5,
+                finish_reason="stop",
+                feedback=None if turn == len(answers) else "Your answer is incorrect.",
+            )
         )
-    return {
-        "key": f"{task_id}#{sample}",
-        "task_id": task_id,
-        "sample": sample,
-        "prompt": "What is 3 + 4?",
-        "reference": REFERENCE,
-        "adapter": None,
-        "turns": turns,
-        "solved_at_turn": next((t["turn"] for t in turns if t["grade"]["correct"]), None),
-        "error": error,
-    }
+    record.solved_at_turn = next((t.turn for t in record.turns if t.grade["correct"]), None)
+    return record.to_dict()
 
 
 def make_records(tasks: dict[str, list[Answers]]) -> list[dict[str, Any]]:
@@ -255,7 +247,7 @@ def test_curves_leave_parallel_points_without_enough_samples_empty() -> None:
 
 
 def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> None:
-    from pipeline.eval_stage import first_turn_samples
+    from pipeline.eval.stage import first_turn_samples
 
     full = make_record("a", 0, ["7"])
     full["turns"][0]["candidates"] *= 3
@@ -294,7 +286,7 @@ def test_numeric_spellings_of_one_number_vote_together() -> None:
 
 def test_math_equivalence_classes_vote_together() -> None:
     """\\frac12, 0.5 and 2/4 are one class after merging; 1/3 twice still loses to them."""
-    from pipeline.evaluation import merge_answer_classes
+    from pipeline.eval.evaluation import merge_answer_classes
     from rewards import get_grader
 
     responses = ["\\boxed{\\frac{1}{3}}", "\\boxed{\\frac12}", "\\boxed{1/3}", "\\boxed{0.5}", "\\boxed{2/4}"]
@@ -307,7 +299,7 @@ def test_math_equivalence_classes_vote_together() -> None:
 
 def test_merged_classes_are_per_task() -> None:
     """Two tasks never share classes: each task's keys are clustered on their own."""
-    from pipeline.evaluation import merge_answer_classes
+    from pipeline.eval.evaluation import merge_answer_classes
 
     records = [graded_record(task, 0, ["\\boxed{1}", "\\boxed{2}"], "numeric", "1") for task in ("a", "b")]
     calls: list[list[str]] = []

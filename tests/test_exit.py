@@ -23,11 +23,11 @@ from typing import Iterator
 import pytest
 from safetensors.torch import load_file
 
-from pipeline.atomic import read_jsonl
-from pipeline.buffer import LearnabilityBuffer
-from pipeline.manifest import Manifest, planned_stages
-from pipeline.prompts import DEFAULT_TEMPLATES
-from pipeline.vllm_server import VLLMServer
+from pipeline.system.atomic import read_jsonl
+from pipeline.methods.exit.buffer import LearnabilityBuffer
+from pipeline.run.manifest import Manifest, planned_stages
+from pipeline.config.prompts import DEFAULT_TEMPLATES
+from pipeline.engine.vllm_server import VLLMServer
 from tests.run_helpers import REPO, cli, cli_env, run_cli, serving, write_config, write_tasks
 
 pytestmark = pytest.mark.slow
@@ -241,7 +241,7 @@ def test_two_training_processes_share_each_group(
 
 def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
     """TensorBoard (the default tracker) has the buffer's size at every step of both iterations, on one axis."""
-    from pipeline.run_dir import RunDir
+    from pipeline.run.layout import RunDir
     from tests.tracker_files import scalars
 
     run = RunDir.open(resumed_run["root"])

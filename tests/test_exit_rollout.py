@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.buffer import Instance, Step
-from pipeline.config import ConfigError, TemplatesSection, parse_config
-from pipeline.diversity import DiversityScorer, advantage_scales
-from pipeline.exit_rollout import ADVANTAGE_SCALE, improvement_reward, instance_messages, prompt_index
-from pipeline.exit_training import scaled_advantages
+from pipeline.methods.exit.buffer import Instance, Step
+from pipeline.config.settings import ConfigError, TemplatesSection, parse_config
+from pipeline.methods.exit.diversity import DiversityScorer, advantage_scales
+from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, improvement_reward, instance_messages, prompt_index
+from pipeline.methods.exit.training import scaled_advantages
 from pipeline.tasks import Task
 
 

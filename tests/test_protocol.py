@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config import TemplatesSection
-from pipeline.protocol import Attempt, build_messages, feedback_text
+from pipeline.config.settings import TemplatesSection
+from pipeline.rollouts.protocol import Attempt, build_messages, feedback_text
 from rewards import GradeResult
 
 WRONG = GradeResult(score=0.0, correct=False, parsed="5", feedback="Expected a different number; you gave 5.")

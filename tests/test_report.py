@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import parse_config
-from pipeline.report import (
+from pipeline.config.settings import parse_config
+from pipeline.eval.report import (
     ACCURACY_PLOT,
     CURVES_PLOT,
     REPORT_NAME,
@@ -21,7 +21,7 @@ from pipeline.report import (
     training_depths,
     write_report,
 )
-from pipeline.run_dir import RunDir
+from pipeline.run.layout import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TURNS = 3
@@ -42,7 +42,7 @@ def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
 
 
 def summary(pass1: list[float], m1: float, p1: float, mT: float | None, deltas: tuple[float, float, float]) -> dict:
-    """An eval.json in the schema of pipeline.evaluation.summarize_eval, T = 3, n = 2."""
+    """An eval.json in the schema of pipeline.eval.evaluation.summarize_eval, T = 3, n = 2."""
     return {
         "n_tasks": 40,
         "turns": TURNS,

@@ -19,20 +19,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.adapters import AdapterError, check_adapter_dir
-from pipeline.atomic import read_jsonl
-from pipeline.backends import open_learner
+from pipeline.engine.adapters import AdapterError, check_adapter_dir
+from pipeline.system.atomic import read_jsonl
+from pipeline.engine.backends import open_learner
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import PipelineConfig, dump_config, parse_config
-from pipeline.generation import GenerationError, SamplingParams
-from pipeline.rollout import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
-from pipeline.rollout_stage import collect, collection_spec, load_tasks, pooled_grading, run_rollout_stage
-from pipeline.run_dir import RunDir
-from pipeline.service_client import Endpoint, ServiceClient
+from pipeline.config.settings import PipelineConfig, dump_config, parse_config
+from pipeline.engine.generation import GenerationError, SamplingParams
+from pipeline.rollouts.trajectory import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
+from pipeline.methods.rise.stages import collection_spec, run_rollout_stage
+from pipeline.rollouts.service import collect, pooled_grading
+from pipeline.tasks import load_tasks
+from pipeline.run.layout import RunDir
+from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.tasks import Task
-from pipeline.vllm_server import VLLMServer
+from pipeline.engine.vllm_server import VLLMServer
 from rewards.pool import GradingPool
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import read_jsonl
-from pipeline.config import ConfigError, parse_config
-from pipeline.run_dir import RunDir
-from pipeline.tracking import STEP_KEY, eval_metrics, logged_stages
+from pipeline.system.atomic import read_jsonl
+from pipeline.config.settings import ConfigError, parse_config
+from pipeline.run.layout import RunDir
+from pipeline.tracking.trackers import STEP_KEY, eval_metrics, logged_stages
 from tests.eco_run import ITERATIONS
 from tests.tracker_files import scalars, wandb_history
 

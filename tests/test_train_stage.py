@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.atomic import file_digest, write_text_atomic
-from pipeline.config import dump_config
-from pipeline.manifest import StageState
-from pipeline.run_dir import RunDir
-from pipeline.train_stage import StepWatcher, TrainError, run_train_stage, step_line
+from pipeline.system.atomic import file_digest, write_text_atomic
+from pipeline.config.settings import dump_config
+from pipeline.run.manifest import StageState
+from pipeline.run.layout import RunDir
+from pipeline.methods.rise.stages import run_train_stage
+from pipeline.training.launch import StepWatcher, TrainError, step_line
 from tests.train_helpers import (
     REPO,
     ROWS,
@@ -148,7 +149,7 @@ def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model
 
 
 STAGE_SCRIPT = (
-    "import sys; from pipeline.run_dir import RunDir; from pipeline.train_stage import run_train_stage; "
+    "import sys; from pipeline.run.layout import RunDir; from pipeline.methods.rise.stages import run_train_stage; "
     "run_train_stage(RunDir.open(sys.argv[1]), 1, show_progress=False)"
 )
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from pipeline.config import TrainingSection
-from pipeline.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer, last_checkpoint, train
+from pipeline.config.settings import TrainingSection
+from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
+from pipeline.training.checkpoints import last_checkpoint, train
 
 TARGETS = ("The answer is \\boxed{7}.", "I think it is \\boxed{12345}, because eleven.")
 

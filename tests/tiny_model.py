@@ -13,7 +13,7 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.model_store import embedded_checkpoint
+    from pipeline.engine.model_store import embedded_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
     config = LlamaConfig(

@@ -7,8 +7,8 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.run_dir import RunDir
-from pipeline.tracking import tensorboard_dir, tracking_dir
+from pipeline.run.layout import RunDir
+from pipeline.tracking.trackers import tensorboard_dir, tracking_dir
 
 
 def scalars(run: RunDir, tag: str) -> list[tuple[int, float]]:

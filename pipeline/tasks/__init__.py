@@ -11,7 +11,7 @@ from pipeline.tasks import arithmetic, hf, humaneval, jsonl, mbpp  # noqa: F401 
 from pipeline.tasks.base import Task, TaskSource, get_task_source, register_task_source, task_source_names
 
 if TYPE_CHECKING:
-    from pipeline.config import TaskSourceSection
+    from pipeline.config.settings.settings import TaskSourceSection
 
 __all__ = ["Task", "TaskSource", "get_task_source", "load_tasks", "register_task_source", "task_source_names"]
 

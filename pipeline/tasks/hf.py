@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_split": "train",
         "eval_split": "test",
     },
-    # The ``tasks`` config of a run's data export (pipeline/dataset_export.py): prompts are stored as the
+    # The ``tasks`` config of a run's data export (pipeline/export/dataset.py): prompts are stored as the
     # model saw them and task ids are kept, so a run seeded from another evaluates the same tasks.
     "selfimprove": {
         "config": "tasks",

@@ -1,0 +1,120 @@
+"""What ``accelerate launch`` will run, read once from the accelerate YAML and the ``training`` section.
+
+The config's checks, the train stage's launcher and the methods' own checks
+all ask the same questions of the launch (how many processes, sharded
+weights?); they read the answers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from pipeline.config.settings import TrainingSection
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What ``accelerate launch`` will run: the accelerate YAML's values, overridden by the ``training`` section's.
+
+    Read with plain YAML (not accelerate's classes, which import torch and the
+    hub) so that loading a run config stays light.
+    """
+
+    distributed_type: str
+    num_processes: int
+    num_machines: int
+    main_process_ip: str | None
+    main_process_port: int | None
+    use_cpu: bool
+    mpirun: bool
+    fsdp_version: int | None
+    fsdp_state_dict_type: str | None
+    zero_stage: int | None
+    deepspeed_multinode_launcher: str | None
+
+    @classmethod
+    def of(cls, settings: TrainingSection) -> "LaunchSettings":
+        file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else {}
+        fsdp, deepspeed = file.get("fsdp_config") or {}, file.get("deepspeed_config") or {}
+        num_processes = settings.num_processes or int(file.get("num_processes") or 1)
+        # Without a file the stage launches one plain process, or several under torchrun (--multi_gpu).
+        plain = "MULTI_GPU" if num_processes > 1 else "NO"
+        return cls(
+            distributed_type=str(file.get("distributed_type", plain)),
+            num_processes=num_processes,
+            num_machines=settings.num_machines or int(file.get("num_machines") or 1),
+            main_process_ip=settings.main_process_ip or file.get("main_process_ip"),
+            main_process_port=settings.main_process_port or file.get("main_process_port"),
+            use_cpu=bool(file.get("use_cpu", False)),
+            mpirun=bool((file.get("mpirun_config") or {}).get("mpirun_hostfile")),
+            fsdp_version=fsdp.get("fsdp_version"),
+            fsdp_state_dict_type=fsdp.get("fsdp_state_dict_type"),
+            zero_stage=deepspeed.get("zero_stage"),
+            deepspeed_multinode_launcher=deepspeed.get("deepspeed_multinode_launcher"),
+        )
+
+    @property
+    def processes_per_machine(self) -> int:
+        """torchrun starts num_processes / num_machines on each machine (the validation asks that it divides)."""
+        return max(1, self.num_processes // self.num_machines)
+
+    @property
+    def shards_parameters(self) -> bool:
+        """FSDP, or DeepSpeed ZeRO-3: each process holds only a shard of the weights."""
+        return self.distributed_type == "FSDP" or (self.distributed_type == "DEEPSPEED" and self.zero_stage == 3)
+
+    def problems(self) -> list[str]:
+        """What would go wrong at launch: each problem names the key to change."""
+        problems = []
+        if self.num_processes % self.num_machines:
+            problems.append(f"training.num_processes ({self.num_processes}) must be a multiple of "
+                            f"training.num_machines ({self.num_machines}): every machine runs as many processes")
+        if self.num_machines > 1 and not self.main_process_ip:
+            problems.append("training.num_machines > 1 needs training.main_process_ip (or main_process_ip in the "
+                            "accelerate config): the address of machine rank 0")
+        if self.num_processes > 1 and (self.distributed_type == "NO" or
+                                       (self.distributed_type == "MULTI_CPU" and not self.mpirun)):
+            # accelerate's plain launcher starts a single process for these, whatever --num_processes says.
+            problems.append(f"training.num_processes {self.num_processes} needs an accelerate config whose "
+                            f"distributed_type is MULTI_GPU, FSDP or DEEPSPEED (with use_cpu: true for CPU "
+                            f"processes, as in configs/accelerate/cpu_2proc.yaml), or no accelerate_config: "
+                            f"distributed_type {self.distributed_type} runs one process")
+        if self.distributed_type == "FSDP" and self.fsdp_version != 2:
+            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_version: 2 (FSDP2)")
+        if self.distributed_type == "FSDP" and self.fsdp_state_dict_type != "FULL_STATE_DICT":
+            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_state_dict_type: "
+                            "FULL_STATE_DICT (the trained adapter or model is served as one checkpoint)")
+        if self.distributed_type == "DEEPSPEED" and self.num_machines > 1 \
+                and self.deepspeed_multinode_launcher != "standard":
+            problems.append("training.accelerate_config: DeepSpeed on several machines needs "
+                            "deepspeed_config.deepspeed_multinode_launcher: standard (each machine launches its own)")
+        return problems
+
+
+def read_accelerate_config(path: Path) -> dict[str, Any]:
+    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
+    if not isinstance(data, dict) or "distributed_type" not in data:
+        raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
+    return data
+
+
+
+def unreadable_yaml(exc: Exception) -> str:
+    """Why a YAML text could not be read, on one line: the parser's problem and where, or the decoding error."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text (byte offset {exc.start})"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror})"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"is not valid YAML: {problem}{where}"

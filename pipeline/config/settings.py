@@ -1,0 +1,453 @@
+"""Run configuration: YAML validated by pydantic.
+
+One :class:`PipelineConfig` describes a whole run. Every section forbids
+unknown keys so that a typo fails before any work starts, and
+:func:`load_config` reports each problem with the dotted path of the bad key
+(``rollout.sampling.temperature: Input should be a valid number``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.config.launch import LaunchSettings, unreadable_yaml
+from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
+from pipeline.config.prompts import DEFAULT_TEMPLATES
+from pipeline.config.sections import StrictModel
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every bad key."""
+
+
+class RunSection(StrictModel):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name under output_dir.")
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers the training and the pipeline log into (pipeline/tracking/trackers.py); "
+        "[] logs nowhere. tensorboard writes local files only; wandb needs the tracking extra.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once_and_installed(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice: {value}")
+        missing = [name for name in value if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} is not installed: `pip install -e '.[tracking]'`")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _one_directory(cls, value: str) -> str:
+        # "." and ".." pass the pattern but would put the run in output_dir itself or in its parent.
+        if value in (".", ".."):
+            raise ValueError(f"must name a directory inside run.output_dir, not {value!r}")
+        return value
+
+
+class ModelSection(StrictModel):
+    name_or_path: str = Field(EMBEDDED_MODEL, description="Local directory, hub id, or the embedded default.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(2048, gt=0)
+
+
+class ServerSection(StrictModel):
+    """Settings for the vLLM server the pipeline starts (ignored when ``rollout.urls`` is set)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(
+        None, ge=1, le=65535, description="None picks a free port; with several replicas, replica i uses port + i."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM --tensor-parallel-size).")
+    replicas: int = Field(1, ge=1, description="Data-parallel servers to start; requests are spread across them.")
+    gpu_ids: list[int] | None = Field(
+        None,
+        description="GPUs of the replicas, tensor_parallel_size each, in order (their CUDA_VISIBLE_DEVICES); "
+        "None: one replica keeps the pipeline's GPUs, several take consecutive slices of them.",
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    cpu_kvcache_space_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build.")
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(2, ge=1)
+    max_num_seqs: int = Field(128, ge=1)
+    chunked_prefill: bool | None = Field(
+        None, description="None: off on the vllm-cpu build (seeded sampling crashes it there), vLLM's default elsewhere."
+    )
+    startup_timeout_s: float = Field(600, gt=0)
+    max_restarts: int = Field(2, ge=0, description="Restarts after a crash before the stage fails.")
+    extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+
+    @model_validator(mode="after")
+    def _gpu_ids_fill_the_replicas(self) -> "ServerSection":
+        if self.gpu_ids is None:
+            return self
+        needed = self.replicas * self.tensor_parallel_size
+        if len(self.gpu_ids) != needed:
+            raise ValueError(
+                f"rollout.server.gpu_ids lists {len(self.gpu_ids)} GPU(s), but replicas ({self.replicas}) x "
+                f"tensor_parallel_size ({self.tensor_parallel_size}) need {needed}"
+            )
+        _check_gpu_ids("rollout.server.gpu_ids", self.gpu_ids)
+        return self
+
+
+class SamplingSection(StrictModel):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class TemplatesSection(StrictModel):
+    """Prompt templates of the revision protocol; defaults in :mod:`pipeline.config.prompts`."""
+
+    system: str | None = DEFAULT_TEMPLATES["system"]
+    binary_feedback: str = DEFAULT_TEMPLATES["binary_feedback"]
+    grader_feedback: str = DEFAULT_TEMPLATES["grader_feedback"]
+    no_feedback: str = DEFAULT_TEMPLATES["no_feedback"]
+    improve: str = DEFAULT_TEMPLATES["improve"]
+    diverge: str = DEFAULT_TEMPLATES["diverge"]
+
+
+class TeacherSection(StrictModel):
+    """Another served model that answers turns > 1 (RISE distillation)."""
+
+    url: str
+    model: str
+    api_key: str | None = None
+
+
+class RolloutSection(StrictModel):
+    backend: Literal["vllm", "hf"] = "vllm"
+    urls: list[str] = Field(default_factory=list, description="Running servers to use instead of starting one.")
+    server: ServerSection = Field(default_factory=ServerSection)
+    max_concurrency: int = Field(64, ge=1)
+    request_timeout_s: float = Field(300, gt=0)
+    max_retries: int = Field(3, ge=0)
+    hf_batch_size: int = Field(16, ge=1, description="Batch size of the hf backend.")
+    serve_merged: bool = Field(
+        False,
+        description="Serve trained iterations as LoRA-merged checkpoints (faster on vLLM CPU) instead of adapters.",
+    )
+    turns: int = Field(3, ge=1)
+    samples_per_turn: int | list[int] = Field(
+        default_factory=lambda: [1, 4],
+        description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
+        "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
+    )
+    feedback: Literal["binary", "grader", "none", "improve"] = "binary"
+    stop_at_success: bool = True
+    history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in the prompt.")
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    teacher: TeacherSection | None = None
+    templates: TemplatesSection = Field(default_factory=TemplatesSection)
+
+    @field_validator("samples_per_turn")
+    @classmethod
+    def _positive_counts(cls, value: int | list[int]) -> int | list[int]:
+        counts = value if isinstance(value, list) else [value]
+        if not counts:
+            raise ValueError("needs at least one count")
+        if any(count < 1 for count in counts):
+            raise ValueError(f"every count must be >= 1; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_count_per_turn_at_most(self) -> "RolloutSection":
+        if isinstance(self.samples_per_turn, list) and len(self.samples_per_turn) > self.turns:
+            raise ValueError(
+                f"samples_per_turn has {len(self.samples_per_turn)} counts for turns={self.turns}: "
+                "give at most one per turn (the last repeats)"
+            )
+        return self
+
+    @property
+    def sample_schedule(self) -> tuple[int, ...]:
+        """The count of each turn 1..turns."""
+        counts = self.samples_per_turn if isinstance(self.samples_per_turn, list) else [self.samples_per_turn]
+        return tuple(counts[min(turn, len(counts) - 1)] for turn in range(self.turns))
+
+
+class TaskSourceSection(StrictModel):
+    source: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from pipeline.tasks import task_source_names
+
+        return _require_known("task source", value, task_source_names())
+
+    @field_validator("options")
+    @classmethod
+    def _files_exist(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for key, value in options.items():
+            if key.endswith("path") and isinstance(value, str) and not Path(value).exists():
+                raise ValueError(f"options.{key}: file not found: {value}")
+        return options
+
+    @model_validator(mode="after")
+    def _options_fit_the_source(self) -> "TaskSourceSection":
+        from pipeline.tasks import get_task_source
+
+        _construct("options", get_task_source, self.source, self.options)
+        return self
+
+
+class TasksSection(StrictModel):
+    train: TaskSourceSection
+    eval: TaskSourceSection
+
+
+class GraderSection(StrictModel):
+    name: str = "numeric"
+    options: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(2, ge=1, description="Grading worker processes.")
+    timeout_s: float = Field(10.0, gt=0, description="Hard limit per graded response.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_grader(cls, value: str) -> str:
+        from rewards import grader_names
+
+        return _require_known("grader", value, grader_names())
+
+    @model_validator(mode="after")
+    def _options_fit_the_grader(self) -> "GraderSection":
+        from rewards import get_grader
+
+        _construct("options", get_grader, self.name, self.options)
+        return self
+
+
+class TrainingSection(StrictModel):
+    finetune: Literal["lora", "qlora", "full"] = "lora"
+    loss_normalization: Literal["weights", "mean"] = Field(
+        "weights",
+        description="Weighted SFT loss: sum w_i L_i over sum w_i ('weights', ours) or over the example count "
+        "('mean', RISE's reference code).",
+    )
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(3e-4, gt=0)
+    epochs: float = Field(2, gt=0)
+    per_device_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_seq_length: int = Field(1024, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; None keeps all.")
+    accelerate_config: Path | None = Field(
+        None, description="accelerate YAML (configs/accelerate/): DDP, FSDP2, DeepSpeed; None: plain processes."
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Training processes on all machines together; None: the accelerate config's, else 1."
+    )
+    num_machines: int | None = Field(
+        None, ge=1, description="Machines taking part; None: the accelerate config's, else 1."
+    )
+    main_process_ip: str | None = Field(None, description="Address of machine rank 0, which the others connect to.")
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description="Port on machine rank 0 for the rendezvous."
+    )
+    gpu_ids: list[int] | None = Field(
+        None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); None: all."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU when model.dtype is bfloat16, else no (float32)."
+    )
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accelerate_config_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is a directory, not an accelerate config file" if value.is_dir()
+                             else f"file not found: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _launch_settings_agree(self) -> "TrainingSection":
+        """Catch what ``accelerate launch`` would do silently wrong (one process instead of N) or fail on late."""
+        launch = LaunchSettings.of(self)
+        problems = launch.problems()
+        if self.gpu_ids is not None:
+            _check_gpu_ids("training.gpu_ids", self.gpu_ids)
+            if len(self.gpu_ids) != launch.processes_per_machine:
+                problems.append(f"training.gpu_ids lists {len(self.gpu_ids)} GPU(s), but each machine runs "
+                                f"{launch.processes_per_machine} training process(es), one per GPU")
+        if self.finetune == "qlora" and launch.shards_parameters:
+            problems.append("training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3 here "
+                            "(4-bit weights cannot be sharded): use DDP (configs/accelerate/ddp.yaml) or 'lora'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
+    if any(gpu < 0 for gpu in gpu_ids) or len(set(gpu_ids)) != len(gpu_ids):
+        raise ValueError(f"{key} must be distinct GPU indices >= 0, got {gpu_ids}")
+
+
+class EvaluationSection(StrictModel):
+    turns: int = Field(3, ge=2, description="Turns T; at least 2, since evaluation measures revision.")
+    samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k).")
+    feedback: Literal["binary", "none", "improve"] = Field(
+        "binary", description="Without oracle: 'binary' always says incorrect; 'improve' asks for an improvement (ExIt)."
+    )
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    history_window: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the last W attempts in an eval turn's prompt (RISE's --context_window is W + 1); "
+        "unset: rollout.history_window.",
+    )
+
+
+class PipelineConfig(StrictModel):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    tasks: TasksSection
+    grader: GraderSection = Field(default_factory=GraderSection)
+    # Each registered method's section (pipeline/config/methods.py), told apart by its name.
+    method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: method_section(DEFAULT_METHOD)()
+    )
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    @model_validator(mode="after")
+    def _greedy_means_one_sample(self) -> "PipelineConfig":
+        # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
+        if max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
+            raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
+        if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
+            raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_need_a_managed_server(self) -> "PipelineConfig":
+        # A trained checkpoint is served by starting a server on it; servers given by URL cannot switch models.
+        if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
+            raise ValueError("rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
+                             "(training.finetune lora, rollout.serve_merged false)")
+        return self
+
+    @model_validator(mode="after")
+    def _the_method_can_run(self) -> "PipelineConfig":
+        if problems := self.method.problems(self):
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.output_dir / self.run.name
+
+
+def _require_known(kind: str, name: str, known: list[str]) -> str:
+    if name not in known:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+    return name
+
+
+def _construct(key: str, factory: Any, name: str, options: dict[str, Any]) -> None:
+    """Build a task source or grader once, so bad options fail when the config loads."""
+    try:
+        factory(name, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key} do not fit {name!r}: {exc}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[a, b]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. rollout.turns=3")
+        node = data
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value {unreadable_yaml(exc)}") from None
+    return data
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a YAML run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path}: {unreadable_yaml(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_config(apply_overrides(data, overrides or []), source=str(path))
+
+
+def check_tasks(config: PipelineConfig) -> dict[str, int]:
+    """Read every task of both splits, as the stages will, so a bad row fails before a run or server exists.
+
+    The config's validation only builds the task sources; their rows are
+    read here. Returns the number of tasks per split.
+    """
+    from pipeline.tasks import load_tasks
+
+    counts = {}
+    for split, section in (("train", config.tasks.train), ("eval", config.tasks.eval)):
+        try:
+            tasks = load_tasks(section, split)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"tasks.{split} ({section.source}): {exc}") from None
+        if not tasks:
+            raise ConfigError(f"tasks.{split} ({section.source}): the {split} split has no tasks")
+        counts[split] = len(tasks)
+    return counts
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHOD_PACKAGES:
+            del loc[1]  # the union tag pydantic inserts for the discriminated section
+        key = ".".join(loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

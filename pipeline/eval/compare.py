@@ -1,0 +1,209 @@
+"""``selfimprove compare``: several evaluations of the same tasks in one table, with paired intervals.
+
+An ablation is one command: name the eval directories (``runs/a/iter_2/eval``)
+or run directories (their last finished eval, or iteration ``-i K``) and get
+every headline figure of each, and each one's difference from the first,
+with its paired bootstrap 95 % interval over tasks. The evaluations must
+share their tasks (by task id) and their number of turns; they may differ in
+everything else (model, recipe, samples per task).
+
+Outputs, each written atomically into ``--out``: ``compare.md`` (the table),
+``compare.json`` (the same numbers) and ``compare.png`` (pass@1 by turn, and
+the differences from the first with their intervals).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
+from pipeline.eval.intervals import Interval, format_difference
+from pipeline.eval.report import EVAL_NAME, IterationEval, ReportError, collect_evals, percent, png_bytes, points, read_eval_dir
+from pipeline.run.layout import CONFIG_NAME
+
+MARKDOWN_NAME = "compare.md"
+JSON_NAME = "compare.json"
+PLOT_NAME = "compare.png"
+
+
+class CompareError(ValueError):
+    """Evaluations that cannot be compared (not found, other tasks, other turns, no per-task figures)."""
+
+
+@dataclass(frozen=True)
+class NamedEval:
+    """One evaluation to compare, where it was read from, and the short label its column gets."""
+
+    label: str
+    path: Path
+    result: IterationEval
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One headline figure: its value in each evaluation and each one's paired difference from the first."""
+
+    metric: str
+    values: list[float | None]
+    differences: list[Interval | None]  # one per evaluation after the first
+    is_change: bool  # a difference of shares itself (shown in pp), not a share
+
+
+@dataclass(frozen=True)
+class Comparison:
+    labels: list[str]
+    paths: list[str]
+    turns: int
+    n_tasks: int
+    rows: list[MetricRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "paths": self.paths,
+            "turns": self.turns,
+            "n_tasks": self.n_tasks,
+            "metrics": {
+                row.metric: {
+                    "values": row.values,
+                    "differences_from_first": [d.to_dict() if d else None for d in row.differences],
+                }
+                for row in self.rows
+            },
+        }
+
+
+def resolve_eval(path: Path, iteration: int | None = None) -> NamedEval:
+    """An eval directory as it is, or a run directory's eval of ``iteration`` (default: its last finished one)."""
+    if (path / EVAL_NAME).is_file():
+        return NamedEval(_eval_dir_label(path), path, read_eval_dir(path, 0))
+    if not (path / CONFIG_NAME).is_file():
+        raise CompareError(f"{path}: neither an eval directory (no {EVAL_NAME}) nor a run directory (no {CONFIG_NAME})")
+    try:
+        evals = collect_evals(path)
+    except ReportError as exc:
+        raise CompareError(str(exc)) from exc
+    chosen = [ev for ev in evals if iteration is None or ev.iteration == iteration]
+    if not chosen:
+        wanted = "any finished eval" if iteration is None else f"a finished eval of iteration {iteration}"
+        raise CompareError(f"{path} has no {wanted}")
+    return NamedEval(f"{path.resolve().name}/iter_{chosen[-1].iteration}", path, chosen[-1])
+
+
+def _eval_dir_label(path: Path) -> str:
+    """``quickstart/iter_2`` for a run's eval stage directory, else the directory's name."""
+    parts = path.resolve().parts
+    if len(parts) >= 3 and parts[-1] == "eval" and parts[-2].startswith("iter_"):
+        return f"{parts[-3]}/{parts[-2]}"
+    return parts[-1]
+
+
+def compare_evals(evals: Sequence[NamedEval]) -> Comparison:
+    """Every headline figure of each eval, and its paired difference from the first (seeded by the first)."""
+    if len(evals) < 2:
+        raise CompareError("compare needs at least two evaluations")
+    first = evals[0].result
+    for ev in evals:
+        if ev.result.task_rows is None:
+            raise CompareError(f"{ev.label} has no per-task figures (task_metrics.jsonl): re-run its eval to compare it")
+        if ev.result.turns != first.turns:
+            raise CompareError(f"{ev.label} has {ev.result.turns} turns, {evals[0].label} {first.turns}: not comparable")
+    keys = headline_keys(first.turns) + list(revision_gaps(first.turns))
+    rows = []
+    for key in keys:
+        values = [_mean(ev.result.task_rows, key) for ev in evals]
+        try:
+            differences = [compare_task_metrics(ev.result.task_rows, first.task_rows, key, first.seed) for ev in evals[1:]]
+        except ValueError as exc:
+            raise CompareError(f"{exc}: compare evaluations of the same tasks") from exc
+        rows.append(MetricRow(key, values, differences, is_change=key.startswith("delta") or key in revision_gaps(first.turns)))
+    return Comparison([ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(first.task_rows), rows)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """The comparison for the terminal: a column per eval, differences from the first beside each value."""
+    table = Table(title=f"Comparison on {comparison.n_tasks} tasks, {comparison.turns} turns (differences vs the first)")
+    table.add_column("metric")
+    for label in comparison.labels:
+        table.add_column(label, justify="right")
+    for row in comparison.rows:
+        table.add_row(row.metric, *_cells(row))
+    return table
+
+
+def render_markdown(comparison: Comparison) -> str:
+    header = "| metric | " + " | ".join(comparison.labels) + " |"
+    lines = [
+        f"# Comparison: {comparison.n_tasks} tasks, {comparison.turns} turns",
+        "",
+        *(f"- {label}: `{path}`" for label, path in zip(comparison.labels, comparison.paths)),
+        "",
+        "Each cell after the first: the value, then its difference from the first evaluation with the paired "
+        "bootstrap 95 % interval over tasks.",
+        "",
+        header,
+        "| --- |" + " ---: |" * len(comparison.labels),
+    ]
+    lines += [f"| {row.metric} | " + " | ".join(_cells(row)) + " |" for row in comparison.rows]
+    return "\n".join(lines + ["", f"![pass@1 by turn and differences from the first]({PLOT_NAME})", ""])
+
+
+def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """compare.md, compare.json and compare.png in ``out_dir`` (created), each replaced atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / name for name in (MARKDOWN_NAME, JSON_NAME, PLOT_NAME)]
+    write_text_atomic(paths[0], render_markdown(comparison))
+    write_text_atomic(paths[1], json.dumps(comparison.to_dict(), indent=2))
+    write_bytes_atomic(paths[2], png_bytes(_plot(comparison)))
+    return paths
+
+
+def _cells(row: MetricRow) -> list[str]:
+    shown = points if row.is_change else percent
+    cells = [shown(row.values[0])]
+    for value, difference in zip(row.values[1:], row.differences):
+        cells.append(shown(value) + ("" if difference is None else f" ({format_difference(difference)})"))
+    return cells
+
+
+def _mean(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [row.get(key) for row in rows]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _plot(comparison: Comparison) -> Figure:
+    """Left: pass@1 by turn per eval. Right: each figure's difference from the first, with its interval."""
+    figure = Figure(figsize=(12, 5), layout="constrained")
+    by_turn, gaps = figure.subplots(1, 2)
+    turn_rows = comparison.rows[: comparison.turns]
+    for index, label in enumerate(comparison.labels):
+        by_turn.plot(range(1, comparison.turns + 1), [100 * (r.values[index] or 0) for r in turn_rows], "-o",
+                     color=f"C{index % 10}", label=label)
+    by_turn.set(title="pass@1 by turn", xlabel="turn", ylabel="pass@1 (%)", xticks=range(1, comparison.turns + 1))
+    by_turn.grid(alpha=0.3)
+    by_turn.legend(fontsize="small")
+    names = [row.metric for row in comparison.rows]
+    for offset, label in enumerate(comparison.labels[1:]):
+        ys, xs, errors = [], [], [[], []]
+        for y, row in enumerate(comparison.rows):
+            if (d := row.differences[offset]) is not None:
+                ys.append(y + 0.15 * offset)
+                xs.append(100 * d.estimate)
+                errors[0].append(100 * (d.estimate - d.low))
+                errors[1].append(100 * (d.high - d.estimate))
+        gaps.errorbar(xs, ys, xerr=errors, fmt="o", capsize=3, color=f"C{(offset + 1) % 10}",
+                      label=f"{label} - {comparison.labels[0]}")
+    gaps.axvline(0, color="black", linewidth=0.8)
+    gaps.set(title="Difference from the first, 95 % interval", xlabel="percentage points", yticks=range(len(names)))
+    gaps.set_yticklabels(names)
+    gaps.invert_yaxis()
+    gaps.grid(alpha=0.3)
+    gaps.legend(fontsize="small", loc="lower right")
+    return figure

@@ -1,0 +1,419 @@
+"""The run report: every finished eval stage of a run in one ``report.md`` and two plots.
+
+Reads ``iter_K/eval/eval.json`` and ``curves.json`` (written by
+:mod:`pipeline.eval.stage`) for each iteration whose eval stage the manifest
+calls done, so a run in progress gets a report of what exists and a half
+written eval is never shown. Writes, each atomically, into the run directory:
+
+- ``report.md``: a header (run, model, method, tasks, eval settings), a
+  table per iteration and a line comparing it with the base model;
+- ``accuracy_by_turn.png``: pass@1 at each turn, one line per iteration;
+  for ExIt runs by improvement step (turn t is step t - 1), with each
+  iteration's mean training depth marked (from its ``train_summary.json``),
+  to show how far beyond the depths it trained on the model keeps improving;
+- ``sequential_vs_parallel.png``: at equal samples k, without an oracle
+  m1@tk (the vote over k turns of one trajectory) against mk@t1 (the vote
+  over k parallel first-turn answers), and with an oracle p1@tk against
+  pk@t1 (any of them correct); one panel each, one colour per iteration.
+
+Differences carry their paired bootstrap 95 % interval over tasks
+(:mod:`pipeline.eval.intervals`), printed as ``+1.5 pp [-0.8, +3.9]`` and marked
+"not distinguishable" when the interval holds 0. An eval written before
+those figures existed shows ``n/a`` for them.
+
+Levels (accuracies) print as percentages of tasks, changes as percentage
+points, one decimal each. A run with no finished eval has nothing to report:
+:func:`write_report` raises :class:`ReportError` rather than writing an empty
+page that could be mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from pipeline.config.methods import METHOD_PACKAGES, method_section
+from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
+from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
+from pipeline.eval.intervals import Interval, format_difference
+from pipeline.run.manifest import Manifest
+from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, stage_path
+
+# The eval stage's outputs this module reads. Spelled here, not imported from
+# pipeline.eval.stage, because that stage imports this module to rewrite the
+# report after every eval.
+STAGE = "eval"
+EVAL_NAME = "eval.json"
+CURVES_NAME = "curves.json"
+TASK_METRICS_NAME = "task_metrics.jsonl"
+REPORT_NAME = "report.md"
+ACCURACY_PLOT = "accuracy_by_turn.png"
+CURVES_PLOT = "sequential_vs_parallel.png"
+
+
+class ReportError(RuntimeError):
+    """A run with nothing to report yet, or whose eval files are missing or disagree."""
+
+
+@dataclass(frozen=True)
+class IterationEval:
+    """One finished eval stage: iteration K's ``eval.json``, ``curves.json`` and per-task figures
+    (``task_rows``; None for an eval written before they existed)."""
+
+    iteration: int
+    summary: dict[str, Any]
+    curves: dict[str, Any]
+    task_rows: list[dict[str, Any]] | None = None
+
+    @property
+    def turns(self) -> int:
+        return self.summary["turns"]
+
+    @property
+    def sequential(self) -> float:
+        """m1@tT: the vote over the T turns of one trajectory."""
+        return self.summary[f"m1@t{self.turns}"]
+
+    @property
+    def parallel(self) -> float | None:
+        """mT@t1: the vote over T parallel first-turn answers (None when not measured)."""
+        return self.summary[f"m{self.turns}@t1"]
+
+    @property
+    def label(self) -> str:
+        return "base" if self.iteration == 0 else f"iteration {self.iteration}"
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("bootstrap_seed", 0))
+
+    def change_from(self, base: "IterationEval", key: str) -> Interval | None:
+        """This eval's ``key`` minus the base's, paired over tasks (None without both evals' task figures)."""
+        if self.task_rows is None or base.task_rows is None:
+            return None
+        return compare_task_metrics(self.task_rows, base.task_rows, key, self.seed)
+
+
+def collect_evals(run_root: str | Path) -> list[IterationEval]:
+    """The run's finished evals in iteration order; iterations whose eval stage is not done are left out.
+
+    Raises ReportError when a done stage's files are missing (the run
+    directory was damaged) or when the evals disagree on turns or samples,
+    which one table cannot line up.
+    """
+    run_root = Path(run_root)
+    manifest = Manifest.load(run_root)
+    iterations = _read_run_config(run_root)["run"]["iterations"]
+    evals = [_read_eval(run_root, k) for k in range(iterations + 1) if manifest.is_done(k, STAGE)]
+    settings = {(e.summary["turns"], e.summary["samples"]) for e in evals}
+    if len(settings) > 1:
+        found = ", ".join(f"{e.label}: T={e.summary['turns']}, n={e.summary['samples']}" for e in evals)
+        raise ReportError(f"{run_root}: the evals differ in turns or samples ({found}); they cannot share a report")
+    return evals
+
+
+def _read_run_config(run_root: Path) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` as plain data.
+
+    Not validated through :func:`pipeline.config.settings.load_config`: that checks task
+    files exist, and a report must not fail because a data file moved after
+    the run. ``config.yaml`` is the resolved config, so every key is there.
+    """
+    path = run_root / CONFIG_NAME
+    if not path.is_file():
+        raise ReportError(f"{run_root} is not a run directory (no {CONFIG_NAME})")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def write_report(run_root: str | Path) -> Path:
+    """Write ``report.md`` and its two plots into the run directory; returns the report's path.
+
+    Every file is replaced atomically, so a rerun (e.g. after another
+    iteration finished) leaves either the old or the new version, never a mix.
+    Raises ReportError, writing nothing, when no eval is done yet.
+    """
+    run_root = Path(run_root)
+    evals = collect_evals(run_root)
+    text = render_markdown(_read_run_config(run_root), evals)
+    write_bytes_atomic(run_root / ACCURACY_PLOT, png_bytes(_accuracy_by_turn(evals, training_depths(run_root, evals))))
+    write_bytes_atomic(run_root / CURVES_PLOT, png_bytes(_sequential_vs_parallel(evals)))
+    path = run_root / REPORT_NAME
+    write_text_atomic(path, text)
+    return path
+
+
+def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> str:
+    """The text of ``report.md`` for a run config and its finished evals (plots linked by relative path)."""
+    _require(evals)
+    base = _base(evals)
+    lines = [f"# Run report: {config['run']['name']}", "", *_header(config, evals), ""]
+    lines.append("Accuracies are percentages of tasks; changes are percentage points (pp).")
+    for ev in evals:
+        heading = f"Iteration {ev.iteration}" + (" (base model)" if ev.iteration == 0 else "")
+        lines += ["", f"## {heading}", "", "| metric | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {value} |" for name, value in metric_rows(ev.summary)]
+        lines += ["", _comparison_line(ev, base)]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![pass@1 by turn, one line per iteration]({ACCURACY_PLOT})",
+        "",
+        f"![sequential against parallel at equal samples k: m1@tk vs mk@t1, and with an oracle p1@tk vs pk@t1]({CURVES_PLOT})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report_table(evals: Sequence[IterationEval]) -> Table:
+    """The report's numbers with one column per iteration, for the CLI to print at the end of a run."""
+    _require(evals)
+    base = _base(evals)
+    turns = evals[0].turns
+    table = Table(title=f"Evaluation by iteration: {evals[0].summary['samples']} samples, {turns} turns, no oracle")
+    table.add_column("metric")
+    for ev in evals:
+        table.add_column(ev.label, justify="right")
+    columns = [metric_rows(ev.summary) for ev in evals]
+    for index, (name, _) in enumerate(columns[0]):
+        table.add_row(name, *(rows[index][1] for rows in columns))
+    table.add_row(f"m1@t{turns} vs base", *(_change_cell(ev, base) for ev in evals))
+    table.add_row(f"m1@t{turns} >= m{turns}@t1", *(_yes_no(sequential_beats_parallel(ev)) for ev in evals))
+    table.add_row(f"p1@t{turns} >= p{turns}@t1", *(_yes_no(oracle_sequential_beats_parallel(ev)) for ev in evals))
+    return table
+
+
+def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, formatted value) of one eval summary, in the order both the markdown and the CLI table show.
+
+    Per-turn pass@1 carries its interval, the two sequential-minus-parallel
+    gaps theirs; figures an older eval lacks read ``n/a``.
+    """
+    turns = summary["turns"]
+    intervals = summary.get("intervals", {})
+    rows = [
+        (f"pass@1 turn {row['turn']}", _with_interval(percent(row["pass@1"]), intervals.get(f"pass@1 turn {row['turn']}")))
+        for row in summary["per_turn"]
+    ]
+    rows += [(key, percent(summary.get(key))) for key in headline_keys(turns)[turns:-2]]
+    for name in revision_gaps(turns):
+        gap = intervals.get(name)
+        rows.append((name, "n/a" if gap is None else format_difference(Interval.from_dict(gap))))
+    rows += [(key, points(summary[key])) for key in ("delta_t1_tT", "delta_i_to_c", "delta_c_to_i")]
+    rows.append(("tasks", str(summary["n_tasks"])))
+    incomplete = summary.get("incomplete")
+    rows.append(("incomplete trajectories", "n/a" if incomplete is None else f"{incomplete} (+{summary.get('incomplete_parallel', 0)} parallel)"))
+    return rows
+
+
+def _with_interval(value: str, interval: dict[str, float] | None) -> str:
+    """``23.5% [17.5, 29.5]``: a level with its bootstrap interval, in percent."""
+    if interval is None:
+        return value
+    return f"{value} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+
+
+def sequential_beats_parallel(ev: IterationEval) -> bool | None:
+    """m1@tT >= mT@t1: T sequential turns do at least as well as T parallel samples (None: mT@t1 unknown)."""
+    return None if ev.parallel is None else ev.sequential >= ev.parallel
+
+
+def oracle_sequential_beats_parallel(ev: IterationEval) -> bool | None:
+    """p1@tT >= pT@t1: with an oracle, revising T times does at least as well as T fresh answers (None: unmeasured)."""
+    parallel = ev.summary.get(f"p{ev.turns}@t1")
+    return None if parallel is None else ev.summary[f"p1@t{ev.turns}"] >= parallel
+
+
+def percent(value: float | None) -> str:
+    """A share as ``23.5%``; ``n/a`` when it was not measured."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def points(value: float | None) -> str:
+    """A change of shares as signed percentage points, ``+4.2 pp``; ``n/a`` when unknown."""
+    return "n/a" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _read_eval(run_root: Path, iteration: int) -> IterationEval:
+    return read_eval_dir(stage_path(run_root, iteration, STAGE), iteration)
+
+
+def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
+    """An eval directory's summary, curves and (when written) per-task figures."""
+    summary, curves = (_read_json(eval_dir / name) for name in (EVAL_NAME, CURVES_NAME))
+    rows_path = eval_dir / TASK_METRICS_NAME
+    return IterationEval(iteration, summary, curves, read_jsonl(rows_path) if rows_path.is_file() else None)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ReportError(f"the manifest says this eval is done, but {path} is missing")
+    return read_json(path)
+
+
+def _require(evals: Sequence[IterationEval]) -> None:
+    if not evals:
+        raise ReportError("nothing to report: no eval stage is done yet, not even the base model's")
+
+
+def _base(evals: Sequence[IterationEval]) -> IterationEval | None:
+    return evals[0] if evals[0].iteration == 0 else None
+
+
+def _header(config: dict[str, Any], evals: Sequence[IterationEval]) -> list[str]:
+    first = evals[0].summary
+    iterations = config["run"]["iterations"]
+    done = [ev.iteration for ev in evals]
+    pending = [k for k in range(iterations + 1) if k not in done]
+    progress = f"iterations {', '.join(map(str, done))} of 0..{iterations}"
+    if pending:
+        progress += f" (not evaluated yet: {', '.join(map(str, pending))})"
+    tasks = config["tasks"]
+    return [
+        f"- model: `{config['model']['name_or_path']}`",
+        f"- method: {_describe_method(config['method'])}",
+        f"- tasks: train {_describe_tasks(tasks['train'])}; eval {_describe_tasks(tasks['eval'])}",
+        f"- evaluation: {first['n_tasks']} tasks, {first['turns']} turns, {first['samples']} samples per task, "
+        f"feedback `{config['evaluation']['feedback']}` (no oracle)",
+        f"- evaluated: {progress}",
+    ]
+
+
+def _describe_method(method: dict[str, Any]) -> str:
+    settings = [f"{key} {method[key]}" for key in _reported_settings(method["name"]) if key in method]
+    return f"{method['name']} ({', '.join(settings)})" if settings else method["name"]
+
+
+def _reported_settings(name: str) -> tuple[str, ...]:
+    """The settings the method's section names as worth the header; none for a method this version does not know."""
+    return method_section(name).REPORTED if name in METHOD_PACKAGES else ()
+
+
+def _describe_tasks(section: dict[str, Any]) -> str:
+    details = [f"{key}={value}" for key, value in section.get("options", {}).items()]
+    if section.get("limit") is not None:
+        details.append(f"limit={section['limit']}")
+    return f"`{section['source']}` ({', '.join(details)})" if details else f"`{section['source']}`"
+
+
+def _comparison_line(ev: IterationEval, base: IterationEval | None) -> str:
+    """One sentence: m1@tT against the base model's, and sequential against parallel at equal samples."""
+    seq = f"m1@t{ev.turns}"
+    if ev.iteration == 0:
+        opening = f"Base model: {seq} {percent(ev.sequential)}"
+    elif base is None:
+        opening = f"Iteration {ev.iteration}: {seq} {percent(ev.sequential)} (no base model eval to compare with)"
+    else:
+        change = f"{_change_cell(ev, base)} from {percent(base.sequential)}"
+        opening = f"Iteration {ev.iteration} vs base: {seq} {percent(ev.sequential)}, {change}"
+    return f"{opening}; sequential beats parallel at equal samples: {_verdict(ev, 'm')}; with an oracle: {_verdict(ev, 'p')}."
+
+
+def _verdict(ev: IterationEval, kind: str) -> str:
+    """``yes (m1@t3 35.0% >= m3@t1 30.0%, +5.0 pp [...])``: sequential against parallel, majority ('m') or oracle ('p')."""
+    turns = ev.turns
+    seq_key, par_key = f"{kind}1@t{turns}", f"{kind}{turns}@t1"
+    seq, par = ev.summary.get(seq_key), ev.summary.get(par_key)
+    if par is None:
+        return f"n/a ({par_key} was not measured)"
+    relation = ">=" if seq >= par else "<"
+    gap = ev.summary.get("intervals", {}).get(f"{seq_key}-{par_key}")
+    detail = "" if gap is None else f", {format_difference(Interval.from_dict(gap))}"
+    return f"{_yes_no(seq >= par)} ({seq_key} {percent(seq)} {relation} {par_key} {percent(par)}{detail})"
+
+
+def _change_cell(ev: IterationEval, base: IterationEval | None) -> str:
+    """m1@tT's change from the base model with its paired interval when both evals have task figures;
+    ``n/a`` without a base eval (and ``-`` for the base itself)."""
+    if ev.iteration == 0:
+        return "-"
+    if base is None:
+        return "n/a"
+    change = ev.change_from(base, f"m1@t{ev.turns}")
+    return points(ev.sequential - base.sequential) if change is None else format_difference(change)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def training_depths(run_root: Path, evals: Sequence[IterationEval]) -> dict[int, float]:
+    """Iteration -> the mean depth of the histories it trained on (ExIt's train summaries; empty for RISE)."""
+    depths = {}
+    for ev in evals:
+        path = stage_path(run_root, ev.iteration, TRAIN_STAGE) / TRAIN_SUMMARY_NAME
+        if ev.iteration > 0 and path.is_file() and (depth := _read_json(path).get("mean_depth")) is not None:
+            depths[ev.iteration] = float(depth)
+    return depths
+
+
+def _accuracy_by_turn(evals: Sequence[IterationEval], depths: dict[int, float]) -> Figure:
+    """pass@1 by turn; with training depths (ExIt) by improvement step, each mean depth a dotted line."""
+    if depths:
+        figure, axes = _figure("pass@1 by improvement step", "improvement step (0: first answer)", "pass@1 (%)")
+    else:
+        figure, axes = _figure("pass@1 by turn", "turn", "pass@1 (%)")
+    offset = 1 if depths else 0
+    for index, ev in enumerate(evals):
+        color = f"C{index % 10}"
+        xs = [row["turn"] - offset for row in ev.summary["per_turn"]]
+        axes.plot(xs, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", color=color,
+                  label=ev.label)
+        axes.set_xticks(xs)
+        if ev.iteration in depths:
+            depth = depths[ev.iteration]
+            axes.axvline(depth, color=color, linestyle=":", label=f"{ev.label}: mean training depth {depth:.2f}")
+    axes.legend()
+    return figure
+
+
+def _sequential_vs_parallel(evals: Sequence[IterationEval]) -> Figure:
+    """Two panels at equal samples k: majority votes (m1@tk vs mk@t1) and oracle (p1@tk vs pk@t1).
+
+    Solid: sequential (k turns of one trajectory); dashed: parallel (k
+    first-turn answers); one colour per iteration. Unmeasured (null) points,
+    and the oracle panel of evals written before it existed, are left out.
+    """
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    panels = figure.subplots(1, 2, sharey=True)
+    titles = ("Without oracle: majority vote", "With oracle: any answer correct")
+    pairs = ((("sequential", "m1@tk"), ("parallel", "mk@t1")), (("sequential_oracle", "p1@tk"), ("parallel_oracle", "pk@t1")))
+    for axes, title, pair in zip(panels, titles, pairs):
+        axes.set(title=title, xlabel="k (turns, or parallel first-turn samples)", ylabel="accuracy (%)")
+        axes.grid(alpha=0.3)
+        for index, ev in enumerate(evals):
+            for (key, name), style in zip(pair, ("-o", "--s")):
+                ks, values = _known_points(ev.curves["k"], ev.curves.get(key, [None] * len(ev.curves["k"])))
+                if ks:
+                    axes.plot(ks, values, style, color=f"C{index % 10}", label=f"{ev.label}: {name}")
+            axes.set_xticks(ev.curves["k"])
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+    return figure
+
+
+def _known_points(ks: Sequence[int], values: Sequence[float | None]) -> tuple[list[int], list[float]]:
+    """The (k, value in %) pairs whose value was measured."""
+    pairs = [(k, 100 * value) for k, value in zip(ks, values) if value is not None]
+    return [k for k, _ in pairs], [value for _, value in pairs]
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    """A bare Agg figure: no pyplot, so no global backend or figure registry is touched."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()

@@ -1,0 +1,259 @@
+"""The ``eval`` stage: iteration K's model on held-out tasks, T turns, n samples, no oracle.
+
+Iteration 0 evaluates the base model, iteration K the model its train stage
+wrote. Every task gets n trajectories of exactly T turns: evaluation never
+stops at a success and never says whether an answer was right (``binary``
+feedback always says "incorrect", ``none`` only asks for a review). When
+n < T the parallel baseline mT@t1 needs more first-turn answers than the
+trajectories hold, so T extra first-turn samples per task are drawn in one
+request; they share their seed with the trajectories' first turn, so the
+first parallel answer *is* the trajectory's first answer and the sequential
+and parallel curves start from the same point (common random numbers). At
+temperature 0 the T answers would be identical, so the first one is reused.
+
+Outputs (in ``iter_K/eval/``, or ``--out DIR``), each written atomically:
+
+- ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
+  extra first-turn samples, when drawn);
+- ``eval.json``: :func:`pipeline.eval.evaluation.summarize_eval`, plus the
+  history window used and the count of parallel samples lost to errors;
+- ``curves.json``: m1@tk, mk@t1, p1@tk and pk@t1 for k = 1..T (the report's plot);
+- ``task_metrics.jsonl``: every headline figure per task
+  (:func:`pipeline.eval.evaluation.task_metrics`), for paired comparisons
+  (``selfimprove compare``);
+- ``per_task.jsonl``: one row per task, sample and turn.
+
+Votes compare answer keys, merged per task into the grader's equivalence
+classes (:meth:`rewards.base.Grader.cluster_keys`) before anything is counted.
+
+Generation resumes like the rollout stage: only missing trajectories run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipeline.config.settings import PipelineConfig, TaskSourceSection
+from pipeline.eval.evaluation import (
+    MISSING,
+    count_incomplete,
+    merge_answer_classes,
+    per_task_rows,
+    summarize_curves,
+    summarize_eval,
+    task_metrics,
+    turn_outcome,
+)
+from pipeline.eval.metrics import TurnOutcome
+from pipeline.eval.report import CURVES_NAME, EVAL_NAME, STAGE, TASK_METRICS_NAME, ReportError, write_report
+from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
+from pipeline.rollouts.service import IterationModel, collect, iteration_model, open_service, sampling_params
+from pipeline.run.layout import RunDir
+from pipeline.run.lifecycle import StageError, stage_attempt
+from pipeline.tasks import Task, load_tasks, task_source_names
+from rewards import Grader, get_grader
+
+logger = logging.getLogger(__name__)
+
+PER_TASK_NAME = "per_task.jsonl"
+PARALLEL_DIR = "parallel"
+
+
+class EvalError(StageError, ValueError):
+    """An evaluation that cannot run as asked."""
+
+
+def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: int) -> RolloutSpec:
+    """n trajectories per task, T turns each, one answer per turn, never stopped early, no oracle."""
+    return RolloutSpec(
+        turns=turns,
+        samples_per_turn=(1,) * turns,
+        trajectories_per_task=samples,
+        feedback=config.evaluation.feedback,
+        stop_at_success=False,
+        history_window=eval_history_window(config),
+        sampling=sampling_params(config.evaluation.sampling),
+        templates=config.rollout.templates,
+        seed=config.run.seed,
+        adapter=adapter,
+    )
+
+
+def eval_history_window(config: PipelineConfig) -> int | None:
+    """The attempts an eval turn sees: ``evaluation.history_window``, else the rollout's window (None: all)."""
+    return config.evaluation.history_window or config.rollout.history_window
+
+
+def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
+    """T first-turn answers per task in one request: the parallel baseline's samples."""
+    return replace(eval_spec(config, adapter, turns, 1), turns=1, samples_per_turn=(turns,), history_window=None)
+
+
+def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
+    """Task id -> the T graded first-turn candidates of :func:`parallel_spec` records.
+
+    A request that failed after its retries leaves fewer candidates; the
+    missing ones count as incorrect abstentions, as missing turns do in
+    :mod:`pipeline.eval.evaluation`, rather than dropping the task.
+    """
+    samples: dict[str, list[TurnOutcome]] = {}
+    for record in records:
+        candidates = record["turns"][0]["candidates"] if record["turns"] else []
+        outcomes = [turn_outcome(c["grade"]) for c in candidates]
+        samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
+    return samples
+
+
+def repeated_first_turns(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
+    """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
+    return {
+        r["task_id"]: [turn_outcome(r["turns"][0]["grade"] if r["turns"] else None)] * turns
+        for r in records
+        if r["sample"] == 0
+    }
+
+
+def resolve_eval_tasks(spec: str, limit: int | None = None) -> TaskSourceSection:
+    """``--tasks``: a JSONL file (``prompt``/``answer`` fields) or a task source name with its defaults."""
+    if spec in task_source_names():
+        return TaskSourceSection(source=spec, limit=limit)
+    path = Path(spec)
+    if path.suffix == ".jsonl" or path.exists():
+        if not path.is_file():
+            raise EvalError(f"--tasks {spec}: file not found")
+        return TaskSourceSection(source="jsonl", options={"eval_path": str(path)}, limit=limit)
+    raise EvalError(f"--tasks {spec!r}: not a .jsonl file or a task source ({', '.join(task_source_names())})")
+
+
+def evaluate(
+    model: IterationModel,
+    tasks: list[Task],
+    out_dir: Path,
+    turns: int,
+    samples: int,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Generate, grade and summarize; writes the files of the module doc and returns the eval summary."""
+    if turns < 2:
+        raise EvalError(f"evaluation needs turns >= 2 (nothing to revise with {turns}); got {turns}")
+    if not tasks:
+        raise EvalError("no eval tasks to evaluate")
+    config = model.config
+    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
+    grader = get_grader(config.grader.name, **config.grader.options)
+    return write_eval_outputs(
+        out_dir, records, parallel, grader, turns, samples, config.run.seed, eval_history_window(config)
+    )
+
+
+def write_eval_outputs(
+    out_dir: Path,
+    records: list[dict[str, Any]],
+    parallel: list[dict[str, Any]] | None,
+    grader: Grader,
+    turns: int,
+    samples: int,
+    seed: int,
+    history_window: int | None,
+) -> dict[str, Any]:
+    """Summarize graded eval records into the files of the module doc; returns the summary.
+
+    ``parallel``: the parallel baseline's records, None when none were drawn
+    (n >= T, or greedy decoding, whose T answers would all be the first).
+    Answer keys are first merged into the grader's classes, task by task.
+    """
+    merge_answer_classes(records + (parallel or []), grader.cluster_keys)
+    first_turn = _parallel_outcomes(records, parallel, turns, samples)
+    if incomplete := count_incomplete(records, turns):
+        logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
+    summary = summarize_eval(records, turns, samples, first_turn, seed=seed)
+    summary["incomplete_parallel"] = sum(bool(r.get("error")) for r in parallel or [])
+    summary["history_window"] = history_window
+    write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
+    write_jsonl_atomic(out_dir / TASK_METRICS_NAME, task_metrics(records, turns, samples, first_turn))
+    write_json_atomic(out_dir / CURVES_NAME, summarize_curves(records, turns, samples, first_turn))
+    write_json_atomic(out_dir / EVAL_NAME, summary)
+    return summary
+
+
+def _parallel_outcomes(
+    records: list[dict[str, Any]], parallel: list[dict[str, Any]] | None, turns: int, samples: int
+) -> dict[str, list[TurnOutcome]] | None:
+    """The parallel baselines' first-turn answers: None when the trajectories' own first turns serve (n >= T)."""
+    if samples >= turns:
+        return None
+    if parallel is None:  # greedy decoding: the T answers would be identical
+        return repeated_first_turns(records, turns)
+    return first_turn_samples(parallel, turns)
+
+
+async def _generate(
+    model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The trajectory records and, when n < T at a temperature above 0, the parallel baseline's records.
+
+    None for the latter: no parallel samples were drawn (see :func:`_parallel_outcomes`).
+    """
+    config, adapter = model.config, model.adapter_name
+    async with open_service(model, out_dir) as service:
+        runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
+        records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress), whole=True)
+        if samples >= turns or config.evaluation.sampling.temperature == 0:
+            return records, None
+        runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
+        parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
+        return records, read_jsonl(parallel, whole=True)
+
+
+def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
+    """Evaluate iteration ``iteration``'s model as the run config says; returns ``eval.json``'s path.
+
+    Recorded in the manifest; a rerun of a finished stage does nothing. The
+    run's report is rewritten after every eval.
+    """
+    with stage_attempt(run.manifest, iteration, STAGE) as attempt:
+        out_dir = run.stage_dir(iteration, STAGE)
+        if attempt.done:
+            return out_dir / EVAL_NAME
+        settings = run.config.evaluation
+        tasks = load_tasks(run.config.tasks.eval, "eval")
+        evaluate(iteration_model(run, iteration), tasks, out_dir, settings.turns, settings.samples, show_progress)
+        names = ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)
+        attempt.outputs = [out_dir / name for name in names]
+    try:
+        write_report(run.root)
+    except ReportError as exc:  # the eval itself is done and recorded; `selfimprove report` can retry
+        logger.warning("report not written: %s", exc)
+    return out_dir / EVAL_NAME
+
+
+def run_custom_eval(
+    run: RunDir,
+    iteration: int,
+    out_dir: Path,
+    tasks_spec: str | None = None,
+    turns: int | None = None,
+    samples: int | None = None,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Evaluate iteration ``iteration``'s model on other tasks or settings, into ``out_dir`` (not the manifest)."""
+    settings = run.config.evaluation
+    section = resolve_eval_tasks(tasks_spec, limit) if tasks_spec else run.config.tasks.eval
+    tasks = load_tasks(section, "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluate(
+        iteration_model(run, iteration),
+        tasks,
+        out_dir,
+        turns or settings.turns,
+        samples or settings.samples,
+        show_progress,
+    )
+    return out_dir / EVAL_NAME
+

@@ -1,0 +1,1 @@
+"""Export of a run's model (Hugging Face checkpoint with a card) and of its data (parquet dataset)."""

@@ -1,0 +1,1 @@
+"""One sub-package per method behind one registry (pipeline/config/methods.py); see docs/ARCHITECTURE.md."""

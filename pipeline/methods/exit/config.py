@@ -1,0 +1,75 @@
+"""ExIt's ``method`` section: the buffer, the curriculum and GRPO's settings, and its checks of the config.
+
+Its plan is train -> eval per iteration; its training worker is
+:mod:`pipeline.methods.exit.training`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.config.launch import LaunchSettings
+from pipeline.config.sections import MethodSection
+
+if TYPE_CHECKING:
+    from pipeline.config.settings import PipelineConfig
+
+
+class ExitSection(MethodSection):
+    """ExIt: GRPO on single improvement steps drawn from a buffer of learnable partial histories."""
+
+    # GRPO generates while it trains, so an iteration has no separate rollout or curate stage.
+    ITERATION_STAGES: ClassVar[tuple[str, ...]] = ("train", "eval")
+    WORKER: ClassVar[str] = "pipeline.methods.exit.training"
+    REPORTED: ClassVar[tuple[str, ...]] = (
+        "group_size", "steps_per_iteration", "buffer_capacity", "min_buffer", "select_prob", "divergence_prob",
+    )
+
+    name: Literal["exit"] = "exit"
+    buffer_capacity: int = Field(512, ge=1, description="N: the buffer keeps the top N instances by learnability.")
+    min_buffer: int = Field(128, ge=0, description="B_min: items needed before the buffer is sampled.")
+    select_prob: float = Field(0.5, ge=0, le=1, description="p: chance a group continues a buffer instance.")
+    kappa: float = Field(1.0, description="Sampling weight exp(kappa * S).")
+    divergence_prob: float = Field(0.2, ge=0, le=1, description="p_div: chance an improvement step must diverge.")
+    group_size: int = Field(8, ge=2, description="G: completions per prompt (GRPO group).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clipping epsilon.")
+    kl_beta: float = Field(0.0, ge=0, description="KL coefficient to the reference (0: no reference model).")
+    steps_per_iteration: int = Field(50, ge=1, description="GRPO optimizer steps per iteration.")
+    sync_every: int = Field(1, ge=1, description="Load the current adapter into vLLM every this many steps.")
+    delta_max: float = Field(1.0, gt=0, description="Improvement reward max(0, delta / delta_max) (graded scores).")
+    diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
+
+    def continue_reason(self) -> str | None:
+        return "ExIt continues the last adapter"  # RL carries on from the last policy
+
+    def problems(self, config: PipelineConfig) -> list[str]:
+        """ExIt generates through vLLM during training and syncs the adapter into it by name."""
+        rollout, training = config.rollout, config.training
+        problems = []
+        if rollout.backend != "vllm":
+            problems.append("rollout.backend must be 'vllm' (the adapter is synced into the server while training)")
+        if training.finetune != "lora":
+            problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
+        if rollout.serve_merged:
+            problems.append("rollout.serve_merged must be false (adapters are served by name)")
+        if rollout.sampling.temperature == 0:
+            problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")
+        served, trained = set(rollout.server.gpu_ids or ()), set(training.gpu_ids or ())
+        if served & trained:
+            problems.append(f"rollout.server.gpu_ids and training.gpu_ids share GPU(s) {sorted(served & trained)}: "
+                            "ExIt's servers run while it trains")
+        launch = LaunchSettings.of(training)
+        if launch.shards_parameters:
+            problems.append("training.accelerate_config shards the weights (FSDP, ZeRO-3), but ExIt syncs the adapter "
+                            "from the main process's copy: use DDP or ZeRO-2")
+        # One optimizer step's completions, over every process: GRPO cuts them into whole groups.
+        batch = training.per_device_batch_size * training.gradient_accumulation_steps * launch.num_processes
+        if batch % self.group_size:
+            problems.append(f"training.per_device_batch_size x gradient_accumulation_steps x processes ({batch}) "
+                            f"must be a multiple of method.group_size ({self.group_size})")
+        return ["method 'exit': " + "; ".join(problems)] if problems else []
+
+
+SECTION = ExitSection

@@ -1,0 +1,340 @@
+"""ExIt's generation inside GRPO: TRL's ``rollout_func``, served by the project's vLLM service.
+
+GRPOTrainer hands the rollout function the prompts of one generation batch:
+``num_generations`` consecutive copies of each training task's prompt
+(:class:`ExitRollout` gathers them from every training process). For each
+such group the main process's :class:`ExitGenerator`
+
+1. asks the buffer what to continue (:meth:`~pipeline.methods.exit.buffer.LearnabilityBuffer.next_instance`):
+   the fresh task, or with probability p a prefix of a buffered history,
+   followed by the improvement prompt (or, with probability p_div, the
+   divergence prompt);
+2. draws the G completions in one request to the vLLM server, under the
+   adapter last synced from the trainer (every ``sync_every`` steps the
+   trainer's adapter is saved and loaded into the server under a new name);
+3. grades them with the configured grader in the grading pool and turns the
+   scores into rewards (:func:`improvement_reward`);
+4. records the group in the buffer (the child inherits the group's
+   learnability) and in ``groups.jsonl``.
+
+The buffer is saved atomically after every batch. The token ids returned are
+exactly those the server saw and produced, so GRPO's loss is computed on
+what was sampled. A request that fails after its retries leaves its group
+unscorable (reward None: TRL gives it zero advantage) instead of stopping
+training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import broadcast_object_list, gather_object
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
+from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
+from pipeline.config.settings import PipelineConfig, TemplatesSection
+from pipeline.methods.exit.diversity import DiversityScorer
+from pipeline.methods.exit.layout import buffer_path, groups_path, service_from_env, sync_dir
+from pipeline.engine.generation import Completion, GenerationError, Message
+from pipeline.rollouts.protocol import Attempt, build_messages
+from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
+from pipeline.rollouts.service import pooled_grading, sampling_params
+from pipeline.run.layout import RunDir
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.tasks import Task, load_tasks
+from rewards import GradeResult, get_grader
+from rewards.pool import GradingPool
+
+REWARD = "exit_reward"
+ADVANTAGE_SCALE = "advantage_scale"
+
+
+def improvement_reward(score: float, previous: float | None, binary: bool, delta_max: float) -> float:
+    """The reward of one attempt, in [0, 1].
+
+    A fresh answer, or any answer under a binary verifier, earns its score;
+    an improvement step under a graded verifier earns max(0, delta / delta_max)
+    for its gain over the attempt it improves (capped at 1).
+    """
+    if previous is None or binary:
+        return score
+    return min(1.0, max(0.0, (score - previous) / delta_max))
+
+
+def instance_messages(
+    task: Task, instance: Instance, templates: TemplatesSection, history_window: int | None
+) -> list[Message]:
+    """The conversation of one improvement step: the task, the history, then "improve" (or "diverge")."""
+    attempts = [Attempt(step.response, templates.improve) for step in instance.history]
+    if instance.diverge and attempts:
+        attempts[-1] = Attempt(attempts[-1].response, templates.diverge)
+    return build_messages(task.prompt, attempts, templates, history_window)
+
+
+def prompt_index(tasks: list[Task]) -> dict[str, Task]:
+    """Task by prompt text: GRPOTrainer hands back the dataset's prompts, not its other columns.
+
+    Tasks that share a prompt must share the reference, or the prompt
+    cannot say which task it is.
+    """
+    index: dict[str, Task] = {}
+    for task in tasks:
+        known = index.setdefault(task.prompt, task)
+        if known.reference != task.reference:
+            raise ValueError(f"tasks {known.task_id} and {task.task_id} share a prompt but not the reference")
+    return index
+
+
+class GroupLog:
+    """``groups.jsonl``: one line per GRPO group, appended durably.
+
+    Opened with ``through_step``, it first drops the lines of steps after
+    that one: the steps a resumed training will run again.
+    """
+
+    def __init__(self, path: Path, through_step: int) -> None:
+        self.path = path
+        kept = [r for r in read_jsonl(path) if r["step"] <= through_step] if path.exists() else []
+        write_jsonl_atomic(path, kept)
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        append_jsonl_durably(self._handle, records)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass
+class GroupResult:
+    """One group's generation: the completions (None when the request failed) and their grades."""
+
+    instance: Instance
+    task: Task
+    completions: list[Completion] | None
+    grades: list[GradeResult]
+    error: str | None = None
+
+
+class ExitGenerator:
+    """Generates, grades and records the GRPO groups of a whole generation batch (the main process's job).
+
+    ``client`` is created on ``loop`` and talks to the rollout servers;
+    ``adapter_prefix`` names the adapters synced into them.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        tasks: dict[str, Task],
+        buffer: LearnabilityBuffer,
+        buffer_path: Path,
+        groups: GroupLog,
+        client: ServiceClient,
+        portal: BlockingPortal,
+        grade: GradeFn,
+        binary: bool,
+        sync_dir: Path,
+        adapter_prefix: str,
+        eos_token_id: int,
+        scorer: DiversityScorer | None = None,
+    ) -> None:
+        self.config = config
+        self.method = config.method
+        self.tasks = tasks  # by prompt (prompt_index)
+        self._by_id = {task.task_id: task for task in self.tasks.values()}
+        self.buffer = buffer
+        self.buffer_path = buffer_path
+        self.groups = groups
+        self.client = client
+        self.portal = portal  # the event loop thread the synchronous trainer awaits the async service on
+        self.grade = grade
+        self.binary = binary
+        self.sync_dir = sync_dir
+        self.adapter_prefix = adapter_prefix
+        self.eos_token_id = eos_token_id
+        self.scorer = scorer
+        self.adapter: str | None = None
+        self._synced: tuple[int, Path] | None = None  # step and directory of the adapter the servers hold
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        """The batch TRL expects for ``prompts``: ``num_generations`` consecutive copies of each group's prompt."""
+        started = time.monotonic()
+        step = trainer.state.global_step + 1  # the optimizer step these completions will train
+        self.sync_adapter(trainer)
+        size = trainer.num_generations
+        instances = [self._next_instance(prompts[i]) for i in range(0, len(prompts), size)]
+        results = self.portal.call(self._generate, instances, size, step)
+        batch = self._record(results, size, step)
+        stats = self.buffer.stats()
+        print(f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
+              f"rollout {time.monotonic() - started:.1f} s, buffer {stats['size']}/{stats['capacity']} "
+              f"depths {stats['depth_histogram']}", flush=True)
+        return batch
+
+    def sync_adapter(self, trainer: Any) -> None:
+        """Save the trainer's adapter and load it into the servers, every ``sync_every`` steps.
+
+        The previous synced adapter is unloaded and its files removed, so the
+        servers hold one training adapter at a time.
+        """
+        step = trainer.state.global_step
+        if self._synced is not None and step - self._synced[0] < self.method.sync_every:
+            return
+        name, path = f"{self.adapter_prefix}-step{step}", self.sync_dir / f"step-{step}"
+        shutil.rmtree(path, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(path))
+        self.portal.call(self.client.load_adapter, name, str(path))
+        old_name, old_sync = self.adapter, self._synced
+        self.adapter, self._synced = name, (step, path)
+        if old_name is not None and old_sync is not None:
+            self.portal.call(self.client.unload_adapter, old_name)
+            shutil.rmtree(old_sync[1], ignore_errors=True)
+
+    def _next_instance(self, prompt: Any) -> Instance:
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        task = self.tasks.get(text)
+        if task is None:
+            raise ValueError(f"GRPO prompt is not one of the training tasks: {text[:80]!r}")
+        return self.buffer.next_instance(
+            task.task_id, self.method.select_prob, self.method.min_buffer, self.method.divergence_prob
+        )
+
+    async def _generate(self, instances: list[Instance], size: int, step: int) -> list[GroupResult]:
+        groups = (self._group(self._by_id[inst.task_id], inst, size, step, i) for i, inst in enumerate(instances))
+        return list(await asyncio.gather(*groups))
+
+    async def _group(self, task: Task, instance: Instance, size: int, step: int, index: int) -> GroupResult:
+        rollout = self.config.rollout
+        messages = instance_messages(task, instance, rollout.templates, rollout.history_window)
+        seed = request_seed(self.config.run.seed, task.task_id, step, index)
+        try:
+            completions, grades = await chat_and_grade(
+                self.client, messages, self.grade, task.reference,
+                n=size, params=sampling_params(rollout.sampling), seed=seed, adapter=self.adapter,
+            )
+        except GenerationError as exc:
+            return GroupResult(instance, task, None, [], f"{type(exc).__name__}: {exc}")
+        if not all(c.prompt_token_ids for c in completions):
+            raise GenerationError("the rollout server returned no prompt_token_ids; it must support return_token_ids")
+        return GroupResult(instance, task, completions, grades)
+
+    def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any]]:
+        """Update the buffer and the group log, in group order; return the batch TRL expects."""
+        out: dict[str, list[Any]] = {"prompt_ids": [], "completion_ids": [], REWARD: [], ADVANTAGE_SCALE: []}
+        records = []
+        for index, result in enumerate(results):
+            records.append(self._record_group(result, step, index))
+            if result.completions is None:
+                out["prompt_ids"] += [[self.eos_token_id]] * size
+                out["completion_ids"] += [[self.eos_token_id]] * size
+                out[REWARD] += [None] * size
+                out[ADVANTAGE_SCALE] += [1.0] * size
+                continue
+            records[-1][ADVANTAGE_SCALE] = self._scales(result)
+            out["prompt_ids"] += [list(c.prompt_token_ids) for c in result.completions]
+            out["completion_ids"] += [list(c.token_ids) or [self.eos_token_id] for c in result.completions]
+            out[REWARD] += records[-1]["rewards"]
+            out[ADVANTAGE_SCALE] += records[-1][ADVANTAGE_SCALE]
+        self.buffer.save(self.buffer_path)
+        self.groups.append(records)
+        out["logprobs"] = None  # GRPO recomputes the policy's log-probabilities itself
+        return out
+
+    def _record_group(self, result: GroupResult, step: int, index: int) -> dict[str, Any]:
+        instance = result.instance
+        record: dict[str, Any] = {
+            "step": step,
+            "group": index,
+            "task_id": instance.task_id,
+            "depth": instance.depth,
+            "from_buffer": instance.from_buffer,
+            "diverge": instance.diverge,
+            "adapter": self.adapter,
+            "error": result.error,
+        }
+        if result.completions is None:
+            return record
+        scores = [g.score for g in result.grades]
+        rewards = [
+            improvement_reward(s, instance.previous_score, self.binary, self.method.delta_max) for s in scores
+        ]
+        child, entered = self.buffer.add_group(
+            instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards
+        )
+        return {**record, "scores": scores, "rewards": rewards, "learnability": child.score,
+                "child_entered": entered, "child_depth": child.depth, "buffer_size": len(self.buffer)}
+
+    def _scales(self, result: GroupResult) -> list[float]:
+        if self.scorer is None:
+            return [1.0] * len(result.completions)
+        return self.scorer.scales([c.text for c in result.completions])
+
+
+class ExitRollout:
+    """TRL's ``rollout_func`` for ExIt, on every training process.
+
+    GRPOTrainer hands each process its slice of the generation batch, and a
+    group's copies may straddle processes. So the slices are gathered, the
+    main process generates and scores the whole batch (one buffer, one group
+    log, one server client), and each process takes back its own slice.
+    ``generator`` is None on the other processes.
+    """
+
+    def __init__(self, prompts: list[str], generator: ExitGenerator | None) -> None:
+        self.prompts = prompts  # GRPO's dataset: one prompt per distinct task
+        self.generator = generator
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        accelerator = trainer.accelerator
+        everyone = gather_object(prompts)  # in process order, as GRPOTrainer gathers the rewards
+        batch = [self.generator(everyone, trainer) if self.generator is not None else None]
+        batch = broadcast_object_list(batch)[0]
+        mine = slice(accelerator.process_index * len(prompts), (accelerator.process_index + 1) * len(prompts))
+        return {key: value[mine] if isinstance(value, list) else value for key, value in batch.items()}
+
+
+@contextmanager
+def open_rollout(
+    run: RunDir, iteration: int, buffer: LearnabilityBuffer | None, through_step: int, eos_token_id: int
+) -> Iterator[ExitRollout]:
+    """The rollout function of iteration ``iteration``, its resources released on exit.
+
+    ``buffer`` is None on all but the main process, which alone holds the
+    generator: the servers the train stage started
+    (:func:`~pipeline.methods.exit.layout.service_from_env`), a pool of
+    ``grader.workers`` grading processes, and ``groups.jsonl``, kept up to
+    ``through_step`` (the step of the checkpoint being resumed).
+    """
+    config = run.config
+    tasks = prompt_index(load_tasks(config.tasks.train, "train"))
+    if buffer is None:
+        yield ExitRollout(list(tasks), None)
+        return
+    urls, model_name = service_from_env()
+    with ExitStack() as stack:
+        portal = stack.enter_context(start_blocking_portal())
+        client = ServiceClient([Endpoint(url) for url in urls], model_name, config.rollout.max_concurrency,
+                               config.rollout.request_timeout_s, config.rollout.max_retries)
+        stack.callback(portal.call, client.aclose)
+        pool = stack.enter_context(GradingPool(config.grader.workers, config.grader.timeout_s))
+        groups = GroupLog(groups_path(run, iteration), through_step)
+        stack.callback(groups.close)
+        generator = ExitGenerator(
+            config, tasks, buffer, buffer_path(run, iteration), groups, client, portal,
+            grade=pooled_grading(pool, config.grader.name, config.grader.options),
+            binary=get_grader(config.grader.name, **config.grader.options).binary,
+            sync_dir=sync_dir(run, iteration),
+            adapter_prefix=f"{config.run.name}-exit{iteration}",
+            eos_token_id=eos_token_id,
+            scorer=DiversityScorer() if config.method.diversity_bonus else None,
+        )
+        yield ExitRollout(list(tasks), generator)

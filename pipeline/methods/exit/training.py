@@ -1,0 +1,173 @@
+"""One ExIt training iteration, inside the train stage's worker process.
+
+TRL's GRPOTrainer trains the LoRA policy for ``method.steps_per_iteration``
+steps. Its dataset is the training tasks; its ``rollout_func``
+(:class:`~pipeline.methods.exit.rollout.ExitRollout`) replaces a task by a buffered
+partial history when the curriculum says so, generates through the rollout
+servers the stage started, grades, and updates the buffer. Iteration 1
+starts a new adapter on the base model, iteration K continues iteration
+K-1's adapter and buffer.
+
+Several training processes share one generation batch: the main process
+generates and scores it, and alone holds the buffer and writes the run's
+files (:class:`~pipeline.methods.exit.rollout.ExitRollout`).
+
+Every checkpoint carries a copy of the buffer as it was at that step
+(written before the checkpoint's ``trainer_state.json``, so a checkpoint
+that counts as complete always has it), and a resumed training restarts
+from both, after dropping the group log's lines of the steps it will redo:
+the buffer, the weights and the log stay consistent with each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOConfig, GRPOTrainer
+
+from pipeline.system.atomic import read_jsonl, write_json_atomic
+from pipeline.methods.exit.buffer import BUFFER_NAME, LearnabilityBuffer
+from pipeline.config.settings import PipelineConfig
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
+from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
+from pipeline.engine.model_store import resolve_model
+from pipeline.training.trainer import StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
+from pipeline.tracking.callbacks import attach_trackers
+from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
+
+
+def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:
+    """GRPO's advantages times each completion's diversity factor (1 where the rollout gave none)."""
+    scales = [float(example.get(ADVANTAGE_SCALE, 1.0)) for example in inputs]
+    return advantages * torch.tensor(scales, dtype=advantages.dtype, device=advantages.device)
+
+
+class ExitGRPOTrainer(GRPOTrainer):
+    """GRPO with ExIt's additions: the diversity bonus on advantages, the buffer in checkpoints and in the logs."""
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        # TRL merged the rollout's extra fields into ``inputs``: each completion's advantage factor.
+        output["advantages"] = scaled_advantages(output["advantages"], inputs)
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each logging step also carries the buffer's state, so the trackers plot it on the same step."""
+        generator = self.rollout_func.generator  # None on the processes that do not generate
+        if generator is not None and "loss" in logs:
+            logs = {**logs, **buffer_metrics(generator.buffer.stats())}
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.rollout_func.generator.buffer.save(folder / BUFFER_NAME)
+        super()._save_checkpoint(model, trial)
+
+
+def buffer_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The buffer's size, depth histogram and learnability quantiles as flat scalars for the trackers."""
+    metrics = {"buffer/size": float(stats["size"])}
+    metrics |= {f"buffer/depth_{depth}": float(count) for depth, count in stats["depth_histogram"].items()}
+    metrics |= {f"buffer/score_{name}": float(value) for name, value in (stats["score_quantiles"] or {}).items()}
+    return metrics
+
+
+def exit_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
+    """The rewards the rollout computed (None: the group's request failed, so it has no advantage)."""
+    return list(kwargs[REWARD])
+
+
+def grpo_config(config: PipelineConfig, output_dir: Path, *, precision: str, use_cpu: bool) -> GRPOConfig:
+    """TRL's GRPO arguments: the method's group size, clipping, KL and steps, the rollout's sampling, and the
+    ``training`` section (:func:`~pipeline.methods.rise.weighted_sft.trainer_arguments`)."""
+    method, sampling = config.method, config.rollout.sampling
+    common = trainer_arguments(output_dir, config.training, bf16=precision == "bf16", fp16=precision == "fp16",
+                               seed=config.run.seed, use_cpu=use_cpu, report_to=config.run.report_to)
+    return GRPOConfig(
+        **common,
+        max_steps=method.steps_per_iteration,
+        num_generations=method.group_size,
+        epsilon=method.clip_eps,
+        beta=method.kl_beta,
+        max_completion_length=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        logging_steps=1,
+    )
+
+
+def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> LearnabilityBuffer:
+    """The checkpoint's buffer when resuming, else iteration K-1's final buffer, else an empty one."""
+    if checkpoint is not None:
+        return LearnabilityBuffer.load(Path(checkpoint) / BUFFER_NAME)
+    if iteration > 1:
+        return LearnabilityBuffer.load(buffer_path(run, iteration - 1))
+    method: ExitSection = run.config.method
+    return LearnabilityBuffer(method.buffer_capacity, method.kappa, seed=run.config.run.seed)
+
+
+def summarize(trainer: GRPOTrainer, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
+    """Steps, throughput, the depths trained on (from the whole group log) and the buffer's state."""
+    depths = [record["depth"] for record in read_jsonl(groups) if record.get("rewards") is not None]
+    histogram = Counter(depths)
+    return {
+        "steps": trainer.state.global_step,
+        "groups": len(depths),
+        "mean_depth": statistics.fmean(depths) if depths else None,
+        "max_depth": max(depths, default=None),
+        "depth_histogram": {str(d): histogram[d] for d in sorted(histogram)},
+        "steps_per_minute": 60 * steps / seconds if seconds > 0 else None,
+        "buffer": buffer.stats(),
+    }
+
+
+def train_iteration(run: RunDir, iteration: int) -> Path:
+    """Run one ExIt iteration's GRPO steps; write the adapter, buffer, group log and summary."""
+    config, on_cpu = run.config, runs_on_cpu()
+    precision = training_precision(config, on_cpu)
+    bf16 = precision == "bf16"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model.name_or_path))
+    checkpoint = last_checkpoint(checkpoints_dir(run, iteration))
+    resumed_at = checkpoint_step(checkpoint)
+    # The launcher's global rank: known before the trainer (which needs the rollout function) sets up the
+    # process group; a PartialState made this early would not see the launch's processes on the CPU.
+    main = int(os.environ.get("RANK", "0")) == 0
+    buffer = starting_buffer(run, iteration, checkpoint) if main else None  # the main process generates
+    if buffer is not None:
+        buffer.save(buffer_path(run, iteration))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL; written against 1.16
+    with open_rollout(run, iteration, buffer, resumed_at, tokenizer.eos_token_id) as rollout:
+        trainer = ExitGRPOTrainer(
+            model=starting_model(run, iteration, bf16),
+            reward_funcs=[exit_reward],
+            args=grpo_config(config, checkpoints_dir(run, iteration), precision=precision, use_cpu=on_cpu),
+            train_dataset=Dataset.from_list([{"prompt": prompt} for prompt in rollout.prompts]),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.training) if iteration == 1 else None,
+            rollout_func=rollout,
+            callbacks=[StepPrinter()],
+        )
+        attach_trackers(trainer, run, iteration)
+        started = time.monotonic()
+        final = train(trainer, final_dir(run, iteration))
+        seconds = time.monotonic() - started
+    if buffer is not None:
+        steps = trainer.state.global_step - resumed_at
+        write_json_atomic(summary_path(run, iteration),
+                          summarize(trainer, groups_path(run, iteration), buffer, steps, seconds))
+        shutil.rmtree(sync_dir(run, iteration), ignore_errors=True)
+    return final

@@ -1,0 +1,67 @@
+"""RISE's ``method`` section: curation and weighting of the revision turns, and its checks of the config.
+
+Its plan is rollout -> curate -> train -> eval per iteration; its training
+worker is :mod:`pipeline.methods.rise.training`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.config.sections import MethodSection
+
+if TYPE_CHECKING:
+    from pipeline.config.settings import PipelineConfig
+
+
+class RiseSection(MethodSection):
+    """RISE: reward-weighted SFT on the turns of multi-turn revision rollouts."""
+
+    ITERATION_STAGES: ClassVar[tuple[str, ...]] = ("rollout", "curate", "train", "eval")
+    WORKER: ClassVar[str] = "pipeline.methods.rise.training"
+    REPORTED: ClassVar[tuple[str, ...]] = ("mode", "selection", "tau", "train_from", "accumulate", "boost")
+
+    name: Literal["rise"] = "rise"
+    mode: Literal["self_distill", "distill"] = "self_distill"
+    selection: Literal["all", "better", "best", "success"] = "all"
+    tau: float = Field(0.4, gt=0, description="Temperature of the weights exp(r / tau).")
+    accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
+    train_from: Literal["base", "previous"] = Field("base", description="Retrain from the base or continue the previous adapter.")
+    boost: bool = Field(False, description="Warm-up SFT on successful first-turn samples.")
+    unparsed_reward: float = Field(-1.0, description="Reward of a turn that gave no answer (RISE: -1, weight 0.08).")
+    pairs_per_state: int = Field(
+        0, ge=0, description="Wrong -> right pairs built from each state's parallel samples (0: none)."
+    )
+    keep_ratio: float | None = Field(
+        None,
+        ge=0,
+        description="Cap keep examples (right after right, told 'incorrect') at this many per fix example; "
+        "needs rollout.stop_at_success false (null: no cap).",
+    )
+    informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
+
+    def continue_reason(self) -> str | None:
+        return "method.train_from is 'previous'" if self.train_from == "previous" else None
+
+    def problems(self, config: PipelineConfig) -> list[str]:
+        if self.mode == "distill" and config.rollout.teacher is None:
+            return ["method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)"]
+        if self.keep_ratio is not None and config.rollout.stop_at_success:
+            return ["method.keep_ratio caps keep examples, which exist only when collection goes on after a success: "
+                    "set rollout.stop_at_success false"]
+        return []
+
+    def stage_inputs(self, iteration: int, stage: str) -> list[tuple[int, str]]:
+        """Rollout serves iteration K-1's model; curate reads its rollouts and, accumulating, the previous set."""
+        if stage == "rollout":
+            return [(iteration - 1, "train")] if iteration > 1 else []
+        if stage == "curate":
+            return [(iteration, "rollout"), *([(iteration - 1, "curate")] if self.accumulate and iteration > 1 else [])]
+        if stage == "train":
+            return [(iteration, "curate"), *super().stage_inputs(iteration, stage)]
+        return super().stage_inputs(iteration, stage)
+
+
+SECTION = RiseSection

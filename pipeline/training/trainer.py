@@ -1,0 +1,135 @@
+"""What every trainer here shares (RISE's weighted SFT and ExIt's GRPO): precision, arguments, the model to start from.
+
+Both methods' workers build their trainer from the same ``training``
+section; keeping these helpers below ``methods/`` lets each method import
+them without importing the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import parse_flag_from_env
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from pipeline.config.settings import PipelineConfig, TrainingSection
+from pipeline.engine.model_store import resolve_model
+from pipeline.run.layout import RunDir
+from pipeline.training.launch import previous_output, step_line
+
+
+def runs_on_cpu() -> bool:
+    """True without CUDA, or when the accelerate config asks for the CPU."""
+    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def training_precision(config: PipelineConfig, on_cpu: bool) -> str:
+    """``training.mixed_precision`` resolved: ``auto`` is bf16 on a GPU with ``model.dtype: bfloat16``, else ``no``.
+
+    The CPU has no fast bf16 training, and float16 needs loss scaling, so
+    ``auto`` never picks either there.
+    """
+    precision = config.training.mixed_precision
+    if precision != "auto":
+        return precision
+    return "bf16" if not on_cpu and config.model.dtype == "bfloat16" else "no"
+
+
+def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments of the model to train.
+
+    The dtype is the training precision, so that no mixed precision is
+    needed. QLoRA loads the frozen base weights in 4-bit NF4 (bitsandbytes)
+    and computes in that precision; only the LoRA weights train.
+    """
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if settings.finetune != "qlora":
+        return {"dtype": dtype}
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+    )
+    return {"dtype": dtype, "quantization_config": quantization}
+
+
+def trainer_arguments(
+    output_dir: str | Path,
+    settings: TrainingSection,
+    *,
+    bf16: bool,
+    fp16: bool,
+    seed: int,
+    use_cpu: bool,
+    report_to: list[str] | None = None,
+) -> dict[str, Any]:
+    """The ``training`` section as the Trainer arguments every trainer here shares (SFT and GRPO).
+
+    Every setting is explicit because TRL's configs default differently from
+    Trainer (gradient checkpointing and bf16 on). ``bf16`` also picks the
+    dtype the model is loaded in (float32 otherwise), so bf16 autocast is
+    never asked of float32 weights or vice versa; ``fp16`` autocasts float32
+    weights, with loss scaling. ``report_to`` (``run.report_to``) names the
+    trackers whose integration callbacks the trainer builds; none by default.
+    """
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        warmup_steps=settings.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=use_cpu,
+        seed=seed,
+        report_to=list(report_to or []),
+        model_init_kwargs=model_load_kwargs(settings, bf16),
+    )
+
+
+def lora_config(settings: TrainingSection) -> LoraConfig | None:
+    """The LoRA adapter to train (also on QLoRA's 4-bit base), or None for full fine-tuning."""
+    if settings.finetune == "full":
+        return None
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
+    """The checkpoint to start from, or iteration K-1's adapter on the base model, trainable, to continue it."""
+    base = resolve_model(run.config.model.name_or_path)
+    previous = previous_output(run, iteration)
+    if previous is None:
+        return base
+    if run.config.training.finetune == "full":
+        return str(previous)
+    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
+    return PeftModel.from_pretrained(model, previous, is_trainable=True)
+
+
+class StepPrinter(TrainerCallback):
+    """Prints :func:`~pipeline.training.launch.step_line` when training starts (or resumes) and after each step."""
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self._print(state)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self._print(state)
+
+    @staticmethod
+    def _print(state: TrainerState) -> None:
+        if state.is_world_process_zero:
+            print(step_line(state.global_step, state.max_steps), flush=True)

@@ -1,0 +1,114 @@
+"""The stage lifecycle refuses stages outside the run's plan without writing, and one process at a time drives a run.
+
+Both through the real CLI: ``selfimprove curate RUN -i 9`` on a two-iteration
+run must leave ``manifest.json`` byte-identical (it used to add
+``iter_9/curate``, after which ``status`` named it next and ``resume``
+failed forever), and a second process on a run directory whose lock another
+process holds must fail at once, naming that process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config.settings import parse_config
+from pipeline.run.layout import RunDir
+from pipeline.run.lifecycle import StageNotPlannedError, stage_attempt
+from pipeline.run.lock import LOCK_NAME
+from pipeline.run.manifest import MANIFEST_NAME
+from tests.run_helpers import REPO, cli_env, run_cli
+
+
+def new_run(tmp_path: Path, method: str = "rise") -> RunDir:
+    return RunDir.create(
+        parse_config(
+            {
+                "run": {"name": f"plan_{method}", "output_dir": str(tmp_path), "iterations": 2, "report_to": []},
+                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "method": {"name": method},
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "command"),
+    [
+        ("rise", ["curate", "-i", "9"]),
+        ("rise", ["eval", "-i", "9"]),
+        ("exit", ["rollout", "-i", "1"]),
+    ],
+)
+def test_a_stage_outside_the_plan_is_refused_and_the_manifest_stays_byte_identical(
+    tmp_path: Path, method: str, command: list[str]
+) -> None:
+    run = new_run(tmp_path, method)
+    before = (run.root / MANIFEST_NAME).read_bytes()
+    result = run_cli(command[0], str(run.root), *command[1:])
+    assert result.returncode == 1
+    stage = f"iter_{command[2]}/{command[0]}"
+    assert f"error: {stage} is not in the plan of the run in {run.root}" in " ".join(result.stderr.split())
+    assert (run.root / MANIFEST_NAME).read_bytes() == before
+    assert not (run.root / f"iter_{command[2]}" / command[0]).exists()
+
+
+def test_status_reads_the_manifest_without_writing_it(tmp_path: Path) -> None:
+    run = new_run(tmp_path)
+    before = (run.root / MANIFEST_NAME).read_bytes()
+    result = run_cli("status", str(run.root))
+    assert result.returncode == 0 and "next: iter_0/eval" in result.stdout
+    assert (run.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_the_lifecycle_records_failure_and_completion(tmp_path: Path) -> None:
+    run = new_run(tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        with stage_attempt(run.manifest, 1, "rollout") as attempt:
+            assert not attempt.done
+            1 / 0
+    record = run.manifest.record(1, "rollout")
+    assert (record.state.value, record.attempts, record.error) == ("failed", 1, "ZeroDivisionError: division by zero")
+    output = run.stage_dir(1, "rollout") / "rollouts.jsonl"
+    output.write_text("{}\n")
+    with stage_attempt(run.manifest, 1, "rollout") as attempt:
+        attempt.outputs = [output]
+    with stage_attempt(run.manifest, 1, "rollout") as attempt:
+        assert attempt.done
+    assert run.manifest.record(1, "rollout").attempts == 2
+    with pytest.raises(StageNotPlannedError, match="iter_3/rollout is not in the plan"):
+        with stage_attempt(run.manifest, 3, "rollout"):
+            pass
+
+
+HOLD_LOCK = (
+    "import sys; from pipeline.run.lock import run_lock\n"
+    "with run_lock(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    sys.stdin.read()\n"
+)
+
+
+def test_a_second_process_on_a_locked_run_fails_naming_the_holder(tmp_path: Path) -> None:
+    run = new_run(tmp_path)
+    before = (run.root / MANIFEST_NAME).read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run.root)],
+        cwd=REPO, env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = run_cli("curate", str(run.root), "-i", "1")
+        message = " ".join(result.stderr.split())
+        assert result.returncode == 1
+        assert f"{run.root} is in use by another selfimprove process (pid {holder.pid})" in message
+        assert (run.root / MANIFEST_NAME).read_bytes() == before
+    finally:
+        holder.communicate("")  # closing its stdin ends it, releasing the lock
+    assert holder.returncode == 0
+    after = run_cli("curate", str(run.root), "-i", "1")  # the lock is free again: the stage itself answers
+    assert "is in use" not in after.stderr and "rollout stage is not done" in " ".join(after.stderr.split())
+    assert (run.root / LOCK_NAME).read_text().strip().isdigit()
