@@ -44,19 +44,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from anyio.from_thread import start_blocking_portal
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import train as sft_bench  # bench/train.py, beside this file
 
-from pipeline.buffer import LearnabilityBuffer
-from pipeline.config import parse_config
-from pipeline.exit_rollout import BackgroundLoop, ExitGenerator, ExitRollout, GroupLog, prompt_index
-from pipeline.exit_training import ExitGRPOTrainer, exit_reward, grpo_config
-from pipeline.generation import SamplingParams
-from pipeline.hf_backend import HFBackend
-from pipeline.model_store import embedded_checkpoint
+from pipeline.config.settings import parse_config
+from pipeline.engine.generation import SamplingParams
+from pipeline.engine.hf_backend import HFBackend
+from pipeline.engine.model_store import embedded_checkpoint
+from pipeline.methods.exit.buffer import LearnabilityBuffer
+from pipeline.methods.exit.rollout import ExitGenerator, ExitRollout, GroupLog, prompt_index
+from pipeline.methods.exit.training import ExitGRPOTrainer, exit_reward, grpo_config
 from pipeline.tasks import Task
-from pipeline.weighted_sft import lora_config
+from pipeline.training.trainer import lora_config
 from rewards import get_grader
 
 # (hidden, intermediate, layers, heads, kv heads) of the SmolLM2 checkpoints; "tiny" is the tests' model.
@@ -179,16 +180,15 @@ def grpo_section(model: Path, on_gpu: bool, work: Path, batch_groups: int, group
 
     reset_peak()
     with ExitStack() as stack:
-        loop = BackgroundLoop()
-        stack.callback(loop.close)
+        portal = stack.enter_context(start_blocking_portal())
         backend = HFBackend(str(model), "bfloat16" if on_gpu else "float32", batch_size=batch_groups * group_size,
                             device="cuda" if on_gpu else "cpu")
-        stack.callback(lambda: loop.run(backend.aclose()))
+        stack.callback(lambda: portal.call(backend.aclose))
         groups = GroupLog(work / "groups.jsonl", 0)
         stack.callback(groups.close)
         generator = ExitGenerator(
             config, tasks, LearnabilityBuffer(config.method.buffer_capacity, config.method.kappa, seed=0),
-            work / "buffer.json", groups, backend, loop, grade=grade, binary=grader.binary,
+            work / "buffer.json", groups, backend, portal, grade=grade, binary=grader.binary,
             sync_dir=work / "sync", adapter_prefix="gpu-check", eos_token_id=tokenizer.eos_token_id,
         )
         precision = "bf16" if on_gpu else "fp32"

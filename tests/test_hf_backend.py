@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.generation import Completion, SamplingParams
-from pipeline.hf_backend import HFBackend
+from pipeline.engine.generation import Completion, SamplingParams
+from pipeline.engine.hf_backend import HFBackend
 
 SHORT = [{"role": "user", "content": "What is 2 + 3?"}]
 LONG = [{"role": "user", "content": "A baker sells 12 loaves each morning and 7 each evening. How many in a day?"}]
