@@ -243,7 +243,7 @@ class ExitGenerator:
             return GroupResult(instance, task, None, [], f"{type(exc).__name__}: {exc}")
         if not all(c.prompt_token_ids for c in completions):
             raise GenerationError("the rollout server returned no prompt_token_ids; it must support return_token_ids")
-        grades = await asyncio.gather(*(asyncio.wrap_future(self.grade(c.text, task.reference)) for c in completions))
+        grades = await asyncio.gather(*map(asyncio.wrap_future, self.grade([(c.text, task.reference) for c in completions])))
         return GroupResult(instance, task, completions, list(grades))
 
     def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any]]:

@@ -32,7 +32,8 @@ from rewards import GradeResult
 ROLLOUTS_NAME = "rollouts.jsonl"
 PARTIAL_NAME = "rollouts.partial.jsonl"
 
-GradeFn = Callable[[str, Any], "Future[GradeResult]"]
+# Grades one task's (response, reference) pairs as one batch: one future per pair (rewards.GradingPool.submit).
+GradeFn = Callable[[list[tuple[str, Any]]], "list[Future[GradeResult]]"]
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,7 @@ class TrajectoryRunner:
             except GenerationError as exc:
                 record["error"] = f"turn {turn}: {exc}"
                 break
-            grades = await asyncio.gather(
-                *(asyncio.wrap_future(self.grade(c.text, task.reference)) for c in completions)
-            )
+            grades = await asyncio.gather(*map(asyncio.wrap_future, self.grade([(c.text, task.reference) for c in completions])))
             best = max(range(len(grades)), key=lambda i: (grades[i].score, -i))
             chosen, grade = completions[best], grades[best]
             turns.append(
