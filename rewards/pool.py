@@ -72,7 +72,7 @@ def placement(grader: Grader) -> Placement:
     return getattr(grader, "placement", Placement.POOL)
 
 
-def grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
+def _grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
     """Graders promise not to raise; a broken one still must not kill a batch."""
     try:
         result = grader.grade(response, reference)
@@ -85,7 +85,7 @@ def grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
 
 def _grade_job(grader: Grader, pairs: list[Pair]) -> list[GradeResult]:
     """One job in a worker: the pairs in order."""
-    return [grade_one(grader, response, reference) for response, reference in pairs]
+    return [_grade_one(grader, response, reference) for response, reference in pairs]
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -141,7 +141,7 @@ class GradingPool:
         where = placement(grader)
         if where is Placement.INLINE:
             for (response, reference), future in items:
-                future.set_result(grade_one(grader, response, reference))
+                future.set_result(_grade_one(grader, response, reference))
         else:
             size = self._chunk_size(len(items)) if where is Placement.POOL_CHUNKED else 1
             for start in range(0, len(items), size):
