@@ -12,8 +12,10 @@ what the chunks buy.
 Serial means the grader's work done in this process one response at a time
 (``MathGrader.grade_here`` for math, as a worker does it). Each rate is the
 best of :data:`REPEATS` runs, so that a moment of load from other processes
-does not decide a ratio; the load average is printed alongside. Pool start-up
-is timed separately.
+does not decide a ratio; the load average is printed alongside. The CPU time
+per response (this process and all below it, workers included) does not
+depend on that load: it shows what the round trips to the workers cost.
+Pool start-up is timed separately.
 
     .venv/bin/python bench/graders.py
 """
@@ -28,6 +30,8 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -79,14 +83,20 @@ def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
     return numeric, math
 
 
-def best_rate(grade_all: Callable[[], list[GradeResult]], n: int) -> tuple[float, list[GradeResult]]:
-    """The best responses/second of :data:`REPEATS` runs, and the last run's results."""
-    best = 0.0
+def tree_cpu_s() -> float:
+    """CPU seconds of this process and every live process below it (the forkserver's workers too)."""
+    processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    return sum(sum(process.cpu_times()[:2]) for process in processes)
+
+
+def best_rate(grade_all: Callable[[], list[GradeResult]], n: int) -> tuple[float, float, list[GradeResult]]:
+    """The best responses/second of :data:`REPEATS` runs, the mean CPU ms per response, and the last run's results."""
+    best, cpu_before = 0.0, tree_cpu_s()
     for _ in range(REPEATS):
         start = time.perf_counter()
         results = grade_all()
         best = max(best, n / (time.perf_counter() - start))
-    return best, results
+    return best, (tree_cpu_s() - cpu_before) * 1000 / (n * REPEATS), results
 
 
 def through_pool(pool: GradingPool, grader: Grader, items: Sequence[Pair]) -> list[GradeResult]:
@@ -98,12 +108,13 @@ def compare(label: str, serial: Callable[[Pair], GradeResult], pool: GradingPool
     for item in items[:WARM_UP]:
         serial(item)
     through_pool(pool, grader, items[:WARM_UP])
-    serial_rate, serial_results = best_rate(lambda: [serial(item) for item in items], len(items))
-    pooled_rate, pooled_results = best_rate(lambda: through_pool(pool, grader, items), len(items))
+    serial_rate, serial_cpu, serial_results = best_rate(lambda: [serial(item) for item in items], len(items))
+    pooled_rate, pooled_cpu, pooled_results = best_rate(lambda: through_pool(pool, grader, items), len(items))
     agree = sum(s == p for s, p in zip(serial_results, pooled_results))
     correct = sum(result.correct for result in pooled_results)
-    print(f"{label:17} {placement(grader).value:12} serial {serial_rate:7.0f}/s   submit {pooled_rate:7.0f}/s"
-          f"   submit/serial {pooled_rate / serial_rate:5.2f}   ({correct}/{len(items)} correct, submit == serial for {agree})")
+    print(f"{label:17} {placement(grader).value:12} serial {serial_rate:6.0f}/s  submit {pooled_rate:6.0f}/s"
+          f"  submit/serial {pooled_rate / serial_rate:5.2f}   CPU/response serial {serial_cpu:.3f} ms, submit {pooled_cpu:.3f} ms"
+          f"   ({correct}/{len(items)} correct, submit == serial for {agree})")
 
 
 def main() -> None:
