@@ -94,8 +94,6 @@ def _failure_reason(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, ProcessExpired):
         return "grading worker died"
-    if isinstance(error, CancelledError):
-        return "pool closed"
     if isinstance(error, (pickle.PicklingError, TypeError, AttributeError)):  # what pebble's dispatch raises
         return f"cannot send to a grading worker: {error}"[:300]
     return f"grading pool failed: {type(error).__name__}: {error}"[:300]
@@ -122,6 +120,7 @@ class GradingPool:
         self._pool = ProcessPool(max_workers=self.workers, initializer=_mark_worker, context=context)
         self._lock = threading.Lock()
         self._closing = False
+        self._stopped = False  # the workers are being stopped: a job that fails now failed because of it
         self._waiting: set[Future[GradeResult]] = set()
 
     def __enter__(self) -> "GradingPool":
@@ -158,9 +157,8 @@ class GradingPool:
             waiting = list(self._waiting)
         if wait:
             futures.wait(waiting)  # a failed job's retries are scheduled before its futures resolve
-            self._pool.close()
-        else:
-            self._pool.stop()
+        self._stopped = True
+        self._pool.stop()
         self._pool.join()
         with self._lock:
             left = list(self._waiting)
@@ -178,7 +176,7 @@ class GradingPool:
         try:
             job = self._pool.schedule(_grade_job, args=(grader, [pair for pair, _ in items]), timeout=self.timeout_s)
         except RuntimeError as exc:  # pebble refuses jobs once it is stopping
-            reason = "pool closed" if self._closing else f"grading pool failed: {exc}"
+            reason = "pool closed" if self._stopped else f"grading pool failed: {exc}"
             for _, future in items:
                 self._resolve(future, GradeResult.failure(reason))
             return
@@ -190,6 +188,9 @@ class GradingPool:
         if error is None:
             for (_, future), result in zip(items, job.result()):
                 self._resolve(future, result)
+        elif self._stopped:
+            for _, future in items:
+                self._resolve(future, GradeResult.failure("pool closed"))
         elif len(items) > 1:
             for item in items:
                 self._schedule(grader, [item])
