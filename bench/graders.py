@@ -13,8 +13,8 @@ Serial means the grader's work done in this process one response at a time
 (``MathGrader.grade_here`` for math, as a worker does it). Each rate is the
 best of :data:`REPEATS` runs, so that a moment of load from other processes
 does not decide a ratio; the load average is printed alongside. The CPU time
-per response (this process and all below it, workers included) does not
-depend on that load: it shows what the round trips to the workers cost.
+per response (this process and all below it, workers included) depends much
+less on that load: it shows what the round trips to the workers cost.
 Pool start-up is timed separately.
 
     .venv/bin/python bench/graders.py
