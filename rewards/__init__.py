@@ -1,10 +1,10 @@
 """Verifiable graders and the feedback they produce."""
 
-from rewards.base import GradeResult, Grader, get_grader, grader_names, register_grader
+from rewards.base import GradeResult, Grader, Placement, get_grader, grader_names, register_grader
 from rewards.code import CodeGrader
 from rewards.math_equiv import MathGrader
 from rewards.numeric import NumericGrader
-from rewards.pool import GradingPool, default_pool, grade_batch
+from rewards.pool import GradingPool, default_pool
 
 __all__ = [
     "CodeGrader",
@@ -13,9 +13,9 @@ __all__ = [
     "GradingPool",
     "MathGrader",
     "NumericGrader",
+    "Placement",
     "default_pool",
     "get_grader",
-    "grade_batch",
     "grader_names",
     "register_grader",
 ]

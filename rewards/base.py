@@ -9,6 +9,7 @@ wrote (empty, enormous, adversarial) becomes a result with ``score`` 0 and an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 
@@ -40,6 +41,23 @@ class GradeResult:
         return cls(score=0.0, correct=False, parsed=None, feedback=feedback, error=reason)
 
 
+class Placement(Enum):
+    """Where a grader's grades run, which each grader declares as ``placement``.
+
+    Grading in the calling process costs nothing but is safe only for work
+    that is bounded by construction; a worker process with a hard timeout is
+    safe for anything but costs a round trip per job, which a cheap grade
+    must share with others to be worth it (:class:`rewards.pool.GradingPool`).
+    """
+
+    INLINE = "inline"
+    """Cannot hang (numeric: bounded parsing and arithmetic): graded in the calling process."""
+    POOL_CHUNKED = "pool_chunked"
+    """Can hang but is usually cheap (math-verify): pool workers, several responses per job."""
+    POOL = "pool"
+    """Can hang and is costly (code runs programs): pool workers, one response per job."""
+
+
 @runtime_checkable
 class Grader(Protocol):
     """What ``rewards.get_grader`` returns.
@@ -50,6 +68,7 @@ class Grader(Protocol):
 
     name: str
     binary: bool  # scores are only 0 or 1 (ExIt then rewards an improvement step with the score itself)
+    placement: Placement  # where grades run; a grader that declares none gets Placement.POOL, the safe side
 
     def grade(self, response: str, reference: Any) -> GradeResult: ...
 

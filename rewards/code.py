@@ -49,15 +49,14 @@ per-response timeout above ``timeout_s``.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
 from typing import Any
 
-from rewards.base import ExactKeys, GradeResult, register_grader
+from rewards.base import ExactKeys, GradeResult, Placement, register_grader
 from rewards.code_examples import example_calls
 from rewards.code_extract import Program, extract_program, prompt_code
 from rewards.code_session import Session, run_session
 from rewards.code_tests import Suite, suite_from_reference
-from rewards.sandbox import Limits, LocalRunner, Runner, SandboxResult, parallel_map
+from rewards.sandbox import Limits, LocalRunner, Runner, SandboxResult
 
 SCORE_MODES = ("fraction", "binary")
 NO_CODE_FEEDBACK = "Your answer contains no Python code. Put your solution in a ```python code block."
@@ -72,6 +71,7 @@ class CodeGrader(ExactKeys):
     """Grades Python programs by running the task's tests; see the module docstring."""
 
     name = "code"
+    placement = Placement.POOL  # a run takes a tenth of a second or more: one response per pool job
 
     def __init__(
         self,
@@ -114,10 +114,6 @@ class CodeGrader(ExactKeys):
         candidate = {"context": program.context, "solution": program.code, "entry_point": suite.entry_point, "cpu_s": self.test_timeout_s}
         session = run_session(self.runner, self.limits, candidate, self._checker_spec(suite, prompt))
         return self._verdict(session, program, suite)
-
-    def grade_many(self, pairs: Sequence[tuple[str, Any]], workers: int | None = None) -> list[GradeResult]:
-        """Grade (response, reference) pairs concurrently; results in input order."""
-        return parallel_map(lambda pair: self.grade(*pair), pairs, workers)
 
     def _checker_spec(self, suite: Suite, prompt: str) -> dict[str, Any]:
         """What the checker runs: the prompt's code, the test module, then the steps (see :mod:`rewards.code_checker`)."""

@@ -9,8 +9,9 @@ the main thread (a plain script grading one response: no pool to start, no
 :data:`rewards.pool.DEFAULT_TIMEOUT_S`; from any other thread it submits to
 the shared :func:`rewards.pool.default_pool`, whose hard kill-the-worker
 timeout is the limit, and waits. Inside a pool worker it grades directly.
-Batches should go through a :class:`rewards.pool.GradingPool` (or
-``grade_batch``) to grade in parallel.
+Batches should go through :meth:`rewards.pool.GradingPool.submit`, which
+grades them in parallel, several responses per worker job
+(``Placement.POOL_CHUNKED``: a grade can hang, but usually takes a millisecond).
 
 The answer is found by the rules of :mod:`rewards.extract` (last box, code
 fences last); only the box (or, without one, the last
@@ -38,7 +39,7 @@ from typing import Any, ClassVar
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from rewards.base import GradeResult, register_grader
+from rewards.base import GradeResult, Placement, register_grader
 from rewards.extract import brace_depth, last_boxed, no_answer, not_a_string, search_texts, shorten, tail, verdict
 from rewards.pool import DEFAULT_TIMEOUT_S, default_pool, in_grading_worker
 
@@ -65,6 +66,7 @@ class MathGrader:
 
     name: ClassVar[str] = "math"
     binary: ClassVar[bool] = True
+    placement: ClassVar[Placement] = Placement.POOL_CHUNKED
     require_boxed: bool = False
 
     def grade(self, response: str, reference: Any) -> GradeResult:
@@ -76,7 +78,7 @@ class MathGrader:
                     return self.grade_here(response, reference)
             except _TimeLimit:
                 return GradeResult.failure("timeout")
-        return default_pool().submit(self, response, reference).result()
+        return default_pool().submit(self, [(response, reference)])[0].result()
 
     def cluster_keys(self, keys: Sequence[str]) -> dict[str, str]:
         """Each key -> the first key (in the given order) that math-verify finds equivalent to it.

@@ -28,7 +28,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from rewards import python_ast
-from rewards.base import ExactKeys, GradeResult, register_grader
+from rewards.base import ExactKeys, GradeResult, Placement, register_grader
 from rewards.extract import last_boxed, no_answer, not_a_string, search_texts, shorten, verdict
 
 MAX_DIGITS = 100
@@ -241,6 +241,7 @@ class NumericGrader(ExactKeys):
 
     name: ClassVar[str] = "numeric"
     binary: ClassVar[bool] = True
+    placement: ClassVar[Placement] = Placement.INLINE  # bounded: MAX_DIGITS, MAX_EXPRESSION_CHARS, MAX_NESTING
     rel_tol: float | None = None
     require_boxed: bool = False
 

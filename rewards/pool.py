@@ -1,25 +1,29 @@
-"""Grading in worker processes, with a hard time limit per response.
+"""Grading where it is cheapest: in the caller when a grade cannot hang, else
+in worker processes with a hard timeout per response.
 
-Why not ``concurrent.futures.ProcessPoolExecutor``: it cannot stop one hung
-task, and a symbolic comparison can hang for minutes (math-verify on
-``10^{10^{10}}`` computes the number). Here each worker process runs one task
-at a time; when a task passes its deadline its worker is killed and replaced,
-the task resolves to ``GradeResult.failure("timeout")`` and the other tasks
-go on. A dispatcher thread in the parent hands tasks to idle workers and
-watches results, deadlines and dead workers with one
-``multiprocessing.connection.wait``.
+Each grader declares where its grades run (:class:`rewards.base.Placement`).
+``INLINE`` graders (numeric) grade in the calling process: their work is
+bounded by construction, and a round trip to a worker would cost more than
+the grade. The others can hang (math-verify computes ``10^{10^{10}}``; a
+program can loop) and go to pebble's ``ProcessPool``, whose
+``schedule(timeout=)`` kills a worker whose job passes its deadline and
+starts another, so one hung response never blocks the rest.
+
+Cheap graders that can hang (``POOL_CHUNKED``, math) send several responses
+per job, so the round trip is shared. A job's deadline is still the
+per-response limit: a job that finishes within it proves that no response in
+it ran over, and one that does not (or whose worker died) is graded again one
+response per job, so every response gets exactly the verdict it would get on
+its own. ``POOL`` graders (code, and any grader that declares nothing) send
+one response per job.
 
 Workers start with ``forkserver`` (``spawn`` where that is missing): never a
 plain ``fork`` of the parent, which has threads (vLLM clients, the event
 loop) and could deadlock in the child. The forkserver preloads the graders,
-and a worker reports ready only once it can grade, so import time never counts
-against a task's deadline.
-
+so a worker replaced after a timeout is ready in milliseconds, and a job's
+deadline counts from when a worker takes it, so start-up never counts.
 Like any multiprocessing user, a script that starts a pool needs the
 ``if __name__ == "__main__":`` guard.
-
-Results come back as ``concurrent.futures.Future``: the rollout can submit
-while generation continues and await them with ``asyncio.wrap_future``.
 """
 
 from __future__ import annotations
@@ -29,25 +33,25 @@ import math
 import multiprocessing
 import os
 import pickle
-import signal
 import threading
-import time
-from collections import deque
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from rewards.base import GradeResult, Grader
+from pebble import ProcessExpired, ProcessPool
+
+from rewards.base import GradeResult, Grader, Placement
 
 DEFAULT_TIMEOUT_S = 10.0
-MAX_STARTUP_FAILURES = 3
-"""Workers that die before they are ready, in a row, before the pool gives up
-(a broken environment would otherwise respawn them forever)."""
+MAX_CHUNK = 64
+"""Most responses in one job of a ``POOL_CHUNKED`` grader: about 64 ms of
+math-verify, against a round trip of about a millisecond."""
 
-_READY = "ready"
+Pair = tuple[Any, Any]
+"""(response, reference)"""
+_Item = tuple[Pair, "Future[GradeResult]"]
+
 _in_worker = False
 
 
@@ -57,27 +61,20 @@ def in_grading_worker() -> bool:
     return _in_worker
 
 
-def _worker_main(conn: Connection) -> None:
-    """A worker: grade one pickled (grader, response, reference) at a time."""
+def _mark_worker() -> None:
+    """pebble's worker initializer (pebble's workers already ignore Ctrl-C)."""
     global _in_worker
     _in_worker = True
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Unpickling this function imported the ``rewards`` package, and with it
-    # every built-in grader and math-verify: the worker is ready to grade.
-    conn.send(_READY)
-    while True:
-        try:
-            payload = conn.recv_bytes()
-        except EOFError:  # the parent is gone
-            return
-        conn.send(_grade_payload(payload))
 
 
-def _grade_payload(payload: bytes) -> GradeResult:
+def placement(grader: Grader) -> Placement:
+    """Where ``grader``'s grades run; a grader that declares nothing runs alone in the pool."""
+    return getattr(grader, "placement", Placement.POOL)
+
+
+def _grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
     """Graders promise not to raise; a broken one still must not kill a batch."""
     try:
-        grader, response, reference = pickle.loads(payload)
         result = grader.grade(response, reference)
     except Exception as exc:
         return GradeResult.failure(f"grader raised {type(exc).__name__}: {exc}"[:300])
@@ -86,23 +83,24 @@ def _grade_payload(payload: bytes) -> GradeResult:
     return result
 
 
-@dataclass
-class _Task:
-    payload: bytes
-    future: Future[GradeResult]
+def _grade_job(grader: Grader, pairs: list[Pair]) -> list[GradeResult]:
+    """One job in a worker: the pairs in order."""
+    return [_grade_one(grader, response, reference) for response, reference in pairs]
 
 
-@dataclass
-class _Worker:
-    process: BaseProcess
-    conn: Connection
-    ready: bool = False
-    task: _Task | None = None
-    deadline: float = math.inf
+def _failure_reason(error: BaseException) -> str:
+    """A failed job's error as the ``GradeResult.error`` of its single response."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ProcessExpired):
+        return "grading worker died"
+    if isinstance(error, (pickle.PicklingError, TypeError, AttributeError)):  # what pebble's dispatch raises
+        return f"cannot send to a grading worker: {error}"[:300]
+    return f"grading pool failed: {type(error).__name__}: {error}"[:300]
 
 
 class GradingPool:
-    """Worker processes that grade with a hard per-response timeout.
+    """Grades batches where each grader's grades belong (module doc).
 
     Use as a context manager, or call :meth:`close`. ``max_workers`` defaults
     to the number of CPUs; ``timeout_s`` is the hard limit for one response,
@@ -113,26 +111,17 @@ class GradingPool:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         methods = multiprocessing.get_all_start_methods()
-        self._ctx = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
-        if self._ctx.get_start_method() == "forkserver":
-            # Workers then fork from a server that has imported the graders
-            # (and sympy) once: a worker replaced after a timeout is ready in
-            # milliseconds instead of a second. It takes effect only if this
-            # process's forkserver has not started yet; "__main__" is the default.
-            self._ctx.set_forkserver_preload(["__main__", "rewards"])
+        context = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
+        if context.get_start_method() == "forkserver":
+            # Takes effect only if this process's forkserver has not started yet.
+            context.set_forkserver_preload(["__main__", "rewards"])
         self.timeout_s = timeout_s
+        self.workers = max_workers or os.cpu_count() or 1
+        self._pool = ProcessPool(max_workers=self.workers, initializer=_mark_worker, context=context)
         self._lock = threading.Lock()
-        self._inbox: list[_Task] = []
         self._closing = False
-        self._cancel = False
-        self._stopped = False
-        self._broken: str | None = None
-        self._startup_failures = 0
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._workers = [self._spawn() for _ in range(max_workers or os.cpu_count() or 1)]
-        self._thread = threading.Thread(target=self._dispatch, name="grading-pool", daemon=True)
-        self._thread.start()
+        self._stopped = False  # the workers are being stopped: a job that fails now failed because of it
+        self._waiting: set[Future[GradeResult]] = set()
 
     def __enter__(self) -> "GradingPool":
         return self
@@ -140,157 +129,79 @@ class GradingPool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def submit(self, grader: Grader, response: Any, reference: Any) -> Future[GradeResult]:
-        """Queue one response; the future resolves to its GradeResult (never an exception)."""
-        future: Future[GradeResult] = Future()
-        try:
-            payload = pickle.dumps((grader, response, reference), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            future.set_result(GradeResult.failure(f"cannot send to a grading worker: {exc}"[:300]))
-            return future
+    def submit(self, grader: Grader, pairs: Sequence[Pair]) -> list[Future[GradeResult]]:
+        """Grade (response, reference) pairs: one future per pair, in input
+        order, each resolving to its GradeResult (never an exception). Those of
+        an ``INLINE`` grader are resolved on return."""
         with self._lock:
             if self._closing:
                 raise RuntimeError("GradingPool is closed")
-            self._inbox.append(_Task(payload, future))
-            self._wake()
-        return future
-
-    def grade_many(self, grader: Grader, pairs: Iterable[tuple[Any, Any]]) -> list[GradeResult]:
-        """Grade (response, reference) pairs; results in input order."""
-        futures = [self.submit(grader, response, reference) for response, reference in pairs]
-        return [future.result() for future in futures]
+        items: list[_Item] = [(pair, Future()) for pair in pairs]
+        where = placement(grader)
+        if where is Placement.INLINE:
+            for (response, reference), future in items:
+                future.set_result(_grade_one(grader, response, reference))
+        else:
+            size = self._chunk_size(len(items)) if where is Placement.POOL_CHUNKED else 1
+            for start in range(0, len(items), size):
+                self._schedule(grader, items[start : start + size])
+        return [future for _, future in items]
 
     def close(self, wait: bool = True) -> None:
-        """Stop the workers. ``wait``: finish queued tasks first; otherwise they
-        resolve to a "pool closed" failure."""
+        """Stop the workers. ``wait``: finish what was submitted first;
+        otherwise it resolves to a "pool closed" failure. A second close does nothing."""
         with self._lock:
-            if self._stopped:
+            if self._closing:
                 return
             self._closing = True
-            self._cancel = self._cancel or not wait
-            self._wake()
-        self._thread.join()
+            waiting = list(self._waiting)
+        if wait:
+            futures.wait(waiting)  # a failed job's retries are scheduled before its futures resolve
+        self._stopped = True
+        self._pool.stop()
+        self._pool.join()
         with self._lock:
-            if not self._stopped:
-                self._stopped = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            left = list(self._waiting)
+        for future in left:
+            self._resolve(future, GradeResult.failure("pool closed"))
 
-    # --- the dispatcher thread -------------------------------------------
+    def _chunk_size(self, count: int) -> int:
+        """Responses per job: the batch spread over the workers, at most :data:`MAX_CHUNK`."""
+        return max(1, min(MAX_CHUNK, math.ceil(count / self.workers)))
 
-    def _dispatch(self) -> None:
-        pending: deque[_Task] = deque()
+    def _schedule(self, grader: Grader, items: list[_Item]) -> None:
+        """Send ``items`` as one job; its outcome settles their futures."""
+        with self._lock:
+            self._waiting.update(future for _, future in items)
         try:
-            self._dispatch_until_closed(pending)
-        finally:
-            # Also reached if the dispatcher itself fails (say, no more file
-            # descriptors for a new worker): no future may be left waiting.
-            with self._lock:
-                self._closing = True
-                pending.extend(self._inbox)
-                self._inbox.clear()
-            for task in pending:
-                _resolve(task.future, GradeResult.failure("pool closed"))
-            for worker in list(self._workers):
-                self._replace(worker, "pool closed", respawn=False)
+            job = self._pool.schedule(_grade_job, args=(grader, [pair for pair, _ in items]), timeout=self.timeout_s)
+        except RuntimeError as exc:  # pebble refuses jobs once it is stopping
+            reason = "pool closed" if self._stopped else f"grading pool failed: {exc}"
+            for _, future in items:
+                self._resolve(future, GradeResult.failure(reason))
+            return
+        job.add_done_callback(lambda done: self._settle(grader, items, done))
 
-    def _dispatch_until_closed(self, pending: deque[_Task]) -> None:
-        while True:
-            with self._lock:
-                pending.extend(self._inbox)
-                self._inbox.clear()
-                closing, cancel = self._closing, self._cancel
-            if cancel or self._broken:
-                while pending:
-                    _resolve(pending.popleft().future, GradeResult.failure(self._broken or "pool closed"))
-            if cancel:
-                return
-            self._assign(pending)
-            busy = [worker for worker in self._workers if worker.task]
-            if closing and not pending and not busy:
-                return
-            deadline = min((worker.deadline for worker in busy), default=None)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            # Only the workers waited on are polled: a replacement may reuse
-            # the file descriptor numbers of the worker it replaces.
-            waited = list(self._workers)
-            handles: list[Any] = [self._wake_r]
-            for worker in waited:
-                handles += [worker.conn, worker.process.sentinel]
-            ready = wait(handles, timeout)
-            if self._wake_r in ready:
-                os.read(self._wake_r, 1 << 16)
-            for worker in waited:
-                self._poll(worker, ready)
-            now = time.monotonic()
-            for worker in list(self._workers):
-                if worker.task and worker.deadline <= now:
-                    self._replace(worker, "timeout")
+    def _settle(self, grader: Grader, items: list[_Item], job: Future[list[GradeResult]]) -> None:
+        """Resolve a finished job's futures, or grade its responses again one per job (module doc)."""
+        error = CancelledError() if job.cancelled() else job.exception()
+        if error is None:
+            for (_, future), result in zip(items, job.result()):
+                self._resolve(future, result)
+        elif self._stopped:
+            for _, future in items:
+                self._resolve(future, GradeResult.failure("pool closed"))
+        elif len(items) > 1:
+            for item in items:
+                self._schedule(grader, [item])
+        else:
+            self._resolve(items[0][1], GradeResult.failure(_failure_reason(error)))
 
-    def _assign(self, pending: deque[_Task]) -> None:
-        idle = [worker for worker in self._workers if worker.ready and not worker.task]
-        while pending and idle:
-            task = pending.popleft()
-            if not task.future.set_running_or_notify_cancel():
-                continue
-            worker = idle.pop()
-            worker.task, worker.deadline = task, time.monotonic() + self.timeout_s
-            try:
-                worker.conn.send_bytes(task.payload)
-            except OSError:
-                self._replace(worker, "grading worker died")
-
-    def _poll(self, worker: _Worker, ready: list[Any]) -> None:
-        """Take a message from ``worker`` if it sent one; replace it if it died."""
-        if worker.conn in ready:
-            try:
-                message = worker.conn.recv()
-            except (EOFError, OSError):
-                self._replace(worker, "grading worker died")
-                return
-            if message == _READY:
-                worker.ready, self._startup_failures = True, 0
-            elif worker.task:
-                _resolve(worker.task.future, message)
-                worker.task, worker.deadline = None, math.inf
-        elif worker.process.sentinel in ready:
-            self._replace(worker, "grading worker died")
-
-    def _replace(self, worker: _Worker, reason: str, respawn: bool = True) -> None:
-        """Kill ``worker``, fail its task with ``reason`` and start another."""
-        self._workers.remove(worker)
-        worker.process.kill()
-        worker.process.join()
-        worker.process.close()
-        worker.conn.close()
-        if worker.task:
-            _resolve(worker.task.future, GradeResult.failure(reason))
-        if not worker.ready:
-            self._startup_failures += 1
-            if self._startup_failures >= MAX_STARTUP_FAILURES:
-                self._broken = "grading workers fail to start"
-        if respawn and not self._broken:
-            self._workers.append(self._spawn())
-
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child,), name="grading-worker", daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
-
-    def _wake(self) -> None:
-        """Interrupt the dispatcher's wait (call with the lock held: the pipe
-        closes under it)."""
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:  # the pipe is full: the dispatcher is waking anyway
-            pass
-
-
-def _resolve(future: Future[GradeResult], result: GradeResult) -> None:
-    if not future.done():
-        future.set_result(result)
+    def _resolve(self, future: Future[GradeResult], result: GradeResult) -> None:
+        with self._lock:
+            self._waiting.discard(future)
+        if not future.done():  # the caller may have cancelled it
+            future.set_result(result)
 
 
 _default: GradingPool | None = None
@@ -307,17 +218,3 @@ def default_pool() -> GradingPool:
             _default, _default_pid = GradingPool(), os.getpid()
             atexit.register(_default.close, wait=False)
         return _default
-
-
-def grade_batch(grader: Grader, responses: Sequence[Any], references: Sequence[Any], workers: int | None = None) -> list[GradeResult]:
-    """Grade ``responses[i]`` against ``references[i]`` in worker processes.
-
-    ``workers=None`` uses the shared :func:`default_pool` (no start-up cost
-    per batch); a number starts a pool of that size for this batch only.
-    """
-    if len(responses) != len(references):
-        raise ValueError(f"{len(responses)} responses but {len(references)} references")
-    if workers is None:
-        return default_pool().grade_many(grader, zip(responses, references))
-    with GradingPool(max_workers=workers) as pool:
-        return pool.grade_many(grader, zip(responses, references))

@@ -3,7 +3,7 @@
 CPython 3.11 keeps the AST validator's recursion depth in interpreter-wide
 state, so two threads parsing at the same time can fail with "SystemError:
 AST constructor recursion depth mismatch" (seen in this project's test run
-on 3.11.7, with ``CodeGrader.grade_many``'s threads). Parsing is fast, so
+on 3.11.7, when the code grader graded in threads). Parsing is fast, so
 serialising it costs nothing measurable, and a grader must not raise.
 """
 

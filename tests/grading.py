@@ -1,0 +1,13 @@
+"""Waiting for a batch's grades, for tests that grade through a pool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rewards import GradeResult, Grader, GradingPool
+
+
+def graded(pool: GradingPool, grader: Grader, pairs: Sequence[tuple[Any, Any]]) -> list[GradeResult]:
+    """``pool.submit``'s grades in input order, once all are in."""
+    return [future.result() for future in pool.submit(grader, pairs)]
