@@ -26,6 +26,7 @@ import pytest
 
 from pipeline.system.atomic import read_jsonl
 from pipeline.run.manifest import Manifest, planned_stages
+from pipeline.run.timings import stage_times
 from pipeline.engine.vllm_server import VLLMServer
 from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, serving, smoke_config, write_config
 
@@ -105,6 +106,24 @@ def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path)
     assert "m1@t3" in report
     for png in ("accuracy_by_turn.png", "sequential_vs_parallel.png"):
         assert (finished_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_consecutive_stages_that_serve_one_model_share_its_server(finished_run: Path) -> None:
+    """eval(K) and rollout(K+1) serve iteration K's model: one server start; training needs the devices back."""
+    times = {times.stage: times for times in stage_times(finished_run)}
+    assert list(times) == [f"iter_{k}/{s}" for k, s in planned_stages(2)]
+    starts = {stage: times[stage].server_starts for stage in times}
+    assert starts == {
+        "iter_0/eval": 1, "iter_1/rollout": 0, "iter_1/curate": 0, "iter_1/train": 0,
+        "iter_1/eval": 1, "iter_2/rollout": 0, "iter_2/curate": 0, "iter_2/train": 0, "iter_2/eval": 1,
+    }
+    for iteration in (1, 2):  # served by the eval's server before it, whose log holds both stages' requests
+        assert not (finished_run / f"iter_{iteration}" / "rollout" / "vllm_server.log").exists()
+        assert (finished_run / f"iter_{iteration - 1}" / "eval" / "vllm_server.log").stat().st_size > 0
+        assert times[f"iter_{iteration}/rollout"].phases["generation"] > 0
+        assert times[f"iter_{iteration}/train"].phases["training"] > 0
+        assert 0 < times[f"iter_{iteration}/train"].phases["training"] <= times[f"iter_{iteration}/train"].wall
+    assert times["iter_0/eval"].phases["server_start"] > 0
 
 
 def test_status_shows_a_finished_run(finished_run: Path) -> None:

@@ -2,8 +2,11 @@
 
 ``rollout.backend: vllm`` with no ``rollout.urls`` starts managed vLLM
 servers, ``rollout.server.replicas`` of them side by side, each on its own
-port and GPUs (all stopped when the block exits, also on errors and Ctrl-C);
-with URLs it uses those servers; either way requests are spread across them.
+port and GPUs (all stopped when the block exits, also on errors and Ctrl-C),
+unless the run loop keeps servers between stages
+(:mod:`pipeline.engine.server_keeper`): then the servers of the stage before
+are reused when they serve the same model, and stay up for the next stage.
+With URLs it uses those servers; either way requests are spread across them.
 ``rollout.backend: hf`` loads the model in-process.
 """
 
@@ -18,7 +21,9 @@ from pipeline.config.settings import PipelineConfig
 from pipeline.engine.generation import GenerationBackend
 from pipeline.engine.model_store import resolve_model
 from pipeline.engine.service_client import Endpoint, ServiceClient, discover_model_name
+from pipeline.engine.server_keeper import active_keeper
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
+from pipeline.run.timings import phase
 
 SERVED_BASE_NAME = "base"
 
@@ -38,16 +43,21 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
             await backend.aclose()
         return
 
-    servers: list[VLLMServer] = []
+    owned: list[VLLMServer] = []  # the servers this block starts and stops (none when a keeper holds them)
     try:
         if rollout.urls:
             endpoints = [Endpoint(url.rstrip("/")) for url in rollout.urls]
             base_model = await discover_model_name(endpoints[0].url)
         else:
-            servers = replica_servers(
-                resolve_model(config.model.name_or_path), config.model, rollout.server, log_dir, SERVED_BASE_NAME
-            )
-            await asyncio.to_thread(start_servers, servers)
+            model_path = resolve_model(config.model.name_or_path)
+            if (keeper := active_keeper()) is not None:
+                # Started from this (the main) thread, not a worker thread: a server dies with the thread
+                # that started it (pipeline.system.processes), and these must outlive this stage's event loop.
+                servers = keeper.servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
+            else:
+                servers = owned = replica_servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
+                with phase("server_start"):
+                    await asyncio.to_thread(start_servers, servers)
             endpoints = [Endpoint(server.url, server) for server in servers]
             base_model = SERVED_BASE_NAME
         client = ServiceClient(
@@ -63,7 +73,7 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
         finally:
             await client.aclose()
     finally:
-        for server in servers:
+        for server in owned:
             server.stop()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.system.atomic import make_temp_dir, publish_dir
 from pipeline.config.settings import EMBEDDED_MODEL
+from pipeline.run.timings import phase
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "SELFIMPROVE_CACHE"
@@ -58,7 +59,8 @@ def embedded_checkpoint() -> Path:
     with open(target.parent / ".convert.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").is_file():
-            _convert_gguf(embedded_gguf(), target)
+            with phase("conversion"):
+                _convert_gguf(embedded_gguf(), target)
     return target
 
 

@@ -24,6 +24,9 @@ class Method:
 
     stages: Mapping[str, StageFn]
     """Every stage of the method's plan (its section's ITERATION_STAGES, and eval) -> the function that runs it."""
+    serving_stages: frozenset[str]
+    """The stages that serve a model (open a learner); the run loop keeps the servers up between consecutive
+    ones and stops them before any other stage (:mod:`pipeline.engine.server_keeper`)."""
     title: str
     """The method in a model card's first line."""
     data_summary: tuple[str, str]

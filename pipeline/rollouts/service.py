@@ -23,6 +23,7 @@ from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
 from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run.layout import RunDir, final_dir, merged_dir
+from pipeline.run.timings import phase
 from pipeline.tasks import Task
 from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
@@ -99,9 +100,10 @@ async def collect(
                 writer.append(record)
                 progress.update(record)
 
-            async with asyncio.TaskGroup() as group:
-                for task, sample in todo:
-                    group.create_task(one(task, sample))
+            with phase("generation"):  # and grading, which runs as each answer arrives
+                async with asyncio.TaskGroup() as group:
+                    for task, sample in todo:
+                        group.create_task(one(task, sample))
         path = writer.finalize(order)
         if todo:  # an attempt that only finalized what an earlier one generated measured nothing
             write_json_atomic(out_dir / THROUGHPUT_NAME, progress.throughput())

@@ -6,7 +6,8 @@ refused before anything is written (``selfimprove curate RUN -i 9`` on a
 two-iteration run leaves ``manifest.json`` byte-identical), a finished stage
 whose outputs are intact is not run again, an exception (Ctrl-C included)
 marks the stage failed, and only outputs the stage names are recorded, with
-their digests, when it completes.
+their digests, when it completes. The phases of an attempt's work
+(:mod:`pipeline.run.timings`) go to the stage's ``timings.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.run.layout import stage_path
 from pipeline.run.manifest import Manifest, stage_key
+from pipeline.run.timings import TIMINGS_NAME, recording_into
 
 
 class StageError(RuntimeError):
@@ -57,8 +60,11 @@ def stage_attempt(manifest: Manifest, iteration: int, stage: str) -> Iterator[St
         return
     manifest.start(iteration, stage)
     attempt = StageAttempt(done=False)
+    timings = stage_path(manifest.run_dir, iteration, stage) / TIMINGS_NAME
+    timings.parent.mkdir(parents=True, exist_ok=True)
     try:
-        yield attempt
+        with recording_into(timings):
+            yield attempt
     except BaseException as exc:
         manifest.fail(iteration, stage, f"{type(exc).__name__}: {exc}")
         raise

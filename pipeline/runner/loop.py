@@ -23,6 +23,7 @@ import os
 import shutil
 from typing import Callable
 
+from pipeline.engine.server_keeper import keeping_servers
 from pipeline.methods.registry import method_of
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.manifest import StageState, parse_stage_key, stage_key
@@ -40,14 +41,19 @@ def run_loop(
 
     Each finished stage's figures go to the run's trackers (``run.report_to``),
     and so do those of stages an earlier process finished but did not log.
+    Consecutive stages that serve the same model share its servers (iteration
+    K's eval and iteration K+1's rollout); a resumed run starts the ones it needs.
     """
-    functions = method_of(run.config).stages
+    method = method_of(run.config)
     sync_tracking(run)
-    for iteration, stage in run.manifest.unfinished():
-        if on_stage is not None:
-            on_stage(iteration, stage)
-        functions[stage](run, iteration, show_progress=show_progress)
-        sync_tracking(run)
+    with keeping_servers() as servers:
+        for iteration, stage in run.manifest.unfinished():
+            if stage not in method.serving_stages:
+                servers.release()
+            if on_stage is not None:
+                on_stage(iteration, stage)
+            method.stages[stage](run, iteration, show_progress=show_progress)
+            sync_tracking(run)
 
 
 def redo_damaged(run: RunDir) -> dict[str, str]:

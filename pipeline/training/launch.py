@@ -49,6 +49,7 @@ from pipeline.engine.adapters import AdapterError, check_adapter_dir
 from pipeline.run.layout import TRAIN_STAGE, RunDir, final_dir, merged_dir, summary_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.run.manifest import Manifest, StageRecord, StageState
+from pipeline.run.timings import phase, timings_env
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 from pipeline.tracking.trackers import tracking_env
 
@@ -233,7 +234,7 @@ def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: di
     log_path = run.stage_dir(iteration, STAGE) / LOG_NAME
     command = launch_command(run, iteration)
     attempt = run.manifest.record(iteration, STAGE).attempts
-    env = {**os.environ, **launch_env(settings), **tracking_env(run), **(extra_env or {})}
+    env = {**os.environ, **launch_env(settings), **tracking_env(run), **timings_env(), **(extra_env or {})}
     with open(log_path, "ab") as log, open(log_path, "rb") as follow:
         log.write(f"=== train iteration {iteration}, attempt {attempt}: {' '.join(command)}\n".encode())
         log.flush()
@@ -241,7 +242,8 @@ def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: di
         start = follow.tell()
         process = start_in_own_session(command, log, env)
         try:
-            _wait(process, StepWatcher(follow), f"training iter {iteration}", show_progress)
+            with phase("training"):
+                _wait(process, StepWatcher(follow), f"training iter {iteration}", show_progress)
         finally:
             stop_group(process, STOP_GRACE_S)
     if process.returncode != 0:

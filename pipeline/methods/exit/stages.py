@@ -83,6 +83,8 @@ def _data_row(summary: dict[str, Any]) -> list[str]:
 
 METHOD = Method(
     stages={"train": run_train_stage, "eval": run_eval_stage},
+    # GRPO generates on the rollout servers while it trains, on devices of their own (a config check).
+    serving_stages=frozenset({"train", "eval"}),
     title="ExIt (GRPO on self-iteration steps from a learnability buffer)",
     data_summary=(STAGE, TRAIN_SUMMARY_NAME),
     data_columns=("groups", "mean depth", "depth histogram", "buffer size"),

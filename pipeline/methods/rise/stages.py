@@ -90,6 +90,7 @@ METHOD = Method(
         "train": run_train_stage,
         "eval": run_eval_stage,
     },
+    serving_stages=frozenset({"rollout", "eval"}),
     title="RISE (reward-weighted SFT on multi-turn revisions)",
     data_summary=("curate", SUMMARY_NAME),
     data_columns=("examples", "by turn", "by source"),

@@ -19,6 +19,7 @@ from pipeline.engine.adapters import merge_adapter
 from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.engine.model_store import resolve_model
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, merged_dir, summary_path
+from pipeline.run.timings import phase
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
@@ -91,6 +92,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     final = train(trainer, final_dir(run, iteration))
     if trainer.accelerator.is_main_process:
         if (merged := merged_dir(run, iteration)) is not None:
-            merge_adapter(resolve_model(run.config.model.name_or_path), final, merged)
+            with phase("merge"):
+                merge_adapter(resolve_model(run.config.model.name_or_path), final, merged)
         write_json_atomic(summary_path(run, iteration), summarize(trainer, len(dataset)))
     return final

@@ -1,0 +1,95 @@
+"""Managed vLLM servers kept running between consecutive stages that serve the same model.
+
+A run's stages serve models one after another: iteration K's eval and
+iteration K+1's rollout both serve iteration K's model, ExIt's train and eval
+stages both serve the base model with adapters loaded into it. Starting a
+server costs tens of seconds (more on CPU), so the run loop holds a
+:class:`ServerKeeper` while it walks the plan: a stage that opens a learner
+(:func:`pipeline.engine.backends.open_learner`) asks the keeper, which hands
+back the running servers when they serve the same model with the same
+settings and otherwise stops them and starts new ones. The loop releases the
+servers before a stage that serves nothing (training needs the devices and
+the memory back). Outside the loop (a single ``selfimprove eval`` or
+``rollout``) no keeper is active and each stage starts and stops its own.
+
+Only the servers are kept, never an HTTP client: a client belongs to the
+event loop of the stage that made it. Kept servers are started from the main
+thread, since a managed server receives SIGTERM when the thread that started
+it ends (:mod:`pipeline.system.processes`); one that a stage's client
+restarted from a worker thread ends with that stage, and the next stage that
+asks for it finds it stopped and starts a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+
+from pipeline.config.settings import ModelSection, ServerSection
+from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
+from pipeline.run.timings import phase
+
+_ACTIVE: ContextVar["ServerKeeper | None"] = ContextVar("server_keeper", default=None)
+
+
+def serving_key(model_path: str, model: ModelSection, settings: ServerSection, served_name: str) -> str:
+    """Everything a managed server is started with: two stages with equal keys can share its servers."""
+    return "\n".join((model_path, model.model_dump_json(), settings.model_dump_json(), served_name))
+
+
+class ServerKeeper:
+    """Holds at most one set of replica servers (one model) between stages."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._servers: list[VLLMServer] = []
+        self.starts = 0
+
+    def servers(
+        self, model_path: str, model: ModelSection, settings: ServerSection, log_dir: Path, served_name: str
+    ) -> list[VLLMServer]:
+        """Running servers of this model: the held ones if they match and still run, else new ones.
+
+        New servers log into ``log_dir`` (the stage that started them); a
+        stage that reuses them writes no server log of its own.
+        """
+        key = serving_key(model_path, model, settings, served_name)
+        if key == self._key and all(server.is_running() for server in self._servers):
+            return self._servers
+        self.release()
+        servers = replica_servers(model_path, model, settings, log_dir, served_name)
+        try:
+            with phase("server_start"):
+                start_servers(servers)
+        except BaseException:
+            for server in servers:
+                server.stop()
+            raise
+        self._key, self._servers = key, servers
+        self.starts += 1
+        return servers
+
+    def release(self) -> None:
+        """Stop the held servers (if any)."""
+        servers, self._key, self._servers = self._servers, None, []
+        for server in servers:
+            server.stop()
+
+
+def active_keeper() -> ServerKeeper | None:
+    """The keeper of the run loop this stage runs in, or None (the stage owns its servers)."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def keeping_servers() -> Iterator[ServerKeeper]:
+    """Make a keeper active for the stages run inside the block; its servers stop when the block ends."""
+    keeper = ServerKeeper()
+    token = _ACTIVE.set(keeper)
+    try:
+        yield keeper
+    finally:
+        _ACTIVE.reset(token)
+        keeper.release()
