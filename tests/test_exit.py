@@ -314,3 +314,17 @@ def test_a_server_that_refuses_every_request_stops_the_stage(
     assert "HTTP 400" in output and "1024" in output  # the server's message names its context length
     groups = read_jsonl(tmp_path / "runs" / "exit_refused" / "iter_1" / "train" / "groups.jsonl")
     assert [(r["step"], r["error"] is not None) for r in groups] == [(1, True), (1, True)]
+
+
+def test_group_lines_show_the_rescoring_the_buffers_scores_and_prompts_that_fit(resumed_run: dict) -> None:
+    """Drawn items are re-scored by their new groups; every line has the buffer's S quantiles after it, and
+    every prompt stayed within max_model_len - max_tokens with at most history_window attempts shown."""
+    root = resumed_run["root"]
+    groups = [r for k in (1, 2) for r in read_jsonl(root / f"iter_{k}" / "train" / "groups.jsonl")]
+    assert any(r["rescored_from"] is not None for r in groups if r["from_buffer"])
+    assert all(r["rescored_from"] is None for r in groups if not r["from_buffer"])
+    assert all(set(r["buffer_scores"]) == {"q0", "q25", "q50", "q75", "q100"} for r in groups)
+    assert all(0.0 <= r["buffer_scores"]["q100"] <= 0.25 and r["learnability"] <= 0.25 for r in groups)
+    assert all(r["shown"] <= 2 and r["prompt_tokens"] <= 1024 - 12 for r in groups)
+    summary = json.loads((root / "iter_1" / "train" / "train_summary.json").read_text())
+    assert (summary["failed_groups"], summary["first_error"]) == (0, None)

@@ -18,7 +18,9 @@ from pipeline.methods.exit.rollout import (
     ADVANTAGE_SCALE, FailureCount, PromptFitter, PromptTooLong, StageFailed, chat_template_counter,
     improvement_reward, instance_messages, prompt_index,
 )
-from pipeline.methods.exit.training import scaled_advantages
+from pipeline.methods.exit.training import scaled_advantages, summarize
+from pipeline.methods.exit.buffer import LearnabilityBuffer
+from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
 
 
@@ -221,3 +223,17 @@ def test_a_prompt_that_cannot_fit_names_the_task(counter) -> None:
     with pytest.raises(PromptTooLong, match="task t1: its prompt with the attempt being improved"):
         PromptFitter(templates, None, counter(instance_messages(short, Instance("t1"), templates, None)),
                      counter).messages(short, deep_instance(3))
+
+
+def test_the_training_summary_counts_the_failed_groups(tmp_path: Path) -> None:
+    groups = tmp_path / "groups.jsonl"
+    write_jsonl_atomic(groups, [
+        {"step": 1, "depth": 0, "error": None, "rewards": [1.0, 0.0]},
+        {"step": 1, "depth": 1, "error": "GenerationError: HTTP 400: too long", "rewards": None},
+        {"step": 2, "depth": 2, "error": None, "rewards": [0.0, 0.0]},
+        {"step": 2, "depth": 0, "error": "GenerationError: HTTP 400: later", "rewards": None},
+    ])
+    summary = summarize(2, groups, LearnabilityBuffer(4), steps=2, seconds=60.0)
+    assert (summary["groups"], summary["failed_groups"]) == (2, 2)
+    assert summary["first_error"] == "GenerationError: HTTP 400: too long"
+    assert summary["depth_histogram"] == {"0": 1, "2": 1} and summary["mean_depth"] == 1.0

@@ -127,7 +127,7 @@ def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> Lear
     return LearnabilityBuffer(method.buffer_capacity, method.kappa, seed=run.config.run.seed)
 
 
-def summarize(trainer: GRPOTrainer, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
+def summarize(global_step: int, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
     """Steps, throughput, the depths trained on and the failed groups (from the whole group log), and the
     buffer's state."""
     records = read_jsonl(groups)
@@ -135,7 +135,7 @@ def summarize(trainer: GRPOTrainer, groups: Path, buffer: LearnabilityBuffer, st
     failed = [record["error"] for record in records if record["error"] is not None]
     histogram = Counter(depths)
     return {
-        "steps": trainer.state.global_step,
+        "steps": global_step,
         "groups": len(depths),
         "failed_groups": len(failed),
         "first_error": failed[0] if failed else None,
@@ -180,7 +180,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     if buffer is not None:
         steps = trainer.state.global_step - resumed_at
         write_json_atomic(summary_path(run, iteration),
-                          summarize(trainer, groups_path(run, iteration), buffer, steps, seconds))
+                          summarize(trainer.state.global_step, groups_path(run, iteration), buffer, steps, seconds))
         shutil.rmtree(sync_dir(run, iteration), ignore_errors=True)
         write_merged_copy(run, iteration, final)
     return final
