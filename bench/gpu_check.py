@@ -54,7 +54,9 @@ from pipeline.engine.generation import SamplingParams
 from pipeline.engine.hf_backend import HFBackend
 from pipeline.engine.model_store import embedded_checkpoint
 from pipeline.methods.exit.buffer import LearnabilityBuffer
-from pipeline.methods.exit.rollout import ExitGenerator, ExitRollout, GroupLog, prompt_index
+from pipeline.methods.exit.rollout import (
+    ExitGenerator, ExitRollout, GroupLog, PromptFitter, chat_template_counter, prompt_index,
+)
 from pipeline.methods.exit.training import ExitGRPOTrainer, exit_reward, grpo_config
 from pipeline.rollouts.service import pooled_grading
 from pipeline.tasks import Task
@@ -186,6 +188,9 @@ def grpo_section(model: Path, on_gpu: bool, work: Path, batch_groups: int, group
             config, tasks, LearnabilityBuffer(config.method.buffer_capacity, config.method.kappa, seed=0),
             work / "buffer.json", groups, backend, portal, grade=pooled_grading(pool, "numeric", {}), binary=grader.binary,
             sync_dir=work / "sync", adapter_prefix="gpu-check", eos_token_id=tokenizer.eos_token_id,
+            fitter=PromptFitter(config.rollout.templates, config.rollout.history_window,
+                                config.model.max_model_len - config.rollout.sampling.max_tokens,
+                                chat_template_counter(tokenizer)),
         )
         precision = "bf16" if on_gpu else "fp32"
         trainer = ExitGRPOTrainer(

@@ -212,13 +212,13 @@ def _print_buffer(run_dir: Path) -> None:
     table.add_column("size", justify="right")
     table.add_column("depth histogram")
     table.add_column("mean depth", justify="right")
-    table.add_column("learnability quantiles (min q25 q50 q75 max)")
+    table.add_column("learnability S quantiles (min q25 q50 q75 max; S <= 0.25)")
     quantiles = stats["score_quantiles"]
     table.add_row(
         f"{stats['size']}/{stats['capacity']}",
         "  ".join(f"{depth}: {count}" for depth, count in stats["depth_histogram"].items()) or "-",
         "-" if stats["mean_depth"] is None else f"{stats['mean_depth']:.2f}",
-        " ".join(f"{value:.2f}" for value in quantiles.values()) if quantiles else "-",
+        " ".join(f"{value:.3f}" for value in quantiles.values()) if quantiles else "-",
     )
     console.print(table)
 

@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from tests.tiny_model import build_tiny_model
 
 if TYPE_CHECKING:
     from rewards import GradingPool
+
+# No time limit per example: on a loaded machine hypothesis's default 200 ms deadline fails correct code.
+settings.register_profile("no-deadline", deadline=None)
+settings.load_profile("no-deadline")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

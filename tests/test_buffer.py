@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.methods.exit.buffer import BufferError, Instance, LearnabilityBuffer, Step, learnability
+from pipeline.methods.exit.buffer import BufferError, GroupUpdate, Instance, LearnabilityBuffer, Step, learnability
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 # Few distinct values, so that ties (and ties with the minimum) are common.
@@ -68,17 +69,24 @@ def test_children_inherit_the_groups_learnability(rewards: list[float], depth: i
     buffer = LearnabilityBuffer(capacity=4, seed=seed)
     history = tuple(Step(f"h{i}", 0.1 * i) for i in range(depth))
     attempts = [Step(f"a{i}", r) for i, r in enumerate(rewards)]
-    child, entered = buffer.add_group(Instance("t", history), attempts, rewards)
-    assert entered and child.history[:depth] == history and child.history[-1] in attempts
+    update = buffer.add_group(Instance("t", history), attempts, rewards)
+    child = update.child
+    assert update.entered and child.history[:depth] == history and child.history[-1] in attempts
     assert child.score == pytest.approx(learnability(rewards))
     assert buffer.items[child.key].score == child.score
-    assert buffer.add_group(Instance("t", history), [child.history[-1]], rewards) == (child, False)  # held already
+    # held already; a fresh instance (nothing drawn) re-scores nothing
+    assert buffer.add_group(Instance("t", history), [child.history[-1]], rewards) == GroupUpdate(child, False, None)
 
 
-def test_learnability_is_the_scaled_variance() -> None:
+def test_learnability_is_the_papers_variance() -> None:
+    """S is the population variance of the rewards, by hand: mean m, S = sum (r - m)^2 / G."""
     assert learnability([1, 1, 1, 1]) == 0.0
-    assert learnability([0, 1, 0, 1]) == 1.0  # variance 1/4, the maximum for rewards in [0, 1]
-    assert learnability([0, 0, 0, 1]) == pytest.approx(4 * 3 / 16)
+    # m = 1/2, every (r - m)^2 = 1/4: S = 1/4, the maximum for rewards in [0, 1]
+    assert learnability([0, 1, 0, 1]) == 0.25
+    # m = 1/4: (3 x 1/16 + 9/16) / 4 = 3/16
+    assert learnability([0, 0, 0, 1]) == pytest.approx(3 / 16)
+    # graded rewards: m = 0.4, (0.04 + 0.04) / 2 = 0.04
+    assert learnability([0.2, 0.6]) == pytest.approx(0.04)
     assert learnability([0.5]) == 0.0
 
 
@@ -127,6 +135,54 @@ def test_selection_needs_min_items_and_takes_a_prefix() -> None:
     assert {p.previous_score for p in picks} == {0.0, 0.5, 1.0}
     never = [buffer.next_instance("fresh", select_prob=0.0, min_items=1, divergence_prob=1.0) for _ in range(50)]
     assert never == [Instance("fresh")] * 50
+
+
+def drawn(buffer: LearnabilityBuffer) -> Instance:
+    """An instance drawn from the buffer (select_prob 1, no divergence)."""
+    return buffer.next_instance("fresh", select_prob=1.0, min_items=1, divergence_prob=0.0)
+
+
+def test_a_drawn_item_is_rescored_by_its_new_group() -> None:
+    buffer = LearnabilityBuffer(capacity=4, seed=2)
+    buffer.offer("a", [Step("a1", 0.0)], 0.25)
+    instance = drawn(buffer)
+    held = buffer.items[instance.drawn_key]
+    update = buffer.add_group(instance, [Step("right", 1.0)] * 4, [1.0, 1.0, 1.0, 0.0])
+    assert update.rescored_from == 0.25
+    assert buffer.items[held.key].score == pytest.approx(3 / 16) == update.child.score
+    assert buffer.items[held.key].seq == held.seq  # it keeps its place in the insertion order
+
+
+def test_a_solved_instance_stops_being_drawn() -> None:
+    """Once the model solves it, its group agrees (S = 0): it becomes the minimum and the next newcomer
+    evicts it, where without re-scoring it would keep S = 1/4 and be drawn most."""
+    buffer = LearnabilityBuffer(capacity=2, kappa=4.0, seed=0)
+    buffer.offer("solved", [Step("s1", 0.0)], 0.25)
+    instance = drawn(buffer)
+    buffer.offer("other", [Step("o1", 0.0)], 0.1)
+    update = buffer.add_group(instance, [Step("right", 1.0)] * 4, [1.0] * 4)
+    assert update.rescored_from == 0.25 and buffer.items.get(instance.drawn_key) is None  # evicted by its child
+    assert buffer.min_item().score == 0.0 and buffer.min_item().task_id == "solved"
+    buffer.offer("newcomer", [Step("n1", 0.0)], 0.05)
+    assert {item.task_id for item in buffer.items.values()} == {"other", "newcomer"}
+
+
+def test_an_item_evicted_since_its_draw_is_not_rescored() -> None:
+    buffer = LearnabilityBuffer(capacity=1, seed=0)
+    buffer.offer("a", [Step("a1", 0.0)], 0.1)
+    instance = drawn(buffer)
+    buffer.offer("b", [Step("b1", 0.0)], 0.2)  # evicts a
+    update = buffer.add_group(instance, [Step("x", 0.0)] * 2, [0.0, 1.0])
+    assert update.rescored_from is None and update.entered  # the child (S 1/4) replaces b (0.2)
+    assert [item.task_id for item in buffer.items.values()] == ["a"]
+
+
+def test_a_format_1_buffer_is_refused_with_the_reason(tmp_path) -> None:
+    path = tmp_path / "buffer.json"
+    buffer = LearnabilityBuffer(capacity=2)
+    path.write_text(json.dumps({**buffer.to_dict(), "format": 1}))
+    with pytest.raises(BufferError, match="4 x the variance"):
+        LearnabilityBuffer.load(path)
 
 
 def test_an_unreadable_buffer_file_is_named(tmp_path) -> None:

@@ -98,9 +98,10 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
 def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
     config = load_config(
         write(tmp_path, MINIMAL),
-        ["rollout.turns=5", "rollout.urls=[http://h1:8000, http://h2:8000]", "method.name=exit", "method.kappa=2.5"],
+        ["rollout.history_window=5", "rollout.urls=[http://h1:8000, http://h2:8000]", "method.name=exit",
+         "method.kappa=2.5"],
     )
-    assert config.rollout.turns == 5
+    assert config.rollout.history_window == 5
     assert config.rollout.urls == ["http://h1:8000", "http://h2:8000"]
     assert isinstance(config.method, ExitSection) and config.method.kappa == 2.5
 

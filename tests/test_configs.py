@@ -75,3 +75,4 @@ def test_exit_quickstart_runs_on_the_embedded_model_on_cpu() -> None:
     assert config.model.name_or_path == "embedded:smollm2-135m-instruct"
     assert config.tasks.train.source == "arithmetic" and config.grader.name == "numeric"
     assert config.evaluation.feedback == "improve" and config.training.accelerate_config is None
+    assert config.rollout.serve_merged  # CPU: the eval serves merged weights, not a runtime LoRA

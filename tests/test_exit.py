@@ -12,6 +12,7 @@ resume that continues from the saved buffer and checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -22,12 +23,19 @@ from typing import Iterator
 
 import pytest
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from pipeline.system.atomic import read_jsonl
 from pipeline.methods.exit.buffer import LearnabilityBuffer
 from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.config.prompts import DEFAULT_TEMPLATES
+from pipeline.config.settings import TemplatesSection
+from pipeline.engine.generation import GenerationError, SamplingParams
+from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.engine.vllm_server import VLLMServer
+from pipeline.methods.exit.buffer import Instance, Step
+from pipeline.methods.exit.rollout import PromptFitter, chat_template_counter, instance_messages
+from pipeline.tasks import Task
 from tests.run_helpers import REPO, cli, cli_env, run_cli, serving, write_config, write_tasks
 
 pytestmark = pytest.mark.slow
@@ -66,7 +74,7 @@ def exit_config(output_dir: Path, model: Path, name: str, urls: list[str]) -> di
         },
         "training": {
             "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 5e-3,
-            "per_device_batch_size": 4 * GROUPS_PER_STEP, "max_seq_length": 256, "save_steps": 1,
+            "per_device_batch_size": 4 * GROUPS_PER_STEP, "save_steps": 1,
             "save_total_limit": None,
         },
         "evaluation": {"turns": 4, "samples": 1, "feedback": "improve",
@@ -251,3 +259,72 @@ def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
     final = LearnabilityBuffer.load(run.root / "iter_2" / "train" / "buffer.json").stats()
     assert max(sizes)[1] == final["size"]
     assert {step for step, _ in scalars(run, "train/buffer/score_q50")} == set(range(1, 2 * STEPS + 1))
+
+
+def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(answering_model: Path, exit_server: VLLMServer) -> None:
+    """A history far longer than the server's 1024 tokens: sent whole, vLLM refuses it (HTTP 400); cut by
+    the fitter to max_model_len - max_tokens, the server answers, and counts the prompt's tokens as we do."""
+    max_tokens, templates = 12, TemplatesSection()
+    counter = chat_template_counter(AutoTokenizer.from_pretrained(answering_model))
+    task = Task("deep", "What is 3 + 4?", 7)
+    instance = Instance("deep", tuple(Step(f"attempt {i}: " + "I think it is 12. " * 30, 0.0) for i in range(12)),
+                        from_buffer=True)
+    whole = instance_messages(task, instance, templates, None)
+    assert counter(whole) > 1024
+    messages, shown = PromptFitter(templates, None, 1024 - max_tokens, counter).messages(task, instance)
+    assert 1 <= shown < instance.depth
+
+    async def send(conversation: list) -> list:
+        client = ServiceClient([Endpoint(exit_server.url)], "base", max_retries=0)
+        try:
+            return await client.chat(conversation, n=2, params=SamplingParams(0.6, 1.0, max_tokens), seed=1)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(GenerationError, match="HTTP 400"):
+        asyncio.run(send(whole))
+    completions = asyncio.run(send(messages))
+    assert len(completions) == 2
+    assert all(len(c.prompt_token_ids) == counter(messages) <= 1024 - max_tokens for c in completions)
+
+
+def write_long_tasks(path: Path) -> Path:
+    """Tasks whose prompts (about 1,300 tokens) are longer than the module server's 1024-token context."""
+    filler = "Read the numbers and ignore them: " + " ".join(str(i) for i in range(600)) + ". "
+    rows = [{"prompt": filler + f"What is {a} + {b}?", "answer": a + b} for a, b in [(3, 4), (2, 5)]]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_server_that_refuses_every_request_stops_the_stage(
+    answering_model: Path, exit_server: VLLMServer, tmp_path: Path
+) -> None:
+    """A real fault, not a mock: the config says model.max_model_len 4096, but the server given by URL was
+    started with 1024, so it answers every long prompt with HTTP 400. Past method.max_failed_fraction the
+    stage stops with vLLM's own message instead of training on empty groups, and the log counts the failures."""
+    data = exit_config(tmp_path / "runs", answering_model, "exit_refused", [exit_server.url])
+    data["run"]["iterations"] = 1
+    data["model"]["max_model_len"] = 4096
+    data["tasks"]["train"]["options"]["train_path"] = str(write_long_tasks(tmp_path / "long.jsonl"))
+    data["method"].update(diversity_bonus=False, max_failed_fraction=0.5)  # judged from 2 groups: one step
+    result = run_cli("train", str(write_config(tmp_path, data)), "--iteration", "1", "--no-progress")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "2 of 2 GRPO groups failed, more than method.max_failed_fraction (0.5); the first:" in output
+    assert "HTTP 400" in output and "1024" in output  # the server's message names its context length
+    groups = read_jsonl(tmp_path / "runs" / "exit_refused" / "iter_1" / "train" / "groups.jsonl")
+    assert [(r["step"], r["error"] is not None) for r in groups] == [(1, True), (1, True)]
+
+
+def test_group_lines_show_the_rescoring_the_buffers_scores_and_prompts_that_fit(resumed_run: dict) -> None:
+    """Drawn items are re-scored by their new groups; every line has the buffer's S quantiles after it, and
+    every prompt stayed within max_model_len - max_tokens with at most history_window attempts shown."""
+    root = resumed_run["root"]
+    groups = [r for k in (1, 2) for r in read_jsonl(root / f"iter_{k}" / "train" / "groups.jsonl")]
+    assert any(r["rescored_from"] is not None for r in groups if r["from_buffer"])
+    assert all(r["rescored_from"] is None for r in groups if not r["from_buffer"])
+    assert all(set(r["buffer_scores"]) == {"q0", "q25", "q50", "q75", "q100"} for r in groups)
+    assert all(0.0 <= r["buffer_scores"]["q100"] <= 0.25 and r["learnability"] <= 0.25 for r in groups)
+    assert all(r["shown"] <= 2 and r["prompt_tokens"] <= 1024 - 12 for r in groups)
+    summary = json.loads((root / "iter_1" / "train" / "train_summary.json").read_text())
+    assert (summary["failed_groups"], summary["first_error"]) == (0, None)

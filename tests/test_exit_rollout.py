@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+from transformers import AutoTokenizer
+
 from pipeline.methods.exit.buffer import Instance, Step
-from pipeline.config.settings import ConfigError, TemplatesSection, parse_config
+from pipeline.config.settings import ConfigError, TemplatesSection, dump_config, parse_config
 from pipeline.methods.exit.diversity import DiversityScorer, advantage_scales
-from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, improvement_reward, instance_messages, prompt_index
-from pipeline.methods.exit.training import scaled_advantages
+from pipeline.methods.exit.rollout import (
+    ADVANTAGE_SCALE, FailureCount, PromptFitter, PromptTooLong, StageFailed, chat_template_counter,
+    improvement_reward, instance_messages, prompt_index,
+)
+from pipeline.methods.exit.training import scaled_advantages, summarize
+from pipeline.methods.exit.buffer import LearnabilityBuffer
+from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
 
 
@@ -81,9 +88,11 @@ def exit_data(**changes: dict) -> dict:
     [
         ({"rollout": {"backend": "hf"}}, "rollout.backend must be 'vllm'"),
         ({"training": {"finetune": "full"}}, "training.finetune must be 'lora'"),
-        ({"rollout": {"serve_merged": True}}, "rollout.serve_merged must be false"),
-        ({"rollout": {"samples_per_turn": 1, "sampling": {"temperature": 0}}}, "temperature must be > 0"),
+        ({"rollout": {"sampling": {"temperature": 0}}}, "temperature must be > 0"),
         ({"training": {"per_device_batch_size": 6}}, "multiple of method.group_size (8)"),
+        ({"method": {"name": "exit", "sync_every": 2}}, "method.sync_every must be 1: completions from an adapter"),
+        ({"rollout": {"sampling": {"max_tokens": 2048}}}, "rollout.sampling.max_tokens (2048) must be below "
+                                                          "model.max_model_len (2048)"),
     ],
 )
 def test_exit_configs_that_cannot_train_are_refused(changes: dict, message: str) -> None:
@@ -96,6 +105,11 @@ def test_a_default_exit_config_is_valid() -> None:
     assert config.method.name == "exit" and config.method.group_size == 8
 
 
+def test_exit_may_serve_its_trained_model_merged_to_the_eval() -> None:
+    """Training serves the base and syncs adapters by name; the eval may serve a merged copy (CPU: faster)."""
+    assert parse_config(exit_data(rollout={"serve_merged": True})).rollout.serve_merged
+
+
 def test_exit_refuses_gpus_shared_by_its_servers_and_its_trainer() -> None:
     with pytest.raises(ConfigError, match=re.escape("share GPU(s) [1]")):
         parse_config(exit_data(training={"gpu_ids": [1]}, rollout={"server": {"gpu_ids": [1]}}))
@@ -105,3 +119,121 @@ def test_exit_refuses_sharded_weights() -> None:
     with pytest.raises(ConfigError, match="shards the weights"):
         fsdp2 = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp2.yaml"
         parse_config(exit_data(training={"accelerate_config": str(fsdp2)}))
+
+
+EXIT_IGNORED = {
+    "training.epochs": 3,
+    "training.max_seq_length": 512,
+    "training.loss_normalization": "mean",
+    "rollout.turns": 4,
+    "rollout.samples_per_turn": 2,
+    "rollout.feedback": "none",
+    "rollout.stop_at_success": False,
+    "rollout.teacher": {"url": "http://127.0.0.1:1", "model": "teacher"},
+}
+
+
+@pytest.mark.parametrize("key", sorted(EXIT_IGNORED))
+def test_keys_exit_ignores_are_refused_by_name(key: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=re.escape(f"{key} is not used by method 'exit' (")):
+        parse_config(exit_data(**{section: {name: EXIT_IGNORED[key]}}))
+
+
+def test_rise_still_takes_the_keys_exit_ignores() -> None:
+    data = exit_data(training={"epochs": 3, "max_seq_length": 512})
+    data["method"] = {"name": "rise"}
+    assert parse_config(data).training.epochs == 3
+
+
+def test_a_resolved_exit_config_reads_back() -> None:
+    """The run directory's config.yaml leaves out the keys ExIt ignores, so a resume does not refuse it."""
+    import yaml
+
+    config = parse_config(exit_data())
+    dumped = yaml.safe_load(dump_config(config))
+    assert "epochs" not in dumped["training"] and "turns" not in dumped["rollout"]
+    assert parse_config(dumped) == config
+
+
+def test_failures_stop_the_stage_past_the_share_with_the_first_error() -> None:
+    count = FailureCount(0.1)
+    count.add("HTTP 400: first")
+    count.check()  # one early failure: judged only from 10 groups on
+    for _ in range(8):
+        count.add(None)
+    count.check()
+    count.add(None)
+    count.check()  # 1 of 10 is the allowed share, not past it
+    count.add("HTTP 400: second")
+    with pytest.raises(StageFailed, match=re.escape("2 of 11 GRPO groups failed, more than "
+                                                    "method.max_failed_fraction (0.1); the first: HTTP 400: first")):
+        count.check()
+
+
+def test_failures_already_logged_count_after_a_resume() -> None:
+    records = [{"error": None}, {"error": "HTTP 400: old"}]
+    count = FailureCount.from_records(0.0, records)
+    assert (count.groups, count.failed, count.first_error) == (2, 1, "HTTP 400: old")
+    with pytest.raises(StageFailed, match="HTTP 400: old"):
+        count.check()  # 0: the first failure stops
+    never = FailureCount.from_records(1.0, [{"error": "x"}] * 5)
+    never.check()
+    assert never.failed == 5
+
+
+@pytest.fixture(scope="module")
+def counter(tiny_model: Path):
+    """Prompt tokens by the tiny model's real tokenizer (SmolLM2's, with its chat template)."""
+    return chat_template_counter(AutoTokenizer.from_pretrained(tiny_model))
+
+
+def deep_instance(depth: int) -> Instance:
+    return Instance("t1", tuple(Step(f"attempt {i}: " + "the answer is 3 " * 20, 0.0) for i in range(depth)),
+                    from_buffer=True)
+
+
+def test_a_deep_instance_is_cut_to_the_token_budget_oldest_first(counter) -> None:
+    templates, task = TemplatesSection(), Task("t1", "What is 2 + 2?", 4)
+    instance = deep_instance(12)
+    full = counter(instance_messages(task, instance, templates, None))
+    budget = full // 3
+    messages, shown = PromptFitter(templates, None, budget, counter).messages(task, instance)
+    assert 1 <= shown < 12 and counter(messages) <= budget
+    assert messages == instance_messages(task, instance, templates, shown)  # the newest `shown` attempts
+    assert messages[-2]["content"] == instance.history[-1].response
+    # one more attempt would not have fitted
+    assert counter(instance_messages(task, instance, templates, shown + 1)) > budget
+
+
+def test_the_history_window_cuts_before_the_budget(counter) -> None:
+    templates, task = TemplatesSection(), Task("t1", "What is 2 + 2?", 4)
+    messages, shown = PromptFitter(templates, 2, 10_000, counter).messages(task, deep_instance(5))
+    assert shown == 2 and len(messages) == len(instance_messages(task, Instance("t1"), templates, None)) + 4
+
+
+def test_a_prompt_that_cannot_fit_names_the_task(counter) -> None:
+    templates = TemplatesSection()
+    long_task = Task("long-1", "Add these: " + " + ".join(["1"] * 400), 400)
+    fitter = PromptFitter(templates, None, 100, counter)
+    with pytest.raises(PromptTooLong, match=r"task long-1: its prompt alone takes \d+ tokens, over the budget "
+                                            r"of 100 \(model.max_model_len - rollout.sampling.max_tokens\)"):
+        fitter.check_task(long_task)
+    short = Task("t1", "What is 2 + 2?", 4)
+    with pytest.raises(PromptTooLong, match="task t1: its prompt with the attempt being improved"):
+        PromptFitter(templates, None, counter(instance_messages(short, Instance("t1"), templates, None)),
+                     counter).messages(short, deep_instance(3))
+
+
+def test_the_training_summary_counts_the_failed_groups(tmp_path: Path) -> None:
+    groups = tmp_path / "groups.jsonl"
+    write_jsonl_atomic(groups, [
+        {"step": 1, "depth": 0, "error": None, "rewards": [1.0, 0.0]},
+        {"step": 1, "depth": 1, "error": "GenerationError: HTTP 400: too long", "rewards": None},
+        {"step": 2, "depth": 2, "error": None, "rewards": [0.0, 0.0]},
+        {"step": 2, "depth": 0, "error": "GenerationError: HTTP 400: later", "rewards": None},
+    ])
+    summary = summarize(2, groups, LearnabilityBuffer(4), steps=2, seconds=60.0)
+    assert (summary["groups"], summary["failed_groups"]) == (2, 2)
+    assert summary["first_error"] == "GenerationError: HTTP 400: too long"
+    assert summary["depth_histogram"] == {"0": 1, "2": 1} and summary["mean_depth"] == 1.0

@@ -31,6 +31,9 @@ class MethodSection(StrictModel):
     """The module whose ``train_iteration(run, iteration)`` the train stage's worker runs."""
     REPORTED: ClassVar[tuple[str, ...]] = ()
     """The settings worth a place in the report's header."""
+    IGNORED: ClassVar[dict[str, str]] = {}
+    """Dotted keys of the other sections this method never reads, each with what it uses instead. A config
+    that sets one is refused (:meth:`ignored_keys_set`), and the run's resolved config leaves them out."""
 
     def continue_reason(self) -> str | None:
         """Why iteration K > 1 trains on from iteration K-1's model; None when it starts from the base."""
@@ -39,6 +42,12 @@ class MethodSection(StrictModel):
     def problems(self, config: PipelineConfig) -> list[str]:
         """What in the rest of the config this method cannot run with, each naming the key to change."""
         return []
+
+    def ignored_keys_set(self, config: PipelineConfig) -> list[str]:
+        """The keys of :attr:`IGNORED` the config sets itself (pydantic's ``model_fields_set``: a default is
+        not set), each naming what the method uses instead; a silently ignored setting misleads."""
+        return [f"{key} is not used by method {self.name!r} ({instead}): remove it"
+                for key, instead in self.IGNORED.items() if _is_set(config, key.split("."))]
 
     def stage_inputs(self, iteration: int, stage: str) -> list[tuple[int, str]]:
         """The stages whose outputs stage ``(iteration, stage)`` reads, so whose redo makes it stale.
@@ -51,3 +60,10 @@ class MethodSection(StrictModel):
         if stage == "eval":
             return [(iteration, "train")] if iteration >= 1 else []
         return []
+
+
+def _is_set(section: BaseModel, path: list[str]) -> bool:
+    """Whether the config itself sets the dotted key ``path`` (each section on the way included)."""
+    if path[0] not in section.model_fields_set:
+        return False
+    return len(path) == 1 or _is_set(getattr(section, path[0]), path[1:])

@@ -337,7 +337,8 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _greedy_means_one_sample(self) -> "PipelineConfig":
         # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
-        if max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
+        collects = "rollout.samples_per_turn" not in self.method.IGNORED
+        if collects and max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
             raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
         if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
             raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")
@@ -353,7 +354,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _the_method_can_run(self) -> "PipelineConfig":
-        if problems := self.method.problems(self):
+        if problems := self.method.problems(self) + self.method.ignored_keys_set(self):
             raise ValueError("; ".join(problems))
         return self
 
@@ -438,7 +439,16 @@ def check_tasks(config: PipelineConfig) -> dict[str, int]:
 
 
 def dump_config(config: PipelineConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML, without the keys its method ignores: read back, it passes the method's
+    refusal of ignored keys, and it shows no setting that has no effect."""
+    ignored: dict[str, Any] = {}
+    for key in config.method.IGNORED:
+        *sections, name = key.split(".")
+        node = ignored
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = True
+    return yaml.safe_dump(config.model_dump(mode="json", exclude=ignored), sort_keys=False, allow_unicode=True)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -16,8 +16,10 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from pipeline.config.settings import PipelineConfig, TrainingSection
+from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
-from pipeline.run.layout import RunDir
+from pipeline.run.layout import RunDir, merged_dir
+from pipeline.run.timings import phase
 from pipeline.training.launch import previous_output, step_line
 
 
@@ -118,6 +120,14 @@ def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
         return str(previous)
     model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
     return PeftModel.from_pretrained(model, previous, is_trainable=True)
+
+
+def write_merged_copy(run: RunDir, iteration: int, adapter: Path) -> None:
+    """With ``rollout.serve_merged``, fold the trained adapter into the base model beside it: the eval
+    serves that copy, which vLLM's CPU build runs much faster than a runtime LoRA. The main process's job."""
+    if (merged := merged_dir(run, iteration)) is not None:
+        with phase("merge"):
+            merge_adapter(resolve_model(run.config.model.name_or_path), adapter, merged)
 
 
 class StepPrinter(TrainerCallback):

@@ -2,22 +2,35 @@
 
 An *instance* is a base task plus a partial history of earlier attempts;
 continuing it for one step is a single self-improvement task. After a GRPO
-group has been generated from an instance, its learnability is measured as
-the variance of the group's rewards (rewards lie in [0, 1], so the variance
-is at most 1/4; :func:`learnability` scales it to [0, 1]). The new child
-instance, the history extended by one of the group's attempts, inherits that
-score: it is as learnable as the step that produced it.
+group has been generated from an instance, its learnability S is the
+paper's: the population variance of the group's rewards, which lie in
+[0, 1] (so S is in [0, 1/4]: a group split half and half scores 1/4, a group
+that all agree scores 0). The new child instance, the history extended by
+one of the group's attempts, inherits that score: it is as learnable as the
+step that produced it. Instances are drawn with probability proportional to
+``exp(kappa * S)``, so kappa is in the paper's units.
 
-The buffer keeps the top ``capacity`` instances by score: a newcomer enters
-only when its score is at least the current minimum, and then replaces that
-minimum (the oldest among equal minima). Items are never re-scored, so the
-kept set is always the top N of everything offered. Instances are drawn with
-probability proportional to ``exp(kappa * S)``.
+Re-scoring: a buffer item that is drawn again takes the S of the group just
+generated from it (from a prefix of its history, see
+:meth:`LearnabilityBuffer.next_instance`). Scores are otherwise measured
+under an older policy; without this an instance the model has since learned
+to solve keeps its old, high S and is drawn for ever. Re-scored by its new
+group, a solved instance drops to S = 0: it is drawn least and is the first
+evicted. The drawn item is the one re-scored (not the prefix's own entry)
+because the draw chose it, and its new group is the freshest measurement of
+how learnable its line of attempts is for the current policy.
+
+The buffer keeps at most ``capacity`` instances: a newcomer enters only when
+its score is at least the current minimum, and then replaces that minimum
+(the oldest among equal minima). Without re-scoring the kept set is exactly
+the top N of everything offered; a re-scored item keeps its place in the
+insertion order (``seq``) and is then ranked by its new score.
 
 All of ExIt's random choices (buffer or fresh task, which instance, which
 prefix, divergence, which attempt becomes the child) come from the buffer's
 own RNG, whose state is saved with the items: a run restored from a saved
-buffer continues with the same draws it would have made.
+buffer continues with the same draws it would have made. Re-scoring draws
+nothing.
 """
 
 from __future__ import annotations
@@ -28,14 +41,14 @@ import math
 import random
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.system.atomic import write_json_atomic
 
 BUFFER_NAME = "buffer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: S is the variance itself (format 1 held 4 x the variance)
 
 
 class BufferError(ValueError):
@@ -87,13 +100,15 @@ class BufferItem:
 class Instance:
     """What one GRPO group continues: a task, the history prefix shown, and whether to diverge.
 
-    ``from_buffer`` is False for a fresh base task (an empty history).
+    ``from_buffer`` is False for a fresh base task (an empty history);
+    ``drawn_key`` names the buffer item whose history was cut to ``history``.
     """
 
     task_id: str
     history: tuple[Step, ...] = ()
     diverge: bool = False
     from_buffer: bool = False
+    drawn_key: str | None = None  # the buffer item drawn (re-scored by this instance's group)
 
     @property
     def depth(self) -> int:
@@ -106,10 +121,10 @@ class Instance:
 
 
 def learnability(rewards: Sequence[float]) -> float:
-    """Variance of one group's rewards in [0, 1], scaled by 4 so that a 50/50 group scores 1."""
+    """The paper's S: the population variance of one group's rewards in [0, 1] (at most 1/4)."""
     if len(rewards) < 2:
         return 0.0
-    return min(1.0, 4.0 * statistics.pvariance(rewards))
+    return statistics.pvariance(rewards)
 
 
 @dataclass
@@ -138,7 +153,7 @@ class LearnabilityBuffer:
         """Insert an instance if it makes the top N; True when it entered.
 
         An instance already held (same task and history) is left as it is:
-        items are never re-scored.
+        only a draw re-scores an item (:meth:`rescore`).
         """
         item = BufferItem(task_id, tuple(history), float(score), self.next_seq)
         if item.key in self.items:
@@ -170,29 +185,44 @@ class LearnabilityBuffer:
             return Instance(task_id)
         item = self.sample()
         prefix = item.history[: self.rng.randint(1, item.depth)]
-        return Instance(item.task_id, prefix, diverge=self.rng.random() < divergence_prob, from_buffer=True)
+        return Instance(item.task_id, prefix, diverge=self.rng.random() < divergence_prob, from_buffer=True,
+                        drawn_key=item.key)
+
+    def rescore(self, key: str | None, score: float) -> float | None:
+        """Give the held item ``key`` a new score; returns its old one (None when it is not held:
+        a fresh task, or an item evicted since it was drawn)."""
+        item = self.items.get(key) if key is not None else None
+        if item is None:
+            return None
+        self.items[key] = replace(item, score=float(score))
+        return item.score
 
     def add_group(
         self, instance: Instance, attempts: Sequence[Step], rewards: Sequence[float]
-    ) -> tuple[BufferItem, bool]:
-        """Record one GRPO group: its child, the history plus one of its attempts (drawn uniformly),
-        is offered with the group's learnability; returns the child and whether it entered."""
+    ) -> GroupUpdate:
+        """Record one GRPO group: the item it was drawn from is re-scored with the group's
+        learnability, then its child, the history plus one of its attempts (drawn uniformly), is
+        offered with that score."""
         score = learnability(rewards)
+        previous = self.rescore(instance.drawn_key, score)
         history = (*instance.history, attempts[self.rng.randrange(len(attempts))])
         entered = self.offer(instance.task_id, history, score)
-        return BufferItem(instance.task_id, history, score), entered
+        return GroupUpdate(BufferItem(instance.task_id, history, score), entered, previous)
 
     def stats(self) -> dict[str, Any]:
         """Size, depth histogram and score quantiles: what ``selfimprove status`` shows."""
-        scores = sorted(item.score for item in self.items.values())
         depths = Counter(item.depth for item in self.items.values())
         return {
-            "size": len(scores),
+            "size": len(self.items),
             "capacity": self.capacity,
             "depth_histogram": {str(d): depths[d] for d in sorted(depths)},
-            "mean_depth": statistics.fmean(depths.elements()) if scores else None,
-            "score_quantiles": _quantiles(scores),
+            "mean_depth": statistics.fmean(depths.elements()) if self.items else None,
+            "score_quantiles": self.score_quantiles(),
         }
+
+    def score_quantiles(self) -> dict[str, float] | None:
+        """min, quartiles and max of the held scores (nearest rank), None when empty."""
+        return _quantiles(sorted(item.score for item in self.items.values()))
 
     def to_dict(self) -> dict[str, Any]:
         version, state, gauss = self.rng.getstate()
@@ -208,6 +238,9 @@ class LearnabilityBuffer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LearnabilityBuffer":
+        if data.get("format") == 1:
+            raise BufferError("buffer format 1 holds S as 4 x the variance, format 2 the variance itself: "
+                              "finish that run with the version that started it, or start a new run")
         if data.get("format") != FORMAT_VERSION:
             raise BufferError(f"unknown buffer format {data.get('format')!r} (expected {FORMAT_VERSION})")
         buffer = cls(int(data["capacity"]), float(data["kappa"]), int(data["seed"]))
@@ -229,6 +262,16 @@ class LearnabilityBuffer:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BufferError(f"cannot read the ExIt buffer {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GroupUpdate:
+    """What one group did to the buffer: its child, whether the child entered, and the drawn
+    item's score before the group re-scored it (None when no held item was re-scored)."""
+
+    child: BufferItem
+    entered: bool
+    rescored_from: float | None
 
 
 def _quantiles(scores: Sequence[float]) -> dict[str, float] | None:

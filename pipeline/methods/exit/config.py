@@ -26,18 +26,36 @@ class ExitSection(MethodSection):
     REPORTED: ClassVar[tuple[str, ...]] = (
         "group_size", "steps_per_iteration", "buffer_capacity", "min_buffer", "select_prob", "divergence_prob",
     )
+    IGNORED: ClassVar[dict[str, str]] = {
+        "training.epochs": "training runs method.steps_per_iteration GRPO steps",
+        "training.max_seq_length": "a prompt is cut to model.max_model_len - rollout.sampling.max_tokens tokens, "
+                                   "a completion to rollout.sampling.max_tokens",
+        "training.loss_normalization": "GRPO's loss has no example weights",
+        "rollout.turns": "a GRPO group is one improvement step; evaluation.turns sets the eval's steps",
+        "rollout.samples_per_turn": "a group has method.group_size completions",
+        "rollout.feedback": "an improvement step asks with rollout.templates.improve or .diverge",
+        "rollout.stop_at_success": "a GRPO group is one step",
+        "rollout.teacher": "GRPO samples from the policy being trained",
+    }
 
     name: Literal["exit"] = "exit"
     buffer_capacity: int = Field(512, ge=1, description="N: the buffer keeps the top N instances by learnability.")
     min_buffer: int = Field(128, ge=0, description="B_min: items needed before the buffer is sampled.")
     select_prob: float = Field(0.5, ge=0, le=1, description="p: chance a group continues a buffer instance.")
-    kappa: float = Field(1.0, description="Sampling weight exp(kappa * S).")
+    kappa: float = Field(
+        4.0, description="Sampling weight exp(kappa * S), S the variance of a group's rewards in [0, 1] (at most "
+        "1/4): with 4, a group split half and half is drawn e times as often as one that all agree.")
     divergence_prob: float = Field(0.2, ge=0, le=1, description="p_div: chance an improvement step must diverge.")
     group_size: int = Field(8, ge=2, description="G: completions per prompt (GRPO group).")
     clip_eps: float = Field(0.2, gt=0, description="PPO clipping epsilon.")
     kl_beta: float = Field(0.0, ge=0, description="KL coefficient to the reference (0: no reference model).")
     steps_per_iteration: int = Field(50, ge=1, description="GRPO optimizer steps per iteration.")
-    sync_every: int = Field(1, ge=1, description="Load the current adapter into vLLM every this many steps.")
+    sync_every: int = Field(
+        1, ge=1, description="Load the current adapter into vLLM every this many steps; only 1 is accepted "
+        "(a staler adapter samples off-policy, and GRPO here gets no sampling log-probabilities to correct it).")
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1, description="Stop the stage when more than this share of its GRPO groups failed, judged "
+        "from ceil(1 / share) groups on (one early failure never stops a run; 0: stop at the first).")
     delta_max: float = Field(1.0, gt=0, description="Improvement reward max(0, delta / delta_max) (graded scores).")
     diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
 
@@ -52,10 +70,14 @@ class ExitSection(MethodSection):
             problems.append("rollout.backend must be 'vllm' (the adapter is synced into the server while training)")
         if training.finetune != "lora":
             problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
-        if rollout.serve_merged:
-            problems.append("rollout.serve_merged must be false (adapters are served by name)")
         if rollout.sampling.temperature == 0:
             problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")
+        if rollout.sampling.max_tokens >= config.model.max_model_len:
+            problems.append(f"rollout.sampling.max_tokens ({rollout.sampling.max_tokens}) must be below "
+                            f"model.max_model_len ({config.model.max_model_len}): the rest is the prompt's budget")
+        if self.sync_every > 1:
+            problems.append("method.sync_every must be 1: completions from an adapter older than the policy are "
+                            "off-policy, and GRPO here gets no sampling log-probabilities to correct for that")
         served, trained = set(rollout.server.gpu_ids or ()), set(training.gpu_ids or ())
         if served & trained:
             problems.append(f"rollout.server.gpu_ids and training.gpu_ids share GPU(s) {sorted(served & trained)}: "

@@ -17,19 +17,27 @@ such group the main process's :class:`ExitGenerator`
 4. records the group in the buffer (the child inherits the group's
    learnability) and in ``groups.jsonl``.
 
+Every prompt fits the model: the history is cut to ``rollout.history_window``
+attempts and then, oldest first, to a token budget of ``model.max_model_len``
+minus ``rollout.sampling.max_tokens``, counted with the tokenizer's chat
+template (:class:`PromptFitter`); nothing is sent that the server must refuse.
+
 The buffer is saved atomically after every batch. The token ids returned are
 exactly those the server saw and produced, so GRPO's loss is computed on
 what was sampled. A request that fails after its retries leaves its group
-unscorable (reward None: TRL gives it zero advantage) instead of stopping
-training.
+unscorable (reward None: TRL gives it zero advantage) and is counted
+(:class:`FailureCount`); once the failed share of the stage's groups passes
+``method.max_failed_fraction`` the stage stops with the first error's text,
+instead of training on empty groups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +87,108 @@ def instance_messages(
     return build_messages(task.prompt, attempts, templates, history_window)
 
 
+class PromptTooLong(ValueError):
+    """A task whose prompt cannot fit the model even with the shortest history."""
+
+
+class PromptFitter:
+    """Cuts an improvement step's history until its prompt fits the model.
+
+    The budget is ``model.max_model_len - rollout.sampling.max_tokens``: vLLM
+    refuses a prompt longer than the model (HTTP 400) and silently shortens
+    the completions of one that leaves less than ``max_tokens``, so within
+    the budget every request succeeds and every completion may run its full
+    length. ``count`` gives the prompt tokens of a conversation as the
+    server will see it (the tokenizer's chat template with the generation
+    prompt). The history is first cut to ``history_window`` attempts, then
+    the oldest attempts are dropped one by one; an improvement step always
+    keeps the attempt it improves, so one that does not fit even then, or a
+    task prompt that alone does not fit, is a :class:`PromptTooLong` naming
+    the task.
+    """
+
+    def __init__(self, templates: TemplatesSection, history_window: int | None, budget: int,
+                 count: Callable[[list[Message]], int]) -> None:
+        self.templates = templates
+        self.history_window = history_window
+        self.budget = budget
+        self.count = count
+
+    def messages(self, task: Task, instance: Instance) -> tuple[list[Message], int]:
+        """The conversation to send and the number of attempts it shows."""
+        shown = min(instance.depth, self.history_window or instance.depth)
+        while True:
+            messages = instance_messages(task, instance, self.templates, shown)
+            tokens = self.count(messages)
+            if tokens <= self.budget:
+                return messages, shown
+            if shown <= 1:
+                raise PromptTooLong(self._too_long(task, instance, tokens))
+            shown -= 1
+
+    def check_task(self, task: Task) -> None:
+        """Fail before training when a task's prompt alone does not fit."""
+        self.messages(task, Instance(task.task_id))
+
+    def _too_long(self, task: Task, instance: Instance, tokens: int) -> str:
+        what = "its prompt alone" if instance.depth == 0 else "its prompt with the attempt being improved"
+        return (f"task {task.task_id}: {what} takes {tokens} tokens, over the budget of {self.budget} "
+                "(model.max_model_len - rollout.sampling.max_tokens): raise model.max_model_len or lower "
+                "rollout.sampling.max_tokens")
+
+
+def chat_template_counter(tokenizer: Any) -> Callable[[list[Message]], int]:
+    """Prompt tokens of a conversation, counted as the server counts them: the chat template with the
+    generation prompt."""
+
+    def count(messages: list[Message]) -> int:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False))
+
+    return count
+
+
+class StageFailed(RuntimeError):
+    """Too many GRPO groups of a stage failed: training on them would train on nothing."""
+
+
+@dataclass
+class FailureCount:
+    """The stage's groups so far and those whose request failed, with the first failure's text.
+
+    The stage stops once the failed share passes ``max_fraction``, judged
+    from ``ceil(1 / max_fraction)`` groups on: the count at which one failure
+    alone is within the allowed share, so a single early failure never stops
+    a run (0 stops at the first failure; 1 never stops).
+    """
+
+    max_fraction: float
+    groups: int = 0
+    failed: int = 0
+    first_error: str | None = None
+
+    @classmethod
+    def from_records(cls, max_fraction: float, records: list[dict[str, Any]]) -> "FailureCount":
+        """The count of a group log's lines (those a resumed stage keeps)."""
+        count = cls(max_fraction)
+        for record in records:
+            count.add(record["error"])
+        return count
+
+    def add(self, error: str | None) -> None:
+        self.groups += 1
+        if error is not None:
+            self.failed += 1
+            self.first_error = self.first_error or error
+
+    def check(self) -> None:
+        """Raise :class:`StageFailed` when the failed share is past the limit."""
+        judged_from = 1 if self.max_fraction == 0 else math.ceil(1 / self.max_fraction)
+        if self.groups >= judged_from and self.failed > self.max_fraction * self.groups:
+            raise StageFailed(f"{self.failed} of {self.groups} GRPO groups failed, more than "
+                              f"method.max_failed_fraction ({self.max_fraction}); the first: {self.first_error}")
+
+
 def prompt_index(tasks: list[Task]) -> dict[str, Task]:
     """Task by prompt text: GRPOTrainer hands back the dataset's prompts, not its other columns.
 
@@ -104,6 +214,7 @@ class GroupLog:
         self.path = path
         kept = [r for r in read_jsonl(path) if r["step"] <= through_step] if path.exists() else []
         write_jsonl_atomic(path, kept)
+        self.kept = kept  # the lines of the steps before the resumed one
         self._handle = open(path, "a", encoding="utf-8")
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -119,6 +230,7 @@ class GroupResult:
 
     instance: Instance
     task: Task
+    shown: int  # attempts of the history the prompt showed
     completions: list[Completion] | None
     grades: list[GradeResult]
     error: str | None = None
@@ -145,6 +257,7 @@ class ExitGenerator:
         sync_dir: Path,
         adapter_prefix: str,
         eos_token_id: int,
+        fitter: PromptFitter,
         scorer: DiversityScorer | None = None,
     ) -> None:
         self.config = config
@@ -161,6 +274,8 @@ class ExitGenerator:
         self.sync_dir = sync_dir
         self.adapter_prefix = adapter_prefix
         self.eos_token_id = eos_token_id
+        self.fitter = fitter
+        self.failures = FailureCount.from_records(self.method.max_failed_fraction, groups.kept)
         self.scorer = scorer
         self.adapter: str | None = None
         self._synced: tuple[int, Path] | None = None  # step and directory of the adapter the servers hold
@@ -174,6 +289,7 @@ class ExitGenerator:
         instances = [self._next_instance(prompts[i]) for i in range(0, len(prompts), size)]
         results = self.portal.call(self._generate, instances, size, step)
         batch = self._record(results, size, step)
+        self.failures.check()
         stats = self.buffer.stats()
         print(f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
               f"rollout {time.monotonic() - started:.1f} s, buffer {stats['size']}/{stats['capacity']} "
@@ -213,19 +329,18 @@ class ExitGenerator:
         return list(await asyncio.gather(*groups))
 
     async def _group(self, task: Task, instance: Instance, size: int, step: int, index: int) -> GroupResult:
-        rollout = self.config.rollout
-        messages = instance_messages(task, instance, rollout.templates, rollout.history_window)
+        messages, shown = self.fitter.messages(task, instance)
         seed = request_seed(self.config.run.seed, task.task_id, step, index)
         try:
             completions, grades = await chat_and_grade(
                 self.client, messages, self.grade, task.reference,
-                n=size, params=sampling_params(rollout.sampling), seed=seed, adapter=self.adapter,
+                n=size, params=sampling_params(self.config.rollout.sampling), seed=seed, adapter=self.adapter,
             )
         except GenerationError as exc:
-            return GroupResult(instance, task, None, [], f"{type(exc).__name__}: {exc}")
+            return GroupResult(instance, task, shown, None, [], f"{type(exc).__name__}: {exc}")
         if not all(c.prompt_token_ids for c in completions):
             raise GenerationError("the rollout server returned no prompt_token_ids; it must support return_token_ids")
-        return GroupResult(instance, task, completions, grades)
+        return GroupResult(instance, task, shown, completions, grades)
 
     def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any]]:
         """Update the buffer and the group log, in group order; return the batch TRL expects."""
@@ -233,6 +348,7 @@ class ExitGenerator:
         records = []
         for index, result in enumerate(results):
             records.append(self._record_group(result, step, index))
+            self.failures.add(result.error)
             if result.completions is None:
                 out["prompt_ids"] += [[self.eos_token_id]] * size
                 out["completion_ids"] += [[self.eos_token_id]] * size
@@ -258,20 +374,23 @@ class ExitGenerator:
             "depth": instance.depth,
             "from_buffer": instance.from_buffer,
             "diverge": instance.diverge,
+            "shown": result.shown,
             "adapter": self.adapter,
             "error": result.error,
         }
         if result.completions is None:
-            return record
+            return {**record, "buffer_scores": self.buffer.score_quantiles()}
         scores = [g.score for g in result.grades]
         rewards = [
             improvement_reward(s, instance.previous_score, self.binary, self.method.delta_max) for s in scores
         ]
-        child, entered = self.buffer.add_group(
+        update = self.buffer.add_group(
             instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards
         )
-        return {**record, "scores": scores, "rewards": rewards, "learnability": child.score,
-                "child_entered": entered, "child_depth": child.depth, "buffer_size": len(self.buffer)}
+        return {**record, "prompt_tokens": len(result.completions[0].prompt_token_ids), "scores": scores,
+                "rewards": rewards, "learnability": update.child.score, "rescored_from": update.rescored_from,
+                "child_entered": update.entered, "child_depth": update.child.depth, "buffer_size": len(self.buffer),
+                "buffer_scores": self.buffer.score_quantiles()}
 
     def _scales(self, result: GroupResult) -> list[float]:
         if self.scorer is None:
@@ -304,7 +423,7 @@ class ExitRollout:
 
 @contextmanager
 def open_rollout(
-    run: RunDir, iteration: int, buffer: LearnabilityBuffer | None, through_step: int, eos_token_id: int
+    run: RunDir, iteration: int, buffer: LearnabilityBuffer | None, through_step: int, tokenizer: Any
 ) -> Iterator[ExitRollout]:
     """The rollout function of iteration ``iteration``, its resources released on exit.
 
@@ -312,13 +431,19 @@ def open_rollout(
     generator: the servers the train stage started
     (:func:`~pipeline.methods.exit.layout.service_from_env`), a pool of
     ``grader.workers`` grading processes, and ``groups.jsonl``, kept up to
-    ``through_step`` (the step of the checkpoint being resumed).
+    ``through_step`` (the step of the checkpoint being resumed). It first
+    checks that every training task's prompt fits the model.
     """
     config = run.config
     tasks = prompt_index(load_tasks(config.tasks.train, "train"))
     if buffer is None:
         yield ExitRollout(list(tasks), None)
         return
+    fitter = PromptFitter(config.rollout.templates, config.rollout.history_window,
+                          config.model.max_model_len - config.rollout.sampling.max_tokens,
+                          chat_template_counter(tokenizer))
+    for task in tasks.values():
+        fitter.check_task(task)
     urls, model_name = service_from_env()
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
@@ -334,7 +459,8 @@ def open_rollout(
             binary=get_grader(config.grader.name, **config.grader.options).binary,
             sync_dir=sync_dir(run, iteration),
             adapter_prefix=f"{config.run.name}-exit{iteration}",
-            eos_token_id=eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            fitter=fitter,
             scorer=DiversityScorer() if config.method.diversity_bonus else None,
         )
         yield ExitRollout(list(tasks), generator)

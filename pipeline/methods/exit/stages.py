@@ -10,7 +10,8 @@ worker exits, however it exits. Layout, besides the train stage's own
 
     iter_K/train/
       buffer.json      the buffer after the newest update (each checkpoint holds its own copy)
-      groups.jsonl     one line per GRPO group: step, instance depth, scores, rewards, learnability
+      groups.jsonl     one line per GRPO group: step, instance depth, scores, rewards, learnability, the
+                       buffer's score quantiles, the error of a failed group
       sync/            the adapter last loaded into the servers (removed when training ends)
 """
 

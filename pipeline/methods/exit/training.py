@@ -8,6 +8,11 @@ servers the stage started, grades, and updates the buffer. Iteration 1
 starts a new adapter on the base model, iteration K continues iteration
 K-1's adapter and buffer.
 
+With ``rollout.serve_merged`` the main process also folds the final adapter
+into a merged copy of the base model, which the eval stage serves (faster on
+vLLM's CPU build); training itself always serves the base model and loads
+the adapter it syncs by name.
+
 Several training processes share one generation batch: the main process
 generates and scores it, and alone holds the buffer and writes the run's
 files (:class:`~pipeline.methods.exit.rollout.ExitRollout`).
@@ -42,7 +47,9 @@ from pipeline.methods.exit.config import ExitSection
 from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.engine.model_store import resolve_model
-from pipeline.training.trainer import StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision
+from pipeline.training.trainer import (
+    StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision, write_merged_copy,
+)
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
@@ -120,13 +127,18 @@ def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> Lear
     return LearnabilityBuffer(method.buffer_capacity, method.kappa, seed=run.config.run.seed)
 
 
-def summarize(trainer: GRPOTrainer, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
-    """Steps, throughput, the depths trained on (from the whole group log) and the buffer's state."""
-    depths = [record["depth"] for record in read_jsonl(groups) if record.get("rewards") is not None]
+def summarize(global_step: int, groups: Path, buffer: LearnabilityBuffer, steps: int, seconds: float) -> dict:
+    """Steps, throughput, the depths trained on and the failed groups (from the whole group log), and the
+    buffer's state."""
+    records = read_jsonl(groups)
+    depths = [record["depth"] for record in records if record["error"] is None]
+    failed = [record["error"] for record in records if record["error"] is not None]
     histogram = Counter(depths)
     return {
-        "steps": trainer.state.global_step,
+        "steps": global_step,
         "groups": len(depths),
+        "failed_groups": len(failed),
+        "first_error": failed[0] if failed else None,
         "mean_depth": statistics.fmean(depths) if depths else None,
         "max_depth": max(depths, default=None),
         "depth_histogram": {str(d): histogram[d] for d in sorted(histogram)},
@@ -150,7 +162,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     if buffer is not None:
         buffer.save(buffer_path(run, iteration))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL; written against 1.16
-    with open_rollout(run, iteration, buffer, resumed_at, tokenizer.eos_token_id) as rollout:
+    with open_rollout(run, iteration, buffer, resumed_at, tokenizer) as rollout:
         trainer = ExitGRPOTrainer(
             model=starting_model(run, iteration, bf16),
             reward_funcs=[exit_reward],
@@ -168,6 +180,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     if buffer is not None:
         steps = trainer.state.global_step - resumed_at
         write_json_atomic(summary_path(run, iteration),
-                          summarize(trainer, groups_path(run, iteration), buffer, steps, seconds))
+                          summarize(trainer.state.global_step, groups_path(run, iteration), buffer, steps, seconds))
         shutil.rmtree(sync_dir(run, iteration), ignore_errors=True)
+        write_merged_copy(run, iteration, final)
     return final

@@ -15,16 +15,13 @@ from typing import Any
 
 from datasets import Dataset
 
-from pipeline.engine.adapters import merge_adapter
 from pipeline.system.atomic import read_jsonl, write_json_atomic
-from pipeline.engine.model_store import resolve_model
-from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, merged_dir, summary_path
-from pipeline.run.timings import phase
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
 from pipeline.training.checkpoints import train
-from pipeline.training.trainer import StepPrinter, runs_on_cpu, starting_model, training_precision
+from pipeline.training.trainer import StepPrinter, runs_on_cpu, starting_model, training_precision, write_merged_copy
 
 
 def training_dataset(path: Path) -> Dataset:
@@ -91,8 +88,6 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     attach_trackers(trainer, run, iteration)
     final = train(trainer, final_dir(run, iteration))
     if trainer.accelerator.is_main_process:
-        if (merged := merged_dir(run, iteration)) is not None:
-            with phase("merge"):
-                merge_adapter(resolve_model(run.config.model.name_or_path), final, merged)
+        write_merged_copy(run, iteration, final)
         write_json_atomic(summary_path(run, iteration), summarize(trainer, len(dataset)))
     return final
