@@ -121,8 +121,8 @@ def test_consecutive_stages_that_serve_one_model_share_its_server(finished_run: 
         assert not (finished_run / f"iter_{iteration}" / "rollout" / "vllm_server.log").exists()
         assert (finished_run / f"iter_{iteration - 1}" / "eval" / "vllm_server.log").stat().st_size > 0
         assert times[f"iter_{iteration}/rollout"].phases["generation"] > 0
-        assert times[f"iter_{iteration}/train"].phases["training"] > 0
-        assert 0 < times[f"iter_{iteration}/train"].phases["training"] <= times[f"iter_{iteration}/train"].wall
+        train = times[f"iter_{iteration}/train"]
+        assert 0 < train.phases["training"] <= train.wall + 1  # the manifest's times are whole seconds
     assert times["iter_0/eval"].phases["server_start"] > 0
 
 
