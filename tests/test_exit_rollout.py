@@ -237,3 +237,24 @@ def test_the_training_summary_counts_the_failed_groups(tmp_path: Path) -> None:
     assert (summary["groups"], summary["failed_groups"]) == (2, 2)
     assert summary["first_error"] == "GenerationError: HTTP 400: too long"
     assert summary["depth_histogram"] == {"0": 1, "2": 1} and summary["mean_depth"] == 1.0
+
+
+@pytest.mark.parametrize("serve_merged", [True, False])
+def test_exit_writes_a_merged_copy_for_the_eval_only_when_asked(
+    tiny_model: Path, tiny_adapter: Path, tmp_path: Path, serve_merged: bool
+) -> None:
+    """With rollout.serve_merged the trained adapter is folded into the base for the eval (what the eval then
+    serves, pipeline.rollouts.service.iteration_model); without it the eval serves the adapter at runtime."""
+    from pipeline.run.layout import RunDir, merged_dir, stage_path
+    from pipeline.training.trainer import write_merged_copy
+
+    data = exit_data(rollout={"serve_merged": serve_merged})
+    data["run"] = {"output_dir": str(tmp_path), "name": "merged", "report_to": []}
+    data["model"] = {"name_or_path": str(tiny_model), "dtype": "float32"}
+    run = RunDir.create(parse_config(data))
+    write_merged_copy(run, 1, tiny_adapter)
+    if serve_merged:
+        assert (merged_dir(run, 1) / "config.json").is_file()
+        assert list(merged_dir(run, 1).glob("*.safetensors"))
+    else:
+        assert merged_dir(run, 1) is None and not (stage_path(run.root, 1, "train") / "merged").exists()
