@@ -23,8 +23,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer, SFTConfig, SFTTrainer
 
-WEIGHTED_SFT = "pipeline/weighted_sft.py WeightedSFTTrainer"
-EXIT_GRPO = "pipeline/exit_training.py ExitGRPOTrainer"
+WEIGHTED_SFT = "pipeline/methods/rise/weighted_sft.py WeightedSFTTrainer"
+EXIT_GRPO = "pipeline/methods/exit/training.py ExitGRPOTrainer"
 VERSIONS = f"(installed: trl {trl.__version__}, transformers {transformers.__version__})"
 
 
