@@ -205,3 +205,20 @@ def test_bad_replica_gpu_ids_are_refused(server: dict, message: str) -> None:
     with pytest.raises(ConfigError, match="rollout.server: ") as info:
         parse_config({**MINIMAL, "rollout": {"server": server}})
     assert message in str(info.value)
+
+
+def test_the_accelerate_file_is_parsed_once_per_version(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.config import launch
+
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_processes": 2}))
+    before = launch._parsed_accelerate_config.cache_info().misses
+    settings = TrainingSection(accelerate_config=str(path))  # its checks read the launch settings too
+    assert [LaunchSettings.of(settings).num_processes for _ in range(3)] == [2, 2, 2]
+    assert launch._parsed_accelerate_config.cache_info().misses == before + 1
+    path.write_text(yaml.safe_dump({"distributed_type": "MULTI_GPU", "num_processes": 4}))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a new version
+    assert LaunchSettings.of(settings).num_processes == 4
+    assert launch._parsed_accelerate_config.cache_info().misses == before + 2

@@ -7,6 +7,7 @@ weights?); they read the answers here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,21 @@ class LaunchSettings:
 
 
 def read_accelerate_config(path: Path) -> dict[str, Any]:
-    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``."""
+    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``.
+
+    Parsed once per version of the file (its path and modification time):
+    the config checks, the launcher and the join command all ask for the
+    launch settings, and they all see the same parse.
+    """
+    try:
+        modified = Path(path).stat().st_mtime_ns
+    except OSError as exc:
+        raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
+    return dict(_parsed_accelerate_config(str(path), modified))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_accelerate_config(path: str, modified_ns: int) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
@@ -105,7 +120,6 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "distributed_type" not in data:
         raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
     return data
-
 
 
 def unreadable_yaml(exc: Exception) -> str:
