@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -23,15 +22,11 @@ from rich.table import Table
 
 from pipeline.run.manifest import MANIFEST_NAME
 from pipeline.run.timings import PHASES, StageTimes, stage_times
-from pipeline.system.atomic import read_json
 
 
-def between_stages(run_root: Path, stages: list[StageTimes]) -> tuple[float, float]:
+def between_stages(stages: list[StageTimes]) -> tuple[float, float]:
     """The run's wall time (first start to last finish) and the part of it no stage covered."""
-    records = read_json(run_root / MANIFEST_NAME)["stages"]
-    starts = [datetime.fromisoformat(records[s.stage]["started_at"]).timestamp() for s in stages]
-    ends = [datetime.fromisoformat(records[s.stage]["finished_at"]).timestamp() for s in stages]
-    wall = max(ends) - min(starts)
+    wall = max(s.end for s in stages) - min(s.start for s in stages)
     return wall, max(0.0, wall - sum(s.wall for s in stages))
 
 
@@ -52,7 +47,7 @@ def main() -> None:
 
     for s in stages:
         table.add_row(*row(s.stage, s.wall, s.phases, s.rest, s.server_starts))
-    wall, gaps = between_stages(run_root, stages)
+    wall, gaps = between_stages(stages)
     table.add_row(*row("between stages", gaps, {}, gaps, "-"))
     totals = {p: sum(s.phases.get(p, 0.0) for s in stages) for p in PHASES}
     rest = sum(s.rest for s in stages) + gaps

@@ -23,7 +23,6 @@ from pipeline.engine.model_store import resolve_model
 from pipeline.engine.service_client import Endpoint, ServiceClient, discover_model_name
 from pipeline.engine.server_keeper import active_keeper
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
-from pipeline.run.timings import phase
 
 SERVED_BASE_NAME = "base"
 
@@ -56,8 +55,7 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
                 servers = keeper.servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
             else:
                 servers = owned = replica_servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
-                with phase("server_start"):
-                    await asyncio.to_thread(start_servers, servers)
+                await asyncio.to_thread(start_servers, servers)
             endpoints = [Endpoint(server.url, server) for server in servers]
             base_model = SERVED_BASE_NAME
         client = ServiceClient(

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from pipeline.config.settings import ModelSection, ServerSection
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
-from pipeline.run.timings import phase
 
 _ACTIVE: ContextVar["ServerKeeper | None"] = ContextVar("server_keeper", default=None)
 
@@ -61,8 +60,7 @@ class ServerKeeper:
         self.release()
         servers = replica_servers(model_path, model, settings, log_dir, served_name)
         try:
-            with phase("server_start"):
-                start_servers(servers)
+            start_servers(servers)
         except BaseException:
             for server in servers:
                 server.stop()

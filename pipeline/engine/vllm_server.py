@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.config.settings import ModelSection, ServerSection
+from pipeline.run.timings import phase
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 
 
@@ -214,12 +215,14 @@ def replica_devices(settings: ServerSection, visible: str | None) -> list[str | 
 def start_servers(servers: list[VLLMServer]) -> None:
     """Launch every server, then wait for each: they boot side by side, so startup costs the slowest one's time.
 
-    On a failure the servers keep running: the caller stops them all.
+    On a failure the servers keep running: the caller stops them all. The
+    time counts as the current stage's ``server_start`` phase.
     """
-    for server in servers:
-        server.launch()
-    for server in servers:
-        server.wait_healthy()
+    with phase("server_start"):
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_healthy()
 
 
 def is_cpu_build() -> bool:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.run.manifest import MANIFEST_NAME
-from pipeline.system.atomic import read_json, read_jsonl
+from pipeline.run.manifest import Manifest, StageState
+from pipeline.system.atomic import read_jsonl
 
 TIMINGS_NAME = "timings.jsonl"
 # The stage's timings file, for processes a stage launches (the training worker) and for this one.
@@ -80,12 +80,17 @@ def phase(name: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """One finished stage's wall time and its phases (seconds), ``rest`` being what no phase covers."""
+    """One finished stage's span (epoch seconds) and its phases (seconds), ``rest`` being what no phase covers."""
 
     stage: str
-    wall: float
+    start: float
+    end: float
     phases: dict[str, float]
     server_starts: int
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
 
     @property
     def rest(self) -> float:
@@ -99,17 +104,16 @@ def stage_times(run_root: Path) -> list[StageTimes]:
     manifest's ``started_at``), as the wall time does. A merge runs inside
     training, so it is taken out of training's time.
     """
-    manifest = read_json(Path(run_root) / MANIFEST_NAME)
     out = []
-    for key, record in manifest["stages"].items():
-        if record["state"] != "done" or not record.get("started_at") or not record.get("finished_at"):
+    for key, record in Manifest.load(Path(run_root)).stages.items():
+        if record.state is not StageState.DONE or not record.started_at or not record.finished_at:
             continue
-        started = datetime.fromisoformat(record["started_at"]).timestamp()
-        wall = datetime.fromisoformat(record["finished_at"]).timestamp() - started
+        start = datetime.fromisoformat(record.started_at).timestamp()
         path = Path(run_root) / key / TIMINGS_NAME
-        lines = [line for line in read_jsonl(path) if line["start"] >= started - 1] if path.is_file() else []
+        lines = [line for line in read_jsonl(path) if line["start"] >= start - 1] if path.is_file() else []
         phases = {name: sum(line["seconds"] for line in lines if line["phase"] == name) for name in PHASES}
         phases["training"] = max(0.0, phases["training"] - phases["merge"])
         starts = sum(1 for line in lines if line["phase"] == "server_start")
-        out.append(StageTimes(key, wall, {k: v for k, v in phases.items() if v > 0}, starts))
+        end = datetime.fromisoformat(record.finished_at).timestamp()
+        out.append(StageTimes(key, start, end, {k: v for k, v in phases.items() if v > 0}, starts))
     return out
