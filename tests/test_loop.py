@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 
 from pipeline.system.atomic import read_jsonl
-from pipeline.run.manifest import Manifest, planned_stages
+from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.timings import stage_times
 from pipeline.engine.vllm_server import VLLMServer
 from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, serving, smoke_config, write_config
@@ -133,22 +133,46 @@ def test_status_shows_a_finished_run(finished_run: Path) -> None:
     assert result.stdout.count("done") >= len(planned_stages(2))
 
 
+def running_stages(root: Path) -> set[str]:
+    """The stages the manifest calls running: read after a SIGKILL, the stages that kill interrupted."""
+    if not (root / "manifest.json").exists():
+        return set()
+    return {key for key, record in Manifest.load(root).stages.items() if record.state is StageState.RUNNING}
+
+
+def wait_until_running(process: subprocess.Popen, root: Path, stage: str) -> None:
+    """Poll the manifest until ``stage`` runs (or the process ends): a kill then lands inside that stage."""
+    while process.poll() is None and stage not in running_stages(root):
+        time.sleep(0.1)
+
+
 def test_sigkill_at_random_points_then_resume_gives_the_same_records(
     finished_run: Path, shared_server: VLLMServer, answering_model: Path, tmp_path: Path
 ) -> None:
-    """Kill `selfimprove run`/`resume` with SIGKILL at seeded random moments until it finishes on its own."""
+    """Kill `selfimprove run`/`resume` with SIGKILL inside iteration 1's training, then at seeded random moments.
+
+    The first kill waits for the manifest to show ``iter_1/train`` running, so
+    that at least one kill interrupts a stage however fast the machine is (a
+    purely timed kill can land before the first stage or between stages).
+    """
     config = write_config(tmp_path, smoke_config(tmp_path / "runs", answering_model, "killed", [shared_server.url]))
     root = tmp_path / "runs" / "killed"
     rng = random.Random(20261123)
-    kills, command = 0, cli("run", str(config), "--no-progress")
+    kills, interrupted, command = 0, set(), cli("run", str(config), "--no-progress")
     while True:
         process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills == 0:
+            wait_until_running(process, root, "iter_1/train")
+            timeout = rng.uniform(0.5, 2.0)
+        else:
+            timeout = rng.uniform(4.0, 30.0) if kills < 4 else None
         try:
-            process.wait(timeout=rng.uniform(4.0, 30.0) if kills < 4 else None)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
+            interrupted |= running_stages(root)
             command = cli("resume", str(root), "--no-progress")
             time.sleep(1.0)  # let the killed process's children see their parent die
             continue
@@ -157,8 +181,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_records(
         break
 
     manifest = Manifest.load(root)
-    assert kills >= 1
-    assert sum(record.attempts for record in manifest.stages.values()) > len(manifest.stages)  # some stage re-ran
+    assert "iter_1/train" in interrupted
+    assert all(manifest.stages[key].attempts >= 2 for key in interrupted), interrupted  # each interrupted stage re-ran
     assert all(manifest.is_done(k, s) for k, s in planned_stages(2))
     killed, whole = run_records(root), run_records(finished_run)
     assert sorted(killed) == sorted(whole)
