@@ -19,7 +19,6 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from safetensors.torch import load_file
@@ -36,7 +35,7 @@ from pipeline.engine.vllm_server import VLLMServer
 from pipeline.methods.exit.buffer import Instance, Step
 from pipeline.methods.exit.rollout import PromptFitter, chat_template_counter, instance_messages
 from pipeline.tasks import Task
-from tests.run_helpers import REPO, cli, cli_env, run_cli, serving, write_config, write_tasks
+from tests.run_helpers import REPO, cli, cli_env, run_cli, write_config, write_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +47,8 @@ KILL_AFTER_CHECKPOINT = 2
 def exit_config(output_dir: Path, model: Path, name: str, urls: list[str]) -> dict:
     """Two ExIt iterations of 4 GRPO steps (2 groups of 4), a checkpoint every step, buffer from the first item.
 
-    The servers are given by URL: one server for the whole module, so the
-    stages and the resume do not each pay for a server start.
+    The servers are given by URL (``conftest.answering_server``, one for the
+    whole suite), so the stages and the resume do not each pay for a server start.
     """
     tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
     return {
@@ -90,18 +89,10 @@ def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def exit_server(answering_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    tmp_path = tmp_path_factory.mktemp("exit-server")
-    with serving(answering_model, exit_config(tmp_path / "runs", answering_model, "server", []),
-                 tmp_path / "vllm.log") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def resumed_run(answering_model: Path, exit_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def resumed_run(answering_model: Path, answering_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`selfimprove run`, SIGKILLed once iteration 1's checkpoint-2 is complete, then `selfimprove resume`."""
     tmp_path = tmp_path_factory.mktemp("exit")
-    config = write_config(tmp_path, exit_config(tmp_path / "runs", answering_model, "exit_smoke", [exit_server.url]))
+    config = write_config(tmp_path, exit_config(tmp_path / "runs", answering_model, "exit_smoke", [answering_server.url]))
     root = tmp_path / "runs" / "exit_smoke"
     train_dir = root / "iter_1" / "train"
     process = subprocess.Popen(cli("run", str(config), "--no-progress"), cwd=REPO, env=cli_env(),
@@ -227,10 +218,10 @@ def test_status_shows_the_buffer(resumed_run: dict) -> None:
 
 
 def test_two_training_processes_share_each_group(
-    answering_model: Path, exit_server: VLLMServer, tmp_path: Path
+    answering_model: Path, answering_server: VLLMServer, tmp_path: Path
 ) -> None:
     """2 processes x 2 completions: every group of 4 straddles both, the main process generates and scores it."""
-    data = exit_config(tmp_path / "runs", answering_model, "exit_ddp", [exit_server.url])
+    data = exit_config(tmp_path / "runs", answering_model, "exit_ddp", [answering_server.url])
     data["run"]["iterations"] = 1
     data["method"].update(steps_per_iteration=2, diversity_bonus=False)
     data["training"].update(num_processes=2, per_device_batch_size=2)
@@ -261,7 +252,7 @@ def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
     assert {step for step, _ in scalars(run, "train/buffer/score_q50")} == set(range(1, 2 * STEPS + 1))
 
 
-def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(answering_model: Path, exit_server: VLLMServer) -> None:
+def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(answering_model: Path, answering_server: VLLMServer) -> None:
     """A history far longer than the server's 1024 tokens: sent whole, vLLM refuses it (HTTP 400); cut by
     the fitter to max_model_len - max_tokens, the server answers, and counts the prompt's tokens as we do."""
     max_tokens, templates = 12, TemplatesSection()
@@ -275,7 +266,7 @@ def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(answering_model: 
     assert 1 <= shown < instance.depth
 
     async def send(conversation: list) -> list:
-        client = ServiceClient([Endpoint(exit_server.url)], "base", max_retries=0)
+        client = ServiceClient([Endpoint(answering_server.url)], "base", max_retries=0)
         try:
             return await client.chat(conversation, n=2, params=SamplingParams(0.6, 1.0, max_tokens), seed=1)
         finally:
@@ -297,12 +288,12 @@ def write_long_tasks(path: Path) -> Path:
 
 
 def test_a_server_that_refuses_every_request_stops_the_stage(
-    answering_model: Path, exit_server: VLLMServer, tmp_path: Path
+    answering_model: Path, answering_server: VLLMServer, tmp_path: Path
 ) -> None:
     """A real fault, not a mock: the config says model.max_model_len 4096, but the server given by URL was
     started with 1024, so it answers every long prompt with HTTP 400. Past method.max_failed_fraction the
     stage stops with vLLM's own message instead of training on empty groups, and the log counts the failures."""
-    data = exit_config(tmp_path / "runs", answering_model, "exit_refused", [exit_server.url])
+    data = exit_config(tmp_path / "runs", answering_model, "exit_refused", [answering_server.url])
     data["run"]["iterations"] = 1
     data["model"]["max_model_len"] = 4096
     data["tasks"]["train"]["options"]["train_path"] = str(write_long_tasks(tmp_path / "long.jsonl"))

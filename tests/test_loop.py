@@ -20,7 +20,6 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,7 +27,7 @@ from pipeline.system.atomic import read_jsonl
 from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.timings import stage_times
 from pipeline.engine.vllm_server import VLLMServer
-from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, serving, smoke_config, write_config
+from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, smoke_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +53,6 @@ def run_records(root: Path) -> dict[str, Counter]:
     files = sorted(root.glob("iter_*/*/rollouts.jsonl")) + sorted(root.glob("iter_*/eval/parallel/rollouts.jsonl"))
     files += sorted(root.glob("iter_*/curate/train.jsonl"))
     return {str(path.relative_to(root)): record_digests(path) for path in files}
-
-
-@pytest.fixture(scope="module")
-def shared_server(answering_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    """One vLLM server for the runs that are killed and resumed, so restarts do not pay for server start-up."""
-    data = smoke_config(tmp_path_factory.mktemp("unused") / "runs", answering_model, "server")
-    with serving(answering_model, data, tmp_path_factory.mktemp("server") / "vllm.log") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -140,43 +131,43 @@ def running_stages(root: Path) -> set[str]:
     return {key for key, record in Manifest.load(root).stages.items() if record.state is StageState.RUNNING}
 
 
-def wait_until_running(process: subprocess.Popen, root: Path, stage: str) -> None:
-    """Poll the manifest until ``stage`` runs (or the process ends): a kill then lands inside that stage."""
+def killed_inside(process: subprocess.Popen, root: Path, stage: str, delay: float) -> bool:
+    """SIGKILL ``process`` ``delay`` seconds after the manifest shows ``stage`` running; False if it ended first.
+
+    Waiting for the stage, rather than for a time since the start, puts every
+    kill inside the pipeline's work however fast the machine is (a timed kill
+    can land before the first stage or between two stages).
+    """
     while process.poll() is None and stage not in running_stages(root):
         time.sleep(0.1)
+    try:
+        process.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True
 
 
-def test_sigkill_at_random_points_then_resume_gives_the_same_records(
-    finished_run: Path, shared_server: VLLMServer, answering_model: Path, tmp_path: Path
+KILL_IN = ("iter_1/rollout", "iter_1/train", "iter_2/eval")
+
+
+def test_sigkill_inside_stages_then_resume_gives_the_same_records(
+    finished_run: Path, answering_server: VLLMServer, answering_model: Path, tmp_path: Path
 ) -> None:
-    """Kill `selfimprove run`/`resume` with SIGKILL inside iteration 1's training, then at seeded random moments.
-
-    The first kill waits for the manifest to show ``iter_1/train`` running, so
-    that at least one kill interrupts a stage however fast the machine is (a
-    purely timed kill can land before the first stage or between stages).
-    """
-    config = write_config(tmp_path, smoke_config(tmp_path / "runs", answering_model, "killed", [shared_server.url]))
+    """SIGKILL `selfimprove run`, then each `resume`, a seeded random moment into a stage, until one finishes."""
+    config = write_config(tmp_path, smoke_config(tmp_path / "runs", answering_model, "killed", [answering_server.url]))
     root = tmp_path / "runs" / "killed"
     rng = random.Random(20261123)
-    kills, interrupted, command = 0, set(), cli("run", str(config), "--no-progress")
-    while True:
+    interrupted, command = set(), cli("run", str(config), "--no-progress")
+    for stage in (*KILL_IN, None):
         process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills == 0:
-            wait_until_running(process, root, "iter_1/train")
-            timeout = rng.uniform(0.5, 2.0)
-        else:
-            timeout = rng.uniform(4.0, 30.0) if kills < 4 else None
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
+        if stage is not None and killed_inside(process, root, stage, rng.uniform(0.2, 1.5)):
             interrupted |= running_stages(root)
             command = cli("resume", str(root), "--no-progress")
             time.sleep(1.0)  # let the killed process's children see their parent die
             continue
-        assert process.returncode == 0, process.stderr.read().decode()
+        assert process.wait() == 0, process.stderr.read().decode()
         process.stderr.close()
         break
 
