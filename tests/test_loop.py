@@ -131,15 +131,28 @@ def running_stages(root: Path) -> set[str]:
     return {key for key, record in Manifest.load(root).stages.items() if record.state is StageState.RUNNING}
 
 
-def killed_inside(process: subprocess.Popen, root: Path, stage: str, delay: float) -> bool:
-    """SIGKILL ``process`` ``delay`` seconds after the manifest shows ``stage`` running; False if it ended first.
+def stage_progress(root: Path, stage: str) -> tuple[int, bool]:
+    """``(attempts, done)`` of one stage in the run's manifest; ``(0, False)`` before the run writes it."""
+    if not (root / "manifest.json").exists():
+        return 0, False
+    record = Manifest.load(root).stages[stage]
+    return record.attempts, record.state is StageState.DONE
 
-    Waiting for the stage, rather than for a time since the start, puts every
-    kill inside the pipeline's work however fast the machine is (a timed kill
-    can land before the first stage or between two stages).
+
+def killed_inside(process: subprocess.Popen, root: Path, stage: str, attempts_before: int, delay: float) -> bool:
+    """SIGKILL ``process`` ``delay`` seconds after it starts an attempt of ``stage``; False if it ended first.
+
+    Waiting for the stage's attempt count to rise, rather than for a time
+    since the start, puts the kill inside the pipeline's work however fast the
+    machine is (a timed kill can land before the first stage or between two),
+    and a stage that runs for less than a poll is not missed. A stage done
+    before this process started is not waited for.
     """
-    while process.poll() is None and stage not in running_stages(root):
-        time.sleep(0.1)
+    while process.poll() is None:
+        attempts, done = stage_progress(root, stage)
+        if attempts > attempts_before or done:
+            break
+        time.sleep(0.05)
     try:
         process.wait(timeout=delay)
         return False
@@ -161,8 +174,9 @@ def test_sigkill_inside_stages_then_resume_gives_the_same_records(
     rng = random.Random(20261123)
     interrupted, command = set(), cli("run", str(config), "--no-progress")
     for stage in (*KILL_IN, None):
+        attempts_before = stage_progress(root, stage)[0] if stage is not None else 0
         process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if stage is not None and killed_inside(process, root, stage, rng.uniform(0.2, 1.5)):
+        if stage is not None and killed_inside(process, root, stage, attempts_before, rng.uniform(0.2, 1.5)):
             interrupted |= running_stages(root)
             command = cli("resume", str(root), "--no-progress")
             time.sleep(1.0)  # let the killed process's children see their parent die
