@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.training_args import OptimizerNames
 from datasets import Dataset
 
 from pipeline.config.settings import TrainingSection
@@ -151,6 +152,10 @@ def _lora_after_one_step(tiny_model: Path, tmp_path: Path, batch_size: int, grad
     )
     trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path, settings, use_cpu=True, max_steps=1)
     trainer.args.save_strategy = "no"
+    # SGD moves each weight by lr x its gradient, so the weights compare the gradients themselves; Adam's
+    # first step is about lr x sign(gradient), which turns float noise in a near-zero gradient into a
+    # difference of lr (seen with the suite in two processes: 6.5e-6 on 1 of 2048 elements).
+    trainer.args.optim = OptimizerNames.SGD
     trainer.train()
     return [p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n]
 
