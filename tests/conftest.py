@@ -23,8 +23,9 @@ settings.load_profile("no-deadline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# vLLM's engine core runs inside the API server process: one Python start-up fewer per server (about
-# 8 of its 28 s on 2 cores). The servers are otherwise the users' (`make demo` keeps vLLM's default).
+# vLLM's model worker runs inside the engine core process (the API server still starts the engine core
+# in a process of its own): one Python start-up fewer per server, about 15.5 s a start here against 25.
+# The servers are otherwise the users' (`make demo` keeps vLLM's default).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
