@@ -6,8 +6,9 @@ answers) and grades them with ``numeric`` and ``math``, serially and as one
 batch through ``GradingPool.submit``, which grades each where its grader
 declares (numeric inline in this process, math in worker processes several
 responses per job). It prints responses/second and the ratio to serial, plus
-math sent one response per job (what the pool did before it chunked) to show
-what the chunks buy.
+numeric submitted 4 responses at a time (one request's samples: what a
+rollout submits) and math sent one response per job (what the pool did
+before it chunked) to show what the chunks buy.
 
 Serial means the grader's work done in this process one response at a time
 (``MathGrader.grade_here`` for math, as a worker does it). Each rate is the
@@ -41,7 +42,7 @@ from rewards.pool import placement  # noqa: E402
 
 N_RESPONSES = 2_000
 WARM_UP = 50
-REPEATS = 3
+REPEATS = 10
 
 Pair = tuple[str, str]
 
@@ -99,17 +100,28 @@ def best_rate(grade_all: Callable[[], list[GradeResult]], n: int) -> tuple[float
     return best, (tree_cpu_s() - cpu_before) * 1000 / (n * REPEATS), results
 
 
-def through_pool(pool: GradingPool, grader: Grader, items: Sequence[Pair]) -> list[GradeResult]:
-    return [future.result() for future in pool.submit(grader, items)]
+def through_pool(pool: GradingPool, grader: Grader, items: Sequence[Pair], per_submit: int | None = None) -> list[GradeResult]:
+    """Every item's grade, submitted in one batch, or ``per_submit`` at a time each waited for before the
+    next is sent, as a rollout awaits one request's grades (for the inline grader: a pool grader's batches
+    would run one after another)."""
+    size = per_submit or len(items) or 1
+    return [result for start in range(0, len(items), size) for result in pool.submit(grader, items[start : start + size]).result()]
 
 
-def compare(label: str, serial: Callable[[Pair], GradeResult], pool: GradingPool, grader: Grader, items: Sequence[Pair]) -> None:
+def compare(
+    label: str,
+    serial: Callable[[Pair], GradeResult],
+    pool: GradingPool,
+    grader: Grader,
+    items: Sequence[Pair],
+    per_submit: int | None = None,
+) -> None:
     """One line: serial and ``submit`` rates side by side, their ratio, and whether the grades agree."""
     for item in items[:WARM_UP]:
         serial(item)
-    through_pool(pool, grader, items[:WARM_UP])
+    through_pool(pool, grader, items[:WARM_UP], per_submit)
     serial_rate, serial_cpu, serial_results = best_rate(lambda: [serial(item) for item in items], len(items))
-    pooled_rate, pooled_cpu, pooled_results = best_rate(lambda: through_pool(pool, grader, items), len(items))
+    pooled_rate, pooled_cpu, pooled_results = best_rate(lambda: through_pool(pool, grader, items, per_submit), len(items))
     agree = sum(s == p for s, p in zip(serial_results, pooled_results))
     correct = sum(result.correct for result in pooled_results)
     print(f"{label:17} {placement(grader).value:12} serial {serial_rate:6.0f}/s  submit {pooled_rate:6.0f}/s"
@@ -127,6 +139,7 @@ def main() -> None:
         print(f"{N_RESPONSES} responses, pool of {workers} workers (start-up {time.perf_counter() - start:.2f} s), best of {REPEATS}")
         numeric_grader = get_grader("numeric")
         compare("numeric", lambda item: numeric_grader.grade(*item), pool, numeric_grader, numeric_items)
+        compare("numeric, 4/submit", lambda item: numeric_grader.grade(*item), pool, numeric_grader, numeric_items, 4)
         math_grader = MathGrader()
         compare("math", lambda item: math_grader.grade_here(*item), pool, math_grader, math_items)
         compare("math, 1 per job", lambda item: math_grader.grade_here(*item), pool, MathOnePerJob(), math_items)

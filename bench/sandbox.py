@@ -58,9 +58,9 @@ def grade_in_pool(workers: int) -> Run:
     def run(grader: CodeGrader, pairs: list[Pair]) -> tuple[float, float, list[GradeResult]]:
         cpu_before = children_cpu_s()
         with GradingPool(max_workers=workers, timeout_s=60) as pool:
-            pool.submit(grader, pairs[:1])[0].result()
+            pool.submit(grader, pairs[:1]).result()
             start = time.perf_counter()
-            results = [future.result() for future in pool.submit(grader, pairs)]
+            results = pool.submit(grader, pairs).result()
             elapsed = time.perf_counter() - start
         return elapsed, children_cpu_s() - cpu_before, results
 

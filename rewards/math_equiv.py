@@ -78,7 +78,7 @@ class MathGrader:
                     return self.grade_here(response, reference)
             except _TimeLimit:
                 return GradeResult.failure("timeout")
-        return default_pool().submit(self, [(response, reference)])[0].result()
+        return default_pool().submit(self, [(response, reference)]).result()[0]
 
     def cluster_keys(self, keys: Sequence[str]) -> dict[str, str]:
         """Each key -> the first key (in the given order) that math-verify finds equivalent to it.

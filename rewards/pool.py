@@ -129,23 +129,25 @@ class GradingPool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def submit(self, grader: Grader, pairs: Sequence[Pair]) -> list[Future[GradeResult]]:
-        """Grade (response, reference) pairs: one future per pair, in input
-        order, each resolving to its GradeResult (never an exception). Those of
-        an ``INLINE`` grader are resolved on return."""
+    def submit(self, grader: Grader, pairs: Sequence[Pair]) -> Future[list[GradeResult]]:
+        """Grade (response, reference) pairs as one batch: a future resolving
+        to their GradeResults in input order (never an exception). An
+        ``INLINE`` grader's is resolved on return, with no future per pair:
+        a grade costs a few microseconds and a future about as much."""
         with self._lock:
             if self._closing:
                 raise RuntimeError("GradingPool is closed")
-        items: list[_Item] = [(pair, Future()) for pair in pairs]
         where = placement(grader)
         if where is Placement.INLINE:
-            for (response, reference), future in items:
-                future.set_result(_grade_one(grader, response, reference))
-        else:
-            size = self._chunk_size(len(items)) if where is Placement.POOL_CHUNKED else 1
-            for start in range(0, len(items), size):
-                self._schedule(grader, items[start : start + size])
-        return [future for _, future in items]
+            batch: Future[list[GradeResult]] = Future()
+            batch.set_result([_grade_one(grader, response, reference) for response, reference in pairs])
+            return batch
+        items: list[_Item] = [(pair, Future()) for pair in pairs]
+        batch = _gathered([future for _, future in items])
+        size = self._chunk_size(len(items)) if where is Placement.POOL_CHUNKED else 1
+        for start in range(0, len(items), size):
+            self._schedule(grader, items[start : start + size])
+        return batch
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers. ``wait``: finish what was submitted first;
@@ -200,8 +202,30 @@ class GradingPool:
     def _resolve(self, future: Future[GradeResult], result: GradeResult) -> None:
         with self._lock:
             self._waiting.discard(future)
-        if not future.done():  # the caller may have cancelled it
+        if not future.done():  # close(wait=False) fails what is left while a job may still settle
             future.set_result(result)
+
+
+def _gathered(parts: list[Future[GradeResult]]) -> Future[list[GradeResult]]:
+    """A future of all of ``parts``' results in order, resolved by whichever part resolves last."""
+    batch: Future[list[GradeResult]] = Future()
+    remaining = len(parts)
+    lock = threading.Lock()
+
+    def part_done(_: Future[GradeResult]) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            if remaining:
+                return
+        if batch.set_running_or_notify_cancel():  # False: the caller cancelled the batch
+            batch.set_result([part.result() for part in parts])
+
+    if not parts:
+        batch.set_result([])
+    for part in parts:
+        part.add_done_callback(part_done)
+    return batch
 
 
 _default: GradingPool | None = None

@@ -10,4 +10,4 @@ from rewards import GradeResult, Grader, GradingPool
 
 def graded(pool: GradingPool, grader: Grader, pairs: Sequence[tuple[Any, Any]]) -> list[GradeResult]:
     """``pool.submit``'s grades in input order, once all are in."""
-    return [future.result() for future in pool.submit(grader, pairs)]
+    return pool.submit(grader, pairs).result()

@@ -174,6 +174,18 @@ def test_sample_schedule_repeats_the_last_count() -> None:
     assert parse_config({**MINIMAL, "rollout": {"turns": 4, "samples_per_turn": [1, 2, 8]}}).rollout.sample_schedule == (1, 2, 8, 8)
 
 
+def test_rationalization_needs_an_answer_to_hint() -> None:
+    assert parse_config({**MINIMAL, "method": {"name": "rise", "rationalize": 2}}).method.rationalize == 2
+    with pytest.raises(ConfigError, match="set method.rationalize 0"):
+        parse_config({**MINIMAL, "grader": {"name": "code"}, "method": {"name": "rise", "rationalize": 1}})
+    with pytest.raises(ConfigError, match=r"rollout.templates.hint must hold \{reference\}"):
+        parse_config({**MINIMAL, "rollout": {"templates": {"hint": "{message}"}}, "method": {"name": "rise", "rationalize": 1}})
+    greedy = {"samples_per_turn": 1, "sampling": {"temperature": 0}}
+    assert parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 1}}).method.rationalize == 1
+    with pytest.raises(ConfigError, match="method.rationalize > 1 needs rollout.sampling.temperature > 0"):
+        parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 2}})
+
+
 def test_keep_cap_needs_collection_after_success() -> None:
     with pytest.raises(ConfigError, match="set rollout.stop_at_success false"):
         parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}})

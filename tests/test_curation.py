@@ -22,6 +22,7 @@ from pipeline.methods.rise.curation import (
     curate,
     format_summary,
     pair_examples,
+    rationale_examples,
     summarize,
     weight_histogram,
 )
@@ -46,11 +47,13 @@ def make_record(
     sample: int = 0,
     extra: dict[int, list[Candidate]] | None = None,
     error: str | None = None,
+    rationales: dict[int, Candidate] | None = None,
 ) -> dict[str, Any]:
     """A rollout record in the schema ``TrajectoryRunner.run`` writes (:class:`TrajectoryRecord`).
 
     Turn t's best response is ``"{task_id} answer t"`` with reward
-    ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t.
+    ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t, ``rationales[t]``
+    is turn t's hinted right answer.
     """
     record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, f"solve {task_id}", "1", None, error=error)
     messages = [{"role": "user", "content": f"solve {task_id}"}]
@@ -71,6 +74,7 @@ def make_record(
                 completion_tokens=5 * len(candidates),
                 finish_reason="stop",
                 feedback=feedback,
+                rationale=(rationales or {}).get(number),
             )
         )
         messages += [
@@ -186,7 +190,7 @@ def test_summary_counts_and_histogram() -> None:
     examples = accumulate(current, [earlier])
     summary = summarize(examples, 2, TAU, "better", {"empty_response": 0, "grading_error": 1})
     assert summary["examples"] == 8
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "accumulated": 2}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "accumulated": 2}
     assert summary["by_turn"] == {"1": 4, "2": 1, "3": 3}
     assert summary["skipped"] == {"empty_response": 0, "grading_error": 1}
     assert summary["mean_reward"] == pytest.approx(sum(e.reward for e in examples) / 8)
@@ -216,11 +220,12 @@ def _render(table: Any) -> str:
 # --- the stage ---------------------------------------------------------------
 
 
-def make_run(tmp_path: Path, **method: Any) -> RunDir:
+def make_run(tmp_path: Path, rollout: dict[str, Any] | None = None, **method: Any) -> RunDir:
     return RunDir.create(
         parse_config(
             {
                 "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 2},
+                "rollout": rollout or {},
                 "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
                 "method": {"name": "rise", "tau": TAU, **method},
             }
@@ -244,7 +249,7 @@ def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> 
     expected = curate(table_records(), TAU, "better", 1) + boost_examples(table_records(), TAU, 1)
     assert rows == [e.to_dict() for e in expected]
     summary = json.loads((path.parent / "summary.json").read_text())
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "accumulated": 0}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "accumulated": 0}
     record = run.manifest.record(1, "curate")
     assert record.state is StageState.DONE
     assert set(record.outputs) == {"iter_1/curate/train.jsonl", "iter_1/curate/summary.json"}
@@ -378,3 +383,36 @@ def test_informative_only_drops_states_whose_samples_all_succeed() -> None:
     kept = curate([mixed, easy, single], TAU, "success", iteration=1, informative_only=True)
     assert [e.task_id for e in kept] == ["m", "s"]
     assert len(curate([mixed, easy, single], TAU, "success", iteration=1)) == 3
+
+
+def test_rationales_are_targets_for_their_state_without_the_hint() -> None:
+    """STaR's rationalization: a hinted right answer answers the turn's own (unhinted) history."""
+    hard = make_record("h", [0.0, 0.0, 0.0], rationales={1: candidate("h hinted 1", 1.0), 3: candidate("h hinted 3", 1.0)})
+    examples = rationale_examples([hard, make_record("e", [1.0])], TAU, iteration=2)
+    assert [(e.turn, e.kind, e.source, e.completion) for e in examples] == [
+        (1, "first", "rationale", "h hinted 1"),
+        (3, "fix", "rationale", "h hinted 3"),
+    ]
+    assert examples[1].messages == hard["turns"][2]["messages"]  # turn 3's history, as the model saw it
+    assert [m["content"] for m in examples[1].messages][-2:] == ["h answer 2", "feedback 2"]
+    assert examples[1].weight == math.exp(1 / TAU)
+    assert len({e.example_id for e in examples} | {e.example_id for e in curate([hard], TAU, "all", 2)}) == 5
+
+
+def test_records_without_rationales_are_written_as_before() -> None:
+    plain = make_record("p", [0.0, 1.0])
+    assert all("rationale" not in turn for turn in plain["turns"])
+    hinted = make_record("p", [0.0, 1.0], rationales={1: candidate("p hinted", 1.0)})
+    assert hinted["turns"][0]["rationale"]["response"] == "p hinted" and "rationale" not in hinted["turns"][1]
+
+
+def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
+    run = make_run(tmp_path, {"stop_at_success": False}, selection="success", rationalize=1, keep_ratio=1.0)
+    records = [
+        make_record("r", [0.0, 0.0], rationales={2: candidate("r hinted", 1.0)}),
+        *(make_record(f"k{i}", [1.0, 1.0]) for i in range(3)),
+    ]
+    finish_rollout(run, 1, records)
+    summary = json.loads((run_curate_stage(run, 1).parent / "summary.json").read_text())
+    assert summary["by_source"]["rationale"] == 1
+    assert summary["by_kind"] == {"first": 3, "fix": 1, "retry": 0, "keep": 1}  # one fix (the rationale) allows one keep

@@ -78,13 +78,13 @@ def test_math_pool_matches_serial(pool: GradingPool) -> None:
 
 def test_hung_item_times_out_without_blocking_the_others(pool: GradingPool) -> None:
     grader = get_grader("math")
-    [hung] = pool.submit(grader, [(HANGS, "1")])
+    hung = pool.submit(grader, [(HANGS, "1")])
     quick = pool.submit(grader, [(f"\\boxed{{{i}}}", str(i)) for i in range(8)])
-    done_when_hung_resolved: list[bool] = []
-    hung.add_done_callback(lambda _: done_when_hung_resolved.extend(f.done() for f in quick))
-    assert hung.result() == GradeResult.failure("timeout")
-    assert all(f.result().correct for f in quick)
-    assert done_when_hung_resolved == [True] * 8  # the other worker kept grading meanwhile
+    quick_done_when_hung_resolved: list[bool] = []
+    hung.add_done_callback(lambda _: quick_done_when_hung_resolved.append(quick.done()))
+    assert hung.result() == [GradeResult.failure("timeout")]
+    assert all(result.correct for result in quick.result())
+    assert quick_done_when_hung_resolved == [True]  # the other worker kept grading meanwhile
 
 
 def test_worker_is_replaced_after_a_timeout() -> None:
@@ -96,38 +96,48 @@ def test_worker_is_replaced_after_a_timeout() -> None:
 
 
 def test_crashed_worker_fails_its_item_only(pool: GradingPool) -> None:
-    [crashed] = pool.submit(CrashingGrader(), [("x", "1")])
-    assert crashed.result() == GradeResult.failure("grading worker died")
+    crashed = pool.submit(CrashingGrader(), [("x", "1")])
+    assert crashed.result() == [GradeResult.failure("grading worker died")]
     # math, not numeric (which grades inline): the workers must still grade.
-    assert pool.submit(get_grader("math"), [("\\boxed{5}", "5")])[0].result().correct
+    assert graded(pool, get_grader("math"), [("\\boxed{5}", "5")])[0].correct
 
 
 def test_raising_grader_becomes_a_failure(pool: GradingPool) -> None:
-    result = pool.submit(RaisingGrader(), [("x", "1")])[0].result()
+    [result] = graded(pool, RaisingGrader(), [("x", "1")])
     assert result.error == "grader raised ZeroDivisionError: boom" and result.score == 0.0
 
 
 def test_unpicklable_input_becomes_a_failure(pool: GradingPool) -> None:
     # math, not numeric (which grades inline, where a lock is just a response that is not a string).
-    result = pool.submit(get_grader("math"), [(threading.Lock(), "1")])[0].result()
+    [result] = graded(pool, get_grader("math"), [(threading.Lock(), "1")])
     assert result.error is not None and result.error.startswith("cannot send to a grading worker")
 
 
-def test_futures_can_be_awaited(pool: GradingPool) -> None:
+def test_a_batch_can_be_awaited(pool: GradingPool) -> None:
     async def grade_two() -> list[GradeResult]:
         grader = get_grader("math")  # resolved by the pool's threads, not on return as numeric's are
-        futures = [asyncio.wrap_future(future) for future in pool.submit(grader, [(f"\\boxed{{{i}}}", "1") for i in (1, 2)])]
-        return await asyncio.gather(*futures)
+        return await asyncio.wrap_future(pool.submit(grader, [(f"\\boxed{{{i}}}", "1") for i in (1, 2)]))
 
     assert [result.correct for result in asyncio.run(grade_two())] == [True, False]
 
 
+def test_empty_and_cancelled_batches(caplog: pytest.LogCaptureFixture) -> None:
+    with GradingPool(max_workers=1, timeout_s=1) as single:
+        assert single.submit(get_grader("math"), []).result() == []
+        cancelled = single.submit(get_grader("math"), [(HANGS, "1")])
+        assert cancelled.cancel()  # the caller gave up while its response was being graded
+        assert graded(single, get_grader("math"), [("\\boxed{2}", "2")])[0].correct
+    # close() waited for the hung response's timeout, so the batch's last part resolved meanwhile
+    assert cancelled.cancelled()
+    assert not [record for record in caplog.records if "exception calling callback" in record.getMessage()]
+
+
 def test_close_without_wait_fails_what_is_left() -> None:
     single = GradingPool(max_workers=1, timeout_s=60)
-    [running] = single.submit(get_grader("math"), [(HANGS, "1")])
-    [queued] = single.submit(get_grader("math"), [("\\boxed{1}", "1")])  # math: numeric would grade inline at once
+    running = single.submit(get_grader("math"), [(HANGS, "1")])
+    queued = single.submit(get_grader("math"), [("\\boxed{1}", "1")])  # math: numeric would grade inline at once
     single.close(wait=False)
-    assert running.result() == queued.result() == GradeResult.failure("pool closed")
+    assert running.result() == queued.result() == [GradeResult.failure("pool closed")]
     with pytest.raises(RuntimeError):
         single.submit(get_grader("numeric"), [("\\boxed{1}", "1")])
     single.close()  # a second close is harmless
@@ -143,8 +153,8 @@ def test_each_grader_declares_where_it_grades() -> None:
 
 
 def test_inline_grades_are_resolved_on_return(pool: GradingPool) -> None:
-    futures = pool.submit(get_grader("numeric"), NUMERIC_PAIRS)
-    assert all(future.done() for future in futures)
+    assert pool.submit(get_grader("numeric"), NUMERIC_PAIRS).done()
+    assert pool.submit(get_grader("numeric"), []).result() == []
 
 
 def test_math_off_the_main_thread_goes_through_the_shared_pool() -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -388,3 +389,25 @@ def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, 
     assert CliRunner().invoke(app, command).exit_code == 0
     other = CliRunner().invoke(app, [*command, "--set", "rollout.turns=2"])
     assert other.exit_code == 1 and "holds a run with another config" in other.output
+
+
+def test_a_turn_no_answer_solved_gets_a_hinted_rationale(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
+    """STaR's rationalization, served for real: the adapter answers 7 to "What is i + i?" and not to the
+    task's own wording, so a hint template that asks that way makes its hinted answer right."""
+    greedy = {"temperature": 0.0, "max_tokens": 16}
+    config = make_config(tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling=greedy,
+                         templates={"hint": "What is {reference} + {reference}?"})
+    spec = replace(collection_spec(config, adapter="tiny-iter1"), rationalize=1)
+    tasks = [Task("seven", "Hello", "7")]  # greedy, the adapter answers "Hello" with no number
+    (record,) = run_collection(vllm_server, spec, tasks, tmp_path / "out", tiny_adapter)
+    first = record["turns"][0]
+    assert not first["grade"]["correct"] and first["rationale"]["grade"]["correct"]
+    assert "7" in first["rationale"]["response"]
+    for turn in record["turns"]:  # a rationale only where no answer was right, and only a right one
+        assert "rationale" not in turn or (not turn["grade"]["correct"] and turn["rationale"]["grade"]["correct"])
+    assert first["messages"] == [{"role": "user", "content": "Hello"}]  # the hint stays out of the history
+    if len(record["turns"]) > 1:
+        assert record["turns"][1]["messages"][1]["content"] == first["response"]  # so does the rationale
+
+    plain = run_collection(vllm_server, replace(spec, rationalize=0), tasks, tmp_path / "plain", tiny_adapter)
+    assert all("rationale" not in turn for turn in plain[0]["turns"])

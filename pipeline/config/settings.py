@@ -117,6 +117,7 @@ class TemplatesSection(StrictModel):
     binary_feedback: str = DEFAULT_TEMPLATES["binary_feedback"]
     grader_feedback: str = DEFAULT_TEMPLATES["grader_feedback"]
     no_feedback: str = DEFAULT_TEMPLATES["no_feedback"]
+    hint: str = DEFAULT_TEMPLATES["hint"]
     improve: str = DEFAULT_TEMPLATES["improve"]
     diverge: str = DEFAULT_TEMPLATES["diverge"]
 

@@ -40,6 +40,7 @@ class TurnRecord:
     completion_tokens: int
     finish_reason: str | None
     feedback: str | None = None
+    rationale: Candidate | None = None  # RISE's method.rationalize: a right answer drawn with the reference as a hint
 
 
 @dataclass
@@ -57,4 +58,9 @@ class TrajectoryRecord:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as written; a turn without a rationale has no ``rationale`` key, as before it existed."""
+        data = asdict(self)
+        for turn in data["turns"]:
+            if turn["rationale"] is None:
+                del turn["rationale"]
+        return data

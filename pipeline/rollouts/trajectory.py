@@ -5,7 +5,11 @@ draws that turn's count of answers (``samples_per_turn[turn - 1]``; RISE's
 reference schedule is one at turn 1, best-of-N after); each is graded, the best one (highest
 score, earliest on ties) becomes the turn's action, and it plus its feedback
 form the history of the next turn. Collection stops a trajectory at its first
-correct turn; evaluation never does and never reveals correctness.
+correct turn (unless told to go on); evaluation never does and never reveals
+correctness. With ``rationalize`` (RISE's ``method.rationalize``, STaR's
+rationalization) a turn none of whose answers is right draws that many more
+with the reference answer as a hint; the first right one is recorded as the
+turn's ``rationale``, a training target only: it never enters the history.
 
 Finished trajectories are appended to ``rollouts.partial.jsonl`` one line at
 a time; when every trajectory is there the stage writes ``rollouts.jsonl``
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +35,13 @@ from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from pipeline.tasks import Task
 from rewards import GradeResult
 
+logger = logging.getLogger(__name__)
+
 ROLLOUTS_NAME = "rollouts.jsonl"
 PARTIAL_NAME = "rollouts.partial.jsonl"
 
-# Grades one task's (response, reference) pairs as one batch: one future per pair (rewards.GradingPool.submit).
-GradeFn = Callable[[list[tuple[str, Any]]], "list[Future[GradeResult]]"]
+# Grades one task's (response, reference) pairs as one batch: a future of their grades in order (rewards.GradingPool.submit).
+GradeFn = Callable[[list[tuple[str, Any]]], "Future[list[GradeResult]]"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,17 @@ class RolloutSpec:
     templates: TemplatesSection
     seed: int
     adapter: str | None = None
+    rationalize: int = 0  # hinted samples for a turn no answer solved (0: none)
 
 
 def trajectory_key(task_id: str, sample: int) -> str:
     return f"{task_id}#{sample}"
+
+
+def hinted(messages: list[Message], reference: Any, templates: TemplatesSection) -> list[Message]:
+    """``messages`` with the last user message rewritten by the ``hint`` template, which gives the reference."""
+    *history, last = messages
+    return [*history, {**last, "content": templates.hint.format(message=last["content"], reference=reference)}]
 
 
 def request_seed(base_seed: int, task_id: str, sample: int, turn: int) -> int:
@@ -80,8 +94,8 @@ async def chat_and_grade(
     a failed request raises :class:`~pipeline.engine.generation.GenerationError`.
     """
     completions = await backend.chat(messages, n=n, params=params, seed=seed, adapter=adapter)
-    grades = await asyncio.gather(*map(asyncio.wrap_future, grade([(c.text, reference) for c in completions])))
-    return completions, list(grades)
+    grades = await asyncio.wrap_future(grade([(c.text, reference) for c in completions]))
+    return completions, grades
 
 
 class TrajectoryRunner:
@@ -143,6 +157,8 @@ class TrajectoryRunner:
                     finish_reason=chosen.finish_reason,
                 )
             )
+            if spec.rationalize and not any(g.correct for g in grades):
+                record.turns[-1].rationale = await self._rationale(task, messages, sample, turn)
             if grade.correct and record.solved_at_turn is None:
                 record.solved_at_turn = turn
                 if spec.stop_at_success:
@@ -152,6 +168,32 @@ class TrajectoryRunner:
                 record.turns[-1].feedback = text
                 attempts.append(Attempt(chosen.text, text))
         return record.to_dict()
+
+    async def _rationale(self, task: Task, messages: list[Message], sample: int, turn: int) -> Candidate | None:
+        """The first right answer of ``spec.rationalize`` hinted samples from the learner, or None.
+
+        A failed request costs only this target: the trajectory goes on.
+        """
+        spec = self.spec
+        try:
+            completions, grades = await chat_and_grade(
+                self.learner,
+                hinted(messages, task.reference, spec.templates),
+                self.grade,
+                task.reference,
+                n=spec.rationalize,
+                params=spec.sampling,
+                seed=request_seed(spec.seed, f"{task.task_id}|hint", sample, turn),
+                adapter=spec.adapter,
+            )
+        except GenerationError as exc:
+            logger.warning("no rationale for %s turn %d: %s", trajectory_key(task.task_id, sample), turn, exc)
+            return None
+        right = [(c, g) for c, g in zip(completions, grades) if g.correct]
+        if not right:
+            return None
+        completion, grade = right[0]
+        return Candidate(completion.text, grade.to_dict(), completion.completion_tokens, completion.finish_reason)
 
 
 class RolloutWriter:

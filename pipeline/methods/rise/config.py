@@ -41,16 +41,35 @@ class RiseSection(MethodSection):
         "needs rollout.stop_at_success false (null: no cap).",
     )
     informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
+    rationalize: int = Field(
+        0,
+        ge=0,
+        description="Samples drawn with the reference answer as a hint (rollout.templates.hint) for a state "
+        "where no sample succeeds; a right one is a target for the state without the hint (STaR). 0: off.",
+    )
 
     def continue_reason(self) -> str | None:
         return "method.train_from is 'previous'" if self.train_from == "previous" else None
 
     def problems(self, config: PipelineConfig) -> list[str]:
+        problems = []
         if self.mode == "distill" and config.rollout.teacher is None:
-            return ["method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)"]
+            problems.append("method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)")
         if self.keep_ratio is not None and config.rollout.stop_at_success:
-            return ["method.keep_ratio caps keep examples, which exist only when collection goes on after a success: "
-                    "set rollout.stop_at_success false"]
+            problems.append("method.keep_ratio caps keep examples, which exist only when collection goes on after "
+                            "a success: set rollout.stop_at_success false")
+        if self.rationalize:
+            problems += self._rationalize_problems(config)
+        return problems
+
+    def _rationalize_problems(self, config: PipelineConfig) -> list[str]:
+        if config.grader.name == "code":
+            return ["method.rationalize hints the reference answer, and a code task's reference is its tests: "
+                    "set method.rationalize 0"]
+        if "{reference}" not in config.rollout.templates.hint:
+            return ["rollout.templates.hint must hold {reference} (the answer it hints) when method.rationalize is set"]
+        if self.rationalize > 1 and config.rollout.sampling.temperature == 0:
+            return ["method.rationalize > 1 needs rollout.sampling.temperature > 0 (greedy samples are all one)"]
         return []
 
     def stage_inputs(self, iteration: int, stage: str) -> list[tuple[int, str]]:

@@ -3,7 +3,7 @@
 Reads ``iter_K/rollout/rollouts.jsonl``, keeps the turns the configured
 selection criterion keeps (only informative states with
 ``method.informative_only``), adds wrong -> right pairs
-(``method.pairs_per_state``), caps keep examples (``method.keep_ratio``),
+(``method.pairs_per_state``) and rationalized targets (``method.rationalize``), caps keep examples (``method.keep_ratio``),
 adds boost data when ``method.boost`` is set and
 the training sets of iterations 1..K-1 when ``method.accumulate`` is set, and
 writes ``iter_K/curate/train.jsonl`` and ``summary.json`` atomically. The
@@ -15,7 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.methods.rise.config import RiseSection
-from pipeline.methods.rise.curation import Example, accumulate, boost_examples, cap_keeps, count_skips, curate, pair_examples, summarize
+from pipeline.methods.rise.curation import (
+    Example,
+    accumulate,
+    boost_examples,
+    cap_keeps,
+    count_skips,
+    curate,
+    pair_examples,
+    rationale_examples,
+    summarize,
+)
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME
 from pipeline.run.lifecycle import StageError, stage_attempt
@@ -70,6 +80,8 @@ def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict
             records, method.tau, iteration, method.pairs_per_state, rollout.feedback, rollout.templates,
             rollout.history_window,
         )
+    if method.rationalize:
+        current += rationale_examples(records, method.tau, iteration)
     if method.keep_ratio is not None:
         current = cap_keeps(current, method.keep_ratio)
     if method.boost:

@@ -24,6 +24,10 @@ configured, each a fix for a state RISE's own data never holds:
   sample (Welleck et al., 2023): revisions the model cannot yet make itself.
 - **informative states only** (:func:`is_informative`): drop targets whose
   state's samples all succeed; those teach answering, not revising.
+- **rationalization** (:func:`rationale_examples`, with ``method.rationalize``):
+  for a state none of whose samples succeeds, the right answer the model gave
+  when the reference was hinted is the target, the hint removed (STaR,
+  Zelikman et al., 2022): the states RISE's self-distillation has no target for.
 
 Every example records its ``kind``: ``first`` (turn 1), ``fix`` (right after
 a wrong answer), ``retry`` (wrong after a wrong answer) or ``keep`` (after a
@@ -44,7 +48,8 @@ from pipeline.config.settings import TemplatesSection
 from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
 
 Selection = Literal["all", "better", "best", "success"]
-Source = Literal["rollout", "boost", "pair"]
+Source = Literal["rollout", "boost", "pair", "rationale"]
+SOURCES: tuple[str, ...] = ("rollout", "boost", "pair", "rationale")
 Kind = Literal["first", "fix", "retry", "keep"]
 SELECTIONS: tuple[str, ...] = ("all", "better", "best", "success")
 KINDS: tuple[str, ...] = ("first", "fix", "retry", "keep")
@@ -152,13 +157,15 @@ def answered(grade: dict[str, Any]) -> bool:
     return grade["parsed"] is not None or bool(grade.get("error"))
 
 
-def turn_kind(record: dict[str, Any], index: int) -> Kind:
-    """The state of the turn at ``index``: the first, or after a wrong or a right answer, and its outcome."""
+def turn_kind(record: dict[str, Any], index: int, target_correct: bool | None = None) -> Kind:
+    """The state of the turn at ``index`` (the first, or after a wrong or a right answer) and the outcome
+    of its target: the turn's own answer unless ``target_correct`` says otherwise."""
     if index == 0:
         return "first"
     if record["turns"][index - 1]["grade"]["correct"]:
         return "keep"
-    return "fix" if record["turns"][index]["grade"]["correct"] else "retry"
+    correct = record["turns"][index]["grade"]["correct"] if target_correct is None else target_correct
+    return "fix" if correct else "retry"
 
 
 def is_informative(turn: dict[str, Any]) -> bool:
@@ -273,6 +280,33 @@ def _pair_example(
     )
 
 
+def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration: int) -> list[Example]:
+    """One example per turn with a ``rationale``: the turn's own history (no hint) -> the hinted right answer."""
+    examples = []
+    for record in records:
+        for index, turn in enumerate(record["turns"]):
+            rationale = turn.get("rationale")
+            if rationale is None:
+                continue
+            reward = float(rationale["grade"]["score"])
+            examples.append(
+                Example(
+                    example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:rationale",
+                    source="rationale",
+                    iteration=iteration,
+                    task_id=record["task_id"],
+                    key=record["key"],
+                    turn=turn["turn"],
+                    messages=turn["messages"],
+                    completion=rationale["response"],
+                    reward=reward,
+                    weight=rl_weight(reward, tau),
+                    kind=turn_kind(record, index, target_correct=True),
+                )
+            )
+    return examples
+
+
 def cap_keeps(examples: list[Example], ratio: float) -> list[Example]:
     """At most ``ratio`` x (fix examples) keep examples; which ones stay is fixed by a hash of their ids.
 
@@ -371,7 +405,7 @@ def summarize(
         "selection": selection,
         "tau": tau,
         "examples": len(examples),
-        "by_source": {s: sources[s] for s in ("rollout", "boost", "pair", "accumulated")},
+        "by_source": {s: sources[s] for s in (*SOURCES, "accumulated")},
         "by_turn": {str(t): turns[t] for t in sorted(turns)},
         "by_kind": {k: kinds[k] for k in KINDS},
         "unparsed": sum(not e.answered for e in examples),

@@ -40,6 +40,7 @@ def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
         templates=rollout.templates,
         seed=config.run.seed,
         adapter=adapter,
+        rationalize=config.method.rationalize,
     )
 
 
