@@ -45,18 +45,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter trained for a few steps by TRL's SFTTrainer, strong enough to change greedy output."""
+def train_tiny_adapter(tiny_model: Path, pairs: list[tuple[str, str]], out: Path) -> Path:
+    """A LoRA adapter trained for a few steps by TRL's SFTTrainer on one-turn (prompt, answer) ``pairs``,
+    with a learning rate high enough to change greedy output; returns the adapter's directory."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    out = tmp_path_factory.mktemp("tiny-adapter")
-    rows = [
-        {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": "\\boxed{7}"}]}
-        for i in range(16)
-    ]
+    rows = [{"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]} for prompt, answer in pairs]
     trainer = SFTTrainer(
         model=str(tiny_model),
         args=SFTConfig(
@@ -69,6 +65,7 @@ def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             report_to=[],
             use_cpu=True,
             bf16=False,
+            disable_tqdm=True,
         ),
         train_dataset=Dataset.from_list(rows),
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -76,6 +73,27 @@ def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     trainer.train()
     trainer.model.save_pretrained(out / "adapter")
     return out / "adapter"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter that answers ``\\boxed{7}`` to "What is i + i?" (and, it generalises, to most prompts)."""
+    pairs = [(f"What is {i} + {i}?", "\\boxed{7}") for i in range(16)]
+    return train_tiny_adapter(tiny_model, pairs, tmp_path_factory.mktemp("tiny-adapter"))
+
+
+@pytest.fixture(scope="session")
+def hint_following_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter that answers ``\\boxed{3}`` to a few greetings and ``\\boxed{7}`` to the same greetings
+    under the default hint template with reference 7: a learner that is wrong unhinted and right hinted,
+    whatever the CPU's rounding (the plain ``tiny_adapter`` answers 7 to most prompts, hinted or not)."""
+    from pipeline.config.prompts import DEFAULT_TEMPLATES
+
+    greetings = ["Hello", "Hi", "Hey", "Good day", "Greetings", "Howdy", "Hello there", "Hi there"]
+    hint = DEFAULT_TEMPLATES["hint"]
+    pairs = [(text, "\\boxed{3}") for text in greetings]
+    pairs += [(hint.format(message=text, reference=7), "\\boxed{7}") for text in greetings]
+    return train_tiny_adapter(tiny_model, pairs, tmp_path_factory.mktemp("hint-following-adapter"))
 
 
 @pytest.fixture(scope="session")

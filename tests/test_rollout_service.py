@@ -201,13 +201,13 @@ def test_bad_adapter_directories_fail_with_the_reason(tmp_path: Path, tiny_adapt
 
 
 def run_collection(server: VLLMServer, spec: RolloutSpec, tasks: list[Task], out: Path, adapter: Path | None = None) -> list[dict]:
-    """Collect ``tasks`` with ``spec`` on the shared server (``adapter`` loaded as tiny-iter1) and read the records."""
+    """Collect ``tasks`` with ``spec`` on the shared server (``adapter`` loaded under ``spec.adapter``) and read the records."""
 
     async def scenario() -> Path:
         client = ServiceClient([Endpoint(server.url)], base_model="base")
         try:
             if adapter is not None:
-                await client.load_adapter("tiny-iter1", str(adapter))
+                await client.load_adapter(str(spec.adapter), str(adapter))
             with GradingPool(1, 10.0) as pool:
                 runner = TrajectoryRunner(spec, client, pooled_grading(pool, "numeric", {}))
                 return await collect(tasks, runner, out, "test", show_progress=False)
@@ -391,15 +391,14 @@ def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, 
     assert other.exit_code == 1 and "holds a run with another config" in other.output
 
 
-def test_a_turn_no_answer_solved_gets_a_hinted_rationale(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
-    """STaR's rationalization, served for real: the adapter answers 7 to "What is i + i?" and not to the
-    task's own wording, so a hint template that asks that way makes its hinted answer right."""
+def test_a_turn_no_answer_solved_gets_a_hinted_rationale(vllm_server: VLLMServer, hint_following_adapter: Path, tmp_path: Path) -> None:
+    """STaR's rationalization, served for real: the adapter answers 3 to "Hello" and 7 to "Hello" under the
+    default hint template with reference 7, so the turn is wrong and its hinted sample right."""
     greedy = {"temperature": 0.0, "max_tokens": 16}
-    config = make_config(tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling=greedy,
-                         templates={"hint": "What is {reference} + {reference}?"})
-    spec = replace(collection_spec(config, adapter="tiny-iter1"), rationalize=1)
-    tasks = [Task("seven", "Hello", "7")]  # greedy, the adapter answers "Hello" with no number
-    (record,) = run_collection(vllm_server, spec, tasks, tmp_path / "out", tiny_adapter)
+    config = make_config(tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling=greedy)
+    spec = replace(collection_spec(config, adapter="hint-iter1"), rationalize=1)
+    tasks = [Task("seven", "Hello", "7")]
+    (record,) = run_collection(vllm_server, spec, tasks, tmp_path / "out", hint_following_adapter)
     first = record["turns"][0]
     assert not first["grade"]["correct"] and first["rationale"]["grade"]["correct"]
     assert "7" in first["rationale"]["response"]
@@ -409,5 +408,5 @@ def test_a_turn_no_answer_solved_gets_a_hinted_rationale(vllm_server: VLLMServer
     if len(record["turns"]) > 1:
         assert record["turns"][1]["messages"][1]["content"] == first["response"]  # so does the rationale
 
-    plain = run_collection(vllm_server, replace(spec, rationalize=0), tasks, tmp_path / "plain", tiny_adapter)
+    plain = run_collection(vllm_server, replace(spec, rationalize=0), tasks, tmp_path / "plain", hint_following_adapter)
     assert all("rationale" not in turn for turn in plain[0]["turns"])
