@@ -87,12 +87,14 @@ def hint_following_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFa
     """An adapter that answers ``\\boxed{3}`` to a few greetings and ``\\boxed{7}`` to the same greetings
     under the default hint template with reference 7: a learner that is wrong unhinted and right hinted,
     whatever the CPU's rounding (the plain ``tiny_adapter`` answers 7 to most prompts, hinted or not)."""
-    from pipeline.config.prompts import DEFAULT_TEMPLATES
+    from pipeline.config.settings import TemplatesSection
+    from pipeline.rollouts.trajectory import hinted
 
     greetings = ["Hello", "Hi", "Hey", "Good day", "Greetings", "Howdy", "Hello there", "Hi there"]
-    hint = DEFAULT_TEMPLATES["hint"]
     pairs = [(text, "\\boxed{3}") for text in greetings]
-    pairs += [(hint.format(message=text, reference=7), "\\boxed{7}") for text in greetings]
+    for text in greetings:  # the hinted prompt exactly as the rollout writes it
+        (message,) = hinted([{"role": "user", "content": text}], 7, TemplatesSection())
+        pairs.append((message["content"], "\\boxed{7}"))
     return train_tiny_adapter(tiny_model, pairs, tmp_path_factory.mktemp("hint-following-adapter"))
 
 
