@@ -152,7 +152,8 @@ def grpo_tasks(count: int) -> list[Task]:
 
 
 def grpo_config_for(model: Path, batch_groups: int, group_size: int) -> Any:
-    """ExIt's method and training settings as configs/exit_quickstart.yaml has them, on ``model``."""
+    """ExIt's method and training settings shaped like configs/exit_quickstart.yaml's (group, LoRA, token
+    budget: what sets the work timed; kappa and the learning rate do not), on ``model``."""
     tasks = {"source": "arithmetic", "options": {"seed": 0, "n_train": 8, "n_eval": 8}}
     return parse_config({
         "run": {"name": "gpu-check", "seed": 0, "report_to": []},
