@@ -21,7 +21,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import ConfigError, ModelSection, ServerSection, TrainingSection, parse_config
 from pipeline.methods.rise.stages import run_train_stage
-from pipeline.training.launch import TrainError, launch_env, launch_options
+from pipeline.training.launch import TrainError, cpu_allocator, launch_env, launch_options, summary_line
 from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from tests.train_helpers import REPO, finish_curate, make_run
 
@@ -222,3 +222,26 @@ def test_the_accelerate_file_is_parsed_once_per_version(tmp_path: Path) -> None:
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a new version
     assert LaunchSettings.of(settings).num_processes == 4
     assert launch._parsed_accelerate_config.cache_info().misses == before + 2
+
+
+def test_cpu_training_preloads_tcmalloc_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make install adds Debian's libtcmalloc-minimal4 where it can; the launcher preloads it for CPU workers only."""
+    import torch
+
+    monkeypatch.setenv("LD_PRELOAD", "libexisting.so")
+    allocator = cpu_allocator()
+    cpu_env = launch_env(TrainingSection(accelerate_config=ACCELERATE_DIR / "cpu.yaml"))
+    if allocator is None:
+        assert "LD_PRELOAD" not in cpu_env
+    else:
+        assert "tcmalloc" in allocator
+        assert cpu_env["LD_PRELOAD"] == f"{allocator}:libexisting.so"
+    if torch.cuda.is_available():
+        assert "LD_PRELOAD" not in launch_env(TrainingSection(accelerate_config=ACCELERATE_DIR / "ddp.yaml"))
+
+
+def test_the_stage_prints_the_workers_peak_memory() -> None:
+    rise = {"examples": 283, "steps": 36, "train_tokens_per_s": 197.4, "peak_rss_gb": 3.25}
+    assert summary_line(1, rise) == "training iter 1: 36 steps, 197 trained tokens/s, peak RSS 3.2 GB (main worker)"
+    exit_summary = {"steps": 5, "steps_per_minute": 0.42, "peak_rss_gb": 2.0}
+    assert summary_line(2, exit_summary) == "training iter 2: 5 steps, 0.4 steps/min, peak RSS 2.0 GB (main worker)"

@@ -59,7 +59,9 @@ class RunSection(StrictModel):
 
 class ModelSection(StrictModel):
     name_or_path: str = Field(EMBEDDED_MODEL, description="Local directory, hub id, or the embedded default.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else float32."
+    )
     max_model_len: int = Field(2048, gt=0)
 
 
@@ -79,6 +81,11 @@ class ServerSection(StrictModel):
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     cpu_kvcache_space_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build.")
+    cpu_reserved_cores: int | None = Field(
+        0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU for the CPU build: cores kept off the model for vLLM's "
+        "scheduler process. 0 runs the model on every core (2x the tokens/s of vLLM's default on 2 cores: "
+        "bench/rollout.py); None keeps vLLM's default, one core per worker.",
+    )
     max_lora_rank: int = Field(16, ge=1)
     max_loras: int = Field(2, ge=1)
     max_num_seqs: int = Field(128, ge=1)
@@ -251,6 +258,10 @@ class TrainingSection(StrictModel):
     per_device_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_seq_length: int = Field(1024, gt=0)
+    train_sampling_strategy: Literal["random", "group_by_length"] = Field(
+        "group_by_length", description="Order of the SFT examples: 'group_by_length' batches examples of similar "
+        "length (transformers' LengthGroupedSampler, in random order), so that little of a batch is padding.",
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_scheduler: str = "cosine"
     gradient_checkpointing: bool = False
@@ -273,7 +284,8 @@ class TrainingSection(StrictModel):
         None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); None: all."
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU when model.dtype is bfloat16, else no (float32)."
+        "auto", description="auto: bf16 where model.dtype runs as bfloat16 (a GPU, a CPU with native bfloat16), "
+        "else no (float32)."
     )
 
     @field_validator("accelerate_config")

@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.engine.adapters import check_adapter_dir
 from pipeline.engine.generation import Completion, Message, SamplingParams
+from pipeline.engine.precision import resolve_dtype
 
-_DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
@@ -34,14 +35,14 @@ class _Request:
 
 
 class HFBackend:
-    def __init__(self, model_path: str, dtype: str = "bfloat16", batch_size: int = 16, device: str | None = None) -> None:
+    def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 16, device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[resolve_dtype(dtype, on_cpu=self.device == "cpu")]).to(self.device).eval()
         self._adapters: set[str] = set()
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None

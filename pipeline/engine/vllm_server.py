@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.config.settings import ModelSection, ServerSection
+from pipeline.engine.precision import resolve_dtype
 from pipeline.run.timings import phase
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 
@@ -64,7 +65,7 @@ class VLLMServer:
             "--served-model-name", self.served_name,
             "--host", s.host,
             "--port", str(self.port),
-            "--dtype", self.model.dtype,
+            "--dtype", resolve_dtype(self.model.dtype, on_cpu=is_cpu_build()),
             "--max-model-len", str(self.model.max_model_len),
             "--max-num-seqs", str(s.max_num_seqs),
             "--enable-lora",
@@ -84,6 +85,8 @@ class VLLMServer:
         env = dict(os.environ)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_space_gib))
+        if self.settings.cpu_reserved_cores is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.settings.cpu_reserved_cores)
         if self.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.devices
         return env

@@ -7,6 +7,7 @@ them without importing the other.
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,15 @@ from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, 
 from pipeline.config.settings import PipelineConfig, TrainingSection
 from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
+from pipeline.engine.precision import cpu_has_native_bf16, resolve_dtype
 from pipeline.run.layout import RunDir, merged_dir
 from pipeline.run.timings import phase
 from pipeline.training.launch import previous_output, step_line
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports ``ru_maxrss`` in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
 
 
 def runs_on_cpu() -> bool:
@@ -29,15 +36,19 @@ def runs_on_cpu() -> bool:
 
 
 def training_precision(config: PipelineConfig, on_cpu: bool) -> str:
-    """``training.mixed_precision`` resolved: ``auto`` is bf16 on a GPU with ``model.dtype: bfloat16``, else ``no``.
+    """``training.mixed_precision`` resolved: ``auto`` is bf16 where ``model.dtype`` runs as bfloat16, else ``no``.
 
-    The CPU has no fast bf16 training, and float16 needs loss scaling, so
-    ``auto`` never picks either there.
+    That is a GPU, or a CPU with native bfloat16 (:mod:`pipeline.engine.precision`):
+    elsewhere bfloat16 is emulated and slower than float32. float16 needs loss
+    scaling, so ``auto`` never picks it. Under bf16 the frozen base weights are
+    loaded in bfloat16, PEFT keeps the LoRA weights in float32, and the LM head's
+    log-softmax runs in float32, so the loss stays float32.
     """
     precision = config.training.mixed_precision
     if precision != "auto":
         return precision
-    return "bf16" if not on_cpu and config.model.dtype == "bfloat16" else "no"
+    native = not on_cpu or cpu_has_native_bf16()
+    return "bf16" if native and resolve_dtype(config.model.dtype, on_cpu) == "bfloat16" else "no"
 
 
 def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:

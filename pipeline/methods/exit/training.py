@@ -48,11 +48,17 @@ from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.engine.model_store import resolve_model
 from pipeline.training.trainer import (
-    StepPrinter, lora_config, runs_on_cpu, starting_model, trainer_arguments, training_precision, write_merged_copy,
+    StepPrinter, lora_config, peak_rss_gb, runs_on_cpu, starting_model, trainer_arguments, training_precision,
+    write_merged_copy,
 )
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
+from pipeline.training.lm_head import use_compact_lm_head
 from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
+
+
+# The per-token fields GRPOTrainer asks its policy's fused LM head for (the entropy feeds its metric and mask).
+GRPO_OUTPUTS = ("log_probs", "entropy")
 
 
 def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:
@@ -63,6 +69,11 @@ def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) ->
 
 class ExitGRPOTrainer(GRPOTrainer):
     """GRPO with ExIt's additions: the diversity bonus on advantages, the buffer in checkpoints and in the logs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # On the CPU the policy's LM head scores the completion tokens alone (pipeline.training.lm_head).
+        self.compact_lm_head = use_compact_lm_head(self, GRPO_OUTPUTS, temperature=self.temperature)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -144,6 +155,7 @@ def summarize(global_step: int, groups: Path, buffer: LearnabilityBuffer, steps:
         "depth_histogram": {str(d): histogram[d] for d in sorted(histogram)},
         "steps_per_minute": 60 * steps / seconds if seconds > 0 else None,
         "buffer": buffer.stats(),
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 

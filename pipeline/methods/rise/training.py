@@ -21,7 +21,7 @@ from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
 from pipeline.training.checkpoints import train
-from pipeline.training.trainer import StepPrinter, runs_on_cpu, starting_model, training_precision, write_merged_copy
+from pipeline.training.trainer import StepPrinter, peak_rss_gb, runs_on_cpu, starting_model, training_precision, write_merged_copy
 
 
 def training_dataset(path: Path) -> Dataset:
@@ -51,6 +51,7 @@ def summarize(trainer: WeightedSFTTrainer, examples: int) -> dict[str, Any]:
         "final_loss": _last(history, "loss"),
         "runtime_s": _last(history, "train_runtime"),
         "train_tokens_per_s": _last(history, "train_tokens_per_second"),
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 

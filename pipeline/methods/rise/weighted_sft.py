@@ -46,9 +46,12 @@ from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.config.settings import TrainingSection
+from pipeline.training.lm_head import use_compact_lm_head
 from pipeline.training.trainer import lora_config, trainer_arguments
 
 WEIGHT = "weight"
+# The per-token fields SFTTrainer asks its fused LM head for (the loss and its entropy and accuracy metrics).
+SFT_OUTPUTS = ("log_probs", "entropy", "is_top1")
 
 
 class WeightCollator:
@@ -109,6 +112,8 @@ class WeightedSFTTrainer(SFTTrainer):
         # Each micro-batch loss is already divided by the whole window's weight.
         self.loss_is_scaled_for_ga = True
         self._window_weight: torch.Tensor | None = None
+        # On the CPU, the loss's LM head scores the completion tokens alone (pipeline.training.lm_head).
+        self.compact_lm_head = use_compact_lm_head(self, SFT_OUTPUTS)
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep ``weight`` when ``remove_unused_columns`` prunes the tokenized dataset."""
@@ -187,6 +192,7 @@ def sft_config(
         num_train_epochs=settings.epochs,
         max_steps=max_steps,
         max_length=settings.max_seq_length,
+        train_sampling_strategy=settings.train_sampling_strategy,
         logging_steps=max(1, settings.save_steps // 5),
         # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
         include_num_input_tokens_seen="non_padding",
