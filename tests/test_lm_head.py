@@ -98,3 +98,17 @@ def test_training_on_the_cpu_takes_the_compact_head_and_learns_as_trls_does(
     assert len(ours) == len(trls) == 6 and ours[-1] < ours[0]
     assert ours == pytest.approx(trls, rel=1e-4, abs=1e-5)
     assert set(SFT_OUTPUTS) == set(OUTPUTS)
+
+
+def test_bf16_training_on_the_cpu_keeps_a_float32_loss(tiny_model: Path, tmp_path: Path) -> None:
+    """training.mixed_precision bf16 on the CPU (auto picks it where the CPU computes bfloat16 natively)."""
+    settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=4, learning_rate=1e-2)
+    trainer = build_trainer(tiny_model, Dataset.from_list(_rows()), tmp_path, settings, use_cpu=True, bf16=True,
+                            max_steps=2)
+    trainer.args.save_strategy = "no"
+    assert trainer.compact_lm_head and trainer.args.bf16
+    batch = next(iter(trainer.get_train_dataloader()))
+    with trainer.compute_loss_context_manager():
+        outputs = trainer.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, fused_lm_head=True)
+    assert outputs.log_probs.dtype == torch.float32 and outputs.loss.dtype == torch.float32
+    assert torch.isfinite(torch.tensor(trainer.train().training_loss))
