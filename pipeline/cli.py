@@ -334,12 +334,12 @@ def evaluate(
     tasks: Annotated[Optional[str], typer.Option(help="Other eval tasks: a .jsonl file or a task source name.")] = None,
     turns: Annotated[Optional[int], typer.Option(min=2, help="Turns T (default: evaluation.turns).")] = None,
     samples: Annotated[Optional[int], typer.Option(min=1, help="Samples n per task (default: evaluation.samples).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N tasks of --tasks.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N tasks (of --tasks, else of the run's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory; required with --tasks/--turns/--samples.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1."""
-    from pipeline.eval.stage import run_custom_eval
+    from pipeline.eval.custom import run_custom_eval
     from pipeline.eval.evaluation import format_eval_table
 
     custom = any(value is not None for value in (tasks, turns, samples, limit))
@@ -354,7 +354,7 @@ def evaluate(
     else:
         try:
             path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
-        except _stage_errors() as exc:
+        except (*_stage_errors(), RunLockedError) as exc:
             _fail(str(exc))
     console.print(format_eval_table(json.loads(path.read_text())))
     console.print(f"[green]eval[/]: {path}")

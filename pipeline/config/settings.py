@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -19,6 +19,9 @@ from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
 from pipeline.config.sections import StrictModel
+
+if TYPE_CHECKING:
+    from pipeline.tasks import Task
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -437,18 +440,21 @@ def check_tasks(config: PipelineConfig) -> dict[str, int]:
     The config's validation only builds the task sources; their rows are
     read here. Returns the number of tasks per split.
     """
+    splits = (("train", config.tasks.train), ("eval", config.tasks.eval))
+    return {split: len(load_split(section, split)) for split, section in splits}
+
+
+def load_split(section: TaskSourceSection, split: str) -> list[Task]:
+    """One split's tasks; a bad row or an empty split is a :class:`ConfigError` naming the section, not a traceback."""
     from pipeline.tasks import load_tasks
 
-    counts = {}
-    for split, section in (("train", config.tasks.train), ("eval", config.tasks.eval)):
-        try:
-            tasks = load_tasks(section, split)
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"tasks.{split} ({section.source}): {exc}") from None
-        if not tasks:
-            raise ConfigError(f"tasks.{split} ({section.source}): the {split} split has no tasks")
-        counts[split] = len(tasks)
-    return counts
+    try:
+        tasks = load_tasks(section, split)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"tasks.{split} ({section.source}): {exc}") from None
+    if not tasks:
+        raise ConfigError(f"tasks.{split} ({section.source}): the {split} split has no tasks")
+    return tasks
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -11,7 +11,8 @@ first parallel answer *is* the trajectory's first answer and the sequential
 and parallel curves start from the same point (common random numbers). At
 temperature 0 the T answers would be identical, so the first one is reused.
 
-Outputs (in ``iter_K/eval/``, or ``--out DIR``), each written atomically:
+Outputs (in ``iter_K/eval/``, or the ``--out DIR`` of :mod:`pipeline.eval.custom`),
+each written atomically:
 
 - ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
   extra first-turn samples, when drawn);
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
-from pipeline.config.settings import PipelineConfig, TaskSourceSection
+from pipeline.config.settings import PipelineConfig
 from pipeline.eval.evaluation import (
     MISSING,
     count_incomplete,
@@ -55,7 +56,7 @@ from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
 from pipeline.rollouts.service import IterationModel, collect, iteration_model, open_service, sampling_params
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
-from pipeline.tasks import Task, load_tasks, task_source_names
+from pipeline.tasks import Task, load_tasks
 from rewards import Grader, get_grader
 
 logger = logging.getLogger(__name__)
@@ -116,18 +117,6 @@ def repeated_first_turns(records: list[dict[str, Any]], turns: int) -> dict[str,
         for r in records
         if r["sample"] == 0
     }
-
-
-def resolve_eval_tasks(spec: str, limit: int | None = None) -> TaskSourceSection:
-    """``--tasks``: a JSONL file (``prompt``/``answer`` fields) or a task source name with its defaults."""
-    if spec in task_source_names():
-        return TaskSourceSection(source=spec, limit=limit)
-    path = Path(spec)
-    if path.suffix == ".jsonl" or path.exists():
-        if not path.is_file():
-            raise EvalError(f"--tasks {spec}: file not found")
-        return TaskSourceSection(source="jsonl", options={"eval_path": str(path)}, limit=limit)
-    raise EvalError(f"--tasks {spec!r}: not a .jsonl file or a task source ({', '.join(task_source_names())})")
 
 
 def evaluate(
@@ -230,30 +219,3 @@ def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> P
     except ReportError as exc:  # the eval itself is done and recorded; `selfimprove report` can retry
         logger.warning("report not written: %s", exc)
     return out_dir / EVAL_NAME
-
-
-def run_custom_eval(
-    run: RunDir,
-    iteration: int,
-    out_dir: Path,
-    tasks_spec: str | None = None,
-    turns: int | None = None,
-    samples: int | None = None,
-    limit: int | None = None,
-    show_progress: bool = True,
-) -> Path:
-    """Evaluate iteration ``iteration``'s model on other tasks or settings, into ``out_dir`` (not the manifest)."""
-    settings = run.config.evaluation
-    section = resolve_eval_tasks(tasks_spec, limit) if tasks_spec else run.config.tasks.eval
-    tasks = load_tasks(section, "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    evaluate(
-        iteration_model(run, iteration),
-        tasks,
-        out_dir,
-        turns or settings.turns,
-        samples or settings.samples,
-        show_progress,
-    )
-    return out_dir / EVAL_NAME
-
