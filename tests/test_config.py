@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_missing_required_section_is_named(tmp_path: Path) -> None:
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, merge(MINIMAL, {"rollout": {"turns": 0, "max_concurrency": 0}})))
-    assert "2 invalid setting(s)" in str(info.value)
+    assert "2 invalid setting(s)" in str(info.value) and "\n" not in str(info.value)  # one line for the CLI
 
 
 def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
@@ -191,3 +192,68 @@ def test_keep_cap_needs_collection_after_success() -> None:
         parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}})
     config = parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}, "rollout": {"stop_at_success": False}})
     assert config.method.keep_ratio == 0.5
+
+
+def test_model_must_be_a_checkpoint_a_hub_id_or_the_embedded_one(tmp_path: Path) -> None:
+    """resolve_model takes a path that does not exist for a hub id; the config tells the two apart by their form."""
+    checkpoint = tmp_path / "model"
+    checkpoint.mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"model.name_or_path: model directory {checkpoint} has no config.json")):
+        parse_config({**MINIMAL, "model": {"name_or_path": str(checkpoint)}})
+    (checkpoint / "config.json").write_text("{}")
+    for name in (str(checkpoint), "meta-llama/Llama-3.1-8B-Instruct", "gpt2"):
+        assert parse_config({**MINIMAL, "model": {"name_or_path": name}}).model.name_or_path == name
+    for name in (str(tmp_path / "missing"), "./models/missing", "~/missing", "embedded:other", "a/b/c"):
+        with pytest.raises(ConfigError, match="no such model directory, and not a hub id"):
+            parse_config({**MINIMAL, "model": {"name_or_path": name}})
+
+
+def test_output_dir_must_be_able_to_hold_runs(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for output_dir in (tmp_path / "file", tmp_path / "file" / "below"):
+        with pytest.raises(ConfigError, match=re.escape(f"run.output_dir: {tmp_path / 'file'} is a file, not a directory")):
+            parse_config({**MINIMAL, "run": {"output_dir": str(output_dir)}})
+    new = tmp_path / "new" / "runs"
+    assert parse_config({**MINIMAL, "run": {"output_dir": str(new)}}).run.output_dir == new
+
+
+def test_token_budgets_count_the_history_each_method_sends_uncut() -> None:
+    """RISE's turns carry every earlier attempt unless a history window cuts them; ExIt's rollouts cut their
+    prompts to max_model_len - max_tokens themselves, so only the answer must fit there; the eval is the same
+    trajectory runner for both methods, whose window falls back to the rollout's."""
+    long_answers = {"sampling": {"max_tokens": 800}}
+    with pytest.raises(ConfigError, match=re.escape("rollout.sampling.max_tokens (800) x 3 (the answer and the 2")):
+        parse_config({**MINIMAL, "rollout": long_answers, "evaluation": {"turns": 2}})
+    windowed = parse_config({**MINIMAL, "rollout": {**long_answers, "history_window": 1}, "evaluation": {"turns": 2}})
+    assert windowed.rollout.sampling.max_tokens == 800  # 2 x 800 < 2048
+    exit_run = parse_config({**MINIMAL, "method": {"name": "exit"}, "rollout": long_answers})
+    assert exit_run.rollout.sampling.max_tokens == 800
+    with pytest.raises(ConfigError, match=re.escape("evaluation.sampling.max_tokens (800) x 3")):
+        parse_config({**MINIMAL, "method": {"name": "exit"}, "evaluation": long_answers})
+    assert parse_config({**MINIMAL, "evaluation": {**long_answers, "history_window": 1}}).evaluation.turns == 3
+    with pytest.raises(ConfigError, match=re.escape("rollout.sampling.max_tokens (2048) must be below model.max")):
+        parse_config({**MINIMAL, "model": {"max_model_len": 2048}, "rollout": {"sampling": {"max_tokens": 2048}}})
+
+
+def test_numbers_refuse_booleans_but_keep_yaml_spellings(tmp_path: Path) -> None:
+    """A YAML boolean never becomes a count (pydantic alone reads true as 1); YAML reads 1e-6 as a string, which a
+    float must still take, and flags still take YAML's booleans."""
+    with pytest.raises(ConfigError, match=re.escape("samples_per_turn: expects a number, got the boolean [true, 4]")):
+        parse_config({**MINIMAL, "rollout": {"samples_per_turn": [True, 4]}})
+    with pytest.raises(ConfigError, match="method.group_size: expects a number, got the boolean false"):
+        parse_config({**MINIMAL, "method": {"name": "exit", "group_size": False}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL) + "training: {learning_rate: 1e-6}\nrollout: {serve_merged: yes}\n")
+    config = load_config(path)
+    assert config.training.learning_rate == 1e-6 and config.rollout.serve_merged is True
+
+
+def test_grading_workers_are_bounded_by_the_machine() -> None:
+    from pipeline.config.settings import max_grading_workers
+
+    most = max_grading_workers()
+    assert most >= 8
+    assert parse_config({**MINIMAL, "grader": {"workers": most}}).grader.workers == most
+    message = rf"grader.workers: {most + 1} is more than this machine can use: at most {most} "
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**MINIMAL, "grader": {"workers": most + 1}})

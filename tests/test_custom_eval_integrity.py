@@ -172,3 +172,10 @@ def test_an_iteration_the_run_has_not_trained_is_refused(
     code, output = cli(*eval_args(run, tmp_path / "out", "--iteration", iteration))
     assert_one_line_error(code, output, named)
     assert not (tmp_path / "out").exists()
+
+
+def test_turns_whose_history_cannot_fit_the_context_are_refused(run: RunDir, tmp_path: Path) -> None:
+    """The config's token-budget check holds for --turns too: 200 turns of 8-token answers overflow 1,024 tokens."""
+    code, output = cli(*eval_args(run, tmp_path / "out", "--turns", "200"))
+    assert_one_line_error(code, output, "--turns 200", "model.max_model_len (1024)")
+    assert not (tmp_path / "out").exists()

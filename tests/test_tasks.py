@@ -204,6 +204,11 @@ def test_jsonl_field_mapping_ids_template_extractor_and_limit(tmp_path: Path) ->
         (json.dumps({"answer": "3"}), "'prompt' is missing"),
         (json.dumps({"prompt": "   ", "answer": "3"}), "'prompt' is missing"),
         (json.dumps({"prompt": "q"}), "'answer' is missing"),
+        ('{"prompt": "q", "answer": NaN}', "'answer' is 'nan', not a finite number"),
+        ('{"prompt": "q", "answer": -Infinity}', "'answer' is '-inf', not a finite number"),
+        (json.dumps({"prompt": "q", "answer": "NaN"}), "'answer' is 'NaN', not a finite number"),
+        (json.dumps({"prompt": "q", "answer": ""}), "'answer' is an empty answer"),
+        (json.dumps({"prompt": "q", "answer": " \t"}), "'answer' is an empty answer"),
     ],
 )
 def test_jsonl_bad_row_errors_name_file_and_line(tmp_path: Path, line: str, problem: str) -> None:

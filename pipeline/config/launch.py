@@ -10,12 +10,60 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from pipeline.config.settings import TrainingSection
+
+
+class _FileSection(BaseModel):
+    """Keys of the accelerate YAML the pipeline reads, with the types accelerate's loader gives them.
+
+    Strict: YAML already gives every value its type, so a string where a
+    number belongs (``num_processes: "8"``), or YAML's ``NO`` (false)
+    where accelerate's name ``'NO'`` belongs, is a mistake and not coerced.
+    Other keys are accelerate's own, which ``accelerate launch`` checks.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class FsdpConfig(_FileSection):
+    fsdp_version: int | None = None
+    fsdp_state_dict_type: str | None = None
+
+
+class DeepSpeedConfig(_FileSection):
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    deepspeed_multinode_launcher: str | None = None
+
+
+class MpirunConfig(_FileSection):
+    mpirun_hostfile: str | None = None
+
+
+class AccelerateFile(_FileSection):
+    """An accelerate YAML, as far as the launch settings read it."""
+
+    distributed_type: str
+    num_processes: int | None = Field(None, ge=1)
+    num_machines: int | None = Field(None, ge=1)
+    main_process_ip: str | None = None
+    main_process_port: int | None = Field(None, ge=1, le=65535)
+    use_cpu: bool = False
+    mpirun_config: MpirunConfig | None = None
+    fsdp_config: FsdpConfig | None = None
+    deepspeed_config: DeepSpeedConfig | None = None
+
+    @field_validator("distributed_type", mode="before")
+    @classmethod
+    def _quoted_no(cls, value: object) -> object:
+        if value is False:
+            raise ValueError("is false: YAML reads a bare NO as false, write 'NO'")
+        return value
 
 
 @dataclass(frozen=True)
@@ -40,23 +88,24 @@ class LaunchSettings:
 
     @classmethod
     def of(cls, settings: TrainingSection) -> "LaunchSettings":
-        file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else {}
-        fsdp, deepspeed = file.get("fsdp_config") or {}, file.get("deepspeed_config") or {}
-        num_processes = settings.num_processes or int(file.get("num_processes") or 1)
-        # Without a file the stage launches one plain process, or several under torchrun (--multi_gpu).
-        plain = "MULTI_GPU" if num_processes > 1 else "NO"
+        file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else None
+        num_processes = settings.num_processes or (file.num_processes if file else None) or 1
+        if file is None:
+            # Without a file the stage launches one plain process, or several under torchrun (--multi_gpu).
+            file = AccelerateFile(distributed_type="MULTI_GPU" if num_processes > 1 else "NO")
+        fsdp, deepspeed = file.fsdp_config or FsdpConfig(), file.deepspeed_config or DeepSpeedConfig()
         return cls(
-            distributed_type=str(file.get("distributed_type", plain)),
+            distributed_type=file.distributed_type,
             num_processes=num_processes,
-            num_machines=settings.num_machines or int(file.get("num_machines") or 1),
-            main_process_ip=settings.main_process_ip or file.get("main_process_ip"),
-            main_process_port=settings.main_process_port or file.get("main_process_port"),
-            use_cpu=bool(file.get("use_cpu", False)),
-            mpirun=bool((file.get("mpirun_config") or {}).get("mpirun_hostfile")),
-            fsdp_version=fsdp.get("fsdp_version"),
-            fsdp_state_dict_type=fsdp.get("fsdp_state_dict_type"),
-            zero_stage=deepspeed.get("zero_stage"),
-            deepspeed_multinode_launcher=deepspeed.get("deepspeed_multinode_launcher"),
+            num_machines=settings.num_machines or file.num_machines or 1,
+            main_process_ip=settings.main_process_ip or file.main_process_ip,
+            main_process_port=settings.main_process_port or file.main_process_port,
+            use_cpu=file.use_cpu,
+            mpirun=bool(file.mpirun_config and file.mpirun_config.mpirun_hostfile),
+            fsdp_version=fsdp.fsdp_version,
+            fsdp_state_dict_type=fsdp.fsdp_state_dict_type,
+            zero_stage=deepspeed.zero_stage,
+            deepspeed_multinode_launcher=deepspeed.deepspeed_multinode_launcher,
         )
 
     @property
@@ -97,8 +146,8 @@ class LaunchSettings:
         return problems
 
 
-def read_accelerate_config(path: Path) -> dict[str, Any]:
-    """An accelerate YAML as a mapping; fails naming ``training.accelerate_config``.
+def read_accelerate_config(path: Path) -> AccelerateFile:
+    """An accelerate YAML's launch keys, typed; fails on one line naming ``training.accelerate_config``.
 
     Parsed once per version of the file (its path and modification time):
     the config checks, the launcher and the join command all ask for the
@@ -108,18 +157,23 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
         modified = Path(path).stat().st_mtime_ns
     except OSError as exc:
         raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
-    return dict(_parsed_accelerate_config(str(path), modified))
+    return _parsed_accelerate_config(str(path), modified)
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed_accelerate_config(path: str, modified_ns: int) -> dict[str, Any]:
+def _parsed_accelerate_config(path: str, modified_ns: int) -> AccelerateFile:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise ValueError(f"training.accelerate_config {path}: {unreadable_yaml(exc)}") from None
     if not isinstance(data, dict) or "distributed_type" not in data:
         raise ValueError(f"training.accelerate_config {path}: expected an accelerate config with a distributed_type")
-    return data
+    try:
+        return AccelerateFile.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')} "
+                    f"(got {error['input']!r})" for error in exc.errors()]
+        raise ValueError(f"training.accelerate_config {path}: {'; '.join(problems)}") from None
 
 
 def unreadable_yaml(exc: Exception) -> str:

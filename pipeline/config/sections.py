@@ -9,16 +9,40 @@ which method a run uses (docs/ARCHITECTURE.md, "The method registry").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """The base of every config section: what no section can use is refused here once, for all of them.
+
+    Unknown keys (a typo), infinite and NaN numbers (an ``.inf`` timeout
+    never fires, an ``.inf`` learning rate trains the model to NaN) and a
+    boolean where a number belongs (pydantic reads ``turns: true`` as 1;
+    YAML's ``true`` is never meant as a count). Numbers stay lax otherwise:
+    YAML reads ``1e-6`` as a string, which a float field must still take.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        """Refuse ``true``/``false`` given to a number field, naming each such key (a model check, not a field
+        check: pydantic allows no field check on the ``name`` that tells the method sections apart)."""
+        if not isinstance(data, dict):
+            return data
+        errors = [InitErrorDetails(type=PydanticCustomError("boolean", "expects a number, got the boolean {value}",
+                                                            {"value": str(value).lower()}), loc=(key,), input=value)
+                  for key, value in data.items() if key in cls.model_fields and _boolean_for_a_number(cls, key, value)]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
 
 class MethodSection(StrictModel):
@@ -34,6 +58,13 @@ class MethodSection(StrictModel):
     IGNORED: ClassVar[dict[str, str]] = {}
     """Dotted keys of the other sections this method never reads, each with what it uses instead. A config
     that sets one is refused (:meth:`ignored_keys_set`), and the run's resolved config leaves them out."""
+
+    def rollout_attempts_shown(self, config: PipelineConfig) -> int:
+        """The earlier attempts a rollout request's prompt may carry uncut beside the task, each up to
+        ``rollout.sampling.max_tokens`` tokens: with the completion's own budget they must fit
+        ``model.max_model_len`` (the config's check of token budgets). 0 where the method's rollouts
+        generate single turns, or cut their prompts to fit the model themselves."""
+        return 0
 
     def continue_reason(self) -> str | None:
         """Why iteration K > 1 trains on from iteration K-1's model; None when it starts from the base."""
@@ -60,6 +91,24 @@ class MethodSection(StrictModel):
         if stage == "eval":
             return [(iteration, "train")] if iteration >= 1 else []
         return []
+
+
+def attempts_shown(turns: int, history_window: int | None) -> int:
+    """The earlier attempts the prompt of a trajectory's last turn shows: ``turns - 1``, cut to the window."""
+    return min(turns - 1, history_window or turns - 1)
+
+
+def _boolean_for_a_number(model: type[BaseModel], key: str, value: Any) -> bool:
+    """Whether ``value`` is, or lists, a boolean while field ``key`` takes numbers and no booleans."""
+    items = value if isinstance(value, list) else [value]
+    annotation = model.model_fields[key].annotation
+    return (any(isinstance(item, bool) for item in items) and _mentions(annotation, (int, float))
+            and not _mentions(annotation, (bool, Any)))
+
+
+def _mentions(annotation: Any, types: tuple[Any, ...]) -> bool:
+    """Whether a field's type is, or holds (``int | list[int]``, ``dict[str, Any]``), one of ``types``."""
+    return annotation in types or any(_mentions(arg, types) for arg in get_args(annotation))
 
 
 def _is_set(section: BaseModel, path: list[str]) -> bool:

@@ -9,6 +9,8 @@ unknown keys so that a typo fails before any work starts, and
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -18,12 +20,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
-from pipeline.config.sections import StrictModel
+from pipeline.config.sections import StrictModel, attempts_shown
 
 if TYPE_CHECKING:
     from pipeline.tasks import Task
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# A Hugging Face hub id as the hub defines one: an optional owner, then the name, of letters, digits, - _ and .
+HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]{1,96}$")
 
 
 class ConfigError(ValueError):
@@ -33,7 +37,7 @@ class ConfigError(ValueError):
 class RunSection(StrictModel):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name under output_dir.")
     output_dir: Path = Path("runs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="NumPy's seed range, which training's set_seed needs.")
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -51,6 +55,14 @@ class RunSection(StrictModel):
             raise ValueError(f"{', '.join(missing)} is not installed: `pip install -e '.[tracking]'`")
         return value
 
+    @field_validator("output_dir")
+    @classmethod
+    def _can_hold_runs(cls, value: Path) -> Path:
+        existing = next((path for path in (value, *value.parents) if path.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"{existing} is a file, not a directory")
+        return value
+
     @field_validator("name")
     @classmethod
     def _one_directory(cls, value: str) -> str:
@@ -66,6 +78,22 @@ class ModelSection(StrictModel):
         "auto", description="auto: bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else float32."
     )
     max_model_len: int = Field(2048, gt=0)
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _loadable(cls, value: str) -> str:
+        """A local checkpoint directory, a hub id or the embedded model (what ``engine.model_store.resolve_model``
+        loads). ``resolve_model`` takes any name that is no directory for a hub id, so a mistyped path would fail
+        only when the server downloads it; a name of the hub's form (``owner/name``) that does not exist here is
+        still taken for one."""
+        path = Path(value).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise ValueError(f"model directory {path} has no config.json")
+            return value
+        if value == EMBEDDED_MODEL or (HUB_ID.match(value) and ".." not in value and "--" not in value):
+            return value
+        raise ValueError(f"{value}: no such model directory, and not a hub id (owner/name) or {EMBEDDED_MODEL!r}")
 
 
 class ServerSection(StrictModel):
@@ -110,6 +138,13 @@ class ServerSection(StrictModel):
                 f"tensor_parallel_size ({self.tensor_parallel_size}) need {needed}"
             )
         _check_gpu_ids("rollout.server.gpu_ids", self.gpu_ids)
+        return self
+
+    @model_validator(mode="after")
+    def _replica_ports_exist(self) -> "ServerSection":
+        if self.port is not None and self.port + self.replicas - 1 > 65535:
+            raise ValueError(f"rollout.server.port {self.port} + replicas ({self.replicas}) - 1 is above 65535: "
+                             "replica i listens on port + i")
         return self
 
 
@@ -224,10 +259,23 @@ class TasksSection(StrictModel):
     eval: TaskSourceSection
 
 
+def max_grading_workers() -> int:
+    """The most grading workers a config may ask for: 4 per CPU this process may use (not ``os.cpu_count``, which
+    counts the CPUs a container or ``taskset`` keeps from it), and at least 8.
+
+    A grader computes (a sympy comparison) or waits on the sandbox's child
+    process (a test run), so a few workers per core keep the cores busy;
+    beyond that each worker is only a process's memory and start-up, and
+    100,000 of them is a fork bomb. The floor of 8 keeps a config written for
+    a bigger machine (configs/ use 8) loadable for a dry run on a small one.
+    """
+    return max(8, 4 * len(os.sched_getaffinity(0)))
+
+
 class GraderSection(StrictModel):
     name: str = "numeric"
     options: dict[str, Any] = Field(default_factory=dict)
-    workers: int = Field(2, ge=1, description="Grading worker processes.")
+    workers: int = Field(2, ge=1, description="Grading worker processes; at most max_grading_workers().")
     timeout_s: float = Field(10.0, gt=0, description="Hard limit per graded response.")
 
     @field_validator("name")
@@ -236,6 +284,13 @@ class GraderSection(StrictModel):
         from rewards import grader_names
 
         return _require_known("grader", value, grader_names())
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_the_machine_can_use(cls, value: int) -> int:
+        if value > (most := max_grading_workers()):
+            raise ValueError(f"{value} is more than this machine can use: at most {most} (4 per CPU, at least 8)")
+        return value
 
     @model_validator(mode="after")
     def _options_fit_the_grader(self) -> "GraderSection":
@@ -361,6 +416,18 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _token_budgets_fit_the_context(self) -> "PipelineConfig":
+        """Every request of both sampling sections must fit the model with its full answer: vLLM refuses one whose
+        max_tokens or prompt exceeds model.max_model_len (HTTP 400: every request of the stage fails) and cuts the
+        answer short where the prompt leaves less room. A turn's prompt carries the earlier attempts it shows uncut,
+        each up to max_tokens long; the rollout's count is the method's (``rollout_attempts_shown``)."""
+        rollout = _budget_problem("rollout", self.rollout.sampling, self.method.rollout_attempts_shown(self), self)
+        problems = [problem for problem in (rollout, eval_budget_problem(self, self.evaluation.turns)) if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _checkpoints_need_a_managed_server(self) -> "PipelineConfig":
         # A trained checkpoint is served by starting a server on it; servers given by URL cannot switch models.
         if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
@@ -377,6 +444,34 @@ class PipelineConfig(StrictModel):
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name
+
+
+def eval_history_window(config: PipelineConfig) -> int | None:
+    """The attempts an eval turn sees: ``evaluation.history_window``, else the rollout's window (None: all)."""
+    return config.evaluation.history_window or config.rollout.history_window
+
+
+def eval_budget_problem(config: PipelineConfig, turns: int) -> str | None:
+    """Why an eval of ``turns`` turns cannot fit the context (``eval --turns`` asks for other turns than the config's);
+    None when it can."""
+    attempts = attempts_shown(turns, eval_history_window(config))
+    return _budget_problem("evaluation", config.evaluation.sampling, attempts, config)
+
+
+def _budget_problem(section: str, sampling: SamplingSection, attempts: int, config: PipelineConfig) -> str | None:
+    """Why ``section``'s requests cannot fit ``model.max_model_len`` with ``attempts`` earlier attempts of up to
+    ``sampling.max_tokens`` tokens in their prompt, leaving the task's prompt at least a token; None when they can."""
+    limit, max_tokens = config.model.max_model_len, sampling.max_tokens
+    if max_tokens >= limit:
+        return (f"{section}.sampling.max_tokens ({max_tokens}) must be below model.max_model_len ({limit}): "
+                "the rest is the prompt's budget")
+    needed = (attempts + 1) * max_tokens
+    if needed >= limit:
+        return (f"{section}.sampling.max_tokens ({max_tokens}) x {attempts + 1} (the answer and the {attempts} "
+                f"earlier attempt(s) the prompt of a {section} turn shows) = {needed} must be below "
+                f"model.max_model_len ({limit}), leaving room for the task: lower max_tokens or {section}.turns, "
+                f"raise model.max_model_len, or set {section}.history_window")
+    return None
 
 
 def _require_known(kind: str, name: str, known: list[str]) -> str:
@@ -471,12 +566,14 @@ def dump_config(config: PipelineConfig) -> str:
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
+    """Every problem on one line: ``source: key: message``, several joined by `` | `` after their count."""
+    problems = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
         if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHOD_PACKAGES:
             del loc[1]  # the union tag pydantic inserts for the discriminated section
-        key = ".".join(loc) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        message = " ".join(error["msg"].removeprefix("Value error, ").split())
+        # A check of the whole config names its keys in its message.
+        problems.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    count = "" if len(problems) == 1 else f"{len(problems)} invalid setting(s): "
+    return f"{source}: {count}{' | '.join(problems)}"

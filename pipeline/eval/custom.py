@@ -23,12 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.settings import TaskSourceSection, load_split
+from pipeline.config.settings import TaskSourceSection, eval_budget_problem, load_split
 from pipeline.eval.report import EVAL_NAME
 from pipeline.eval.stage import EvalError, eval_spec, evaluate
 from pipeline.rollouts.service import iteration_model
 from pipeline.run.layout import TRAIN_STAGE, RunDir
-from pipeline.run.lock import run_lock
+from pipeline.run.lock import LOCK_NAME, run_lock
 from pipeline.system.atomic import CorruptFileError, read_json, write_json_atomic
 from pipeline.tasks import Task, task_source_names
 
@@ -66,6 +66,8 @@ def run_custom_eval(
     check_iteration(run, iteration)
     check_out_dir(run, out_dir)
     turns, samples = turns or run.config.evaluation.turns, samples or run.config.evaluation.samples
+    if problem := eval_budget_problem(run.config, turns):
+        raise EvalError(f"--turns {turns}: {problem}")
     section = eval_task_section(run, tasks_spec, limit)
     tasks = load_split(section, "eval")
     model = iteration_model(run, iteration)
@@ -165,7 +167,7 @@ def check_foreign_files(out_dir: Path) -> None:
     Checked before the folder's lock is taken, so that refusing someone's
     folder leaves nothing in it.
     """
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SPEC_NAME).is_file():
+    if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()) and not (out_dir / SPEC_NAME).is_file():
         raise EvalError(f"{out_dir} holds files but no {SPEC_NAME}, so not a custom eval's; evaluate into a new folder")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
-from pipeline.config.settings import PipelineConfig
+from pipeline.config.settings import PipelineConfig, eval_history_window
 from pipeline.eval.evaluation import (
     MISSING,
     count_incomplete,
@@ -83,11 +83,6 @@ def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: 
         seed=config.run.seed,
         adapter=adapter,
     )
-
-
-def eval_history_window(config: PipelineConfig) -> int | None:
-    """The attempts an eval turn sees: ``evaluation.history_window``, else the rollout's window (None: all)."""
-    return config.evaluation.history_window or config.rollout.history_window
 
 
 def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:

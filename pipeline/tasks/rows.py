@@ -146,7 +146,7 @@ class RowMapping:
         if isinstance(value, (int, float)):
             value = str(value)  # graders compare strings for numeric answers
         if self.answer_extractor is None:
-            return value
+            return _checked_answer(self.answer_field, value)
         if not isinstance(value, str):
             raise BadRowError(
                 f"answer_extractor {self.answer_extractor!r} needs a string field {self.answer_field!r}"
@@ -156,7 +156,25 @@ class RowMapping:
             raise BadRowError(
                 f"answer_extractor {self.answer_extractor!r} found no answer in field {self.answer_field!r}"
             )
-        return extracted
+        return _checked_answer(self.answer_field, extracted)
+
+
+# How a non-finite number reads as text (Python's str(), JSON's and pandas' spellings, in lower case).
+_NON_FINITE = {"nan", "inf", "infinity"}
+
+
+def _checked_answer(field: str, answer: Any) -> Any:
+    """``answer`` when it can be graded: a text answer must hold something, and not the NaN or infinity that a
+    JSON, pandas or CSV writer makes of a missing number. Against either the numeric grader grades every
+    response wrong ("reference is not a number"), so the task would count as failed whatever the model says.
+    Structured answers (a code task's tests) are the grader's to judge."""
+    if not isinstance(answer, str):
+        return answer
+    if not answer.strip():
+        raise BadRowError(f"field {field!r} is an empty answer")
+    if answer.strip().lower().lstrip("+-") in _NON_FINITE:
+        raise BadRowError(f"field {field!r} is {answer.strip()!r}, not a finite number")
+    return answer
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.sections import MethodSection
@@ -60,6 +60,14 @@ class ExitSection(MethodSection):
     delta_max: float = Field(1.0, gt=0, description="Improvement reward max(0, delta / delta_max) (graded scores).")
     diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
 
+    @model_validator(mode="after")
+    def _buffer_can_fill(self) -> "ExitSection":
+        # The buffer keeps at most buffer_capacity items, so a larger min_buffer would silently never sample it.
+        if self.min_buffer > self.buffer_capacity:
+            raise ValueError(f"method.min_buffer ({self.min_buffer}) must be at most method.buffer_capacity "
+                             f"({self.buffer_capacity}): a fuller buffer than it can hold is never reached")
+        return self
+
     def continue_reason(self) -> str | None:
         return "ExIt continues the last adapter"  # RL carries on from the last policy
 
@@ -73,9 +81,6 @@ class ExitSection(MethodSection):
             problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
         if rollout.sampling.temperature == 0:
             problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")
-        if rollout.sampling.max_tokens >= config.model.max_model_len:
-            problems.append(f"rollout.sampling.max_tokens ({rollout.sampling.max_tokens}) must be below "
-                            f"model.max_model_len ({config.model.max_model_len}): the rest is the prompt's budget")
         if self.sync_every > 1:
             problems.append("method.sync_every must be 1: completions from an adapter older than the policy are "
                             "off-policy, and GRPO here gets no sampling log-probabilities to correct for that")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.sections import MethodSection
+from pipeline.config.sections import MethodSection, attempts_shown
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
@@ -47,6 +47,10 @@ class RiseSection(MethodSection):
         description="Samples drawn with the reference answer as a hint (rollout.templates.hint) for a state "
         "where no sample succeeds; a right one is a target for the state without the hint (STaR). 0: off.",
     )
+
+    def rollout_attempts_shown(self, config: PipelineConfig) -> int:
+        """A collection turn shows the earlier attempts of its trajectory, cut only by rollout.history_window."""
+        return attempts_shown(config.rollout.turns, config.rollout.history_window)
 
     def continue_reason(self) -> str | None:
         return "method.train_from is 'previous'" if self.train_from == "previous" else None
