@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterable, Optional
 
 import typer
 from rich.console import Console
@@ -183,7 +183,7 @@ def status(run_dir: RunDirArg) -> None:
             state,
             str(record.attempts),
             _short_time(record.finished_at),
-            "\n".join(Path(name).name for name in record.outputs),
+            "\n".join(_shown_outputs(key, record.outputs)),
             escape("\n".join(p.removeprefix(f"{run_dir}/") for p in damaged[key]) or record.error or ""),
         )
     console.print(table)
@@ -194,6 +194,14 @@ def status(run_dir: RunDirArg) -> None:
     else:
         console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
     _print_buffer(run_dir)
+
+
+def _shown_outputs(key: str, outputs: Iterable[str]) -> list[str]:
+    """A stage's recorded outputs as its directory holds them: files by name, a directory once (``merged/``)."""
+    depth = len(Path(key).parts)
+    return list(dict.fromkeys(
+        parts[0] + ("/" if len(parts) > 1 else "") for parts in (Path(name).parts[depth:] for name in outputs) if parts
+    ))
 
 
 def _print_buffer(run_dir: Path) -> None:
@@ -414,7 +422,7 @@ def compare(
     try:
         comparison = compare_evals([resolve_eval(path, iteration) for path in paths])
         written = write_comparison(comparison, out)
-    except (CompareError, *_OPEN_ERRORS) as exc:
+    except (CompareError, DamagedOutputError, *_OPEN_ERRORS) as exc:
         _fail(str(exc))
     console.print(comparison_table(comparison))
     console.print(f"[green]compare[/]: {', '.join(map(str, written))}")
@@ -450,7 +458,7 @@ def export(
         else:
             command = shlex.join(["selfimprove", *sys.argv[1:]])
             path = export_model(run, iteration, out, adapter_only=adapter, command=command)
-    except (RunDirError, ConfigError, ExportError, FileNotFoundError) as exc:
+    except (*_OPEN_ERRORS, ExportError, DamagedOutputError) as exc:
         _fail(str(exc))
     console.print(f"[green]exported[/]: {path}")
     if push_to_hub:
@@ -468,14 +476,10 @@ def report(run_dir: RunDirArg) -> None:
 
 
 def _print_report(run_dir: Path) -> None:
-    """Write and print the report, after checking that the done evals it reads are intact."""
+    """Write and print the report; a done stage it reads whose files were damaged is refused, named."""
     from pipeline.eval.report import ReportError, collect_evals, report_table, write_report
 
     try:
-        manifest = Manifest.load(run_dir)
-        for iteration, stage in map(parse_stage_key, manifest.stages):
-            if stage == "eval":
-                manifest.check_intact(iteration, stage)
         path = write_report(run_dir)
         table = report_table(collect_evals(run_dir))
     except (ReportError, FileNotFoundError, CorruptFileError, DamagedOutputError) as exc:

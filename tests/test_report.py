@@ -22,6 +22,7 @@ from pipeline.eval.report import (
     write_report,
 )
 from pipeline.run.layout import RunDir
+from pipeline.run.manifest import DamagedOutputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TURNS = 3
@@ -169,7 +170,7 @@ def test_a_run_with_no_finished_eval_has_nothing_to_report(tmp_path: Path) -> No
 
 def test_a_done_eval_without_its_files_is_an_error(run: RunDir) -> None:
     (run.root / "iter_1" / "eval" / "curves.json").unlink()
-    with pytest.raises(ReportError, match=r"iter_1/eval/curves.json is missing"):
+    with pytest.raises(DamagedOutputError, match=r"iter_1/eval/curves.json is missing.*selfimprove resume"):
         collect_evals(run.root)
 
 
@@ -196,7 +197,11 @@ def test_exit_runs_mark_each_iterations_mean_training_depth(run: RunDir) -> None
     """ExIt's train summaries carry mean_depth; RISE's do not, and then nothing is marked."""
     evals = collect_evals(run.root)
     assert training_depths(run.root, evals) == {}
-    (run.stage_dir(1, "train") / "train_summary.json").write_text(json.dumps({"mean_depth": 1.25, "steps": 8}))
+    summary = run.stage_dir(1, "train") / "train_summary.json"
+    summary.write_text(json.dumps({"mean_depth": 1.25, "steps": 8}))
+    assert training_depths(run.root, evals) == {}  # the train stage is not done: its summary is not read
+    run.manifest.start(1, "train")
+    run.manifest.complete(1, "train", [summary])
     assert training_depths(run.root, evals) == {1: 1.25}
     write_report(run.root)
     assert (run.root / "accuracy_by_turn.png").read_bytes()[:8] == PNG_MAGIC

@@ -111,7 +111,9 @@ def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: 
     assert (path.parent / "vllm_server.log").stat().st_size > 0
     manifest = RunDir.open(run.root).manifest
     assert manifest.is_done(1, "rollout")
-    assert list(manifest.record(1, "rollout").outputs) == ["iter_1/rollout/rollouts.jsonl"]
+    assert list(manifest.record(1, "rollout").outputs) == [
+        "iter_1/rollout/rollouts.jsonl", "iter_1/rollout/throughput.json"
+    ]
     # A rerun of a finished stage does nothing: no server, same file.
     before = path.stat().st_mtime_ns
     assert run_rollout_stage(RunDir.open(run.root), iteration=1, show_progress=False) == path

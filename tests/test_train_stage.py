@@ -55,11 +55,9 @@ def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tin
     assert lora_b({n: p for n, p in model.named_parameters() if "lora_" in n}).abs().max() > 1e-3
     record = trained_run.manifest.record(1, "train")
     assert record.state is StageState.DONE and record.attempts == 1
-    assert set(record.outputs) == {
-        "iter_1/train/adapter/adapter_config.json",
-        "iter_1/train/adapter/adapter_model.safetensors",
-        "iter_1/train/train_summary.json",
-    }
+    adapter_files = {str(p.relative_to(trained_run.root)) for p in adapter.rglob("*") if p.is_file()}
+    assert set(record.outputs) == adapter_files | {"iter_1/train/train_summary.json"}  # every file it publishes
+    assert "iter_1/train/adapter/chat_template.jinja" in adapter_files
     summary = json.loads((trained_run.root / "iter_1" / "train" / "train_summary.json").read_text())
     assert summary["examples"] == ROWS and summary["steps"] == ROWS
     assert math.isfinite(summary["final_loss"]) and summary["train_tokens_per_s"] > 0

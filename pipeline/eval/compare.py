@@ -25,8 +25,19 @@ from rich.table import Table
 from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
-from pipeline.eval.report import EVAL_NAME, IterationEval, ReportError, collect_evals, percent, png_bytes, points, read_eval_dir
+from pipeline.eval.report import (
+    EVAL_NAME,
+    STAGE,
+    IterationEval,
+    ReportError,
+    collect_evals,
+    percent,
+    png_bytes,
+    points,
+    read_eval_dir,
+)
 from pipeline.run.layout import CONFIG_NAME
+from pipeline.run.manifest import MANIFEST_NAME, Manifest, parse_stage_key
 
 MARKDOWN_NAME = "compare.md"
 JSON_NAME = "compare.json"
@@ -81,8 +92,13 @@ class Comparison:
 
 
 def resolve_eval(path: Path, iteration: int | None = None) -> NamedEval:
-    """An eval directory as it is, or a run directory's eval of ``iteration`` (default: its last finished one)."""
+    """An eval directory, or a run directory's eval of ``iteration`` (default: its last finished one).
+
+    A run's eval stage directory (``runs/x/iter_2/eval``) is read only when
+    its run's manifest calls it done and its files match their digests.
+    """
     if (path / EVAL_NAME).is_file():
+        _check_stage_dir(path)
         return NamedEval(_eval_dir_label(path), path, read_eval_dir(path, 0))
     if not (path / CONFIG_NAME).is_file():
         raise CompareError(f"{path}: neither an eval directory (no {EVAL_NAME}) nor a run directory (no {CONFIG_NAME})")
@@ -95,6 +111,27 @@ def resolve_eval(path: Path, iteration: int | None = None) -> NamedEval:
         wanted = "any finished eval" if iteration is None else f"a finished eval of iteration {iteration}"
         raise CompareError(f"{path} has no {wanted}")
     return NamedEval(f"{path.resolve().name}/iter_{chosen[-1].iteration}", path, chosen[-1])
+
+
+def _check_stage_dir(path: Path) -> None:
+    """Refuse a run's eval stage directory that its manifest does not vouch for; other directories pass as they are."""
+    if (found := _run_stage(path)) is None:
+        return
+    root, iteration = found
+    if not Manifest.load(root).verified_done(iteration, STAGE):
+        raise CompareError(f"{path}: the run's manifest does not call iter_{iteration}/{STAGE} done; "
+                           f"finish it with `selfimprove resume {root}`")
+
+
+def _run_stage(path: Path) -> tuple[Path, int] | None:
+    """``(run root, K)`` when ``path`` is a run's ``iter_K/eval`` (a manifest two levels up), else None."""
+    resolved = path.resolve()
+    try:
+        iteration, stage = parse_stage_key(f"{resolved.parent.name}/{resolved.name}")
+    except ValueError:
+        return None
+    root = resolved.parent.parent
+    return (root, iteration) if stage == STAGE and (root / MANIFEST_NAME).is_file() else None
 
 
 def _eval_dir_label(path: Path) -> str:
@@ -156,12 +193,20 @@ def render_markdown(comparison: Comparison) -> str:
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
-    """compare.md, compare.json and compare.png in ``out_dir`` (created), each replaced atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """compare.md, compare.json and compare.png in ``out_dir`` (created), each replaced atomically.
+
+    An ``out_dir`` that cannot hold them (a file, or a folder not writable) is a CompareError naming it.
+    """
     paths = [out_dir / name for name in (MARKDOWN_NAME, JSON_NAME, PLOT_NAME)]
-    write_text_atomic(paths[0], render_markdown(comparison))
-    write_text_atomic(paths[1], json.dumps(comparison.to_dict(), indent=2))
-    write_bytes_atomic(paths[2], png_bytes(_plot(comparison)))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"--out {out_dir} is a file, not a directory; name a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(paths[0], render_markdown(comparison))
+        write_text_atomic(paths[1], json.dumps(comparison.to_dict(), indent=2))
+        write_bytes_atomic(paths[2], png_bytes(_plot(comparison)))
+    except OSError as exc:
+        raise CompareError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
     return paths
 
 

@@ -3,7 +3,9 @@
 Reads ``iter_K/eval/eval.json`` and ``curves.json`` (written by
 :mod:`pipeline.eval.stage`) for each iteration whose eval stage the manifest
 calls done, so a run in progress gets a report of what exists and a half
-written eval is never shown. Writes, each atomically, into the run directory:
+written eval is never shown; their files must still match the manifest's
+digests (:class:`pipeline.run.manifest.DamagedOutputError` names one that
+does not). Writes, each atomically, into the run directory:
 
 - ``report.md``: a header (run, model, method, tasks, eval settings), a
   table per iteration and a line comparing it with the base model;
@@ -38,11 +40,12 @@ import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from pipeline.config.launch import unreadable_yaml
 from pipeline.config.methods import METHOD_PACKAGES, method_section
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
-from pipeline.run.manifest import Manifest
+from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, stage_path
 
 # The eval stage's outputs this module reads. Spelled here, not imported from
@@ -52,6 +55,9 @@ STAGE = "eval"
 EVAL_NAME = "eval.json"
 CURVES_NAME = "curves.json"
 TASK_METRICS_NAME = "task_metrics.jsonl"
+# The keys of config.yaml the report reads.
+REPORTED_KEYS = ("run.name", "run.iterations", "model.name_or_path", "method.name", "tasks.train.source",
+                 "tasks.eval.source", "evaluation.feedback")
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
@@ -103,14 +109,14 @@ class IterationEval:
 def collect_evals(run_root: str | Path) -> list[IterationEval]:
     """The run's finished evals in iteration order; iterations whose eval stage is not done are left out.
 
-    Raises ReportError when a done stage's files are missing (the run
-    directory was damaged) or when the evals disagree on turns or samples,
-    which one table cannot line up.
+    Raises DamagedOutputError when a done stage's files no longer match
+    their digests (the run directory was damaged), and ReportError when the
+    evals disagree on turns or samples, which one table cannot line up.
     """
     run_root = Path(run_root)
     manifest = Manifest.load(run_root)
-    iterations = _read_run_config(run_root)["run"]["iterations"]
-    evals = [_read_eval(run_root, k) for k in range(iterations + 1) if manifest.is_done(k, STAGE)]
+    planned = sorted(k for k, stage in map(parse_stage_key, manifest.stages) if stage == STAGE)
+    evals = [_read_eval(run_root, k) for k in planned if manifest.verified_done(k, STAGE)]
     settings = {(e.summary["turns"], e.summary["samples"]) for e in evals}
     if len(settings) > 1:
         found = ", ".join(f"{e.label}: T={e.summary['turns']}, n={e.summary['samples']}" for e in evals)
@@ -119,16 +125,32 @@ def collect_evals(run_root: str | Path) -> list[IterationEval]:
 
 
 def _read_run_config(run_root: Path) -> dict[str, Any]:
-    """The run's resolved ``config.yaml`` as plain data.
+    """The run's resolved ``config.yaml`` as plain data; one that is unreadable or lacks a key the report
+    reads (:data:`REPORTED_KEYS`) is a ReportError naming it.
 
     Not validated through :func:`pipeline.config.settings.load_config`: that checks task
     files exist, and a report must not fail because a data file moved after
-    the run. ``config.yaml`` is the resolved config, so every key is there.
+    the run.
     """
     path = run_root / CONFIG_NAME
     if not path.is_file():
         raise ReportError(f"{run_root} is not a run directory (no {CONFIG_NAME})")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ReportError(f"{path} {unreadable_yaml(exc)}") from None
+    if missing := next((key for key in REPORTED_KEYS if not _has_key(config, key)), None):
+        raise ReportError(f"{path} is not a run config: it has no {missing}")
+    return config
+
+
+def _has_key(config: Any, dotted: str) -> bool:
+    """Whether ``config`` holds the nested key ``a.b.c``."""
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return False
+        config = config[part]
+    return True
 
 
 def write_report(run_root: str | Path) -> Path:
@@ -248,7 +270,8 @@ def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
     """An eval directory's summary, curves and (when written) per-task figures."""
     summary, curves = (_read_json(eval_dir / name) for name in (EVAL_NAME, CURVES_NAME))
     rows_path = eval_dir / TASK_METRICS_NAME
-    return IterationEval(iteration, summary, curves, read_jsonl(rows_path) if rows_path.is_file() else None)
+    rows = read_jsonl(rows_path, whole=True) if rows_path.is_file() else None
+    return IterationEval(iteration, summary, curves, rows)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -345,10 +368,13 @@ def _yes_no(value: bool | None) -> str:
 
 def training_depths(run_root: Path, evals: Sequence[IterationEval]) -> dict[int, float]:
     """Iteration -> the mean depth of the histories it trained on (ExIt's train summaries; empty for RISE)."""
+    manifest = Manifest.load(run_root)
     depths = {}
     for ev in evals:
         path = stage_path(run_root, ev.iteration, TRAIN_STAGE) / TRAIN_SUMMARY_NAME
-        if ev.iteration > 0 and path.is_file() and (depth := _read_json(path).get("mean_depth")) is not None:
+        if ev.iteration == 0 or not manifest.verified_done(ev.iteration, TRAIN_STAGE, [path]):
+            continue
+        if (depth := _read_json(path).get("mean_depth")) is not None:
             depths[ev.iteration] = float(depth)
     return depths
 

@@ -53,7 +53,14 @@ from pipeline.eval.evaluation import (
 from pipeline.eval.metrics import TurnOutcome
 from pipeline.eval.report import CURVES_NAME, EVAL_NAME, STAGE, TASK_METRICS_NAME, ReportError, write_report
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
-from pipeline.rollouts.service import IterationModel, collect, iteration_model, open_service, sampling_params
+from pipeline.rollouts.service import (
+    IterationModel,
+    collect,
+    collected_files,
+    iteration_model,
+    open_service,
+    sampling_params,
+)
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.tasks import Task, load_tasks
@@ -194,6 +201,13 @@ async def _generate(
         return records, read_jsonl(parallel, whole=True)
 
 
+def stage_outputs(out_dir: Path) -> list[Path]:
+    """The files the manifest records: the trajectories (the parallel samples' too, when drawn) and the figures."""
+    parallel = out_dir / PARALLEL_DIR
+    figures = [out_dir / name for name in (EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)]
+    return [*collected_files(out_dir), *figures, *([parallel] if parallel.is_dir() else [])]
+
+
 def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
     """Evaluate iteration ``iteration``'s model as the run config says; returns ``eval.json``'s path.
 
@@ -207,8 +221,7 @@ def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> P
         settings = run.config.evaluation
         tasks = load_tasks(run.config.tasks.eval, "eval")
         evaluate(iteration_model(run, iteration), tasks, out_dir, settings.turns, settings.samples, show_progress)
-        names = ("rollouts.jsonl", EVAL_NAME, CURVES_NAME, PER_TASK_NAME, TASK_METRICS_NAME)
-        attempt.outputs = [out_dir / name for name in names]
+        attempt.outputs = stage_outputs(out_dir)
     try:
         write_report(run.root)
     except ReportError as exc:  # the eval itself is done and recorded; `selfimprove report` can retry

@@ -69,12 +69,17 @@ class DataSplit:
 
 
 def data_splits(run: RunDir) -> list[DataSplit]:
-    """Every finished stage file of the run as a split, in config then iteration order."""
+    """Every finished stage file of the run as a split, in config then iteration order.
+
+    A done stage whose files no longer match the manifest's digests (a torn,
+    edited or duplicated row) raises DamagedOutputError, naming the file:
+    an export never drops or keeps a row the stage did not write.
+    """
     splits = []
     for kind in KINDS:
         for iteration in range(run.config.run.iterations + 1):
             source = stage_path(run.root, iteration, kind.stage) / kind.file
-            if run.manifest.is_done(iteration, kind.stage) and source.is_file():
+            if run.manifest.verified_done(iteration, kind.stage, [source]) and source.is_file():
                 split = f"iter_{iteration}"
                 splits.append(DataSplit(kind.config, split, source, f"{kind.config}/{split}.parquet"))
     return splits
@@ -85,7 +90,7 @@ def export_data(run: RunDir, out: Path) -> Path:
     splits = data_splits(run)
     if not splits:
         raise ExportError(f"{run.root} has no finished stage with records to export yet")
-    tables = {(s.config, s.split): read_jsonl(s.source) for s in splits}
+    tables = {(s.config, s.split): read_jsonl(s.source, whole=True) for s in splits}
     tables |= task_tables(tables)
     files = {**{(s.config, s.split): s.path for s in splits},
              **{key: f"tasks/{key[1]}.parquet" for key in tables if key[0] == "tasks"}}

@@ -12,7 +12,10 @@ Beside the weights goes a model card (``README.md``, written with
 huggingface_hub's card classes): base model, method and its settings, the
 training data counts of iterations 1..K, the eval table of iteration K next
 to the base model's, the command that trained the run and the one that
-exported it. The folder is built beside ``out`` and renamed into place
+exported it. Every stage the export reads (iteration K's train stage, the
+training data's and the evals') must be done with its files matching the
+manifest's digests, else :class:`pipeline.run.manifest.DamagedOutputError`
+names the file. The folder is built beside ``out`` and renamed into place
 (:func:`pipeline.system.atomic.publish_dir`), so it appears whole or not at all.
 :func:`push_to_hub` uploads it with huggingface_hub.
 """
@@ -86,7 +89,7 @@ def _trained_dir(run: RunDir, iteration: int, adapter_only: bool) -> Path:
     if not 1 <= iteration <= iterations:
         raise ExportError(f"--iteration {iteration}: this run trains iterations 1..{iterations} "
                           "(iteration 0 is the base model itself)")
-    if not run.manifest.is_done(iteration, "train"):
+    if not run.manifest.verified_done(iteration, "train"):
         raise ExportError(f"iteration {iteration}'s train stage is not done; "
                           f"finish it with `selfimprove resume {run.root}` first")
     full = run.config.training.finetune == "full"
@@ -197,7 +200,7 @@ def _data_lines(run: RunDir, iteration: int) -> list[str]:
     stage, name = method.data_summary
     for k in range(1, iteration + 1):
         path = stage_path(run.root, k, stage) / name
-        if not path.is_file():
+        if not run.manifest.verified_done(k, stage, [path]) or not path.is_file():
             lines.append(f"| {k} | not recorded |" + " |" * (len(columns) - 2))
             continue
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -208,7 +211,7 @@ def _data_lines(run: RunDir, iteration: int) -> list[str]:
 def _eval_lines(run: RunDir, iteration: int) -> list[str]:
     """Iteration K's eval table beside the base model's (the report's rows), or why there is none."""
     evals = [read_eval_dir(stage_path(run.root, k, "eval"), k) for k in sorted({0, iteration})
-             if run.manifest.is_done(k, "eval")]
+             if run.manifest.verified_done(k, "eval")]
     if not any(ev.iteration == iteration for ev in evals):
         return [f"Iteration {iteration} has not been evaluated (its eval stage is not done)."]
     settings = run.config.evaluation

@@ -21,7 +21,7 @@ from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
-from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.rollouts.trajectory import ROLLOUTS_NAME, GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run.layout import RunDir, final_dir, merged_dir
 from pipeline.run.timings import phase
 from pipeline.tasks import Task
@@ -110,6 +110,12 @@ async def collect(
         return path
     finally:
         writer.close()
+
+
+def collected_files(out_dir: Path) -> list[Path]:
+    """What :func:`collect` publishes in ``out_dir``, for the manifest: the records, the throughput when measured."""
+    throughput = out_dir / THROUGHPUT_NAME
+    return [out_dir / ROLLOUTS_NAME, *([throughput] if throughput.is_file() else [])]
 
 
 @dataclass

@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
-from typing import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict, ValidationError, with_config
 
 from pipeline.config.methods import method_section
 from pipeline.system.atomic import CorruptFileError, file_digest, read_json, write_json_atomic
@@ -36,6 +38,7 @@ class StageState(str, Enum):
     FAILED = "failed"
 
 
+@with_config(ConfigDict(extra="forbid"))
 @dataclass
 class StageRecord:
     state: StageState = StageState.PENDING
@@ -50,9 +53,12 @@ class StageRecord:
         data["state"] = self.state.value
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "StageRecord":
-        return cls(**{**data, "state": StageState(data["state"])})
+
+class _ManifestFile(BaseModel):
+    """What ``manifest.json`` must hold; anything else (a hand edit, another program's file) is refused on load."""
+
+    run: str
+    stages: dict[str, StageRecord]
 
 
 def stage_key(iteration: int, stage: str) -> str:
@@ -60,9 +66,28 @@ def stage_key(iteration: int, stage: str) -> str:
 
 
 def parse_stage_key(key: str) -> tuple[int, str]:
-    """``iter_2/train`` -> ``(2, "train")``."""
-    iteration, stage = key.split("/")
-    return int(iteration.removeprefix("iter_")), stage
+    """``iter_2/train`` -> ``(2, "train")``; anything else is a ValueError naming it."""
+    iteration, _, stage = key.partition("/")
+    number = iteration.removeprefix("iter_")
+    if not (iteration.startswith("iter_") and number.isdigit() and stage and "/" not in stage):
+        raise ValueError(f"{key!r} is not a stage (iter_K/<stage>)")
+    return int(number), stage
+
+
+def _check_output_name(name: str) -> None:
+    """Refuse a recorded output that is not a path inside the run directory (absolute, or climbing out with ``..``)."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"output {name!r} is not a path inside the run directory")
+
+
+def _each_file(outputs: Iterable[Path]) -> Iterator[Path]:
+    """The output files, a directory standing for every file inside it (in sorted order)."""
+    for output in map(Path, outputs):
+        if output.is_dir():
+            yield from sorted(path for path in output.rglob("*") if path.is_file())
+        else:
+            yield output
 
 
 def planned_stages(iterations: int, method: str = "rise") -> list[tuple[int, str]]:
@@ -98,14 +123,20 @@ class Manifest:
         path = Path(run_dir) / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no run manifest at {path}: is {run_dir} a run directory?")
-        data = read_json(path)
         try:
-            stages = {key: StageRecord.from_dict(value) for key, value in data["stages"].items()}
-            for key in stages:
+            data = _ManifestFile.model_validate(read_json(path))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(map(str, error["loc"])) or "the top level"
+            raise CorruptFileError(f"{path}: not a run manifest ({where}: {error['msg']})") from None
+        try:
+            for key, record in data.stages.items():
                 parse_stage_key(key)
-            return cls(Path(run_dir), str(data["run"]), stages)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptFileError(f"{path}: not a run manifest ({type(exc).__name__}: {exc})") from None
+                for name in record.outputs:
+                    _check_output_name(name)
+        except ValueError as exc:
+            raise CorruptFileError(f"{path}: not a run manifest ({exc})") from None
+        return cls(Path(run_dir), data.run, data.stages)
 
     def save(self) -> None:
         write_json_atomic(
@@ -130,29 +161,31 @@ class Manifest:
         """Whether the manifest records the stage as done; its outputs unchecked (see :meth:`verified_done`)."""
         return self.record(iteration, stage).state is StageState.DONE
 
-    def verified_done(self, iteration: int, stage: str) -> bool:
+    def verified_done(self, iteration: int, stage: str, files: Iterable[Path] | None = None) -> bool:
         """Whether the stage is done with its outputs intact; a done stage whose outputs were damaged raises.
 
         What a stage consumes, or returns as already done, goes through here:
         raising rather than answering False keeps a damaged file from being
         used, and a stage that later stages were built on from being redone
-        on its own.
+        on its own. ``files`` checks only those of its outputs: for a reader
+        of one small file beside big ones (a train summary beside the weights).
         """
         if not self.is_done(iteration, stage):
             return False
-        self.check_intact(iteration, stage)
+        self.check_intact(iteration, stage, files)
         return True
 
-    def check_intact(self, iteration: int, stage: str) -> None:
-        """Raise :class:`DamagedOutputError`, naming the files, when a done stage's outputs were damaged."""
-        if problems := self.damage(iteration, stage):
+    def check_intact(self, iteration: int, stage: str, files: Iterable[Path] | None = None) -> None:
+        """Raise :class:`DamagedOutputError`, naming the files, when a done stage's outputs (or ``files``) changed."""
+        if problems := self.damage(iteration, stage, files):
             raise DamagedOutputError(
                 f"{'; '.join(problems)}: iter_{iteration}/{stage} is damaged; "
                 f"`selfimprove resume {self.run_dir}` redoes it and the stages built on it"
             )
 
-    def damage(self, iteration: int, stage: str) -> list[str]:
-        """What is wrong with a done stage's outputs: each missing or changed file, by path; [] when intact.
+    def damage(self, iteration: int, stage: str, files: Iterable[Path] | None = None) -> list[str]:
+        """What is wrong with a done stage's outputs (or those of them in ``files``): each missing or changed
+        file, by path; [] when intact.
 
         A file is hashed again only when its size or modification time
         changed since it last matched, so repeated checks stay cheap.
@@ -160,8 +193,11 @@ class Manifest:
         record = self.record(iteration, stage)
         if record.state is not StageState.DONE:
             return []
+        wanted = None if files is None else {str(Path(f).relative_to(self.run_dir)) for f in files}
         problems = []
         for name, digest in record.outputs.items():
+            if wanted is not None and name not in wanted:
+                continue
             path = self.run_dir / name
             if not path.is_file():
                 problems.append(f"{path} is missing")
@@ -191,9 +227,14 @@ class Manifest:
         self.save()
 
     def complete(self, iteration: int, stage: str, outputs: Iterable[Path]) -> None:
-        """Mark a stage done, recording a digest of each output file (relative to the run dir)."""
+        """Mark a stage done, recording a digest of each output file (relative to the run dir).
+
+        An output that is a directory (a saved model, with its tokenizer and
+        chat template) is recorded as every file inside it, at any depth, so
+        no file the stage publishes escapes the check.
+        """
         record = self._entry(iteration, stage)
-        record.outputs = {str(Path(p).relative_to(self.run_dir)): file_digest(p) for p in outputs}
+        record.outputs = {str(p.relative_to(self.run_dir)): file_digest(p) for p in _each_file(outputs)}
         record.state = StageState.DONE
         record.finished_at = _now()
         self.save()

@@ -105,21 +105,21 @@ def check_output(run: RunDir, iteration: int) -> Path:
 
 
 def output_files(run: RunDir, iteration: int) -> list[Path]:
-    """The files the manifest records: the adapter's config and weights (or the whole model's files), the summary."""
-    path = check_output(run, iteration)
-    if run.config.training.finetune == "full":
-        files = sorted(p for p in path.iterdir() if p.is_file())
-    else:
-        files = [path / "adapter_config.json", path / "adapter_model.safetensors"]
+    """What the manifest records: the adapter (or whole model) directory, the merged model's, the summary.
+
+    A directory is recorded as every file in it, tokenizer and chat template
+    included: whatever serves or exports the model reads them too.
+    """
+    outputs = [check_output(run, iteration)]
     merged = merged_dir(run, iteration)
     if merged is not None:
         if not (merged / "config.json").is_file():
             raise TrainError(f"training finished without writing the merged model {merged}")
-        files += sorted(p for p in merged.iterdir() if p.suffix in (".json", ".safetensors"))
+        outputs.append(merged)
     summary = summary_path(run, iteration)
     if not summary.is_file():
         raise TrainError(f"training finished without writing {summary}")
-    return [*files, summary]
+    return [*outputs, summary]
 
 
 def step_line(step: int, total: int) -> str:

@@ -17,7 +17,14 @@ from pipeline.config.settings import PipelineConfig
 from pipeline.eval.stage import run_eval_stage
 from pipeline.methods.base import Method, counts_cell
 from pipeline.methods.rise.curate_stage import SUMMARY_NAME, run_curate_stage, training_set
-from pipeline.rollouts.service import IterationModel, collect, iteration_model, open_service, sampling_params
+from pipeline.rollouts.service import (
+    IterationModel,
+    collect,
+    collected_files,
+    iteration_model,
+    open_service,
+    sampling_params,
+)
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME, RolloutSpec, TrajectoryRunner
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import stage_attempt
@@ -57,7 +64,7 @@ def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -
             tasks = load_tasks(run.config.tasks.train, "train")
             spec = collection_spec(run.config, model.adapter_name)
             path = asyncio.run(_collect(model, tasks, spec, path.parent, f"rollout iter {iteration}", show_progress))
-            attempt.outputs = [path]
+            attempt.outputs = collected_files(path.parent)
     return path
 
 
