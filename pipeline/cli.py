@@ -22,12 +22,20 @@ from rich.table import Table
 
 from pipeline.engine.adapters import AdapterError
 from pipeline.system.atomic import CorruptFileError
-from pipeline.config.settings import ConfigError, check_tasks, dump_config, load_config
+from pipeline.config.settings import (
+    ConfigError,
+    check_tasks,
+    config_changes,
+    config_data,
+    dump_config,
+    format_changes,
+    load_config,
+)
 from pipeline.engine.generation import GenerationError
 from pipeline.run.layout import RunDir, RunDirError
 from pipeline.run.lifecycle import StageError, check_planned
-from pipeline.run.lock import RunLockedError, run_lock
-from pipeline.run.manifest import DamagedOutputError, Manifest, StageState, parse_stage_key
+from pipeline.run.lock import RunLockedError, run_held, run_lock
+from pipeline.run.manifest import DamagedOutputError, Manifest, StageRecord, StageState, parse_stage_key
 from pipeline.engine.vllm_server import ServerError
 
 app = typer.Typer(
@@ -119,16 +127,19 @@ def run(
 
 
 @app.command()
-def resume(run_dir: RunDirArg, progress: ProgressOpt = True) -> None:
-    """Continue an interrupted run from its first unfinished stage, redoing damaged stages and those built on them."""
+def resume(run_dir: RunDirArg, overrides: SetOpt = None, progress: ProgressOpt = True) -> None:
+    """Continue an interrupted run from its first unfinished stage, redoing damaged stages and those built on them.
+
+    --set changes the run's config from here on (say, more iterations); the manifest records the change.
+    """
     from pipeline.runner.loop import redo_damaged
 
     try:
-        run = RunDir.open(run_dir)
-        check_tasks(run.config)
+        run = RunDir.open(run_dir, overrides or [])
     except _OPEN_ERRORS as exc:
         _fail(str(exc))
     with _locked(run.root):
+        _amend_or_check(run, overrides or [])
         for key, reason in redo_damaged(run).items():
             err_console.print(f"[yellow]redoing {key}[/]: {escape(reason)}")
         nxt = run.manifest.first_unfinished()
@@ -137,6 +148,18 @@ def resume(run_dir: RunDirArg, progress: ProgressOpt = True) -> None:
         else:
             console.print(f"resuming {run.root} at iter_{nxt[0]}/{nxt[1]}")
         _drive(run, progress)
+
+
+def _amend_or_check(run: RunDir, overrides: list[str]) -> None:
+    """Apply ``resume --set`` to the run, saying what changed; without it, check the run's tasks as they are."""
+    try:
+        if overrides:
+            for key, change in run.amend(overrides).items():
+                console.print(f"[yellow]config changed[/]: {key}: {escape(change)}")
+        else:
+            check_tasks(run.config)
+    except (RunDirError, ConfigError) as exc:
+        _fail(str(exc))
 
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
@@ -176,11 +199,11 @@ def status(run_dir: RunDirArg) -> None:
     table.add_column("outputs")
     table.add_column("error", overflow="fold")
     damaged = {key: manifest.damage(*parse_stage_key(key)) for key in manifest.stages}
+    held = run_held(run_dir)
     for key, record in manifest.stages.items():
-        state = "[bold red]damaged[/]" if damaged[key] else f"[{_STATE_STYLE[record.state]}]{record.state.value}[/]"
         table.add_row(
             key,
-            state,
+            _state_cell(record, bool(damaged[key]), held),
             str(record.attempts),
             _short_time(record.finished_at),
             "\n".join(_shown_outputs(key, record.outputs)),
@@ -188,9 +211,13 @@ def status(run_dir: RunDirArg) -> None:
         )
     console.print(table)
     nxt = manifest.first_unfinished()
+    interrupted = [key for key, record in manifest.stages.items() if record.state is StageState.RUNNING and not held]
     if broken := [key for key, problems in damaged.items() if problems]:
         console.print(f"[bold red]damaged[/]: {', '.join(broken)}; `selfimprove resume {escape(str(run_dir))}` "
                       "redoes them and the stages built on them")
+    elif interrupted:
+        console.print(f"[bold yellow]interrupted[/]: {', '.join(interrupted)} (no process drives the run); "
+                      f"`selfimprove resume {escape(str(run_dir))}` continues it")
     else:
         console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
     _print_buffer(run_dir)
@@ -202,6 +229,16 @@ def _shown_outputs(key: str, outputs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(
         parts[0] + ("/" if len(parts) > 1 else "") for parts in (Path(name).parts[depth:] for name in outputs) if parts
     ))
+
+
+def _state_cell(record: StageRecord, damaged: bool, held: bool) -> str:
+    """A stage's state for the table: ``damaged`` over any state, and ``interrupted`` for a stage the manifest
+    says is running while no process holds the run's lock (its process was killed, even by SIGKILL)."""
+    if damaged:
+        return "[bold red]damaged[/]"
+    if record.state is StageState.RUNNING and not held:
+        return "[bold yellow]interrupted[/]"
+    return f"[{_STATE_STYLE[record.state]}]{record.state.value}[/]"
 
 
 def _print_buffer(run_dir: Path) -> None:
@@ -244,8 +281,9 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
             check_tasks(config)
             return RunDir.create(config)
         run = RunDir.open(config.run_dir)
-        if run.config != config:
-            _fail(f"{run.root} holds a run with another config; pass the run directory, or set a new run.name")
+        if changes := config_changes(run.manifest.config, config_data(config)):
+            _fail(f"{run.root} holds a run with another config ({format_changes(changes)}); pass the run directory, "
+                  f"set a new run.name, or change the run with `selfimprove resume {run.root} --set KEY=VALUE`")
         return run
     except _OPEN_ERRORS as exc:
         _fail(str(exc))

@@ -4,7 +4,9 @@ Both through the real CLI: ``selfimprove curate RUN -i 9`` on a two-iteration
 run must leave ``manifest.json`` byte-identical (it used to add
 ``iter_9/curate``, after which ``status`` named it next and ``resume``
 failed forever), and a second process on a run directory whose lock another
-process holds must fail at once, naming that process.
+process holds must fail at once, naming that process, even after someone
+deleted ``run.lock``. ``status`` tells a running stage from one whose
+process was killed (SIGKILL, for real) by whether anyone holds the lock.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageNotPlannedError, stage_attempt
 from pipeline.run.lock import LOCK_NAME
-from pipeline.run.manifest import MANIFEST_NAME
+from pipeline.run.manifest import MANIFEST_NAME, Manifest, StageState
 from tests.run_helpers import REPO, cli_env, run_cli
 
 
@@ -84,23 +86,33 @@ def test_the_lifecycle_records_failure_and_completion(tmp_path: Path) -> None:
             pass
 
 
-HOLD_LOCK = (
-    "import sys; from pipeline.run.lock import run_lock\n"
-    "with run_lock(sys.argv[1]):\n"
-    "    print('held', flush=True)\n"
-    "    sys.stdin.read()\n"
-)
+HOLD_LOCK = """
+import sys
+from pipeline.run.layout import RunDir
+from pipeline.run.lock import run_lock
+with run_lock(sys.argv[1]):
+    if sys.argv[2:]:
+        RunDir.open(sys.argv[1]).manifest.start(1, sys.argv[2])
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def hold_lock(run: RunDir, *start_stage: str) -> subprocess.Popen:
+    """A process holding the run's lock until its stdin closes (``start_stage`` of iteration 1 marked running)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run.root), *start_stage],
+        cwd=REPO, env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder
 
 
 def test_a_second_process_on_a_locked_run_fails_naming_the_holder(tmp_path: Path) -> None:
     run = new_run(tmp_path)
     before = (run.root / MANIFEST_NAME).read_bytes()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(run.root)],
-        cwd=REPO, env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_lock(run)
     try:
-        assert holder.stdout.readline() == "held\n"
         result = run_cli("curate", str(run.root), "-i", "1")
         message = " ".join(result.stderr.split())
         assert result.returncode == 1
@@ -111,4 +123,38 @@ def test_a_second_process_on_a_locked_run_fails_naming_the_holder(tmp_path: Path
     assert holder.returncode == 0
     after = run_cli("curate", str(run.root), "-i", "1")  # the lock is free again: the stage itself answers
     assert "is in use" not in after.stderr and "rollout stage is not done" in " ".join(after.stderr.split())
-    assert (run.root / LOCK_NAME).read_text().strip().isdigit()
+    assert not (run.root / LOCK_NAME).exists()  # the pid note goes with the process that held the lock
+
+
+def test_deleting_run_lock_does_not_let_a_second_process_drive_the_run(tmp_path: Path) -> None:
+    run = new_run(tmp_path)
+    holder = hold_lock(run)
+    try:
+        assert (run.root / LOCK_NAME).read_text().strip() == str(holder.pid)
+        (run.root / LOCK_NAME).unlink()  # it looks stale (it used to stay after a run, naming a dead pid)
+        before = (run.root / MANIFEST_NAME).read_bytes()
+        result = run_cli("curate", str(run.root), "-i", "1")
+        assert result.returncode == 1
+        assert f"{run.root} is in use by another selfimprove process" in " ".join(result.stderr.split())
+        assert (run.root / MANIFEST_NAME).read_bytes() == before
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+
+
+def test_a_stage_whose_process_was_killed_shows_as_interrupted(tmp_path: Path) -> None:
+    run = new_run(tmp_path)
+    holder = hold_lock(run, "rollout")
+    try:
+        result = run_cli("status", str(run.root))
+        assert "iter_1/rollout │ running" in result.stdout and "interrupted" not in result.stdout, result.stdout
+        refused = run_cli("curate", str(run.root), "-i", "1")  # status's look at the lock left it to its holder
+        assert "is in use by another selfimprove process" in refused.stderr
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, and the manifest keeps saying "running"
+        holder.wait()
+    assert Manifest.load(run.root).record(1, "rollout").state is StageState.RUNNING
+    result = run_cli("status", str(run.root))
+    assert "iter_1/rollout │ interrupted" in result.stdout and "running" not in result.stdout, result.stdout
+    assert f"interrupted: iter_1/rollout (no process drives the run); `selfimprove resume {run.root}` continues it" \
+        in " ".join(result.stdout.split())

@@ -17,6 +17,7 @@ from pipeline.cli import app
 from pipeline.config.settings import parse_config
 from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.layout import RunDir, RunDirError
+from pipeline.run.lock import run_lock
 
 CONFIG = {
     "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
@@ -68,7 +69,8 @@ def test_run_dir_refuses_to_overwrite_and_reopens(tmp_path: Path) -> None:
 def test_status_prints_the_manifest(tmp_path: Path) -> None:
     run = make_run(tmp_path, iterations=1)
     run.manifest.start(0, "eval")
-    result = CliRunner().invoke(app, ["status", str(run.root)])
+    with run_lock(run.root):  # a process drives the run: its stage is running (not interrupted)
+        result = CliRunner().invoke(app, ["status", str(run.root)])
     assert result.exit_code == 0
     assert "iter_0/eval" in result.output and "running" in result.output
     assert "iter_1/train" in result.output and "pending" in result.output

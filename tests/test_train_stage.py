@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.system.atomic import file_digest, write_text_atomic
-from pipeline.config.settings import dump_config
+from pipeline.system.atomic import file_digest
 from pipeline.run.manifest import StageState
 from pipeline.run.layout import RunDir
 from pipeline.methods.rise.stages import run_train_stage
@@ -113,9 +112,7 @@ def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir,
     run = RunDir.open(tmp_path / "r")
     # A learning rate too small to move the weights visibly in 12 steps: iteration 2's adapter must be
     # iteration 1's (trained, non-zero B), where an adapter trained from scratch would have B close to 0.
-    run.config.method.train_from = "previous"
-    run.config.training.learning_rate = 1e-7
-    write_text_atomic(run.root / "config.yaml", dump_config(run.config))
+    run.amend(["method.train_from=previous", "training.learning_rate=1e-7"])  # what `resume --set` does
     finish_curate(run, 2)
     adapter = run_train_stage(RunDir.open(run.root), 2, show_progress=False)
     assert adapter == run.root / "iter_2" / "train" / "adapter"

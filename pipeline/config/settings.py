@@ -9,6 +9,7 @@ unknown keys so that a typo fails before any work starts, and
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -517,6 +518,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read, override and validate a YAML run config."""
+    return parse_config(apply_overrides(read_config_file(path), overrides or []), source=str(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as plain data, unvalidated: for whoever compares configs or must not check task files."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -526,7 +532,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: {unreadable_yaml(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return parse_config(apply_overrides(data, overrides or []), source=str(path))
+    return data
 
 
 def check_tasks(config: PipelineConfig) -> dict[str, int]:
@@ -563,6 +569,36 @@ def dump_config(config: PipelineConfig) -> str:
             node = node.setdefault(section, {})
         node[name] = True
     return yaml.safe_dump(config.model_dump(mode="json", exclude=ignored), sort_keys=False, allow_unicode=True)
+
+
+def config_data(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as the plain data its YAML (:func:`dump_config`) reads back as."""
+    return yaml.safe_load(dump_config(config))
+
+
+_ABSENT = object()
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> dict[str, str]:
+    """Each dotted key whose value differs between two configs' data, as ``{"run.iterations": "2 -> 3"}``.
+
+    Lists count as one value; a key that one side lacks shows as ``(absent)``.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: dict[str, str] = {}
+        for key in dict.fromkeys([*old, *new]):
+            changes |= config_changes(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
+        return changes
+    return {} if old == new else {prefix.removesuffix("."): f"{_shown(old)} -> {_shown(new)}"}
+
+
+def format_changes(changes: dict[str, str]) -> str:
+    """``run.iterations: 2 -> 3; rollout.turns: 3 -> 2``: config changes on one line."""
+    return "; ".join(f"{key}: {change}" for key, change in changes.items())
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -36,17 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from pipeline.config.launch import unreadable_yaml
 from pipeline.config.methods import METHOD_PACKAGES, method_section
+from pipeline.config.settings import ConfigError
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.run.manifest import Manifest, parse_stage_key
-from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, stage_path
+from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, RunDirError, fixed_config_data, stage_path
 
 # The eval stage's outputs this module reads. Spelled here, not imported from
 # pipeline.eval.stage, because that stage imports this module to rewrite the
@@ -125,8 +124,8 @@ def collect_evals(run_root: str | Path) -> list[IterationEval]:
 
 
 def _read_run_config(run_root: Path) -> dict[str, Any]:
-    """The run's resolved ``config.yaml`` as plain data; one that is unreadable or lacks a key the report
-    reads (:data:`REPORTED_KEYS`) is a ReportError naming it.
+    """The run's resolved ``config.yaml`` as plain data; one that is unreadable, was edited since the run started
+    or lacks a key the report reads (:data:`REPORTED_KEYS`) is a ReportError naming it.
 
     Not validated through :func:`pipeline.config.settings.load_config`: that checks task
     files exist, and a report must not fail because a data file moved after
@@ -136,9 +135,9 @@ def _read_run_config(run_root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{run_root} is not a run directory (no {CONFIG_NAME})")
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise ReportError(f"{path} {unreadable_yaml(exc)}") from None
+        config = fixed_config_data(run_root, Manifest.load(run_root))
+    except (RunDirError, ConfigError) as exc:
+        raise ReportError(str(exc)) from None
     if missing := next((key for key in REPORTED_KEYS if not _has_key(config, key)), None):
         raise ReportError(f"{path} is not a run config: it has no {missing}")
     return config

@@ -2,21 +2,33 @@
 
 Two processes that drive the same run (two ``selfimprove resume``, or a
 ``train`` beside a ``run``) would overwrite each other's manifest. Each
-command that writes a run takes an exclusive ``flock`` on ``run.lock`` in
-the run directory for its whole life; the kernel drops the lock when the
-process dies, however it dies, so a killed run never leaves a stale lock.
-Read-only commands (``status``, ``report``) do not lock.
+command that writes a run takes an exclusive ``flock`` on the run directory
+itself for its whole life; the kernel drops the lock when the process dies,
+however it dies, so a killed run never leaves a stale lock. The lock is on
+the directory, not on a file in it, because a file can be deleted while it
+is locked (it looks stale, naming a dead pid) and the next process would
+then lock a new file beside the live holder. ``run.lock`` is only a note of
+the holder's pid, for the message; the holder removes it when it ends.
+
+Read-only commands (``status``, ``report``) do not lock; ``status`` asks
+:func:`run_held` whether anyone drives the run, to tell a running stage
+from one whose process was killed.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.system.atomic import write_text_atomic
+
 LOCK_NAME = "run.lock"
+_TRIES = 10  # a probe of run_held holds a shared lock for an instant: a writer retries for half a second
+_RETRY_S = 0.05
 
 
 class RunLockedError(RuntimeError):
@@ -25,22 +37,46 @@ class RunLockedError(RuntimeError):
 
 @contextmanager
 def run_lock(root: Path) -> Iterator[None]:
-    """Hold ``root/run.lock`` while the body runs; raise :class:`RunLockedError` if another process holds it."""
-    path = Path(root) / LOCK_NAME
-    with open(path, "a+", encoding="utf-8") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
+    """Hold the lock of the directory ``root`` while the body runs; raise :class:`RunLockedError` if another
+    process holds it. ``root/run.lock`` names this process's pid meanwhile."""
+    root = Path(root)
+    note = root / LOCK_NAME
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not _lock_exclusive(fd):
+            holder = note.read_text(encoding="utf-8").strip() if note.is_file() else ""
             raise RunLockedError(
-                f"{root} is in use by another selfimprove process (pid {holder}); wait for it to end or stop it"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+                f"{root} is in use by another selfimprove process (pid {holder or 'unknown'}); "
+                "wait for it to end or stop it"
+            )
+        write_text_atomic(note, f"{os.getpid()}\n")
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            note.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_held(root: Path) -> bool:
+    """Whether a process holds ``root``'s lock; disturbs no holder (a shared lock, taken and released at once)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _lock_exclusive(fd: int) -> bool:
+    """Take the exclusive lock on ``fd``; False when another process keeps it beyond a status probe's instant."""
+    for attempt in range(_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < _TRIES:
+                time.sleep(_RETRY_S)
+    return False

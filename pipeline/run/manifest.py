@@ -9,6 +9,11 @@ The digests are checked, not just kept: :meth:`Manifest.verified_done` asks
 that a done stage's outputs still match them, so no stage consumes a torn, edited
 or deleted output; :meth:`Manifest.damage` says what is wrong for ``status``
 and for ``resume``, which redoes damaged stages (:func:`pipeline.runner.loop.redo_damaged`).
+
+It also holds the config the run started with (``config``, the data of
+``config.yaml``), so that an edit of ``config.yaml`` is noticed rather than
+silently changing what the run's stages, report and exports mean, and the
+changes ``selfimprove resume --set`` made to it since (``overrides``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError, with_config
 
@@ -59,6 +64,8 @@ class _ManifestFile(BaseModel):
 
     run: str
     stages: dict[str, StageRecord]
+    config: dict[str, Any] | None = None  # None: a run from before the config was recorded (layout.fixed_config_data)
+    overrides: list[dict[str, Any]] = []
 
 
 def stage_key(iteration: int, stage: str) -> str:
@@ -101,10 +108,19 @@ def planned_stages(iterations: int, method: str = "rise") -> list[tuple[int, str
 class Manifest:
     """Stage records of one run, persisted as ``manifest.json`` in the run directory."""
 
-    def __init__(self, run_dir: Path, run_name: str, stages: dict[str, StageRecord] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        run_name: str,
+        stages: dict[str, StageRecord] | None = None,
+        config: dict[str, Any] | None = None,
+        overrides: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.stages: dict[str, StageRecord] = stages or {}
+        self.config = config  # None: an older run's manifest (layout.fixed_config_data)
+        self.overrides: list[dict[str, Any]] = overrides or []
         self._intact: dict[str, tuple[str, tuple[int, int, int]]] = {}  # output -> (digest, stat) that matched
 
     @property
@@ -112,9 +128,11 @@ class Manifest:
         return self.run_dir / MANIFEST_NAME
 
     @classmethod
-    def create(cls, run_dir: Path, run_name: str, iterations: int, method: str = "rise") -> "Manifest":
+    def create(
+        cls, run_dir: Path, run_name: str, iterations: int, method: str = "rise", config: dict[str, Any] | None = None
+    ) -> "Manifest":
         plan = planned_stages(iterations, method)
-        manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in plan})
+        manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in plan}, config)
         manifest.save()
         return manifest
 
@@ -136,13 +154,26 @@ class Manifest:
                     _check_output_name(name)
         except ValueError as exc:
             raise CorruptFileError(f"{path}: not a run manifest ({exc})") from None
-        return cls(Path(run_dir), data.run, data.stages)
+        return cls(Path(run_dir), data.run, data.stages, data.config, data.overrides)
 
     def save(self) -> None:
-        write_json_atomic(
-            self.path,
-            {"run": self.run_name, "updated_at": _now(), "stages": {k: v.to_dict() for k, v in self.stages.items()}},
-        )
+        data: dict[str, Any] = {"run": self.run_name, "updated_at": _now()}
+        if self.config is not None:
+            data |= {"config": self.config, "overrides": self.overrides}
+        write_json_atomic(self.path, data | {"stages": {k: v.to_dict() for k, v in self.stages.items()}})
+
+    def amend_config(
+        self, config: dict[str, Any], overrides: list[str], changes: dict[str, str], plan: list[tuple[int, str]]
+    ) -> None:
+        """Record a deliberate change of the run's config (``--set`` overrides) and the plan it gives; saves.
+
+        Stages of the new plan that the old one lacked start pending; the
+        caller has made sure that no stage the new plan drops is done.
+        """
+        self.config = config
+        self.overrides.append({"at": _now(), "set": overrides, "changes": changes})
+        self.stages = {stage_key(i, s): self.stages.get(stage_key(i, s)) or StageRecord() for i, s in plan}
+        self.save()
 
     def record(self, iteration: int, stage: str) -> StageRecord:
         """The stage's record; a stage the manifest does not hold reads as a fresh pending one.
