@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-cpu
 GPU_STAMP := $(VENV)/.installed-gpu
 
-.PHONY: install install-gpu tcmalloc test demo demo-exit bench clean-venv
+.PHONY: install install-gpu tcmalloc test docs docs-reference demo demo-exit bench clean-venv
 
 install: $(STAMP)
 
@@ -47,6 +47,15 @@ $(GPU_STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml, docs/) into site/; a warning (a broken link or anchor) fails it.
+# tests/test_docs.py builds it the same way.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# docs/configuration.md, written from the config's pydantic models (tests/test_docs.py fails while it differs).
+docs-reference: install
+	$(PY) -m pipeline.config.reference docs/configuration.md
 
 # The quickstart: RISE on arithmetic with SmolLM2-135M-Instruct on vLLM's CPU build
 # (eval of the base model, then 2 iterations). A second `make demo` resumes the

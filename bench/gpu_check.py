@@ -1,8 +1,8 @@
 """The GPU check: weighted SFT against plain TRL, an ExIt GRPO step on the hf backend, hf rollout throughput.
 
 One command for a lent GPU machine (one H100/H200 with torch, transformers,
-peft and accelerate, but no TRL and no vLLM: carry the missing wheels, README
-"Benchmarks"). It needs no network and no model download: the models are
+peft and accelerate, but no TRL and no vLLM: carry the missing wheels,
+docs/benchmarks.md, "The GPU check"). It needs no network and no model download: the models are
 random weights in the shapes of SmolLM2-135M (the quickstart's model) and
 SmolLM2-1.7B, with the SmolLM2 tokenizer (``--tokenizer``, default the
 embedded model's). Random weights time the same kernels as trained ones.

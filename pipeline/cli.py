@@ -106,7 +106,10 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="Validate and print the resolved config, write nothing.")] = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Start a run: eval(0), then rollout -> curate -> train -> eval per iteration."""
+    """Start a run: eval(0), then rollout -> curate -> train -> eval per iteration.
+
+    Example: selfimprove run configs/quickstart.yaml --set run.name=mine
+    """
     try:
         resolved = load_config(config, overrides or [])
         counts = check_tasks(resolved)
@@ -131,6 +134,8 @@ def resume(run_dir: RunDirArg, overrides: SetOpt = None, progress: ProgressOpt =
     """Continue an interrupted run from its first unfinished stage, redoing damaged stages and those built on them.
 
     --set changes the run's config from here on (say, more iterations); the manifest records the change.
+
+    Example: selfimprove resume runs/mine
     """
     from pipeline.runner.loop import redo_damaged
 
@@ -186,7 +191,10 @@ def _drive(run: RunDir, progress: bool) -> None:
 
 @app.command()
 def status(run_dir: RunDirArg) -> None:
-    """Show each stage's state, attempts, finish time and outputs from the run manifest."""
+    """Show each stage's state, attempts, finish time and outputs from the run manifest.
+
+    Example: selfimprove status runs/mine
+    """
     try:
         manifest = Manifest.load(run_dir)
     except _OPEN_ERRORS as exc:
@@ -316,14 +324,20 @@ def rollout(
     overrides: SetOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Generate and grade multi-turn revision trajectories with iteration K-1's model."""
+    """Generate and grade multi-turn revision trajectories with iteration K-1's model.
+
+    Example: selfimprove rollout runs/mine -i 1
+    """
     path = _run_stage("rollout", _open_or_create_run(target, overrides), iteration, progress)
     console.print(f"[green]rollouts[/]: {path}")
 
 
 @app.command()
 def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
-    """Turn iteration K's rollouts into the weighted training set (RISE)."""
+    """Turn iteration K's rollouts into the weighted training set (RISE).
+
+    Example: selfimprove curate runs/mine -i 1
+    """
     from pipeline.methods.rise.curation import format_summary
 
     try:
@@ -342,7 +356,10 @@ def train(
     overrides: SetOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train iteration K's model (launched with accelerate): RISE on its curated data, ExIt by GRPO from its buffer."""
+    """Train iteration K's model (launched with accelerate): RISE on its curated data, ExIt by GRPO from its buffer.
+
+    Example: selfimprove train runs/mine -i 1
+    """
     path = _run_stage("train", _open_or_create_run(target, overrides), iteration, progress)
     console.print(f"[green]trained[/]: {path}")
 
@@ -357,6 +374,9 @@ def join(
     Start it once, after `selfimprove run` on machine 0, in the same repository path with the run directory on a
     shared filesystem. Machine 0 writes the run's outputs and manifest; this machine's processes add only their
     own state to the checkpoints.
+
+
+    Example: selfimprove join /shared/runs/gsm8k-2x8 --machine-rank 1
     """
     from pipeline.training.launch import TrainError, join_training
 
@@ -384,7 +404,10 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Output directory; required with --tasks/--turns/--samples.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1."""
+    """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1.
+
+    Example: selfimprove eval runs/mine -i 2 --turns 5 --out runs/mine/eval-t5
+    """
     from pipeline.eval.custom import run_custom_eval
     from pipeline.eval.evaluation import format_eval_table
 
@@ -415,6 +438,9 @@ def serve(
     """Run the vLLM rollout service in the foreground until Ctrl-C: rollout.server.replicas servers, port, port+1, ...
 
     Point runs at them with `--set rollout.urls=[URL,...]` to keep them up between stages, or to use other hosts.
+
+
+    Example: selfimprove serve configs/quickstart.yaml --port 8000
     """
     from pipeline.engine.model_store import resolve_model
     from pipeline.engine.vllm_server import replica_servers, start_servers
@@ -454,7 +480,10 @@ def compare(
     ] = None,
     out: Annotated[Path, typer.Option(help="Where compare.md, compare.json and compare.png go.")] = Path("runs/compare"),
 ) -> None:
-    """Headline metrics of several evaluations of the same tasks, each difference from the first with its paired 95 % interval."""
+    """Headline metrics of several evaluations of the same tasks, each difference from the first with its paired 95 % interval.
+
+    Example: selfimprove compare runs/mine/iter_0/eval runs/mine
+    """
     from pipeline.eval.compare import CompareError, compare_evals, comparison_table, resolve_eval, write_comparison
 
     try:
@@ -479,7 +508,10 @@ def export(
         Optional[str], typer.Option("--push-to-hub", help="Then upload the folder to this hub repo (private).")
     ] = None,
 ) -> None:
-    """Export iteration K's model as a Hugging Face checkpoint with a model card, or (--data) the run's data as parquet."""
+    """Export iteration K's model as a Hugging Face checkpoint with a model card, or (--data) the run's data as parquet.
+
+    Example: selfimprove export runs/mine -i 2 --out exports/mine-iter2
+    """
     import shlex
     import sys
 
@@ -509,7 +541,10 @@ def export(
 
 @app.command()
 def report(run_dir: RunDirArg) -> None:
-    """Write report.md and the plots (accuracy by turn; sequential vs parallel) for a run, and print the table."""
+    """Write report.md and the plots (accuracy by turn; sequential vs parallel) for a run, and print the table.
+
+    Example: selfimprove report runs/mine
+    """
     _print_report(run_dir)
 
 

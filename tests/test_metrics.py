@@ -1,4 +1,4 @@
-"""Metrics against their definitions in DESIGN.md and the HumanEval reference estimator."""
+"""Metrics against their definitions in docs/metrics.md and the HumanEval reference estimator."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
+from pipeline.config.reference import key_link
 from pipeline.config.sections import StrictModel, attempts_shown
 
 if TYPE_CHECKING:
@@ -36,14 +37,17 @@ class ConfigError(ValueError):
 
 
 class RunSection(StrictModel):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name under output_dir.")
-    output_dir: Path = Path("runs")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="NumPy's seed range, which training's set_seed needs.")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="The run directory's name: the run lives in "
+                      "`output_dir/name`.")
+    output_dir: Path = Field(Path("runs"), description="The folder that holds run directories.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds every request (per task, sample and turn; stable "
+                      "across resumes) and training; at most NumPy's largest seed, which training's set_seed needs.")
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="Experiment trackers the training and the pipeline log into (pipeline/tracking/trackers.py); "
-        "[] logs nowhere. tensorboard writes local files only; wandb needs the tracking extra.",
+        description="Experiment trackers the training and the pipeline log into, on one global step: `tensorboard` "
+        "(local files only) and/or `wandb` (the `tracking` extra; offline unless `WANDB_MODE=online`); `[]` logs "
+        "nowhere.",
     )
 
     @field_validator("report_to")
@@ -74,11 +78,15 @@ class RunSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    name_or_path: str = Field(EMBEDDED_MODEL, description="Local directory, hub id, or the embedded default.")
+    name_or_path: str = Field(EMBEDDED_MODEL, description="A local checkpoint directory, a hub id, or the embedded "
+                              "SmolLM2-135M-Instruct (converted once into `~/.cache/selfimprove`, or "
+                              "`$SELFIMPROVE_CACHE`).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else float32."
+        "auto", description="The dtype served and trained in. `auto`: bfloat16 on a GPU or a CPU that computes it "
+        "natively (AVX512-BF16 or AMX), else float32."
     )
-    max_model_len: int = Field(2048, gt=0)
+    max_model_len: int = Field(2048, gt=0, description="The context in tokens (vLLM's `--max-model-len`): every "
+                               "request's prompt and answer must fit it.")
 
     @field_validator("name_or_path")
     @classmethod
@@ -100,33 +108,41 @@ class ModelSection(StrictModel):
 class ServerSection(StrictModel):
     """Settings for the vLLM server the pipeline starts (ignored when ``rollout.urls`` is set)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="The address the servers listen on; `0.0.0.0` accepts other machines.")
     port: int | None = Field(
-        None, ge=1, le=65535, description="None picks a free port; with several replicas, replica i uses port + i."
+        None, ge=1, le=65535, description="null picks a free port; with several replicas, replica i uses port + i."
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM --tensor-parallel-size).")
-    replicas: int = Field(1, ge=1, description="Data-parallel servers to start; requests are spread across them.")
+    replicas: int = Field(1, ge=1, description="Data-parallel servers the pipeline (or `selfimprove serve`) starts "
+                          "side by side, each on its own port and GPUs; requests go to the one with the fewest in "
+                          "flight, and adapters are loaded into all.")
     gpu_ids: list[int] | None = Field(
         None,
         description="GPUs of the replicas, tensor_parallel_size each, in order (their CUDA_VISIBLE_DEVICES); "
-        "None: one replica keeps the pipeline's GPUs, several take consecutive slices of them.",
+        "null: one replica keeps the pipeline's GPUs, several take consecutive slices of them.",
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    cpu_kvcache_space_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="The share of each GPU's memory vLLM may use "
+                                          "(`--gpu-memory-utilization`).")
+    cpu_kvcache_space_gib: int = Field(2, ge=1, description="The KV cache in GiB on vLLM's CPU build "
+                                       "(VLLM_CPU_KVCACHE_SPACE).")
     cpu_reserved_cores: int | None = Field(
-        0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU for the CPU build: cores kept off the model for vLLM's "
-        "scheduler process. 0 runs the model on every core (2x the tokens/s of vLLM's default on 2 cores: "
-        "bench/rollout.py); None keeps vLLM's default, one core per worker.",
+        0, ge=0, description="Cores vLLM's CPU build keeps off the model for its scheduler process "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU): 0 runs the model on every core; null keeps vLLM's default, one core per "
+        "worker.",
     )
-    max_lora_rank: int = Field(16, ge=1)
-    max_loras: int = Field(2, ge=1)
-    max_num_seqs: int = Field(128, ge=1)
+    max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank served (`--max-lora-rank`); a larger "
+                               "adapter fails before the server is asked.")
+    max_loras: int = Field(2, ge=1, description="Adapters a server holds at once (`--max-loras`).")
+    max_num_seqs: int = Field(128, ge=1, description="Sequences a server batches at once (`--max-num-seqs`).")
     chunked_prefill: bool | None = Field(
-        None, description="None: off on the vllm-cpu build (seeded sampling crashes it there), vLLM's default elsewhere."
+        None, description="null: off on the vllm-cpu build (its engine crashes when a seeded request's prefill is "
+        "split into chunks), vLLM's default elsewhere; true or false overrides."
     )
-    startup_timeout_s: float = Field(600, gt=0)
-    max_restarts: int = Field(2, ge=0, description="Restarts after a crash before the stage fails.")
-    extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+    startup_timeout_s: float = Field(600, gt=0, description="Seconds a server may take to answer `/health` before "
+                                     "the stage fails.")
+    max_restarts: int = Field(2, ge=0, description="Restarts of a crashed server (its adapters loaded again, its "
+                              "unfinished requests re-sent) before the stage fails.")
+    extra_args: list[str] = Field(default_factory=list, description="Arguments passed verbatim to the vLLM server.")
 
     @model_validator(mode="after")
     def _gpu_ids_fill_the_replicas(self) -> "ServerSection":
@@ -150,56 +166,81 @@ class ServerSection(StrictModel):
 
 
 class SamplingSection(StrictModel):
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, gt=0)
-    stop: list[str] = Field(default_factory=list)
+    """How one kind of request samples: collection and GRPO (``rollout.sampling``) or evaluation."""
+
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy, and then a request can "
+                               "draw only one sample.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the probability mass sampled from.")
+    max_tokens: int = Field(256, gt=0, description="The longest answer in tokens. With the earlier attempts a turn's "
+                            "prompt shows uncut (`turns - 1`, cut by `history_window`; each up to `max_tokens`), it "
+                            "must be below `model.max_model_len`; ExIt cuts its prompts to fit, so there `max_tokens` "
+                            "alone must be.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end an answer.")
 
 
 class TemplatesSection(StrictModel):
     """Prompt templates of the revision protocol; defaults in :mod:`pipeline.config.prompts`."""
 
-    system: str | None = DEFAULT_TEMPLATES["system"]
-    binary_feedback: str = DEFAULT_TEMPLATES["binary_feedback"]
-    grader_feedback: str = DEFAULT_TEMPLATES["grader_feedback"]
-    no_feedback: str = DEFAULT_TEMPLATES["no_feedback"]
-    hint: str = DEFAULT_TEMPLATES["hint"]
-    improve: str = DEFAULT_TEMPLATES["improve"]
-    diverge: str = DEFAULT_TEMPLATES["diverge"]
+    system: str | None = Field(DEFAULT_TEMPLATES["system"], description="The system message of every conversation; "
+                               "null: none.")
+    binary_feedback: str = Field(DEFAULT_TEMPLATES["binary_feedback"], description="The user message after an answer "
+                                 "with `binary` feedback (in evaluation, whatever the truth).")
+    grader_feedback: str = Field(DEFAULT_TEMPLATES["grader_feedback"], description="The user message after an answer "
+                                 "with `grader` feedback; `{feedback}` receives the grader's own text.")
+    no_feedback: str = Field(DEFAULT_TEMPLATES["no_feedback"], description="The user message after an answer with "
+                             "`none` feedback: a request to review it.")
+    hint: str = Field(DEFAULT_TEMPLATES["hint"], description="`method.rationalize`'s rewrite of the last user message "
+                      "of a state no sample solved: `{message}` is that message, `{reference}` the reference answer.")
+    improve: str = Field(DEFAULT_TEMPLATES["improve"], description="The request for an improvement: an ExIt step, and "
+                         "the user message after an answer with `improve` feedback.")
+    diverge: str = Field(DEFAULT_TEMPLATES["diverge"], description="ExIt's divergence prompt (with probability "
+                         "`method.divergence_prob`): an improvement by a significantly different approach.")
 
 
 class TeacherSection(StrictModel):
     """Another served model that answers turns > 1 (RISE distillation)."""
 
-    url: str
-    model: str
-    api_key: str | None = None
+    url: str = Field(description="The teacher's OpenAI-compatible endpoint.")
+    model: str = Field(description="The model name the teacher's server serves.")
+    api_key: str | None = Field(None, description="The teacher server's API key; null: none.")
 
 
 class RolloutSection(StrictModel):
-    backend: Literal["vllm", "hf"] = "vllm"
-    urls: list[str] = Field(default_factory=list, description="Running servers to use instead of starting one.")
-    server: ServerSection = Field(default_factory=ServerSection)
-    max_concurrency: int = Field(64, ge=1)
-    request_timeout_s: float = Field(300, gt=0)
-    max_retries: int = Field(3, ge=0)
+    backend: Literal["vllm", "hf"] = Field("vllm", description="`vllm` (servers the pipeline starts, or "
+                                           "`rollout.urls`) or `hf` (transformers' `generate`, the fallback).")
+    urls: list[str] = Field(default_factory=list, description="Running servers to use instead of starting one; "
+                            "requests spread across them. Trained iterations are then served as LoRA adapters.")
+    server: ServerSection = Field(default_factory=ServerSection, description="The vLLM servers the pipeline starts.")
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight at once.")
+    request_timeout_s: float = Field(300, gt=0, description="Seconds before a request is given up and retried.")
+    max_retries: int = Field(3, ge=0, description="Retries of a failed request, backing off exponentially; then its "
+                             "trajectory ends with the error.")
     hf_batch_size: int = Field(16, ge=1, description="Batch size of the hf backend.")
     serve_merged: bool = Field(
         False,
-        description="Serve trained iterations as LoRA-merged checkpoints (faster on vLLM CPU) instead of adapters.",
+        description="Serve trained iterations as LoRA-merged checkpoints instead of runtime adapters (faster on "
+        "vLLM's CPU build); needs a managed server (no `rollout.urls`). ExIt's training still syncs its adapter; its "
+        "eval serves a merged copy.",
     )
-    turns: int = Field(3, ge=1)
+    turns: int = Field(3, ge=1, description="Turns per collection trajectory (RISE).")
     samples_per_turn: int | list[int] = Field(
         default_factory=lambda: [1, 4],
         description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
         "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
     )
-    feedback: Literal["binary", "grader", "none", "improve"] = "binary"
-    stop_at_success: bool = True
-    history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in the prompt.")
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
-    teacher: TeacherSection | None = None
-    templates: TemplatesSection = Field(default_factory=TemplatesSection)
+    feedback: Literal["binary", "grader", "none", "improve"] = Field(
+        "binary", description="The user message after a collection turn: `binary` says \"incorrect\", `grader` gives "
+        "the grader's own text, `none` asks for a review, `improve` for an improvement.")
+    stop_at_success: bool = Field(True, description="Stop a collection trajectory at its first correct turn; false "
+                                  "goes on, told \"incorrect\" as in evaluation (the states keep targets need).")
+    history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in a turn's prompt; "
+                                       "null: all.")
+    sampling: SamplingSection = Field(default_factory=SamplingSection, description="How collection and GRPO requests "
+                                      "sample.")
+    teacher: TeacherSection | None = Field(None, description="A served model that answers turns > 1 "
+                                           "(`method.mode: distill`); null: none.")
+    templates: TemplatesSection = Field(default_factory=TemplatesSection, description="The prompts of the revision "
+                                        "protocol.")
 
     @field_validator("samples_per_turn")
     @classmethod
@@ -228,9 +269,12 @@ class RolloutSection(StrictModel):
 
 
 class TaskSourceSection(StrictModel):
-    source: str
-    options: dict[str, Any] = Field(default_factory=dict)
-    limit: int | None = Field(None, ge=1)
+    """One split's tasks: a task source by name, with its options."""
+
+    source: str = Field(description="The task source's name (docs/tasks-and-graders.md lists them and their options).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The task source's options; a key ending in "
+                                    "`path` must name an existing file.")
+    limit: int | None = Field(None, ge=1, description="Keep the first this many tasks of the split; null: all.")
 
     @field_validator("source")
     @classmethod
@@ -256,8 +300,8 @@ class TaskSourceSection(StrictModel):
 
 
 class TasksSection(StrictModel):
-    train: TaskSourceSection
-    eval: TaskSourceSection
+    train: TaskSourceSection = Field(description="The training tasks (RISE's collection, ExIt's fresh groups).")
+    eval: TaskSourceSection = Field(description="The held-out tasks every eval runs.")
 
 
 def max_grading_workers() -> int:
@@ -274,10 +318,13 @@ def max_grading_workers() -> int:
 
 
 class GraderSection(StrictModel):
-    name: str = "numeric"
-    options: dict[str, Any] = Field(default_factory=dict)
-    workers: int = Field(2, ge=1, description="Grading worker processes; at most max_grading_workers().")
-    timeout_s: float = Field(10.0, gt=0, description="Hard limit per graded response.")
+    name: str = Field("numeric", description="The grader's name (docs/tasks-and-graders.md lists them and their "
+                      "options).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The grader's options.")
+    workers: int = Field(2, ge=1, description="Grading worker processes (`math` and `code`; `numeric` grades "
+                         "in-process); at most 4 per CPU, or 8.")
+    timeout_s: float = Field(10.0, gt=0, description="Hard limit in seconds per graded response; a response over it "
+                             "scores 0.")
 
     @field_validator("name")
     @classmethod
@@ -302,49 +349,61 @@ class GraderSection(StrictModel):
 
 
 class TrainingSection(StrictModel):
-    finetune: Literal["lora", "qlora", "full"] = "lora"
+    finetune: Literal["lora", "qlora", "full"] = Field("lora", description="`lora`, `qlora` (LoRA on the base loaded "
+                                                       "in 4-bit NF4 by bitsandbytes) or `full`.")
     loss_normalization: Literal["weights", "mean"] = Field(
         "weights",
-        description="Weighted SFT loss: sum w_i L_i over sum w_i ('weights', ours) or over the example count "
-        "('mean', RISE's reference code).",
+        description="Weighted SFT loss: sum w_i L_i over sum w_i (`weights`, so the learning rate needs no retuning "
+        "whatever tau is) or over the example count (`mean`, RISE's reference code).",
     )
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = Field(3e-4, gt=0)
-    epochs: float = Field(2, gt=0)
-    per_device_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_seq_length: int = Field(1024, gt=0)
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on LoRA's input.")
+    target_modules: str | list[str] = Field("all-linear", description="The modules LoRA adapts: `all-linear` or a list "
+                                            "of module names.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(2, gt=0, description="Epochs over each iteration's training set (RISE).")
+    per_device_batch_size: int = Field(8, ge=1, description="Examples per process in a micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step: a step covers "
+                                             "processes x per_device_batch_size x this many examples.")
+    max_seq_length: int = Field(1024, gt=0, description="The longest training example in tokens (RISE).")
     train_sampling_strategy: Literal["random", "group_by_length"] = Field(
-        "group_by_length", description="Order of the SFT examples: 'group_by_length' batches examples of similar "
+        "group_by_length", description="Order of the SFT examples: `group_by_length` batches examples of similar "
         "length (transformers' LengthGroupedSampler, in random order), so that little of a batch is padding.",
     )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler: str = "cosine"
-    gradient_checkpointing: bool = False
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; None keeps all.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="The share of the steps that warm the learning rate up.")
+    lr_scheduler: str = Field("cosine", description="transformers' learning-rate schedule (`cosine`, `linear`, "
+                              "`constant`, ...).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
+                                         "more compute.")
+    save_steps: int = Field(50, ge=1, description="A checkpoint every this many optimizer steps; an interrupted train "
+                            "stage resumes from the newest complete one.")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; null keeps all.")
     accelerate_config: Path | None = Field(
-        None, description="accelerate YAML (configs/accelerate/): DDP, FSDP2, DeepSpeed; None: plain processes."
+        None, description="An accelerate YAML for `accelerate launch` (configs/accelerate/: DDP, FSDP2, DeepSpeed "
+        "ZeRO-2/3, 2 machines, CPU); null: plain processes (one on a CPU without CUDA, or num_processes under "
+        "torchrun)."
     )
     num_processes: int | None = Field(
-        None, ge=1, description="Training processes on all machines together; None: the accelerate config's, else 1."
+        None, ge=1, description="Training processes on all machines together, dividing evenly among them; null: the "
+        "accelerate config's, else 1."
     )
     num_machines: int | None = Field(
-        None, ge=1, description="Machines taking part; None: the accelerate config's, else 1."
+        None, ge=1, description="Machines taking part; null: the accelerate config's, else 1."
     )
-    main_process_ip: str | None = Field(None, description="Address of machine rank 0, which the others connect to.")
+    main_process_ip: str | None = Field(None, description="Machine 0's address as the other machines reach it; needed "
+                                        "with several machines (null: the accelerate config's).")
     main_process_port: int | None = Field(
-        None, ge=1, le=65535, description="Port on machine rank 0 for the rendezvous."
+        None, ge=1, le=65535, description="Machine 0's rendezvous port (null: the accelerate config's; a single "
+        "machine picks a free port)."
     )
     gpu_ids: list[int] | None = Field(
-        None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); None: all."
+        None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); null: all."
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where model.dtype runs as bfloat16 (a GPU, a CPU with native bfloat16), "
-        "else no (float32)."
+        "else no (float32); fp16 keeps float32 weights under fp16 autocast with loss scaling. Overrides the "
+        "accelerate config's."
     )
 
     @field_validator("accelerate_config")
@@ -380,31 +439,41 @@ def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
 
 class EvaluationSection(StrictModel):
     turns: int = Field(3, ge=2, description="Turns T; at least 2, since evaluation measures revision.")
-    samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k).")
+    samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k); with fewer than T, T extra "
+                         "first-turn answers per task are drawn for the parallel baseline.")
     feedback: Literal["binary", "none", "improve"] = Field(
-        "binary", description="Without oracle: 'binary' always says incorrect; 'improve' asks for an improvement (ExIt)."
+        "binary", description="The user message after every answer, never revealing correctness: `binary` always "
+        "says \"incorrect\", `none` asks for a review, `improve` for an improvement (ExIt: turn t is improvement "
+        "step t-1)."
     )
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection, description="How eval requests sample.")
     history_window: int | None = Field(
         None,
         ge=1,
-        description="Keep only the last W attempts in an eval turn's prompt (RISE's --context_window is W + 1); "
-        "unset: rollout.history_window.",
+        description="Keep only the last W attempts in an eval turn's prompt (RISE's --context_window is W + 1), so "
+        "an eval can run more turns than training saw; null: rollout.history_window. Recorded in eval.json.",
     )
 
 
 class PipelineConfig(StrictModel):
-    run: RunSection = Field(default_factory=RunSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    rollout: RolloutSection = Field(default_factory=RolloutSection)
-    tasks: TasksSection
-    grader: GraderSection = Field(default_factory=GraderSection)
+    run: RunSection = Field(default_factory=RunSection, description="Where the run lives and how many iterations it "
+                            "goes.")
+    model: ModelSection = Field(default_factory=ModelSection, description="The base model every iteration starts "
+                                "from.")
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="How the model is served and asked: "
+                                    "RISE's collection, ExIt's GRPO groups, and the servers of every stage.")
+    tasks: TasksSection = Field(description="The training tasks and the held-out tasks.")
+    grader: GraderSection = Field(default_factory=GraderSection, description="The grader that scores every answer, "
+                                  "and its process pool.")
     # Each registered method's section (pipeline/config/methods.py), told apart by its name.
     method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: method_section(DEFAULT_METHOD)()
+        default_factory=lambda: method_section(DEFAULT_METHOD)(),
+        description="The method and its settings, told apart by `name`.",
     )
-    training: TrainingSection = Field(default_factory=TrainingSection)
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    training: TrainingSection = Field(default_factory=TrainingSection, description="How each iteration trains: the "
+                                      "fine-tuning, the optimizer, and the processes and machines it runs on.")
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="How every eval runs: T "
+                                          "turns per held-out task, never told whether an answer was right.")
 
     @model_validator(mode="after")
     def _greedy_means_one_sample(self) -> "PipelineConfig":
@@ -602,7 +671,8 @@ def _shown(value: Any) -> str:
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    """Every problem on one line: ``source: key: message``, several joined by `` | `` after their count."""
+    """Every problem on one line: ``source: key: message (see its reference entry)``, several joined by `` | ``
+    after their count."""
     problems = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
@@ -610,6 +680,6 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             del loc[1]  # the union tag pydantic inserts for the discriminated section
         message = " ".join(error["msg"].removeprefix("Value error, ").split())
         # A check of the whole config names its keys in its message.
-        problems.append(f"{'.'.join(loc)}: {message}" if loc else message)
+        problems.append(f"{'.'.join(loc)}: {message} (see {key_link(PipelineConfig, loc)})" if loc else message)
     count = "" if len(problems) == 1 else f"{len(problems)} invalid setting(s): "
     return f"{source}: {count}{' | '.join(problems)}"

@@ -3,8 +3,8 @@
 bfloat16 halves the memory traffic of serving and training, but only
 hardware that computes it natively is faster for it. GPUs do; of CPUs, only
 those with AVX512-BF16 or AMX. On an AVX2-only CPU, torch and vLLM emulate
-bfloat16 through float32 conversions, and serving a 135M model there runs
-2.6x slower in bfloat16 than in float32 (README, "The quickstart").
+bfloat16 through float32 conversions, and serving a 135M model there is
+slower in bfloat16 than in float32 (docs/benchmarks.md, "The CPU, measured").
 """
 
 from __future__ import annotations

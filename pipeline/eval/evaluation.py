@@ -1,7 +1,7 @@
-"""Eval-stage summaries: rollout records in, DESIGN.md ("Metrics") figures out.
+"""Eval-stage summaries: rollout records in, the figures of docs/metrics.md out.
 
-Everything here is a pure function of the records (the schema of README.md,
-"Run directory"), so the eval stage, the CLI and the tests share one
+Everything here is a pure function of the records (the schema of
+docs/run-directory.md), so the eval stage, the CLI and the tests share one
 definition. The metric arithmetic itself lives in :mod:`pipeline.eval.metrics`;
 this module only turns records into :class:`TurnOutcome` trajectories,
 checks that they are complete and balanced, and names the results.

@@ -1,4 +1,4 @@
-"""Evaluation metrics, exactly as DESIGN.md ("Metrics") defines them.
+"""Evaluation metrics, exactly as docs/metrics.md defines them.
 
 Inputs are plain data the eval stage builds from rollout records: one
 :class:`TurnOutcome` per graded answer, a trajectory is the list of outcomes

@@ -150,7 +150,7 @@ def dataset_card(run: RunDir, files: dict[tuple[str, str], str], counts: dict[tu
     lines = [f"# selfimprove run `{run.config.run.name}`: trajectories and training data", "",
              f"Method {run.config.method.name}, model `{run.config.model.name_or_path}`, grader "
              f"`{run.config.grader.name}`. Every split is one file of the run directory, row for row "
-             "(the run directory's README section \"Run directory\" documents each field).", "",
+             "(selfimprove's docs/run-directory.md documents each field).", "",
              "```python", "from datasets import load_dataset", "",
              f"eval_trajectories = load_dataset(PATH, \"eval\")  # splits {', '.join(s for c, s in files if c == 'eval')}",
              "```"]

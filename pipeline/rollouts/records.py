@@ -1,10 +1,9 @@
 """The records a rollout writes: one trajectory per line of ``rollouts.jsonl``, its turns, their candidates.
 
 Typed here once, so that the runner that writes them and the tests that
-build them agree on every key. ``to_dict`` keeps the field order, which is
-the key order of the JSON written: the same bytes as before these types
-existed, so seeded figures do not move. Readers (curation, evaluation,
-export) take the dicts as read from the file.
+build them agree on every key (docs/run-directory.md, "Records"). ``to_dict``
+keeps the field order, which is the key order of the JSON written. Readers
+(curation, evaluation, export) take the dicts as read from the file.
 """
 
 from __future__ import annotations
@@ -58,7 +57,8 @@ class TrajectoryRecord:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as written; a turn without a rationale has no ``rationale`` key, as before it existed."""
+        """The record as written; a turn without a rationale has no ``rationale`` key (only ``method.rationalize``
+        writes one)."""
         data = asdict(self)
         for turn in data["turns"]:
             if turn["rationale"] is None:

@@ -39,7 +39,8 @@ class ExitSection(MethodSection):
         "rollout.teacher": "GRPO samples from the policy being trained",
     }
 
-    name: Literal["exit"] = "exit"
+    name: Literal["exit"] = Field("exit", description="ExIt: GRPO on single improvement steps drawn from a buffer of "
+                                  "learnable partial histories (docs/exit.md).")
     buffer_capacity: int = Field(512, ge=1, description="N: the buffer keeps the top N instances by learnability.")
     min_buffer: int = Field(128, ge=0, description="B_min: items needed before the buffer is sampled.")
     select_prob: float = Field(0.5, ge=0, le=1, description="p: chance a group continues a buffer instance.")

@@ -23,9 +23,14 @@ class RiseSection(MethodSection):
     WORKER: ClassVar[str] = "pipeline.methods.rise.training"
     REPORTED: ClassVar[tuple[str, ...]] = ("mode", "selection", "tau", "train_from", "accumulate", "boost")
 
-    name: Literal["rise"] = "rise"
-    mode: Literal["self_distill", "distill"] = "self_distill"
-    selection: Literal["all", "better", "best", "success"] = "all"
+    name: Literal["rise"] = Field("rise", description="RISE: reward-weighted SFT on the turns of multi-turn revision "
+                                  "rollouts (docs/rise.md).")
+    mode: Literal["self_distill", "distill"] = Field("self_distill", description="`self_distill`: the model's own best "
+                                                     "answers are the targets; `distill`: a served teacher "
+                                                     "(`rollout.teacher`) answers turns > 1.")
+    selection: Literal["all", "better", "best", "success"] = Field(
+        "all", description="Which turns become examples: `all`; `better`, a reward above the previous turn's (the "
+        "first turn's above 0); `best`, no earlier turn's reward higher; `success`, the correct turns.")
     tau: float = Field(0.4, gt=0, description="Temperature of the weights exp(r / tau).")
     accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
     train_from: Literal["base", "previous"] = Field("base", description="Retrain from the base or continue the previous adapter.")

@@ -1,7 +1,7 @@
 """RISE training data from rollout records: selection, weights, boost, accumulation.
 
 Pure functions over the rollout records of ``iter_K/rollout/rollouts.jsonl``
-(schema in README "Run directory"). Each kept turn becomes one weighted SFT
+(schema in docs/run-directory.md). Each kept turn becomes one weighted SFT
 example: the input is the history the model saw before the turn, the target
 is the turn's best action, and the weight is ``exp(reward / tau)``
 (reward-weighted regression, as in RISE; the reference code uses tau = 0.4).
@@ -12,7 +12,7 @@ A turn that gave no answer is a wrong answer (the grader says ``parsed`` None
 without an ``error``) and is rewarded ``unparsed_reward`` (RISE: -1, weight
 exp(-1 / 0.4) = 0.08), not skipped.
 
-Self-correction constructions (shared DESIGN.md, "RISE"), each off unless
+Self-correction constructions (docs/rise.md, "Self-correction data"), each off unless
 configured, each a fix for a state RISE's own data never holds:
 
 - **keep targets** (with ``rollout.stop_at_success: false``): a turn after a
@@ -72,7 +72,7 @@ class Example:
     completion: str
     reward: float
     weight: float
-    kind: Kind | None = None  # None: written before kinds were recorded
+    kind: Kind | None = None  # None: unclassified, left out of the summary's counts
     answered: bool = True  # False: the target gave no parseable answer
 
     def to_dict(self) -> dict[str, Any]:
