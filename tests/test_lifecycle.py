@@ -11,6 +11,7 @@ process was killed (SIGKILL, for real) by whether anyone holds the lock.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,30 @@ def test_a_stage_whose_process_was_killed_shows_as_interrupted(tmp_path: Path) -
     assert "iter_1/rollout │ interrupted" in result.stdout and "running" not in result.stdout, result.stdout
     assert f"interrupted: iter_1/rollout (no process drives the run); `selfimprove resume {run.root}` continues it" \
         in " ".join(result.stdout.split())
+
+
+def test_a_filesystem_that_cannot_lock_directories_locks_run_lock_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS refuses ``flock`` on a directory (EBADF); this machine's filesystems do not, so that one refusal is
+    simulated (the only mock here): the lock falls back to ``run.lock`` and still excludes a second holder."""
+    import errno
+    import fcntl
+
+    from pipeline.run.lock import RunLockedError, run_held, run_lock
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    assert not run_held(tmp_path)
+    with run_lock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
+        assert run_held(tmp_path)
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"), run_lock(tmp_path):
+            pass
+    assert not run_held(tmp_path)

@@ -10,6 +10,11 @@ is locked (it looks stale, naming a dead pid) and the next process would
 then lock a new file beside the live holder. ``run.lock`` is only a note of
 the holder's pid, for the message; the holder removes it when it ends.
 
+A filesystem that refuses a lock on a directory (NFS emulates ``flock``
+with byte-range locks, which need a file open for writing) gets the lock on
+``run.lock`` itself instead: there, deleting that file while a run is live
+lets a second process in, as it always did.
+
 Read-only commands (``status``, ``report``) do not lock; ``status`` asks
 :func:`run_held` whether anyone drives the run, to tell a running stage
 from one whose process was killed.
@@ -41,7 +46,7 @@ def run_lock(root: Path) -> Iterator[None]:
     process holds it. ``root/run.lock`` names this process's pid meanwhile."""
     root = Path(root)
     note = root / LOCK_NAME
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd, on_directory = _open_lockable(root)
     try:
         if not _lock_exclusive(fd):
             holder = note.read_text(encoding="utf-8").strip() if note.is_file() else ""
@@ -49,18 +54,25 @@ def run_lock(root: Path) -> Iterator[None]:
                 f"{root} is in use by another selfimprove process (pid {holder or 'unknown'}); "
                 "wait for it to end or stop it"
             )
-        write_text_atomic(note, f"{os.getpid()}\n")
+        _write_note(note, fd, on_directory)
         try:
             yield
         finally:
-            note.unlink(missing_ok=True)
+            if on_directory:
+                note.unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock
 
 
 def run_held(root: Path) -> bool:
     """Whether a process holds ``root``'s lock; disturbs no holder (a shared lock, taken and released at once)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    root = Path(root)
+    if not _locks_directories(root):
+        if not (root / LOCK_NAME).is_file():
+            return False
+        fd = os.open(root / LOCK_NAME, os.O_RDONLY)
+    else:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -80,3 +92,38 @@ def _lock_exclusive(fd: int) -> bool:
             if attempt + 1 < _TRIES:
                 time.sleep(_RETRY_S)
     return False
+
+
+def _open_lockable(root: Path) -> tuple[int, bool]:
+    """A descriptor to lock (the run directory's where its filesystem locks directories, else ``run.lock``'s),
+    and whether it is the directory's."""
+    if _locks_directories(root):
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY), True
+    return os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644), False
+
+
+def _locks_directories(root: Path) -> bool:
+    """Whether ``root``'s filesystem takes a ``flock`` on a directory: probed with a shared lock, released at once
+    (a writer's exclusive lock answers BlockingIOError, which also says yes)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        pass
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _write_note(note: Path, fd: int, on_directory: bool) -> None:
+    """Name this process's pid in ``run.lock``: replaced atomically beside a directory lock; written in place when
+    ``run.lock`` is the locked file (a replaced file would be a new, unlocked one)."""
+    pid = f"{os.getpid()}\n"
+    if on_directory:
+        write_text_atomic(note, pid)
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, pid.encode(), 0)
