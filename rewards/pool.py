@@ -77,7 +77,7 @@ def _grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
     try:
         result = grader.grade(response, reference)
     except Exception as exc:
-        return GradeResult.failure(f"grader raised {type(exc).__name__}: {exc}"[:300])
+        return GradeResult.raised(exc)
     if not isinstance(result, GradeResult):
         return GradeResult.failure(f"grader returned {type(result).__name__}, not GradeResult")
     return result
