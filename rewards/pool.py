@@ -126,8 +126,9 @@ class GradingPool:
     def __enter__(self) -> "GradingPool":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Leaving on an error or Ctrl-C abandons the grades still running: nobody waits for them."""
+        self.close(wait=exc_type is None)
 
     def submit(self, grader: Grader, pairs: Sequence[Pair]) -> Future[list[GradeResult]]:
         """Grade (response, reference) pairs as one batch: a future resolving
