@@ -165,8 +165,10 @@ def _drive(run: RunDir, progress: bool) -> None:
 def _exit_on_interrupt(how_to_continue: str) -> Iterator[None]:
     """End the command on Ctrl-C (or SIGTERM) with code 130 and a line on how to continue.
 
-    The stage lifecycle has marked the interrupted stage failed by then, and
-    its servers and children are stopped, so the run resumes from it.
+    By the time the interrupt gets here, the stage lifecycle has marked a
+    run's interrupted stage failed and the servers and training processes
+    are stopped (each block that started them has exited), so the run
+    resumes from that stage.
     """
     try:
         yield

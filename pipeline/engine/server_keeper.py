@@ -14,10 +14,11 @@ the memory back). Outside the loop (a single ``selfimprove eval`` or
 
 Only the servers are kept, never an HTTP client: a client belongs to the
 event loop of the stage that made it. Kept servers are started from the main
-thread (the thread of the stages' event loops), since a managed server receives SIGTERM when the thread that started
-it ends (:mod:`pipeline.system.processes`); one that a stage's client
-restarted from a worker thread ends with that stage, and the next stage that
-asks for it finds it stopped and starts a new one.
+thread (the thread of the stages' event loops), since a managed server
+receives SIGTERM when the thread that started it ends
+(:mod:`pipeline.system.processes`); one that a stage's client restarted from
+a worker thread ends with that stage, and the next stage that asks for it
+finds it stopped and starts a new one.
 """
 
 from __future__ import annotations
