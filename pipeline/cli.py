@@ -7,11 +7,13 @@ with rich and turns library errors into a clear message and a non-zero exit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Iterable, Optional
 
@@ -180,13 +182,27 @@ def _drive(run: RunDir, progress: bool) -> None:
         console.rule(f"iter {iteration}: {stage}")
 
     try:
-        run_loop(run, show_progress=progress, on_stage=announce)
+        with _exit_on_interrupt(f"continue with `selfimprove resume {run.root}`"):
+            run_loop(run, show_progress=progress, on_stage=announce)
     except _stage_errors() as exc:
         _fail(f"{exc}\nfix the cause, then continue with `selfimprove resume {run.root}`")
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]; continue with `selfimprove resume {run.root}`")
-        raise typer.Exit(130)
     _print_report(run.root)
+
+
+@contextmanager
+def _exit_on_interrupt(how_to_continue: str) -> Iterator[None]:
+    """End the command on Ctrl-C (or SIGTERM) with code 130 and a line on how to continue.
+
+    By the time the interrupt gets here, the stage lifecycle has marked a
+    run's interrupted stage failed and the servers and training processes
+    are stopped (each block that started them has exited), so the run
+    resumes from that stage.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]; {how_to_continue}")
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -304,7 +320,8 @@ def _run_stage(stage: str, run: RunDir, iteration: int, progress: bool) -> Path:
     """
     from pipeline.methods.registry import method_of
 
-    with _locked(run.root):
+    again = f"run it again, or continue the run with `selfimprove resume {run.root}`"
+    with _locked(run.root), _exit_on_interrupt(again):
         try:
             check_planned(run.manifest, iteration, stage)
             return method_of(run.config).stages[stage](run, iteration, show_progress=progress)
@@ -422,7 +439,8 @@ def evaluate(
         path = _run_stage("eval", run, iteration, progress)
     else:
         try:
-            path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
+            with _exit_on_interrupt("run the same command again to finish it"):
+                path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
         except (*_stage_errors(), RunLockedError) as exc:
             _fail(str(exc))
     console.print(format_eval_table(json.loads(path.read_text())))
@@ -456,7 +474,7 @@ def serve(
     except ServerError as exc:
         _fail(str(exc))
     try:
-        start_servers(servers)
+        asyncio.run(start_servers(servers))
         urls = ", ".join(server.url for server in servers)
         console.print(f"[green]serving[/] {resolved.model.name_or_path} as 'base' at {urls} (Ctrl-C stops)")
         while all(server.is_running() for server in servers):

@@ -8,9 +8,10 @@ wrote (empty, enormous, adversarial) becomes a result with ``score`` 0 and an
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,34 @@ class GradeResult:
     def failure(cls, reason: str, feedback: str = "Your answer could not be graded. Please try again.") -> "GradeResult":
         """A zero-score result for output that could not be graded."""
         return cls(score=0.0, correct=False, parsed=None, feedback=feedback, error=reason)
+
+    @classmethod
+    def raised(cls, exc: Exception) -> "GradeResult":
+        """The zero-score result for a grade that raised ``exc`` (a bug, or a library failing on odd input)."""
+        return cls.failure(f"grader raised {type(exc).__name__}: {exc}"[:300])
+
+
+GraderT = TypeVar("GraderT")
+GradeMethod = Callable[[GraderT, Any, Any], GradeResult]
+
+
+def never_raises(grade: GradeMethod[GraderT]) -> GradeMethod[GraderT]:
+    """Decorates a grader's ``grade`` so that an exception becomes a failure result.
+
+    Every grader promises callers of ``get_grader`` that it never raises,
+    whatever the response holds; this keeps the promise even where a parser
+    or a library fails in a way nobody foresaw, so that one bad sample costs
+    one zero score, not the rollout.
+    """
+
+    @functools.wraps(grade)
+    def guarded(self: GraderT, response: Any, reference: Any) -> GradeResult:
+        try:
+            return grade(self, response, reference)
+        except Exception as exc:
+            return GradeResult.raised(exc)
+
+    return guarded
 
 
 class Placement(Enum):

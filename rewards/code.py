@@ -51,7 +51,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from rewards.base import ExactKeys, GradeResult, Placement, register_grader
+from rewards.base import ExactKeys, GradeResult, Placement, never_raises, register_grader
 from rewards.code_examples import example_calls
 from rewards.code_extract import Program, extract_program, prompt_code
 from rewards.code_session import Session, run_session
@@ -97,6 +97,7 @@ class CodeGrader(ExactKeys):
         """Scores are 0/1 only in ``binary`` mode; ``fraction`` gives partial credit."""
         return self.score_mode == "binary"
 
+    @never_raises
     def grade(self, response: str, reference: Any) -> GradeResult:
         if not isinstance(response, str):
             return GradeResult.failure(f"response is {type(response).__name__}, not str")

@@ -10,6 +10,9 @@ so "what did the model answer" means one thing in every report:
   matched with an explicit stack in one linear pass, so 10k levels of nesting
   neither recurse nor go quadratic; ``\\{`` and ``\\}`` are LaTeX literals,
   not groups.
+* A box longer than :data:`MAX_ANSWER_CHARS` is a wrong answer that is not
+  parsed at all (``error`` "answer too long"): no real answer is that long,
+  and the bound keeps every grader's parsing cheap whatever the box holds.
 * Text outside complete ````` code fences is searched before the whole text:
   a box that a code snippet prints is not the model's answer, unless the model
   gave nothing else.
@@ -25,6 +28,9 @@ from rewards.base import GradeResult
 
 TAIL_CHARS = 16_384
 """How much of the end of a response is read (about 4k tokens of text)."""
+
+MAX_ANSWER_CHARS = 2_000
+"""Longer boxed answers are graded wrong without being parsed (:func:`too_long`)."""
 
 SHOWN_CHARS = 200
 """How much of a parsed answer is echoed back in feedback and ``parsed``."""
@@ -119,6 +125,11 @@ def no_answer() -> GradeResult:
     (``method.unparsed_reward``, -1 in the reference code).
     """
     return GradeResult(score=0.0, correct=False, parsed=None, feedback=NO_ANSWER_FEEDBACK)
+
+
+def too_long() -> GradeResult:
+    """The result for a box over :data:`MAX_ANSWER_CHARS`: zero, and ``error`` says why it was not read."""
+    return GradeResult.failure("answer too long")
 
 
 def not_a_string(response: object) -> GradeResult:

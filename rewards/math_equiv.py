@@ -14,9 +14,10 @@ grades them in parallel, several responses per worker job
 (``Placement.POOL_CHUNKED``: a grade can hang, but usually takes a millisecond).
 
 The answer is found by the rules of :mod:`rewards.extract` (last box, code
-fences last); only the box (or, without one, the last
-:data:`MAX_ANSWER_CHARS` characters) reaches math-verify, so its parser never
-sees a 5 MB response or 10k nested braces.
+fences last, a box over :data:`rewards.extract.MAX_ANSWER_CHARS` not read);
+only the box (or, without one, that many characters of the end of the
+response) reaches math-verify, so its parser never sees a 5 MB response or
+10k nested braces.
 
 The answer key is the parsed expression in sympy's LaTeX (``\\frac12``,
 ``\\dfrac{1}{2}`` and ``0.5`` all give ``\\frac{1}{2}``); votes then merge
@@ -39,13 +40,20 @@ from typing import Any, ClassVar
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from rewards.base import GradeResult, Placement, register_grader
-from rewards.extract import brace_depth, last_boxed, no_answer, not_a_string, search_texts, shorten, tail, verdict
+from rewards.base import GradeResult, Placement, never_raises, register_grader
+from rewards.extract import (
+    MAX_ANSWER_CHARS,
+    brace_depth,
+    last_boxed,
+    no_answer,
+    not_a_string,
+    search_texts,
+    shorten,
+    tail,
+    too_long,
+    verdict,
+)
 from rewards.pool import DEFAULT_TIMEOUT_S, default_pool, in_grading_worker
-
-MAX_ANSWER_CHARS = 2_000
-"""Longer boxed answers are refused; without a box, this much of the end of
-the response is parsed."""
 
 MAX_BRACE_DEPTH = 50
 """Deeper nesting is refused: math-verify's LaTeX parser recurses."""
@@ -69,6 +77,7 @@ class MathGrader:
     placement: ClassVar[Placement] = Placement.POOL_CHUNKED
     require_boxed: bool = False
 
+    @never_raises
     def grade(self, response: str, reference: Any) -> GradeResult:
         if in_grading_worker():
             return self.grade_here(response, reference)
@@ -117,7 +126,7 @@ class MathGrader:
             if boxed is None and self.require_boxed:
                 continue
             if boxed is not None and len(boxed) > MAX_ANSWER_CHARS:
-                return GradeResult.failure("answer too long")
+                return too_long()
             candidate = tail(text, MAX_ANSWER_CHARS) if boxed is None else f"\\boxed{{{boxed}}}"
             if brace_depth(candidate) > MAX_BRACE_DEPTH:
                 return GradeResult.failure("answer nested too deeply")

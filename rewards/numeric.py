@@ -8,7 +8,9 @@ What a boxed answer means: the box must hold one number (units, "x =" and
 LaTeX spacing aside) or plain arithmetic, which is evaluated exactly
 (``\\boxed{2^3}`` is 8, ``\\boxed{84/2}`` is 42). Anything else in a box
 (``5!``, ``42 (or 43)``) is an answer that is not a number: it is wrong, never
-read as its last number. Without a box the last number of the response counts.
+read as its last number; a box over :data:`rewards.extract.MAX_ANSWER_CHARS`
+is wrong without being read. Without a box the last number of the response
+counts.
 
 How it is compared: an integer reference exactly, any other reference within
 a relative tolerance (1e-6 by default, for answers the model rounded), unless
@@ -28,13 +30,13 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from rewards import python_ast
-from rewards.base import ExactKeys, GradeResult, Placement, register_grader
-from rewards.extract import last_boxed, no_answer, not_a_string, search_texts, shorten, verdict
+from rewards.base import ExactKeys, GradeResult, Placement, never_raises, register_grader
+from rewards.extract import MAX_ANSWER_CHARS, last_boxed, no_answer, not_a_string, search_texts, shorten, too_long, verdict
 
 MAX_DIGITS = 100
-"""Longer digit strings (and larger exponents) are not read as numbers: no
-answer is that long, and Python refuses to convert ints of more than 4300
-digits anyway."""
+"""Longer digit strings (mantissas or exponents) and larger exponents are not
+read as numbers: no answer is that long, and Python refuses to convert ints of
+more than 4300 digits anyway."""
 
 DEFAULT_REL_TOL = 1e-6
 """The tolerance for non-integer references when ``rel_tol`` is not set."""
@@ -60,7 +62,10 @@ _LATEX_SPACING = re.compile(r"\\[,!;: ]|~")
 # Words around a boxed number that do not change it: "\text{ dollars}",
 # "18 apples", "x = 7", "$...$".
 _UNIT_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[A-Za-z .]*\}")
-_TRAILING_WORDS = re.compile(r"(?:\s+[A-Za-z]+\.?)+\s*$")
+# Trailing words ("18 apples") are matched in the reversed text, from its
+# start, in linear time: a pattern anchored at the end is tried from every
+# position, which is quadratic on a long box of words or spaces.
+_TRAILING_WORDS_REVERSED = re.compile(r"\s*(?:\.?[A-Za-z]+\s+)+")
 _LEFT_HAND_SIDE = re.compile(r"^\s*[A-Za-z]\w*\s*=(?!=)")
 # Boxed arithmetic, once rewritten into Python's spelling.
 _FRACTION = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
@@ -88,13 +93,22 @@ def read_number(text: str) -> Number | None:
 
 
 def boxed_number(content: str) -> Number | None:
-    """The number a box holds: one number, or plain arithmetic evaluated exactly; else None."""
-    text = _LEFT_HAND_SIDE.sub("", _TRAILING_WORDS.sub("", _UNIT_TEXT.sub("", _clean(content)))).strip().strip("$").strip()
+    """The number a box holds: one number, or plain arithmetic evaluated exactly; else None
+    (without a look at a box over MAX_ANSWER_CHARS)."""
+    if len(content) > MAX_ANSWER_CHARS:
+        return None
+    text = _LEFT_HAND_SIDE.sub("", _without_trailing_words(_UNIT_TEXT.sub("", _clean(content)))).strip().strip("$").strip()
     for candidate in (text, text.replace("{", "").replace("}", "")):
         if whole := _ANSWER.fullmatch(candidate):
             return _number(whole)
     value = evaluate_arithmetic(text)
     return None if value is None else Number(_fraction_text(value), value)
+
+
+def _without_trailing_words(text: str) -> str:
+    """``text`` less the words after its number ("18 apples", "7 cm."), in time linear in its length."""
+    words = _TRAILING_WORDS_REVERSED.match(text[::-1])
+    return text[: len(text) - words.end()] if words else text
 
 
 def evaluate_arithmetic(text: str) -> Fraction | None:
@@ -202,7 +216,7 @@ def _number(match: re.Match[str]) -> Number | None:
 def _unsigned(digits: str) -> Fraction | None:
     """The exact value of an unsigned decimal ("1,234.50", "1e-05"); None past MAX_DIGITS."""
     mantissa, _, exponent = digits.replace(",", "").lower().partition("e")
-    if len(mantissa) > MAX_DIGITS or abs(int(exponent or 0)) > MAX_DIGITS:
+    if len(mantissa) > MAX_DIGITS or len(exponent) > MAX_DIGITS or abs(int(exponent or 0)) > MAX_DIGITS:
         return None
     return Fraction(mantissa) * Fraction(10) ** int(exponent or 0)
 
@@ -241,10 +255,11 @@ class NumericGrader(ExactKeys):
 
     name: ClassVar[str] = "numeric"
     binary: ClassVar[bool] = True
-    placement: ClassVar[Placement] = Placement.INLINE  # bounded: MAX_DIGITS, MAX_EXPRESSION_CHARS, MAX_NESTING
+    placement: ClassVar[Placement] = Placement.INLINE  # bounded: MAX_ANSWER_CHARS, MAX_DIGITS, MAX_EXPRESSION_CHARS, MAX_NESTING
     rel_tol: float | None = None
     require_boxed: bool = False
 
+    @never_raises
     def grade(self, response: str, reference: Any) -> GradeResult:
         if not isinstance(response, str):
             return not_a_string(response)
@@ -255,6 +270,8 @@ class NumericGrader(ExactKeys):
         if found is None:
             return no_answer()
         read, number = found
+        if len(read) > MAX_ANSWER_CHARS:
+            return too_long()
         if number is None:
             return verdict(False, shorten(read), " ".join(read.split()))
         return verdict(close_enough(number.value, gold.value, self._tolerance(gold)), number.text, str(number.value))

@@ -77,7 +77,7 @@ def _grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
     try:
         result = grader.grade(response, reference)
     except Exception as exc:
-        return GradeResult.failure(f"grader raised {type(exc).__name__}: {exc}"[:300])
+        return GradeResult.raised(exc)
     if not isinstance(result, GradeResult):
         return GradeResult.failure(f"grader returned {type(result).__name__}, not GradeResult")
     return result
@@ -126,8 +126,9 @@ class GradingPool:
     def __enter__(self) -> "GradingPool":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Leaving on an error or Ctrl-C abandons the grades still running: nobody waits for them."""
+        self.close(wait=exc_type is None)
 
     def submit(self, grader: Grader, pairs: Sequence[Pair]) -> Future[list[GradeResult]]:
         """Grade (response, reference) pairs as one batch: a future resolving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -35,6 +36,12 @@ def write_config(tmp_path: Path, data: dict) -> Path:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def default_sigint() -> None:
+    """Undo an inherited SIG_IGN (a test run started in the background by a non-interactive shell):
+    Python only turns SIGINT into KeyboardInterrupt when it starts with the default handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env() -> dict[str, str]:

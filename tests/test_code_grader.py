@@ -146,6 +146,7 @@ def test_mbpp_reference_and_entry_point_inference() -> None:
         {"test_list": []},
         {"tests": [1]},
         {"test_list": ["assert f(1) ==="]},
+        {"test": "def check(candidate): assert candidate() == 1", "entry_point": 5},
     ],
 )
 def test_bad_references_are_failures_not_exceptions(reference: Any) -> None:

@@ -143,6 +143,14 @@ def test_close_without_wait_fails_what_is_left() -> None:
     single.close()  # a second close is harmless
 
 
+def test_leaving_the_block_on_ctrl_c_abandons_running_grades() -> None:
+    """A stage interrupted while grading: the pool stops without waiting out the hung response's timeout."""
+    with pytest.raises(KeyboardInterrupt), GradingPool(max_workers=1, timeout_s=60) as single:
+        running = single.submit(get_grader("math"), [(HANGS, "1")])
+        raise KeyboardInterrupt
+    assert running.result() == [GradeResult.failure("pool closed")]
+
+
 def test_each_grader_declares_where_it_grades() -> None:
     assert [placement(g) for g in (NumericGrader(), MathGrader(), CodeGrader())] == [
         Placement.INLINE,

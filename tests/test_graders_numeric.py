@@ -6,6 +6,7 @@ import pytest
 
 import rewards
 from rewards import GradeResult, get_grader
+from rewards.extract import MAX_ANSWER_CHARS
 
 FIVE_MB = "Let me think step by step. " * 200_000
 DEEP = 10_000
@@ -61,7 +62,7 @@ CASES = [
     ("float-reference", "\\boxed{2.5}", 2.5, True, "2.5"),
     ("huge-answer-at-end", FIVE_MB + "\\boxed{7}", "7", True, "7"),
     ("huge-answer-at-start", "\\boxed{7}" + "x" * 5_000_000, "7", False, None),  # no answer: wrong, not an error
-    ("deep-braces-in-box", "\\boxed{" + "{" * 5_000 + "3" + "}" * 5_000 + "}", "3", True, "3"),
+    ("deep-braces-in-box", "\\boxed{" + "{" * 900 + "3" + "}" * 900 + "}", "3", True, "3"),  # within MAX_ANSWER_CHARS
     ("deep-boxes", "\\boxed{" * DEEP + "3" + "}" * DEEP, "3", True, "3"),
     ("unbalanced-braces", "{" * DEEP + " the answer is 4", "4", True, "4"),
     ("empty", "", "1", False, None),  # no answer: wrong, not an error
@@ -160,3 +161,47 @@ def test_registered_and_exported() -> None:
     assert "numeric" in rewards.grader_names()
     assert isinstance(get_grader("numeric"), rewards.NumericGrader)
     assert get_grader("numeric").name == "numeric"
+
+
+# Issue 32: whatever the response or the reference holds, a grade is a 0/1
+# result, never an exception (Python refuses to convert ints of more than 4300
+# digits, and Fraction's exponent goes through int()).
+HOSTILE_RESPONSES = [
+    ("exponent-of-5000-digits", "The answer is 1e" + "9" * 5_000),
+    ("negative-exponent-of-5000-digits", "\\boxed{2e-" + "9" * 5_000 + "}"),
+    ("mantissa-of-5000-digits", "\\boxed{" + "9" * 5_000 + "}"),
+    ("fraction-of-huge-numbers", "\\frac{" + "1" * 5_000 + "}{" + "3" * 5_000 + "}"),
+    ("box-of-100k-junk", "\\boxed{" + "x^{2}+" * 20_000 + "}"),
+    ("box-of-words", "\\boxed{" + " apples" * 15_000 + "}"),
+    ("box-of-spaces", "\\boxed{7" + " " * 100_000 + "}"),
+    ("nested-braces-in-box", "\\boxed{" + "{" * 50_000 + "7" + "}" * 50_000 + "}"),
+    ("nan", "\\boxed{NaN}"),
+    ("infinity", "\\boxed{\\infty}"),
+    ("float-overflow", "\\boxed{1e309}"),
+    ("arabic-indic-digits", "\\boxed{\u0664\u0662}"),
+    ("lone-surrogate", "\\boxed{\ud800}"),
+]
+
+
+@pytest.mark.parametrize("response", [c[1] for c in HOSTILE_RESPONSES], ids=[c[0] for c in HOSTILE_RESPONSES])
+def test_hostile_responses_get_a_grade(response: str) -> None:
+    result = get_grader("numeric").grade(response, "42")
+    assert isinstance(result, GradeResult) and result.score in (0.0, 1.0) and result.correct == (result.score == 1.0)
+
+
+@pytest.mark.parametrize("reference", [10**5_000, "1e" + "9" * 5_000, "#### 1e-" + "9" * 5_000, float("nan"), float("inf")],
+                         ids=["int-of-5000-digits", "exponent-of-5000-digits", "gsm8k-exponent", "nan", "inf"])
+def test_unreadable_references_are_failures(reference: object) -> None:
+    result = get_grader("numeric").grade("\\boxed{42}", reference)
+    assert (result.score, result.correct, result.parsed) == (0.0, False, None) and result.error
+
+
+def test_a_box_over_the_bound_is_wrong_without_being_read() -> None:
+    """The bound on a box's length is what keeps an inline grade cheap: past it the box is not parsed."""
+    grader = get_grader("numeric")
+    at_bound = "\\boxed{42" + " " * (MAX_ANSWER_CHARS - 2) + "}"
+    over_bound = "\\boxed{42" + " " * (MAX_ANSWER_CHARS - 1) + "}"
+    assert grader.grade(at_bound, "42").correct
+    assert grader.grade(over_bound, "42") == GradeResult.failure("answer too long")
+    words = grader.grade("\\boxed{" + " a" * MAX_ANSWER_CHARS + "}", "42")
+    assert (words.score, words.parsed, words.error) == (0.0, None, "answer too long")

@@ -140,7 +140,7 @@ def test_stage_uses_running_servers_given_by_url(vllm_server: VLLMServer, tmp_pa
     for record in records:
         assert_well_formed(record, turns=3, samples=2)
     assert not (run.root / "iter_1" / "rollout" / "vllm_server.log").exists()  # no server of its own
-    assert vllm_server.is_healthy()  # and the given one is left running
+    assert asyncio.run(vllm_server.is_healthy())  # and the given one is left running
 
 
 def test_adapter_is_loaded_and_changes_greedy_output(vllm_server: VLLMServer, tiny_adapter: Path) -> None:

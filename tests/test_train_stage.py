@@ -24,6 +24,7 @@ from pipeline.run.manifest import StageState
 from pipeline.run.layout import RunDir
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.training.launch import StepWatcher, TrainError, step_line
+from tests.run_helpers import default_sigint
 from tests.train_helpers import (
     REPO,
     ROWS,
@@ -149,16 +150,10 @@ STAGE_SCRIPT = (
 )
 
 
-def _default_sigint() -> None:
-    """Undo an inherited SIG_IGN (a test run started in the background by a non-interactive shell):
-    Python only turns SIGINT into KeyboardInterrupt when it starts with the default handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int) -> None:
     """Run the stage in a pipeline process; send it ``sig`` once a checkpoint later than ``after_step`` is complete."""
     pipeline = subprocess.Popen(
-        [sys.executable, "-c", STAGE_SCRIPT, str(run.root)], cwd=REPO, preexec_fn=_default_sigint
+        [sys.executable, "-c", STAGE_SCRIPT, str(run.root)], cwd=REPO, preexec_fn=default_sigint
     )
     while checkpoint_step(run) <= after_step:
         assert pipeline.poll() is None, "the stage ended before the checkpoint"

@@ -52,10 +52,10 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
             if (keeper := active_keeper()) is not None:
                 # Started from this (the main) thread, not a worker thread: a server dies with the thread
                 # that started it (pipeline.system.processes), and these must outlive this stage's event loop.
-                servers = keeper.servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
+                servers = await keeper.servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
             else:
                 servers = owned = replica_servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)
-                await asyncio.to_thread(start_servers, servers)
+                await start_servers(servers)
             endpoints = [Endpoint(server.url, server) for server in servers]
             base_model = SERVED_BASE_NAME
         client = ServiceClient(

@@ -14,10 +14,11 @@ the memory back). Outside the loop (a single ``selfimprove eval`` or
 
 Only the servers are kept, never an HTTP client: a client belongs to the
 event loop of the stage that made it. Kept servers are started from the main
-thread, since a managed server receives SIGTERM when the thread that started
-it ends (:mod:`pipeline.system.processes`); one that a stage's client
-restarted from a worker thread ends with that stage, and the next stage that
-asks for it finds it stopped and starts a new one.
+thread (the thread of the stages' event loops), since a managed server
+receives SIGTERM when the thread that started it ends
+(:mod:`pipeline.system.processes`); one that a stage's client restarted from
+a worker thread ends with that stage, and the next stage that asks for it
+finds it stopped and starts a new one.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ServerKeeper:
         self._servers: list[VLLMServer] = []
         self.starts = 0
 
-    def servers(
+    async def servers(
         self, model_path: str, model: ModelSection, settings: ServerSection, log_dir: Path, served_name: str
     ) -> list[VLLMServer]:
         """Running servers of this model: the held ones if they match and still run, else new ones.
@@ -60,7 +61,7 @@ class ServerKeeper:
         self.release()
         servers = replica_servers(model_path, model, settings, log_dir, served_name)
         try:
-            start_servers(servers)
+            await start_servers(servers)
         except BaseException:
             for server in servers:
                 server.stop()

@@ -119,7 +119,7 @@ class ServiceClient:
             if endpoint.generation != seen_generation:
                 return True  # another request already restarted it
             server = endpoint.server
-            if server.is_running() and await asyncio.to_thread(server.is_healthy):
+            if server.is_running() and await server.is_healthy():
                 return False
             if endpoint.restarts >= self.max_restarts:
                 raise ServerError(

@@ -6,10 +6,16 @@ process group of its own, so that stopping it also stops the engine and worker
 processes it spawns, on normal exit, on errors and on Ctrl-C alike; it
 receives SIGTERM when the pipeline dies (:mod:`pipeline.system.processes`),
 which vLLM's API server handles by shutting its engine down.
+
+Waiting for a server to answer is a coroutine, never a blocking loop on the
+event loop's thread: asyncio turns Ctrl-C into the cancellation of the
+stage's task, which reaches only code that awaits, so a blocking wait would
+hold the interrupt until the server was up (minutes on a CPU).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import socket
@@ -26,6 +32,10 @@ from pipeline.config.settings import ModelSection, ServerSection
 from pipeline.engine.precision import resolve_dtype
 from pipeline.run.timings import phase
 from pipeline.system.processes import start_in_own_session, stop_group, tail
+
+
+HEALTH_POLL_S = 1.0
+HEALTH_TIMEOUT_S = 5.0
 
 
 class ServerError(RuntimeError):
@@ -92,9 +102,17 @@ class VLLMServer:
         return env
 
     def start(self) -> "VLLMServer":
-        """Launch the server and block until ``/health`` answers (bounded by ``startup_timeout_s``)."""
+        """Launch the server and block until ``/health`` answers (bounded by ``startup_timeout_s``).
+
+        For code without an event loop in its thread; a server that does not
+        come up (Ctrl-C included) is stopped.
+        """
         self.launch()
-        self.wait_healthy()
+        try:
+            asyncio.run(self.wait_healthy())
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def launch(self) -> None:
@@ -107,25 +125,26 @@ class VLLMServer:
         self._process = start_in_own_session(self.command(), self._log_handle, self.environment())
         self._launched_at = time.monotonic()
 
-    def wait_healthy(self) -> None:
-        """Block until ``/health`` answers, at most ``startup_timeout_s`` after the launch."""
+    async def wait_healthy(self) -> None:
+        """Wait until ``/health`` answers, at most ``startup_timeout_s`` after the launch (module doc: why async)."""
         deadline = self._launched_at + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             if not self.is_running():
-                raise ServerError(f"vLLM server exited with code {self._process.returncode} while starting; "
+                raise ServerError(f"vLLM server exited with code {self.exit_code} while starting; "
                                   f"see {self.log_path}:\n{tail(self.log_path)}")
-            if self.is_healthy():
+            if await self.is_healthy():
                 return
-            time.sleep(1.0)
+            await asyncio.sleep(HEALTH_POLL_S)
         self.stop()
         raise ServerError(f"vLLM server not healthy after {self.settings.startup_timeout_s:.0f} s; see {self.log_path}")
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def is_healthy(self) -> bool:
+    async def is_healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=5.0).status_code == 200
+            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S) as client:
+                return (await client.get(f"{self.url}/health")).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -215,17 +234,19 @@ def replica_devices(settings: ServerSection, visible: str | None) -> list[str | 
     return [",".join(pool[i * size:(i + 1) * size]) for i in range(count)]
 
 
-def start_servers(servers: list[VLLMServer]) -> None:
+async def start_servers(servers: list[VLLMServer]) -> None:
     """Launch every server, then wait for each: they boot side by side, so startup costs the slowest one's time.
 
-    On a failure the servers keep running: the caller stops them all. The
-    time counts as the current stage's ``server_start`` phase.
+    On a failure (or cancellation) the servers keep running: the caller
+    stops them all. The servers are launched from the calling thread, which
+    they die with (:mod:`pipeline.system.processes`). The time counts as the
+    current stage's ``server_start`` phase.
     """
     with phase("server_start"):
         for server in servers:
             server.launch()
         for server in servers:
-            server.wait_healthy()
+            await server.wait_healthy()
 
 
 def is_cpu_build() -> bool:

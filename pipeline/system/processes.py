@@ -52,8 +52,14 @@ def start_in_own_session(
 
 
 def stop_group(process: subprocess.Popen, grace_s: float) -> None:
-    """Stop the child's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    """Stop the child's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    SIGCONT follows the SIGTERM: a stopped process (Ctrl-Z, a debugger)
+    acts on SIGTERM only once it runs again, and would otherwise cost the
+    whole grace period.
+    """
     _signal_group(process.pid, signal.SIGTERM)
+    _signal_group(process.pid, signal.SIGCONT)
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
