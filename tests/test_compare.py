@@ -111,3 +111,21 @@ def test_a_corrupt_eval_file_is_one_line_naming_it(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compare", str(base), str(broken), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 1
     assert f"{broken / 'eval.json'}: invalid JSON" in result.output and "Traceback" not in result.output
+
+
+def test_compare_shows_transition_rates_with_paired_differences(tmp_path: Path) -> None:
+    base = write_eval_dir(tmp_path / "base", tasks(0))  # 5, 5, 5: every step a repeat, on both sides
+    better = write_eval_dir(tmp_path / "better", tasks(20))  # half revised 5 -> 7 -> 7: fix 60 of 180 wrong steps
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(base), str(better), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "compare.json").read_text())["metrics"]
+    fix = metrics["fix: revision"]
+    assert fix["values"] == [0.0, 1 / 3]
+    assert fix["differences_from_first"][0]["estimate"] == 1 / 3 and fix["differences_from_first"][0]["low"] > 0.15
+    assert metrics["repeat: parallel"]["values"] == [1.0, 1.0]  # the first turns are all 5
+    assert metrics["flip: revision"]["values"] == [None, 0.0]  # the base is never right: nothing to flip
+    text = (out / "compare.md").read_text()
+    assert "| fix: revision | 0.0% | 33.3% (+33.3 pp [" in text
+    assert "| fix: revision - parallel | +0.0 pp | +33.3 pp (+33.3 pp [" in text
+    assert "| no answer: revision | 0.0% | 0.0% (+0.0 pp [+0.0, +0.0], not distinguishable) |" in text

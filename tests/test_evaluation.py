@@ -157,7 +157,7 @@ def test_summary_has_exactly_the_specified_keys() -> None:
         "n_tasks", "turns", "samples", "per_turn",
         "m1@t3", "p1@t3", "m3@t1", "p3@t1",
         "delta_t1_tT", "delta_i_to_c", "delta_c_to_i",
-        "intervals", "incomplete", "bootstrap_seed",
+        "intervals", "incomplete", "bootstrap_seed", "transitions",
     }  # fmt: skip
     # n=2 < T=3 and no parallel samples: the baselines, and so the gaps, are not measured.
     assert summary["m3@t1"] is None and summary["p3@t1"] is None
@@ -247,7 +247,7 @@ def test_curves_leave_parallel_points_without_enough_samples_empty() -> None:
 
 
 def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> None:
-    from pipeline.eval.stage import first_turn_samples
+    from pipeline.eval.evaluation import first_turn_samples
 
     full = make_record("a", 0, ["7"])
     full["turns"][0]["candidates"] *= 3
@@ -325,3 +325,58 @@ def test_oracle_parallel_baseline_on_hand_built_records() -> None:
 def test_incomplete_trajectories_are_counted() -> None:
     records = make_records({"a": [["7", "7"]]}) + [make_record("b", 0, ["5"], error="request failed")]
     assert summarize_eval(records, turns=2, samples=1)["incomplete"] == 1
+
+
+# --- Issue 33: transition rates, revision against the parallel samples ---
+
+
+def parallel_record(task_id: str, answers: Answers, error: str | None = None) -> dict[str, Any]:
+    """A parallel-baseline record: one turn whose candidates are ``answers`` (fewer than T when its request failed)."""
+    record = make_record(task_id, 0, answers, error=error)
+    first = record["turns"][0]
+    first["candidates"] = [turn["candidates"][0] for turn in record["turns"]]
+    record["turns"] = [first]
+    return record
+
+
+def with_key(record: dict[str, Any], turn: int, key: str) -> dict[str, Any]:
+    """Give one turn's grade an answer key other than its text (``42.0`` keyed ``42``)."""
+    record["turns"][turn - 1]["grade"]["answer_key"] = key
+    return record
+
+
+def test_eval_json_counts_transitions_by_hand(tmp_path) -> None:
+    from pipeline.eval.stage import write_eval_outputs
+    from rewards import get_grader
+
+    records = [
+        make_record("a", 0, ["5", "5", "7"]),  # repeat, fix
+        make_record("b", 0, ["7", None, "5"]),  # flip, other wrong (no answer has no key to repeat)
+        make_record("c", 0, ["3"], error="turn 2: server unreachable"),  # no answer, no answer
+        with_key(with_key(make_record("d", 0, ["42.0", "42", "6"]), 1, "42"), 2, "42"),  # repeat (keys), other
+    ]
+    parallel = [
+        parallel_record("a", ["7", "5", "5"]),  # flip, repeat
+        parallel_record("b", ["5", "7", "7"]),  # fix, keep
+        parallel_record("c", ["3"], error="server unreachable"),  # two missing samples: no answer, no answer
+        parallel_record("d", ["6", "8", "6"]),  # other wrong, repeat
+    ]
+    summary = write_eval_outputs(tmp_path, records, parallel, get_grader("numeric"), 3, 1, seed=0, history_window=None)
+    found = json.loads((tmp_path / "eval.json").read_text())["transitions"]
+    assert found == json.loads(json.dumps(summary["transitions"]))
+
+    def counts(group: dict[str, Any], side: str) -> dict[str, tuple[int, int] | None]:
+        return {rate: None if v is None else (v["count"], v["of"]) for rate, v in group[side].items()}
+
+    first, second, everything = found["per_turn"][0], found["per_turn"][1], found["all_turns"]
+    assert counts(first, "sequential") == {"fix": (0, 3), "repeat": (2, 3), "flip": (1, 1), "no_answer": (1, 3)}
+    assert counts(second, "sequential") == {"fix": (1, 4), "repeat": (0, 4), "flip": None, "no_answer": (1, 4)}
+    assert counts(everything, "sequential") == {"fix": (1, 7), "repeat": (2, 7), "flip": (1, 1), "no_answer": (2, 7)}
+    assert counts(first, "parallel") == {"fix": (1, 3), "repeat": (0, 3), "flip": (1, 1), "no_answer": (1, 3)}
+    assert counts(second, "parallel") == {"fix": (0, 3), "repeat": (2, 3), "flip": (0, 1), "no_answer": (1, 3)}
+    assert counts(everything, "parallel") == {"fix": (1, 6), "repeat": (2, 6), "flip": (1, 2), "no_answer": (2, 6)}
+    assert everything["difference"]["repeat"]["estimate"] == pytest.approx(2 / 7 - 2 / 6)
+    assert everything["difference"]["flip"]["estimate"] == pytest.approx(0.5)
+    assert second["difference"]["flip"] is None
+    rows = [json.loads(line) for line in (tmp_path / "task_metrics.jsonl").read_text().splitlines()]
+    assert rows[2]["steps"]["sequential"][1]["no_answer"] == 1  # task c's errored trajectory, turn 2 -> 3

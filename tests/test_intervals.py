@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy.stats import bootstrap
 
-from pipeline.eval.intervals import Interval, bootstrap_mean, format_difference, paired_difference
+from pipeline.eval.intervals import (
+    Interval,
+    bootstrap_mean,
+    format_difference,
+    paired_difference,
+    ratio_interval,
+    resampled_sums,
+)
 
 # 200 tasks, fixed: the per-task shares of two evaluations (as task_metrics.jsonl holds them).
 _RNG = np.random.default_rng(12345)
@@ -68,3 +75,13 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_mean([], seed=0)
     assert Interval.from_dict(Interval(0.1, 0.0, 0.2).to_dict()) == Interval(0.1, 0.0, 0.2)
+
+
+def test_a_pooled_ratio_resamples_the_same_tasks_as_a_mean() -> None:
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    sums = resampled_sums(np.column_stack([values, np.ones(len(values))]), seed=3)
+    assert ratio_interval(0.625, sums[:, 0], sums[:, 1]) == bootstrap_mean(values, seed=3)
+    # a task with nothing to be a share of weighs nothing; resamples of only such tasks have no ratio
+    sums = resampled_sums(np.array([[2.0, 4.0], [0.0, 0.0]]), seed=0)
+    interval = ratio_interval(0.5, sums[:, 0], sums[:, 1])
+    assert (interval.low, interval.high) == (0.5, 0.5)

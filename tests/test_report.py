@@ -14,6 +14,7 @@ from pipeline.config.settings import parse_config
 from pipeline.eval.report import (
     ACCURACY_PLOT,
     CURVES_PLOT,
+    TRANSITIONS_PLOT,
     REPORT_NAME,
     ReportError,
     collect_evals,
@@ -149,14 +150,14 @@ def test_unmeasured_parallel_baseline_reads_n_a(tmp_path: Path) -> None:
 
 def test_rerun_replaces_every_file_and_leaves_no_temp_files(run: RunDir) -> None:
     write_report(run.root)
-    first = {name: (run.root / name).read_bytes() for name in (REPORT_NAME, ACCURACY_PLOT, CURVES_PLOT)}
+    first = {name: (run.root / name).read_bytes() for name in (REPORT_NAME, ACCURACY_PLOT, CURVES_PLOT, TRANSITIONS_PLOT)}
     run.manifest.complete(2, "eval", [run.root / "iter_2" / "eval" / "eval.json"])
     write_report(run.root)
     second = {name: (run.root / name).read_bytes() for name in first}
     assert all(first[name] != second[name] for name in first)
     assert "## Iteration 2" in second[REPORT_NAME].decode()
     top_level = sorted(path.name for path in run.root.iterdir() if path.is_file())
-    assert top_level == sorted([ACCURACY_PLOT, "config.yaml", "manifest.json", REPORT_NAME, CURVES_PLOT])
+    assert top_level == sorted([ACCURACY_PLOT, "config.yaml", "manifest.json", REPORT_NAME, CURVES_PLOT, TRANSITIONS_PLOT])
 
 
 def test_a_run_with_no_finished_eval_has_nothing_to_report(tmp_path: Path) -> None:
@@ -225,3 +226,63 @@ def test_report_shows_the_oracle_baseline_intervals_and_incomplete_count(tmp_pat
     rows = {cells[0]: cells[1:] for cells in table_rows(report_table(collect_evals(run.root)))}
     assert rows["m1@t3 vs base"][1].startswith("+25.0 pp [")
     assert rows["p3@t1"] == ["0.0%", "0.0%"]
+
+
+# --- Issue 33: transition rates and their plot ---
+
+
+def finish_eval_with_records(run: RunDir, iteration: int, keep_transitions: bool) -> None:
+    """An eval stage as it writes its files (rollouts, parallel samples, figures), marked done.
+
+    ``keep_transitions`` False drops ``transitions`` from eval.json: an eval written before they existed.
+    """
+    from pipeline.eval.stage import write_eval_outputs
+    from rewards import get_grader
+    from tests.test_evaluation import make_record, parallel_record
+
+    answers = {"a": ["5", "5", "7"], "b": ["7", None, "5"], "c": ["5", "6", "6"]}  # repeat, fix | flip, other | other, other
+    records = [make_record(task, sample, found) for task, found in answers.items() for sample in range(2)]
+    parallel = [parallel_record("a", ["5", "5", "7"]), parallel_record("b", ["7", "7", "5"]),
+                parallel_record("c", ["5", "7", "7"])]  # repeat, fix | keep, flip | fix, keep
+    out = run.stage_dir(iteration, "eval")
+    (out / "parallel").mkdir()
+    (out / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "parallel" / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in parallel))
+    write_eval_outputs(out, records, parallel, get_grader("numeric"), TURNS, 2, seed=0, history_window=None)
+    if not keep_transitions:
+        summary = json.loads((out / "eval.json").read_text())
+        del summary["transitions"]
+        (out / "eval.json").write_text(json.dumps(summary))
+    run.manifest.start(iteration, "eval")
+    run.manifest.complete(iteration, "eval", [out / "eval.json", out / "rollouts.jsonl"])
+
+
+def test_report_shows_transition_rates_also_for_an_eval_that_predates_them(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    run = make_run(tmp_path, iterations=1)
+    finish_eval_with_records(run, 0, keep_transitions=False)
+    finish_eval_with_records(run, 1, keep_transitions=True)
+    result = CliRunner().invoke(app, ["report", str(run.root)])
+    assert result.exit_code == 0, result.output
+    text = (run.root / REPORT_NAME).read_text(encoding="utf-8")
+    # revision, per sample: after a wrong answer repeat, fix, other, other, other; after a right one a flip.
+    # parallel: after a wrong answer repeat, fix, fix; after a right one keep, flip, keep.
+    fix_row = next(line for line in text.splitlines() if line.startswith("| fix, all turns |"))
+    assert fix_row.count("20.0% / 66.7% (-46.7 pp [") == 2  # recounted from the records (base) = as written (iter 1)
+    assert "| repeat, t1->t2 | 50.0% / 50.0% (+0.0 pp [" in text
+    assert "| flip, all turns | 100.0% / 33.3% (+66.7 pp [" in text
+    assert "| no answer, all turns | 0.0% / 0.0% (+0.0 pp [+0.0, +0.0], not distinguishable) |" in text
+    assert "20.0% / 66.7%" in result.output  # the table printed at the end
+    path = run.root / TRANSITIONS_PLOT
+    assert f"]({TRANSITIONS_PLOT})" in text and path.read_bytes().startswith(PNG_MAGIC)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 100 and pixels.min() < pixels.max()
+
+
+def test_an_eval_without_records_reads_n_a_for_transitions(run: RunDir) -> None:
+    text = write_report(run.root).read_text(encoding="utf-8")
+    assert "| fix, all turns | n/a | n/a |" in text
+    assert (run.root / TRANSITIONS_PLOT).read_bytes().startswith(PNG_MAGIC)

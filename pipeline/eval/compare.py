@@ -2,8 +2,9 @@
 
 An ablation is one command: name the eval directories (``runs/a/iter_2/eval``)
 or run directories (their last finished eval, or iteration ``-i K``) and get
-every headline figure of each, and each one's difference from the first,
-with its paired bootstrap 95 % interval over tasks. The evaluations must
+every headline figure of each and its transition rates over all turns
+(revision, parallel and their gap: docs/metrics.md), and each one's
+difference from the first, with its paired bootstrap 95 % interval over tasks. The evaluations must
 share their tasks (by task id) and their number of turns; they may differ in
 everything else (model, recipe, samples per task).
 
@@ -25,8 +26,10 @@ from rich.table import Table
 from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
+from pipeline.eval.transitions import RATES, SIDES, rate_change
 from pipeline.eval.report import (
     EVAL_NAME,
+    RATE_NAMES,
     STAGE,
     IterationEval,
     ReportError,
@@ -161,7 +164,36 @@ def compare_evals(evals: Sequence[NamedEval]) -> Comparison:
         except ValueError as exc:
             raise CompareError(f"{exc}: compare evaluations of the same tasks") from exc
         rows.append(MetricRow(key, values, differences, is_change=key.startswith("delta") or key in revision_gaps(first.turns)))
+    rows += [_transition_row(evals, rate, side) for rate in RATES for side in (*SIDES, None)]
     return Comparison([ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(first.task_rows), rows)
+
+
+def _transition_row(evals: Sequence[NamedEval], rate: str, side: str | None) -> MetricRow:
+    """One transition rate over all turns (revision, parallel, or their gap for ``side`` None) in each eval,
+    with each one's paired difference from the first."""
+    name = f"{RATE_NAMES[rate]}: " + {"sequential": "revision", "parallel": "parallel", None: "revision - parallel"}[side]
+    values = [_all_turns_rate(ev.result, rate, side) for ev in evals]
+    first = evals[0].result
+    differences = [_rate_change(ev.result, first, rate, side) for ev in evals[1:]]
+    return MetricRow(name, values, differences, is_change=side is None)
+
+
+def _all_turns_rate(result: IterationEval, rate: str, side: str | None) -> float | None:
+    """The eval's rate over all turns (or the revision-minus-parallel gap); None when not measured."""
+    if result.transitions is None:
+        return None
+    group = result.transitions["all_turns"]
+    found = group["difference"][rate] if side is None else group[side][rate]
+    return None if found is None else found["estimate"]
+
+
+def _rate_change(result: IterationEval, first: IterationEval, rate: str, side: str | None) -> Interval | None:
+    """``result``'s rate minus ``first``'s, paired by task id; None when either lacks its per-task step counts."""
+    steps = [{row["task_id"]: row.get("steps") for row in ev.task_rows or []} for ev in (result, first)]
+    if any(None in by_task.values() or not by_task for by_task in steps):
+        return None
+    task_ids = list(steps[1])
+    return rate_change([steps[0][t] for t in task_ids], [steps[1][t] for t in task_ids], rate, first.seed, side)
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -225,7 +257,7 @@ def _mean(rows: Sequence[dict[str, Any]], key: str) -> float | None:
 
 def _plot(comparison: Comparison) -> Figure:
     """Left: pass@1 by turn per eval. Right: each figure's difference from the first, with its interval."""
-    figure = Figure(figsize=(12, 5), layout="constrained")
+    figure = Figure(figsize=(12, max(5.0, 1 + 0.3 * len(comparison.rows))), layout="constrained")
     by_turn, gaps = figure.subplots(1, 2)
     turn_rows = comparison.rows[: comparison.turns]
     for index, label in enumerate(comparison.labels):

@@ -41,6 +41,7 @@ from pipeline.eval.metrics import (
     pk_at_t1,
     self_correction,
 )
+from pipeline.eval.transitions import summarize_transitions, task_steps
 
 Record = Mapping[str, Any]
 TaskTrajectories = dict[str, list[list[TurnOutcome]]]
@@ -84,7 +85,9 @@ def summarize_eval(
     Means are over a task's trajectories first, then over tasks.
     ``intervals`` holds each turn's pass@1 and the two sequential-minus-
     parallel gaps with their paired bootstrap intervals (``seed`` seeds the
-    resampling). The result is JSON-serializable.
+    resampling); ``transitions`` the rates of :mod:`pipeline.eval.transitions`
+    (fixed, repeated, flipped, no answer), revision against the parallel
+    samples. The result is JSON-serializable.
     """
     _check_turns(turns)
     records = list(records)
@@ -100,6 +103,7 @@ def summarize_eval(
         summary[key] = _mean_of(rows, key)
     summary["delta_t1_tT"] = _mean_of(rows, pass_at_1_key(turns)) - _mean_of(rows, pass_at_1_key(1))
     summary["intervals"] = {key: interval.to_dict() for key, interval in eval_intervals(rows, turns, seed).items()}
+    summary["transitions"] = summarize_transitions([row["steps"] for row in rows], turns, seed)
     summary["incomplete"] = count_incomplete(records, turns)
     summary["bootstrap_seed"] = seed
     return summary
@@ -113,6 +117,8 @@ def task_metrics(
 ) -> list[dict[str, Any]]:
     """One row per task: its value of every headline figure (the summary is their mean over tasks).
 
+    ``steps`` holds the task's step counts (:func:`pipeline.eval.transitions.task_steps`),
+    from which any two evals' transition rates compare task by task.
     The parallel baselines are None for every task when there are fewer
     than ``turns`` first-turn answers to draw on (as in :func:`summarize_eval`).
     """
@@ -135,6 +141,7 @@ def _task_rows(tasks: TaskTrajectories, pool: list[Sequence[TurnOutcome]], turns
         row["delta_i_to_c"], row["delta_c_to_i"] = change.delta_i_to_c, change.delta_c_to_i
         for name, (minuend, subtrahend) in revision_gaps(turns).items():
             row[name] = row[minuend] - row[subtrahend] if parallel else None
+        row["steps"] = task_steps(trajectories, answers, turns)
         rows.append(row)
     return rows
 
@@ -189,6 +196,54 @@ def summarize_curves(
         "parallel": [_mean_at_t1(pool, k, mean_mk_at_t1) for k in ks],
         "sequential_oracle": [fmean(mean_p1_at_t(t, k) for t in tasks.values()) for k in ks],
         "parallel_oracle": [_mean_at_t1(pool, k, mean_pk_at_t1) for k in ks],
+    }
+
+
+def prepare_eval_records(
+    records: list[dict[str, Any]],
+    parallel: list[dict[str, Any]] | None,
+    turns: int,
+    samples: int,
+    cluster: Callable[[Sequence[str]], Mapping[str, str]],
+) -> dict[str, list[TurnOutcome]] | None:
+    """Merge answer keys into the grader's classes (in place) and return the parallel baseline's first turns.
+
+    One preparation for the eval stage and for a report that recomputes
+    figures from an eval's records, so both count the same answers alike.
+    ``parallel``: the records of ``parallel/rollouts.jsonl``, None when none
+    were drawn. Returns None when the trajectories' own first turns serve
+    (n >= T); at n < T without parallel records (greedy decoding, whose T
+    answers would be identical) the first answer repeated.
+    """
+    merge_answer_classes(records + (parallel or []), cluster)
+    if samples >= turns:
+        return None
+    if parallel is None:
+        return repeated_first_turns(records, turns)
+    return first_turn_samples(parallel, turns)
+
+
+def first_turn_samples(records: Iterable[Record], turns: int) -> dict[str, list[TurnOutcome]]:
+    """Task id -> the T graded first-turn candidates of the parallel baseline's records.
+
+    A request that failed after its retries leaves fewer candidates; the
+    missing ones count as incorrect abstentions, as missing turns do,
+    rather than dropping the task.
+    """
+    samples: dict[str, list[TurnOutcome]] = {}
+    for record in records:
+        candidates = record["turns"][0]["candidates"] if record["turns"] else []
+        outcomes = [turn_outcome(c["grade"]) for c in candidates]
+        samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
+    return samples
+
+
+def repeated_first_turns(records: Iterable[Record], turns: int) -> dict[str, list[TurnOutcome]]:
+    """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
+    return {
+        r["task_id"]: [turn_outcome(r["turns"][0]["grade"] if r["turns"] else None)] * turns
+        for r in records
+        if r["sample"] == 0
     }
 
 

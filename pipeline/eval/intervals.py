@@ -13,7 +13,7 @@ as noise. The interval is the percentile interval of the resampled means
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -51,14 +51,53 @@ def bootstrap_mean(
         raise ValueError(f"a bootstrap needs a non-empty list of per-task values; got shape {data.shape}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    rng = np.random.default_rng(seed)
     means = np.empty(resamples)
-    for start in range(0, resamples, 1000):  # chunks keep memory at 1000 x tasks
+    for chunk, rows in _resampled_tasks(data.size, seed, resamples):
+        means[chunk] = data[rows].mean(axis=1)
+    return percentile_interval(float(data.mean()), means, confidence)
+
+
+def resampled_sums(columns: np.ndarray, seed: int, resamples: int = RESAMPLES) -> np.ndarray:
+    """Each column of ``columns`` (tasks x k) summed over the tasks of each resample: shape (resamples, k).
+
+    The same resamples as :func:`bootstrap_mean` with the same seed. For
+    figures that are ratios of counts pooled over tasks (a share of steps,
+    not a mean of per-task shares): sum the numerators and denominators of
+    one resample, then divide (:func:`ratio_interval`).
+    """
+    data = np.asarray(columns, dtype=float)
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise ValueError(f"resampled sums need a tasks x columns array; got shape {data.shape}")
+    sums = np.empty((resamples, data.shape[1]))
+    for chunk, rows in _resampled_tasks(data.shape[0], seed, resamples):
+        sums[chunk] = data[rows].sum(axis=1)
+    return sums
+
+
+def ratio_interval(
+    estimate: float, numerators: np.ndarray, denominators: np.ndarray, confidence: float = CONFIDENCE
+) -> Interval:
+    """A pooled ratio and its percentile interval over resampled (numerator, denominator) sums.
+
+    A resample whose denominator is 0 has no ratio and is left out of the percentiles.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return percentile_interval(estimate, numerators / denominators, confidence)
+
+
+def _resampled_tasks(size: int, seed: int, resamples: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """(which resamples, their task indices drawn with replacement), in chunks that keep memory at 1000 x tasks."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, 1000):
         stop = min(start + 1000, resamples)
-        means[start:stop] = data[rng.integers(0, data.size, size=(stop - start, data.size))].mean(axis=1)
+        yield slice(start, stop), rng.integers(0, size, size=(stop - start, size))
+
+
+def percentile_interval(estimate: float, draws: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
+    """``estimate`` with the central ``confidence`` percentile interval of the resampled ``draws`` (NaNs ignored)."""
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Interval(float(data.mean()), float(low), float(high))
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))
 
 
 def paired_difference(

@@ -1,4 +1,4 @@
-"""The run report: every finished eval stage of a run in one ``report.md`` and two plots.
+"""The run report: every finished eval stage of a run in one ``report.md`` and three plots.
 
 Reads ``iter_K/eval/eval.json`` and ``curves.json`` (written by
 :mod:`pipeline.eval.stage`) for each iteration whose eval stage the manifest
@@ -16,7 +16,11 @@ does not). Writes, each atomically, into the run directory:
 - ``sequential_vs_parallel.png``: at equal samples k, without an oracle
   m1@tk (the vote over k turns of one trajectory) against mk@t1 (the vote
   over k parallel first-turn answers), and with an oracle p1@tk against
-  pk@t1 (any of them correct); one panel each, one colour per iteration.
+  pk@t1 (any of them correct); one panel each, one colour per iteration;
+- ``transitions.png``: per iteration, the share of each kind of step from
+  one answer to the next (:mod:`pipeline.eval.transitions`), revision beside
+  the parallel samples; ``report.md`` has their rates in a table. An eval
+  written before they existed gets them from its records.
 
 Differences carry their paired bootstrap 95 % interval over tasks
 (:mod:`pipeline.eval.intervals`), printed as ``+1.5 pp [-0.8, +3.9]`` and marked
@@ -34,7 +38,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from matplotlib.figure import Figure
 from rich.table import Table
@@ -42,8 +46,17 @@ from rich.table import Table
 from pipeline.config.methods import METHOD_PACKAGES, method_section
 from pipeline.config.settings import ConfigError
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
-from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
+from pipeline.eval.evaluation import (
+    compare_task_metrics,
+    headline_keys,
+    prepare_eval_records,
+    revision_gaps,
+    task_metrics,
+)
 from pipeline.eval.intervals import Interval, format_difference
+from pipeline.eval.transitions import RATES, SIDES, Step, summarize_transitions
+from rewards.base import ExactKeys, get_grader
+from pipeline.rollouts.trajectory import ROLLOUTS_NAME
 from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, RunDirError, fixed_config_data, stage_path
 
@@ -54,12 +67,19 @@ STAGE = "eval"
 EVAL_NAME = "eval.json"
 CURVES_NAME = "curves.json"
 TASK_METRICS_NAME = "task_metrics.jsonl"
+PARALLEL_DIR = "parallel"
 # The keys of config.yaml the report reads.
 REPORTED_KEYS = ("run.name", "run.iterations", "model.name_or_path", "method.name", "tasks.train.source",
                  "tasks.eval.source", "evaluation.feedback")
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
+TRANSITIONS_PLOT = "transitions.png"
+RATE_NAMES = {"fix": "fix", "repeat": "repeat", "flip": "flip", "no_answer": "no answer"}
+
+
+Cluster = Callable[[Sequence[str]], Mapping[str, str]]
+"""A grader's ``cluster_keys``: one task's answer keys -> their equivalence classes."""
 
 
 class ReportError(RuntimeError):
@@ -98,6 +118,11 @@ class IterationEval:
     def seed(self) -> int:
         return int(self.summary.get("bootstrap_seed", 0))
 
+    @property
+    def transitions(self) -> dict[str, Any] | None:
+        """The transition rates (:func:`pipeline.eval.transitions.summarize_transitions`); None without records."""
+        return self.summary.get("transitions")
+
     def change_from(self, base: "IterationEval", key: str) -> Interval | None:
         """This eval's ``key`` minus the base's, paired over tasks (None without both evals' task figures)."""
         if self.task_rows is None or base.task_rows is None:
@@ -115,12 +140,25 @@ def collect_evals(run_root: str | Path) -> list[IterationEval]:
     run_root = Path(run_root)
     manifest = Manifest.load(run_root)
     planned = sorted(k for k, stage in map(parse_stage_key, manifest.stages) if stage == STAGE)
-    evals = [_read_eval(run_root, k) for k in planned if manifest.verified_done(k, STAGE)]
+    evals = [
+        read_eval_dir(stage_path(run_root, k, STAGE), k, lambda: _run_cluster(run_root, manifest))
+        for k in planned
+        if manifest.verified_done(k, STAGE)
+    ]
     settings = {(e.summary["turns"], e.summary["samples"]) for e in evals}
     if len(settings) > 1:
         found = ", ".join(f"{e.label}: T={e.summary['turns']}, n={e.summary['samples']}" for e in evals)
         raise ReportError(f"{run_root}: the evals differ in turns or samples ({found}); they cannot share a report")
     return evals
+
+
+def _run_cluster(run_root: Path, manifest: Manifest) -> Cluster:
+    """The run's grader's ``cluster_keys``, to merge answer keys as its eval stage did."""
+    try:
+        grader = fixed_config_data(run_root, manifest).get("grader", {})
+        return get_grader(grader.get("name", "numeric"), **grader.get("options", {})).cluster_keys
+    except (RunDirError, ConfigError, ValueError, TypeError) as exc:
+        raise ReportError(f"{run_root}: cannot build the run's grader to recount transitions ({exc})") from None
 
 
 def _read_run_config(run_root: Path) -> dict[str, Any]:
@@ -153,7 +191,7 @@ def _has_key(config: Any, dotted: str) -> bool:
 
 
 def write_report(run_root: str | Path) -> Path:
-    """Write ``report.md`` and its two plots into the run directory; returns the report's path.
+    """Write ``report.md`` and its three plots into the run directory; returns the report's path.
 
     Every file is replaced atomically, so a rerun (e.g. after another
     iteration finished) leaves either the old or the new version, never a mix.
@@ -164,6 +202,7 @@ def write_report(run_root: str | Path) -> Path:
     text = render_markdown(_read_run_config(run_root), evals)
     write_bytes_atomic(run_root / ACCURACY_PLOT, png_bytes(_accuracy_by_turn(evals, training_depths(run_root, evals))))
     write_bytes_atomic(run_root / CURVES_PLOT, png_bytes(_sequential_vs_parallel(evals)))
+    write_bytes_atomic(run_root / TRANSITIONS_PLOT, png_bytes(_transitions_plot(evals)))
     path = run_root / REPORT_NAME
     write_text_atomic(path, text)
     return path
@@ -180,6 +219,7 @@ def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> s
         lines += ["", f"## {heading}", "", "| metric | value |", "| --- | ---: |"]
         lines += [f"| {name} | {value} |" for name, value in metric_rows(ev.summary)]
         lines += ["", _comparison_line(ev, base)]
+    lines += ["", *_transitions_section(evals)]
     lines += [
         "",
         "## Plots",
@@ -188,8 +228,53 @@ def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> s
         "",
         f"![sequential against parallel at equal samples k: m1@tk vs mk@t1, and with an oracle p1@tk vs pk@t1]({CURVES_PLOT})",
         "",
+        f"![what follows each answer, turn by turn, revision against parallel samples]({TRANSITIONS_PLOT})",
+        "",
     ]
     return "\n".join(lines)
+
+
+def _transitions_section(evals: Sequence[IterationEval]) -> list[str]:
+    """Why revision does or does not beat resampling: the transition rates, one column per eval."""
+    lines = [
+        "## Transitions",
+        "",
+        "What follows an answer: the next turn of the trajectory (revision), against the next parallel first-turn "
+        "sample of the task (resampling). fix: right after a wrong answer; repeat: a wrong answer given before "
+        "(same answer key) after a wrong one; flip: wrong after a right answer; no answer: none after a wrong one. "
+        "Each cell: revision / parallel, then revision minus parallel with its paired 95 % interval over tasks.",
+        "",
+        "| transition | " + " | ".join(ev.label for ev in evals) + " |",
+        "| --- |" + " ---: |" * len(evals),
+    ]
+    columns = [transition_rows(ev) for ev in evals]
+    lines += [f"| {name} | " + " | ".join(rows[i][1] for rows in columns) + " |" for i, (name, _) in enumerate(columns[0])]
+    return lines
+
+
+def transition_rows(ev: IterationEval, all_turns_only: bool = False) -> list[tuple[str, str]]:
+    """(rate and turns, ``revision / parallel (difference [interval])``) of one eval; ``n/a`` without its records."""
+    groups = [(f"t{t}->t{t + 1}", t - 1) for t in range(1, ev.turns)] + [("all turns", None)]
+    if all_turns_only:
+        groups = groups[-1:]
+    found = ev.transitions
+    rows = []
+    for rate, name in RATE_NAMES.items():
+        for label, index in groups:
+            if found is None:
+                rows.append((f"{name}, {label}", "n/a"))
+                continue
+            group = found["all_turns"] if index is None else found["per_turn"][index]
+            rows.append((f"{name}, {label}", _transition_cell(group, rate)))
+    return rows
+
+
+def _transition_cell(group: Mapping[str, Any], rate: str) -> str:
+    """``66.8% / 30.0% (+36.8 pp [+30.1, +43.0])``: revision, parallel, and their difference."""
+    values = [group[side][rate] for side in SIDES]
+    text = " / ".join("n/a" if v is None else percent(v["estimate"]) for v in values)
+    difference = group["difference"][rate]
+    return text if difference is None else f"{text} ({format_difference(Interval.from_dict(difference))})"
 
 
 def report_table(evals: Sequence[IterationEval]) -> Table:
@@ -207,6 +292,9 @@ def report_table(evals: Sequence[IterationEval]) -> Table:
     table.add_row(f"m1@t{turns} vs base", *(_change_cell(ev, base) for ev in evals))
     table.add_row(f"m1@t{turns} >= m{turns}@t1", *(_yes_no(sequential_beats_parallel(ev)) for ev in evals))
     table.add_row(f"p1@t{turns} >= p{turns}@t1", *(_yes_no(oracle_sequential_beats_parallel(ev)) for ev in evals))
+    columns = [transition_rows(ev, all_turns_only=True) for ev in evals]
+    for index, (name, _) in enumerate(columns[0]):
+        table.add_row(f"{name}: revision / parallel", *(rows[index][1] for rows in columns))
     return table
 
 
@@ -261,16 +349,41 @@ def points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f} pp"
 
 
-def _read_eval(run_root: Path, iteration: int) -> IterationEval:
-    return read_eval_dir(stage_path(run_root, iteration, STAGE), iteration)
+def read_eval_dir(
+    eval_dir: Path, iteration: int, cluster: Callable[[], Cluster] = lambda: ExactKeys().cluster_keys
+) -> IterationEval:
+    """An eval directory's summary, curves and (when written) per-task figures.
 
-
-def read_eval_dir(eval_dir: Path, iteration: int) -> IterationEval:
-    """An eval directory's summary, curves and (when written) per-task figures."""
+    An ``eval.json`` written before transition rates existed gets them, in
+    memory, from the eval's records (``cluster`` gives the grader's answer
+    classes; without a run, keys count as they are).
+    """
     summary, curves = (_read_json(eval_dir / name) for name in (EVAL_NAME, CURVES_NAME))
     rows_path = eval_dir / TASK_METRICS_NAME
     rows = read_jsonl(rows_path, whole=True) if rows_path.is_file() else None
+    if "transitions" not in summary and (eval_dir / ROLLOUTS_NAME).is_file():
+        summary, rows = _with_transitions(eval_dir, summary, rows, cluster())
     return IterationEval(iteration, summary, curves, rows)
+
+
+def _with_transitions(
+    eval_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]] | None, cluster: Cluster
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The summary with its transition rates and the task rows with their step counts, recounted from the records."""
+    turns, samples = summary["turns"], summary["samples"]
+    records = read_jsonl(eval_dir / ROLLOUTS_NAME, whole=True)
+    parallel_path = eval_dir / PARALLEL_DIR / ROLLOUTS_NAME
+    parallel = read_jsonl(parallel_path, whole=True) if parallel_path.is_file() else None
+    try:
+        first_turn = prepare_eval_records(records, parallel, turns, samples, cluster)
+        steps = {row["task_id"]: row["steps"] for row in task_metrics(records, turns, samples, first_turn)}
+    except (KeyError, ValueError) as exc:
+        raise ReportError(f"{eval_dir}: cannot recount transitions from {ROLLOUTS_NAME} ({exc})") from None
+    seed = int(summary.get("bootstrap_seed", 0))
+    summary = {**summary, "transitions": summarize_transitions(list(steps.values()), turns, seed)}
+    if rows is not None:
+        rows = [{**row, "steps": steps[row["task_id"]]} if row["task_id"] in steps else row for row in rows]
+    return summary, rows
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -420,6 +533,43 @@ def _sequential_vs_parallel(evals: Sequence[IterationEval]) -> Figure:
             axes.set_xticks(ev.curves["k"])
         if axes.get_legend_handles_labels()[0]:
             axes.legend()
+    return figure
+
+
+STEP_COLOURS = {
+    Step.KEEP: ("right -> right", "tab:green"),
+    Step.FLIP: ("right -> wrong", "tab:red"),
+    Step.FIX: ("wrong -> right", "tab:blue"),
+    Step.REPEAT: ("wrong -> same wrong", "tab:orange"),
+    Step.OTHER_WRONG: ("wrong -> other wrong", "tab:purple"),
+    Step.NO_ANSWER: ("wrong -> no answer", "tab:gray"),
+}
+
+
+def _transitions_plot(evals: Sequence[IterationEval]) -> Figure:
+    """One panel per eval: at each step t -> t+1, the share of each kind of step, revision beside parallel.
+
+    Stacked bars (``R``: turn t to t+1 of the trajectories; ``P``: parallel
+    sample t to t+1); an eval without its records has an empty panel.
+    """
+    figure = Figure(figsize=(4 + 3 * len(evals), 4.5), layout="constrained")
+    panels = figure.subplots(1, len(evals), sharey=True, squeeze=False)[0]
+    for axes, ev in zip(panels, evals):
+        axes.set(title=ev.label, ylabel="share of steps (%)")
+        counts = ev.transitions["steps"] if ev.transitions else {side: [] for side in SIDES}
+        labels, bars = [], []
+        for position in range(len(counts["sequential"])):
+            for side, letter in zip(SIDES, "RP"):
+                labels.append(f"{letter} t{position + 1}->{position + 2}")
+                bars.append(counts[side][position])
+        bottoms = [0.0] * len(bars)
+        for kind, (name, colour) in STEP_COLOURS.items():
+            shares = [100 * bar[kind.value] / max(1, sum(bar.values())) for bar in bars]
+            axes.bar(range(len(bars)), shares, bottom=bottoms, color=colour, label=name)
+            bottoms = [b + share for b, share in zip(bottoms, shares)]
+        axes.set_xticks(range(len(bars)), labels, rotation=45, ha="right", fontsize="small")
+        axes.set_xlabel("R: turn t -> t+1 (revision); P: parallel sample t -> t+1")
+    panels[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure
 
 

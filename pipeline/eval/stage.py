@@ -16,8 +16,9 @@ each written atomically:
 
 - ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
   extra first-turn samples, when drawn);
-- ``eval.json``: :func:`pipeline.eval.evaluation.summarize_eval`, plus the
-  history window used and the count of parallel samples lost to errors;
+- ``eval.json``: :func:`pipeline.eval.evaluation.summarize_eval` (transition
+  rates included), plus the history window used and the count of parallel
+  samples lost to errors;
 - ``curves.json``: m1@tk, mk@t1, p1@tk and pk@t1 for k = 1..T (the report's plot);
 - ``task_metrics.jsonl``: every headline figure per task
   (:func:`pipeline.eval.evaluation.task_metrics`), for paired comparisons
@@ -41,17 +42,22 @@ from typing import Any
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.config.settings import PipelineConfig, eval_history_window
 from pipeline.eval.evaluation import (
-    MISSING,
     count_incomplete,
-    merge_answer_classes,
     per_task_rows,
+    prepare_eval_records,
     summarize_curves,
     summarize_eval,
     task_metrics,
-    turn_outcome,
 )
-from pipeline.eval.metrics import TurnOutcome
-from pipeline.eval.report import CURVES_NAME, EVAL_NAME, STAGE, TASK_METRICS_NAME, ReportError, write_report
+from pipeline.eval.report import (
+    CURVES_NAME,
+    EVAL_NAME,
+    PARALLEL_DIR,
+    STAGE,
+    TASK_METRICS_NAME,
+    ReportError,
+    write_report,
+)
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
 from pipeline.rollouts.service import (
     IterationModel,
@@ -69,7 +75,6 @@ from rewards import Grader, get_grader
 logger = logging.getLogger(__name__)
 
 PER_TASK_NAME = "per_task.jsonl"
-PARALLEL_DIR = "parallel"
 
 
 class EvalError(StageError, ValueError):
@@ -95,30 +100,6 @@ def eval_spec(config: PipelineConfig, adapter: str | None, turns: int, samples: 
 def parallel_spec(config: PipelineConfig, adapter: str | None, turns: int) -> RolloutSpec:
     """T first-turn answers per task in one request: the parallel baseline's samples."""
     return replace(eval_spec(config, adapter, turns, 1), turns=1, samples_per_turn=(turns,), history_window=None)
-
-
-def first_turn_samples(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
-    """Task id -> the T graded first-turn candidates of :func:`parallel_spec` records.
-
-    A request that failed after its retries leaves fewer candidates; the
-    missing ones count as incorrect abstentions, as missing turns do in
-    :mod:`pipeline.eval.evaluation`, rather than dropping the task.
-    """
-    samples: dict[str, list[TurnOutcome]] = {}
-    for record in records:
-        candidates = record["turns"][0]["candidates"] if record["turns"] else []
-        outcomes = [turn_outcome(c["grade"]) for c in candidates]
-        samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
-    return samples
-
-
-def repeated_first_turns(records: list[dict[str, Any]], turns: int) -> dict[str, list[TurnOutcome]]:
-    """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
-    return {
-        r["task_id"]: [turn_outcome(r["turns"][0]["grade"] if r["turns"] else None)] * turns
-        for r in records
-        if r["sample"] == 0
-    }
 
 
 def evaluate(
@@ -158,8 +139,7 @@ def write_eval_outputs(
     (n >= T, or greedy decoding, whose T answers would all be the first).
     Answer keys are first merged into the grader's classes, task by task.
     """
-    merge_answer_classes(records + (parallel or []), grader.cluster_keys)
-    first_turn = _parallel_outcomes(records, parallel, turns, samples)
+    first_turn = prepare_eval_records(records, parallel, turns, samples, grader.cluster_keys)
     if incomplete := count_incomplete(records, turns):
         logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
     summary = summarize_eval(records, turns, samples, first_turn, seed=seed)
@@ -172,23 +152,12 @@ def write_eval_outputs(
     return summary
 
 
-def _parallel_outcomes(
-    records: list[dict[str, Any]], parallel: list[dict[str, Any]] | None, turns: int, samples: int
-) -> dict[str, list[TurnOutcome]] | None:
-    """The parallel baselines' first-turn answers: None when the trajectories' own first turns serve (n >= T)."""
-    if samples >= turns:
-        return None
-    if parallel is None:  # greedy decoding: the T answers would be identical
-        return repeated_first_turns(records, turns)
-    return first_turn_samples(parallel, turns)
-
-
 async def _generate(
     model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The trajectory records and, when n < T at a temperature above 0, the parallel baseline's records.
 
-    None for the latter: no parallel samples were drawn (see :func:`_parallel_outcomes`).
+    None for the latter: no parallel samples were drawn (see :func:`pipeline.eval.evaluation.prepare_eval_records`).
     """
     config, adapter = model.config, model.adapter_name
     async with open_service(model, out_dir) as service:
