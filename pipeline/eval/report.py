@@ -188,6 +188,8 @@ def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> s
         "",
         f"![sequential against parallel at equal samples k: m1@tk vs mk@t1, and with an oracle p1@tk vs pk@t1]({CURVES_PLOT})",
         "",
+        "Every trajectory turn by turn, by outcome: `selfimprove view` on this run writes [viewer.html](viewer.html).",
+        "",
     ]
     return "\n".join(lines)
 
