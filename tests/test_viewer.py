@@ -56,17 +56,18 @@ def boxed(*answers: str | None) -> list[str]:
     return [f"The answer is \\boxed{{{a}}}." if a is not None else "I do not know." for a in answers]
 
 
-def write_eval_dir(out: Path, trajectories: dict[str, list[list[str]]]) -> Path:
-    """An eval directory as the eval stage writes it: rollouts.jsonl and the summaries from real numeric grades
-    (reference 7; one response list per sample)."""
+def write_eval_dir(out: Path, trajectories: dict[str, list[list[str]]], grader: str = "numeric",
+                   reference: str = "7") -> Path:
+    """An eval directory as the eval stage writes it: rollouts.jsonl (answer keys as graded) and the summaries
+    from real grades (one response list per sample)."""
     records = [
-        graded_record(task, sample, responses, "numeric", "7")
+        graded_record(task, sample, responses, grader, reference)
         for task, samples in trajectories.items()
         for sample, responses in enumerate(samples)
     ]
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "rollouts.jsonl", records)
-    write_eval_outputs(out, records, None, get_grader("numeric"), TURNS, len(next(iter(trajectories.values()))),
+    write_eval_outputs(out, records, None, get_grader(grader), TURNS, len(next(iter(trajectories.values()))),
                        seed=0, history_window=None)
     return out
 
@@ -152,6 +153,17 @@ def test_outcome_labels_match_a_hand_count(tmp_path: Path) -> None:
     assert payload["outcomes"] == ["fixed", "flipped", "repeated", "never_right", "always_right"]
     errored_view = payload["evals"][0]["tasks"]["2"][0]
     assert errored_view["error"] == "the server went away" and len(errored_view["turns"]) == 1
+
+
+def test_answers_repeat_by_the_graders_classes_as_in_the_eval(tmp_path: Path) -> None:
+    """2 after \\sqrt{4} repeats a wrong answer under the math grader, though their keys as graded differ."""
+    responses = ["\\boxed{\\sqrt{4}}", "\\boxed{2}", "\\boxed{3}"]
+    eval_dir = write_eval_dir(tmp_path / "ev", {"t": [responses]}, grader="math", reference="3")
+    write_json_atomic(eval_dir / "eval_spec.json", {"grader": {"name": "math", "options": {}}})
+    keys = [turn["grade"]["answer_key"] for turn in json.loads((eval_dir / "rollouts.jsonl").read_text())["turns"]]
+    assert keys[0] != keys[1]
+    trajectory = view(eval_dir).payload["evals"][0]["tasks"]["0"][0]
+    assert trajectory["outcomes"] == ["fixed", "repeated"]
 
 
 def test_model_output_shows_as_text_and_cannot_break_out_of_the_data(tmp_path: Path) -> None:

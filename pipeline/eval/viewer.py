@@ -6,8 +6,9 @@ response, the answer the grader parsed from it, whether it was right, the
 feedback the model was shown next). Two evals of the same tasks sit side by
 side (default: the base model against the last iteration). Trajectories
 carry outcome labels, from :func:`pipeline.eval.transitions.steps` over the
-eval's T turns (a turn an error cut off counts as a wrong abstention, as in
-every metric), so the page can filter on them:
+eval's T turns (a turn an error cut off counts as a wrong abstention, and
+answers compare by the grader's classes, as in every metric), so the page
+can filter on them:
 
 - ``fixed``: some step went from a wrong answer to a right one;
 - ``flipped``: some step went from a right answer to a wrong one (or none);
@@ -32,11 +33,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pipeline.eval.compare import CompareError, resolve_eval
-from pipeline.eval.evaluation import turn_outcome
+from pipeline.eval.custom import SPEC_NAME
+from pipeline.eval.evaluation import merge_answer_classes, turn_outcome
 from pipeline.eval.report import EVAL_NAME, STAGE, ReportError, collect_evals
 from pipeline.eval.transitions import Step, steps
-from pipeline.run.layout import CONFIG_NAME, stage_path
-from pipeline.system.atomic import read_jsonl, write_text_atomic
+from pipeline.run.layout import CONFIG_NAME, fixed_config_data, stage_path
+from pipeline.run.manifest import MANIFEST_NAME, Manifest
+from pipeline.system.atomic import read_json, read_jsonl, write_text_atomic
+from rewards import get_grader
 
 VIEWER_NAME = "viewer.html"
 ROLLOUTS_NAME = "rollouts.jsonl"
@@ -74,7 +78,7 @@ def find_evals(path: Path) -> list[EvalRecords]:
             named = resolve_eval(path)
         except CompareError as exc:
             raise ViewerError(str(exc)) from None
-        return [_read_records(named.label, named.result.turns, path)]
+        return [_read_records(named.label, named.result.turns, path, _eval_dir_grader(path))]
     if not (path / CONFIG_NAME).is_file():
         raise ViewerError(f"{path}: neither an eval directory (no {EVAL_NAME}) nor a run directory (no {CONFIG_NAME})")
     try:
@@ -83,19 +87,41 @@ def find_evals(path: Path) -> list[EvalRecords]:
         raise ViewerError(str(exc)) from None
     if not evals:
         raise ViewerError(f"{path} has no finished eval yet, not even the base model's")
-    name = path.resolve().name
+    name, grader = path.resolve().name, _run_grader(path)
     return [
         _read_records(f"{name}/iter_{ev.iteration}" + (" (base)" if ev.iteration == 0 else ""), ev.turns,
-                      stage_path(path, ev.iteration, STAGE))
+                      stage_path(path, ev.iteration, STAGE), grader)
         for ev in evals
     ]
 
 
-def _read_records(label: str, turns: int, eval_dir: Path) -> EvalRecords:
+def _read_records(label: str, turns: int, eval_dir: Path, grader: dict[str, Any] | None) -> EvalRecords:
+    """An eval's trajectories, their answer keys merged into the grader's classes as the eval's own figures were
+    (so "repeated" sees ``\\sqrt{4}`` and ``2`` as one answer under the math grader)."""
     path = eval_dir / ROLLOUTS_NAME
     if not path.is_file():
         raise ViewerError(f"{eval_dir} has no {ROLLOUTS_NAME}: its trajectories are not there to show")
-    return EvalRecords(label, turns, read_jsonl(path, whole=True))
+    records = read_jsonl(path, whole=True)
+    if grader is not None:
+        try:
+            merge_answer_classes(records, get_grader(grader["name"], **grader.get("options", {})).cluster_keys)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ViewerError(f"{path}: cannot group its answers with the grader {grader!r}: {exc}") from None
+    return EvalRecords(label, turns, records)
+
+
+def _run_grader(run_root: Path) -> dict[str, Any] | None:
+    """The ``grader`` section of a run's config (as the run started: an edited config.yaml is refused)."""
+    return fixed_config_data(run_root, Manifest.load(run_root)).get("grader")
+
+
+def _eval_dir_grader(eval_dir: Path) -> dict[str, Any] | None:
+    """The grader an eval directory's votes used: a custom eval's ``eval_spec.json``, else its run's config when
+    it is a run's ``iter_K/eval``; None for a directory that records neither (keys are used as written)."""
+    if (eval_dir / SPEC_NAME).is_file():
+        return read_json(eval_dir / SPEC_NAME).get("grader")
+    root = eval_dir.resolve().parent.parent
+    return _run_grader(root) if (root / MANIFEST_NAME).is_file() and (root / CONFIG_NAME).is_file() else None
 
 
 def outcome_labels(record: dict[str, Any], turns: int) -> list[str]:
