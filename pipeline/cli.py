@@ -566,6 +566,26 @@ def report(run_dir: RunDirArg) -> None:
     _print_report(run_dir)
 
 
+@app.command()
+def view(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories (every finished eval) or eval directories.")],
+    out: Annotated[
+        Optional[Path], typer.Option(help="The HTML file to write (default: viewer.html in the first path).")
+    ] = None,
+) -> None:
+    """Every eval trajectory turn by turn, in one HTML file to open in a browser: filters by outcome, search, two evals side by side.
+
+    Example: selfimprove view runs/quickstart
+    """
+    from pipeline.eval.viewer import ViewerError, write_viewer
+
+    try:
+        path = write_viewer(paths, out)
+    except (ViewerError, DamagedOutputError, OSError, *_OPEN_ERRORS) as exc:
+        _fail(str(exc))
+    console.print(f"[green]viewer[/]: {path} (open it in a browser)")
+
+
 def _print_report(run_dir: Path) -> None:
     """Write and print the report; a done stage it reads whose files were damaged is refused, named."""
     from pipeline.eval.report import ReportError, collect_evals, report_table, write_report

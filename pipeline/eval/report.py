@@ -230,6 +230,8 @@ def render_markdown(config: dict[str, Any], evals: Sequence[IterationEval]) -> s
         "",
         f"![what follows each answer, turn by turn, revision against parallel samples]({TRANSITIONS_PLOT})",
         "",
+        "Every trajectory turn by turn, by outcome: `selfimprove view` on this run writes [viewer.html](viewer.html).",
+        "",
     ]
     return "\n".join(lines)
 
@@ -568,7 +570,7 @@ def _transitions_plot(evals: Sequence[IterationEval]) -> Figure:
             axes.bar(range(len(bars)), shares, bottom=bottoms, color=colour, label=name)
             bottoms = [b + share for b, share in zip(bottoms, shares)]
         axes.set_xticks(range(len(bars)), labels, rotation=45, ha="right", fontsize="small")
-        axes.set_xlabel("R: turn t -> t+1 (revision); P: parallel sample t -> t+1")
+    figure.supxlabel("R: turn t -> t+1 (revision); P: parallel sample t -> t+1", fontsize="medium")
     panels[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure
 
