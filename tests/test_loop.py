@@ -35,7 +35,7 @@ TURNS = SMOKE_TURNS
 EVAL_KEYS = {
     "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1", f"p{TURNS}@t1",
     "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
-    "intervals", "incomplete", "incomplete_parallel", "bootstrap_seed", "history_window",
+    "intervals", "incomplete", "incomplete_parallel", "bootstrap_seed", "history_window", "transitions",
 }
 
 
@@ -94,8 +94,8 @@ def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path)
     examples = [read_jsonl(finished_run / f"iter_{k}" / "curate" / "train.jsonl") for k in (1, 2)]
     assert {e["example_id"] for e in examples[0]} < {e["example_id"] for e in examples[1]}
     report = (finished_run / "report.md").read_text()
-    assert "m1@t3" in report
-    for png in ("accuracy_by_turn.png", "sequential_vs_parallel.png"):
+    assert "m1@t3" in report and "## Transitions" in report
+    for png in ("accuracy_by_turn.png", "sequential_vs_parallel.png", "transitions.png"):
         assert (finished_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
