@@ -95,25 +95,33 @@ class Comparison:
 
 
 def resolve_eval(path: Path, iteration: int | None = None) -> NamedEval:
-    """An eval directory, or a run directory's eval of ``iteration`` (default: its last finished one).
+    """An eval directory, or a run directory's eval of ``iteration`` (default: its last finished one)."""
+    evals = resolve_evals(path)
+    if (path / EVAL_NAME).is_file():
+        return evals[0]
+    chosen = [named for named in evals if iteration is None or named.result.iteration == iteration]
+    if not chosen:
+        wanted = "any finished eval" if iteration is None else f"a finished eval of iteration {iteration}"
+        raise CompareError(f"{path} has no {wanted}")
+    return chosen[-1]
+
+
+def resolve_evals(path: Path) -> list[NamedEval]:
+    """Every finished eval ``path`` holds: an eval directory's one, or each of a run directory's, in order.
 
     A run's eval stage directory (``runs/x/iter_2/eval``) is read only when
     its run's manifest calls it done and its files match their digests.
     """
     if (path / EVAL_NAME).is_file():
         _check_stage_dir(path)
-        return NamedEval(_eval_dir_label(path), path, read_eval_dir(path, 0))
+        return [NamedEval(_eval_dir_label(path), path, read_eval_dir(path, 0))]
     if not (path / CONFIG_NAME).is_file():
         raise CompareError(f"{path}: neither an eval directory (no {EVAL_NAME}) nor a run directory (no {CONFIG_NAME})")
     try:
         evals = collect_evals(path)
     except ReportError as exc:
         raise CompareError(str(exc)) from exc
-    chosen = [ev for ev in evals if iteration is None or ev.iteration == iteration]
-    if not chosen:
-        wanted = "any finished eval" if iteration is None else f"a finished eval of iteration {iteration}"
-        raise CompareError(f"{path} has no {wanted}")
-    return NamedEval(f"{path.resolve().name}/iter_{chosen[-1].iteration}", path, chosen[-1])
+    return [NamedEval(f"{path.resolve().name}/iter_{ev.iteration}", path, ev) for ev in evals]
 
 
 def _check_stage_dir(path: Path) -> None:

@@ -32,10 +32,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pipeline.eval.compare import CompareError, resolve_eval
+from pipeline.eval.compare import CompareError, resolve_evals
 from pipeline.eval.custom import SPEC_NAME
 from pipeline.eval.evaluation import merge_answer_classes, turn_outcome
-from pipeline.eval.report import EVAL_NAME, STAGE, ReportError, collect_evals
+from pipeline.eval.report import EVAL_NAME, STAGE
 from pipeline.eval.transitions import Step, steps
 from pipeline.run.layout import CONFIG_NAME, fixed_config_data, stage_path
 from pipeline.run.manifest import MANIFEST_NAME, Manifest
@@ -70,28 +70,22 @@ def find_evals(path: Path) -> list[EvalRecords]:
 
     A run's evals are read only when its manifest calls them done and their
     files still match their digests; an eval directory inside a run likewise
-    (:func:`pipeline.eval.compare.resolve_eval`). Raises ViewerError for a
+    (:func:`pipeline.eval.compare.resolve_evals`). Raises ViewerError for a
     path that is neither, or a run with no finished eval.
     """
-    if (path / EVAL_NAME).is_file():
-        try:
-            named = resolve_eval(path)
-        except CompareError as exc:
-            raise ViewerError(str(exc)) from None
-        return [_read_records(named.label, named.result.turns, path, _eval_dir_grader(path))]
-    if not (path / CONFIG_NAME).is_file():
-        raise ViewerError(f"{path}: neither an eval directory (no {EVAL_NAME}) nor a run directory (no {CONFIG_NAME})")
     try:
-        evals = collect_evals(path)
-    except ReportError as exc:
+        evals = resolve_evals(path)
+    except CompareError as exc:
         raise ViewerError(str(exc)) from None
+    if (path / EVAL_NAME).is_file():
+        return [_read_records(evals[0].label, evals[0].result.turns, path, _eval_dir_grader(path))]
     if not evals:
         raise ViewerError(f"{path} has no finished eval yet, not even the base model's")
-    name, grader = path.resolve().name, _run_grader(path)
+    grader = _run_grader(path)
     return [
-        _read_records(f"{name}/iter_{ev.iteration}" + (" (base)" if ev.iteration == 0 else ""), ev.turns,
-                      stage_path(path, ev.iteration, STAGE), grader)
-        for ev in evals
+        _read_records(named.label + (" (base)" if named.result.iteration == 0 else ""), named.result.turns,
+                      stage_path(path, named.result.iteration, STAGE), grader)
+        for named in evals
     ]
 
 
