@@ -591,8 +591,9 @@ def _print_report(run_dir: Path) -> None:
     from pipeline.eval.report import ReportError, collect_evals, report_table, write_report
 
     try:
-        path = write_report(run_dir)
-        table = report_table(collect_evals(run_dir))
+        evals = collect_evals(run_dir)
+        path = write_report(run_dir, evals)
+        table = report_table(evals)
     except (ReportError, FileNotFoundError, CorruptFileError, DamagedOutputError) as exc:
         _fail(str(exc))
     console.print(table)

@@ -190,15 +190,18 @@ def _has_key(config: Any, dotted: str) -> bool:
     return True
 
 
-def write_report(run_root: str | Path) -> Path:
+def write_report(run_root: str | Path, evals: Sequence[IterationEval] | None = None) -> Path:
     """Write ``report.md`` and its three plots into the run directory; returns the report's path.
 
-    Every file is replaced atomically, so a rerun (e.g. after another
-    iteration finished) leaves either the old or the new version, never a mix.
-    Raises ReportError, writing nothing, when no eval is done yet.
+    ``evals`` are the run's :func:`collect_evals`, for a caller that also
+    prints them (reading them checks digests and may recount transitions);
+    None reads them here. Every file is replaced atomically, so a rerun (e.g.
+    after another iteration finished) leaves either the old or the new
+    version, never a mix. Raises ReportError, writing nothing, when no eval
+    is done yet.
     """
     run_root = Path(run_root)
-    evals = collect_evals(run_root)
+    evals = collect_evals(run_root) if evals is None else evals
     text = render_markdown(_read_run_config(run_root), evals)
     write_bytes_atomic(run_root / ACCURACY_PLOT, png_bytes(_accuracy_by_turn(evals, training_depths(run_root, evals))))
     write_bytes_atomic(run_root / CURVES_PLOT, png_bytes(_sequential_vs_parallel(evals)))
