@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipeline.methods.rise.curation import (
     format_summary,
     pair_examples,
     rationale_examples,
+    refuted_examples,
     summarize,
     weight_histogram,
 )
@@ -190,7 +192,7 @@ def test_summary_counts_and_histogram() -> None:
     examples = accumulate(current, [earlier])
     summary = summarize(examples, 2, TAU, "better", {"empty_response": 0, "grading_error": 1})
     assert summary["examples"] == 8
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "accumulated": 2}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "refuted": 0, "accumulated": 2}
     assert summary["by_turn"] == {"1": 4, "2": 1, "3": 3}
     assert summary["skipped"] == {"empty_response": 0, "grading_error": 1}
     assert summary["mean_reward"] == pytest.approx(sum(e.reward for e in examples) / 8)
@@ -249,7 +251,7 @@ def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> 
     expected = curate(table_records(), TAU, "better", 1) + boost_examples(table_records(), TAU, 1)
     assert rows == [e.to_dict() for e in expected]
     summary = json.loads((path.parent / "summary.json").read_text())
-    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "accumulated": 0}
+    assert summary["by_source"] == {"rollout": 5, "boost": 1, "pair": 0, "rationale": 0, "refuted": 0, "accumulated": 0}
     record = run.manifest.record(1, "curate")
     assert record.state is StageState.DONE
     assert set(record.outputs) == {"iter_1/curate/train.jsonl", "iter_1/curate/summary.json"}
@@ -416,3 +418,52 @@ def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
     summary = json.loads((run_curate_stage(run, 1).parent / "summary.json").read_text())
     assert summary["by_source"]["rationale"] == 1
     assert summary["by_kind"] == {"first": 3, "fix": 1, "retry": 0, "keep": 1}  # one fix (the rationale) allows one keep
+
+
+def _answer(response: str, answer: str, correct: bool) -> dict[str, Any]:
+    """A candidate dict whose grade read ``answer`` from ``response``."""
+    grade = {"score": float(correct), "correct": correct, "parsed": answer, "feedback": "fb", "error": None,
+             "answer_key": answer}
+    return asdict(Candidate(response, grade, completion_tokens=5, finish_reason="stop"))
+
+
+def _refuted_record() -> dict[str, Any]:
+    """Turn 1 answers 5 (wrong), turn 2 answers 6 (wrong) among samples that repeat 5, turn 3 samples repeat both."""
+    record = make_record("r", [0.0, 0.0, 0.0])
+    turns = record["turns"]
+    turns[0]["candidates"] = [_answer("x = 5", "5", False)]
+    turns[1]["candidates"] = [_answer("x = 6", "6", False), _answer("It is 5, so 5", "5", False),
+                              _answer("It is 5, so 5", "5", False), _answer("x = 7", "7", True)]
+    turns[2]["candidates"] = [_answer("6", "6", False), _answer("5.", "5", False), _answer("\\boxed{6}", "6", False),
+                              _answer("six", "6", False)]
+    for turn in turns:
+        turn["grade"], turn["response"] = turn["candidates"][0]["grade"], turn["candidates"][0]["response"]
+    return record
+
+
+def test_refuted_examples_mark_each_distinct_repeat_of_a_refuted_answer() -> None:
+    examples = refuted_examples([_refuted_record(), make_record("s", [1.0])], weight=0.5, iteration=2)
+    found = [(e.turn, e.completion, e.completion[slice(*e.refuted_span)]) for e in examples]
+    # Turn 2: only 5 was refuted (6 is new, 7 is right; the duplicate sample counts once). Turn 3: 5 and 6 both
+    # were; an answer whose text is not in the response as the grader read it has nothing to mark.
+    assert found == [(2, "It is 5, so 5", "5"), (3, "6", "6"), (3, "5.", "5"), (3, "\\boxed{6}", "6")]
+    assert examples[0].refuted_span == (12, 13)  # the last occurrence: the answer, not the working
+    assert all(e.source == "refuted" and e.weight == 0.5 and e.kind is None for e in examples)
+    assert examples[0].messages == _refuted_record()["turns"][1]["messages"]
+    assert len({e.example_id for e in examples}) == len(examples)
+    assert Example.from_dict(json.loads(json.dumps(examples[0].to_dict()))) == examples[0]
+
+
+def test_stage_adds_refuted_examples_only_when_configured(tmp_path: Path) -> None:
+    run = make_run(tmp_path, rollout={"stop_at_success": True})
+    finish_rollout(run, 1, [_refuted_record()])
+    run_curate_stage(run, 1)
+    rows = read_jsonl(run.stage_dir(1, "curate") / "train.jsonl")
+    assert not any(row["refuted_span"] for row in rows)
+    on = make_run(tmp_path / "on", rollout={"stop_at_success": True}, refuted_weight=1.0)
+    finish_rollout(on, 1, [_refuted_record()])
+    run_curate_stage(on, 1)
+    rows = read_jsonl(on.stage_dir(1, "curate") / "train.jsonl")
+    assert sum(row["refuted_span"] is not None for row in rows) == 4
+    summary = json.loads((on.stage_dir(1, "curate") / "summary.json").read_text())
+    assert summary["by_source"]["refuted"] == 4

@@ -205,3 +205,89 @@ def test_qlora_loads_the_base_in_4bit_and_trains_only_lora(tiny_model: Path, tmp
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert torch.isfinite(torch.tensor(trainer.train().training_loss))
+
+
+REFUTED = "The answer is \\boxed{12345}."
+
+
+def _refuted_row(target: str, answer: str, weight: float = 1.0) -> dict:
+    start = target.rfind(answer)
+    return {**_row(target, weight), "refuted_start": start, "refuted_end": start + len(answer)}
+
+
+def _plain_row_with_span_columns(target: str, weight: float = 1.0) -> dict:
+    return {**_row(target, weight), "refuted_start": -1, "refuted_end": -1}
+
+
+def test_refuted_mask_marks_exactly_the_answer_tokens(tiny_model: Path, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_model, tmp_path, [_plain_row_with_span_columns(TARGETS[0]), _refuted_row(REFUTED, "12345")])
+    tokenizer = trainer.processing_class
+    plain, refuted = trainer.train_dataset[0], trainer.train_dataset[1]
+    assert not any(plain["refuted_mask"])
+    marked = [token for token, bit in zip(refuted["input_ids"], refuted["refuted_mask"]) if bit]
+    assert tokenizer.decode(marked) == "12345"
+    batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in (0, 1)])
+    assert batch["refuted_mask"].shape == batch["input_ids"].shape
+    assert batch["refuted_mask"][1].sum() == len(marked) and not batch["refuted_mask"][0].any()
+
+
+def test_unlikelihood_row_loss_is_minus_log_one_minus_the_answer_probability(tiny_model: Path, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_model, tmp_path, [_plain_row_with_span_columns(TARGETS[0]), _refuted_row(REFUTED, "12345")])
+    weights = [0.5, 2.0]
+    batch = trainer.data_collator([dict(trainer.train_dataset[i], **{WEIGHT: w}) for i, w in zip((0, 1), weights)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    answer_logp = (logp[1] * batch["refuted_mask"][1, 1:]).sum()
+    expected = [_completion_nll(model, batch)[0], -torch.log1p(-answer_logp.exp())]
+    want = (weights[0] * expected[0] + weights[1] * expected[1]) / sum(weights)
+    torch.testing.assert_close(loss, want.to(loss.dtype), rtol=1e-3, atol=1e-4)
+
+
+def test_unlikelihood_training_makes_a_likely_refuted_answer_unlikely(tiny_model: Path, tmp_path: Path) -> None:
+    """From a model taught to give the answer, steps on the unlikelihood row lower the answer's probability
+    more than that of the words before it (which carry no loss)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import train_tiny_adapter
+
+    adapter = train_tiny_adapter(tiny_model, [("What is 3 + 4?", REFUTED)], tmp_path / "taught")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter, is_trainable=True)
+    settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=1, learning_rate=1e-2)
+    rows = Dataset.from_list([_refuted_row(REFUTED, "12345")])
+    trainer = build_trainer(model, rows, tmp_path / "out", settings, use_cpu=True, max_steps=8)
+    trainer.args.save_strategy = "no"
+    batch = trainer.data_collator([dict(trainer.train_dataset[0])])
+
+    def answer_and_prefix_log_p() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = trainer.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        marked = batch["refuted_mask"][:, 1:]
+        before = (labels != -100) & (marked.cumsum(-1) == 0)
+        return float((logp * marked).sum()), float((logp * before).sum())
+
+    answer_before, prefix_before = answer_and_prefix_log_p()
+    assert answer_before > -2.0  # the taught model gives the answer
+    trainer.train()
+    answer_after, prefix_after = answer_and_prefix_log_p()
+    assert answer_after < answer_before - 1.0
+    assert abs(prefix_after - prefix_before) < abs(answer_after - answer_before)
+
+
+def test_training_rows_carry_refuted_spans_only_when_the_set_has_some(tmp_path: Path) -> None:
+    from pipeline.methods.rise.training import training_dataset
+    from pipeline.system.atomic import write_jsonl_atomic
+
+    plain = {"messages": [{"role": "user", "content": "q"}], "completion": "7", "weight": 2.0}
+    refuted = {**plain, "completion": "x = 5", "weight": 1.0, "refuted_span": [4, 5]}
+    write_jsonl_atomic(tmp_path / "plain.jsonl", [plain])
+    write_jsonl_atomic(tmp_path / "mixed.jsonl", [plain, refuted])
+    assert training_dataset(tmp_path / "plain.jsonl").column_names == ["prompt", "completion", WEIGHT]
+    mixed = training_dataset(tmp_path / "mixed.jsonl")
+    assert [(row["refuted_start"], row["refuted_end"]) for row in mixed] == [(-1, -1), (4, 5)]

@@ -46,6 +46,12 @@ class RiseSection(MethodSection):
         "needs rollout.stop_at_success false (null: no cap).",
     )
     informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
+    refuted_weight: float | None = Field(
+        None,
+        gt=0,
+        description="Weight of an unlikelihood example: a sample that gives again an answer its trajectory was told "
+        "is wrong, whose answer's probability the loss pushes down (docs/rise.md). null: off.",
+    )
     rationalize: int = Field(
         0,
         ge=0,

@@ -4,7 +4,8 @@ Reads ``iter_K/rollout/rollouts.jsonl``, keeps the turns the configured
 selection criterion keeps (only informative states with
 ``method.informative_only``), adds wrong -> right pairs
 (``method.pairs_per_state``) and rationalized targets (``method.rationalize``), caps keep examples (``method.keep_ratio``),
-adds boost data when ``method.boost`` is set and
+adds unlikelihood examples of repeated refuted answers
+(``method.refuted_weight``), boost data when ``method.boost`` is set and
 the training sets of iterations 1..K-1 when ``method.accumulate`` is set, and
 writes ``iter_K/curate/train.jsonl`` and ``summary.json`` atomically. The
 stage is recorded in the manifest; a rerun of a finished stage does nothing.
@@ -24,6 +25,7 @@ from pipeline.methods.rise.curation import (
     curate,
     pair_examples,
     rationale_examples,
+    refuted_examples,
     summarize,
 )
 from pipeline.run.layout import RunDir, stage_path
@@ -84,6 +86,8 @@ def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict
         current += rationale_examples(records, method.tau, iteration)
     if method.keep_ratio is not None:
         current = cap_keeps(current, method.keep_ratio)
+    if method.refuted_weight is not None:
+        current += refuted_examples(records, method.refuted_weight, iteration)
     if method.boost:
         current += boost_examples(records, method.tau, iteration)
     earlier = earlier_examples(run, iteration) if method.accumulate else []

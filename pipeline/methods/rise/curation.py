@@ -28,6 +28,12 @@ configured, each a fix for a state RISE's own data never holds:
   for a state none of whose samples succeeds, the right answer the model gave
   when the reference was hinted is the target, the hint removed (STaR,
   Zelikman et al., 2022): the states RISE's self-distillation has no target for.
+- **refuted answers** (:func:`refuted_examples`, with ``method.refuted_weight``):
+  a sample that gives again an answer its trajectory was already told is
+  wrong becomes an *unlikelihood* example (Welleck et al., 2019): the loss
+  pushes down the probability of that answer's characters in that state.
+  Positive targets alone never say "not this one", and a small model copies
+  numbers from its context.
 
 Every example records its ``kind``: ``first`` (turn 1), ``fix`` (right after
 a wrong answer), ``retry`` (wrong after a wrong answer) or ``keep`` (after a
@@ -48,8 +54,8 @@ from pipeline.config.settings import TemplatesSection
 from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
 
 Selection = Literal["all", "better", "best", "success"]
-Source = Literal["rollout", "boost", "pair", "rationale"]
-SOURCES: tuple[str, ...] = ("rollout", "boost", "pair", "rationale")
+Source = Literal["rollout", "boost", "pair", "rationale", "refuted"]
+SOURCES: tuple[str, ...] = ("rollout", "boost", "pair", "rationale", "refuted")
 Kind = Literal["first", "fix", "retry", "keep"]
 SELECTIONS: tuple[str, ...] = ("all", "better", "best", "success")
 KINDS: tuple[str, ...] = ("first", "fix", "retry", "keep")
@@ -60,7 +66,12 @@ UNPARSED_REWARD = -1.0
 
 @dataclass(frozen=True)
 class Example:
-    """One weighted SFT example; only ``completion`` carries loss."""
+    """One weighted SFT example; only ``completion`` carries loss.
+
+    With ``refuted_span`` (character offsets into ``completion``) the example
+    is an unlikelihood one: its loss is ``-log(1 - p)``, ``p`` the probability
+    of those characters' tokens, instead of the completion's NLL.
+    """
 
     example_id: str
     source: Source
@@ -74,13 +85,15 @@ class Example:
     weight: float
     kind: Kind | None = None  # None: unclassified, left out of the summary's counts
     answered: bool = True  # False: the target gave no parseable answer
+    refuted_span: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Example":
-        return cls(**data)
+        span = data.get("refuted_span")
+        return cls(**{**data, "refuted_span": None if span is None else tuple(span)})
 
 
 def rl_weight(reward: float, tau: float) -> float:
@@ -304,6 +317,54 @@ def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration:
                     kind=turn_kind(record, index, target_correct=True),
                 )
             )
+    return examples
+
+
+def refuted_examples(records: Iterable[dict[str, Any]], weight: float, iteration: int) -> list[Example]:
+    """One unlikelihood example per distinct sample that repeats an answer its trajectory was told is wrong.
+
+    The state is a turn after a wrong answer; the refuted answers are the
+    answer keys of the trajectory's earlier wrong turns (what the model saw
+    refuted, as :mod:`pipeline.eval.transitions` counts a repeat). Only the
+    answer as written carries the loss (its last occurrence in the sample):
+    the words around it are what every answer says, and pushing them down
+    would teach the model to stop answering, not to stop repeating.
+    """
+    examples = []
+    for record in records:
+        refuted: set[str] = set()
+        for index, turn in enumerate(record["turns"]):
+            if index and not record["turns"][index - 1]["grade"]["correct"]:
+                examples += _refuted_in_state(record, turn, refuted, weight, iteration)
+            if not turn["grade"]["correct"] and turn["grade"].get("answer_key") is not None:
+                refuted.add(turn["grade"]["answer_key"])
+    return examples
+
+
+def _refuted_in_state(
+    record: dict[str, Any], turn: dict[str, Any], refuted: set[str], weight: float, iteration: int
+) -> list[Example]:
+    repeats = {c["response"]: c for c in turn["candidates"]
+               if not c["grade"]["correct"] and c["grade"].get("answer_key") in refuted and not c["grade"].get("error")}
+    examples = []
+    for index, candidate in enumerate(repeats.values()):
+        parsed = candidate["grade"]["parsed"]
+        start = candidate["response"].rfind(parsed) if parsed else -1
+        if start < 0:
+            continue  # the answer is not written as parsed (a reformatted box): nothing to mark
+        examples.append(Example(
+            example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:refuted{index}",
+            source="refuted",
+            iteration=iteration,
+            task_id=record["task_id"],
+            key=record["key"],
+            turn=turn["turn"],
+            messages=turn["messages"],
+            completion=candidate["response"],
+            reward=float(candidate["grade"]["score"]),
+            weight=weight,
+            refuted_span=(start, start + len(parsed)),
+        ))
     return examples
 
 

@@ -19,23 +19,31 @@ from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
-from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
+from pipeline.methods.rise.weighted_sft import REFUTED_SPAN, WEIGHT, WeightedSFTTrainer, build_trainer
 from pipeline.training.checkpoints import train
 from pipeline.training.trainer import StepPrinter, peak_rss_gb, runs_on_cpu, starting_model, training_precision, write_merged_copy
 
 
 def training_dataset(path: Path) -> Dataset:
-    """The curated examples as rows of ``prompt`` (the history), ``completion`` (the target turn) and ``weight``."""
-    return Dataset.from_list(
-        [
-            {
-                "prompt": row["messages"],
-                "completion": [{"role": "assistant", "content": row["completion"]}],
-                WEIGHT: float(row["weight"]),
-            }
-            for row in read_jsonl(path, whole=True)
-        ]
-    )
+    """The curated examples as rows of ``prompt`` (the history), ``completion`` (the target turn) and ``weight``.
+
+    When some example is an unlikelihood one, every row also has its span's
+    ``refuted_start``/``refuted_end`` (-1 on the others).
+    """
+    rows = read_jsonl(path, whole=True)
+    spans = any(row.get("refuted_span") for row in rows)
+    return Dataset.from_list([_training_row(row, spans) for row in rows])
+
+
+def _training_row(row: dict[str, Any], spans: bool) -> dict[str, Any]:
+    columns = {
+        "prompt": row["messages"],
+        "completion": [{"role": "assistant", "content": row["completion"]}],
+        WEIGHT: float(row["weight"]),
+    }
+    if spans:
+        columns.update(zip(REFUTED_SPAN, row.get("refuted_span") or (-1, -1)))
+    return columns
 
 
 def summarize(trainer: WeightedSFTTrainer, examples: int) -> dict[str, Any]:

@@ -31,6 +31,14 @@ several processes the total is gathered across ranks and the loss scaled
 by the process count, since DDP (like FSDP and DeepSpeed) averages
 gradients: N processes take the step one process takes on all their
 examples.
+
+Unlikelihood rows (``refuted_start``/``refuted_end`` columns: a character
+span of the completion, -1 on ordinary rows) replace ``L_i`` by
+``-log(1 - p_i)``, ``p_i`` the probability of the span's tokens together
+(sequence-level unlikelihood, Welleck et al., 2019): it vanishes once the
+refuted answer is unlikely, so digits it shares with right answers are not
+pushed down for ever, and it weighs into the sum like any other row. The
+span becomes a token mask once, after TRL tokenizes the dataset.
 """
 
 from __future__ import annotations
@@ -46,16 +54,20 @@ from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.config.settings import TrainingSection
-from pipeline.training.lm_head import use_compact_lm_head
+from pipeline.training.lm_head import IGNORE_INDEX, use_compact_lm_head
 from pipeline.training.trainer import lora_config, trainer_arguments
 
 WEIGHT = "weight"
+REFUTED_SPAN = ("refuted_start", "refuted_end")
+REFUTED_MASK = "refuted_mask"
+# 1 - p is clamped here so that an answer the model is sure of gives a large but finite loss.
+MIN_UNLIKELIHOOD = 1e-4
 # The per-token fields SFTTrainer asks its fused LM head for (the loss and its entropy and accuracy metrics).
 SFT_OUTPUTS = ("log_probs", "entropy", "is_top1")
 
 
 class WeightCollator:
-    """Adds the examples' weights to the batch of the wrapped collator.
+    """Adds the examples' weights (and unlikelihood masks, when the rows have them) to the wrapped collator's batch.
 
     A wrapper (not a subclass) so that SFTTrainer still builds its own
     collator, with the pad token it resolves from the tokenizer.
@@ -65,9 +77,40 @@ class WeightCollator:
         self.inner = inner
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        masks = [example.pop(REFUTED_MASK) for example in examples] if REFUTED_MASK in examples[0] else None
         batch = self.inner(examples)
         batch[WEIGHT] = torch.tensor([float(example[WEIGHT]) for example in examples], dtype=torch.float32)
+        if masks is not None:
+            padded = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)  # TRL pads on the right
+            for row, mask in zip(padded, masks):
+                row[: len(mask)] = torch.tensor(mask[: len(row)], dtype=torch.bool)
+            batch[REFUTED_MASK] = padded
         return batch
+
+
+def refuted_token_mask(tokenizer: Any, input_ids: list[int], labels: list[int], text: str,
+                       span: tuple[int, int]) -> list[int]:
+    """1 on the tokens of ``input_ids`` whose text overlaps ``span`` (character offsets into the completion ``text``).
+
+    The completion's tokens decode to ``text`` followed by what the chat
+    template closes a turn with; offsets come from decoding growing
+    prefixes, so any tokenizer works. A span that truncation cut off gives
+    no token, and the row then carries no loss.
+    """
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(input_ids))
+    completion = input_ids[start:]
+    decoded = tokenizer.decode(completion)
+    shift = decoded.find(text) if text else -1
+    mask = [0] * len(input_ids)
+    if shift < 0:
+        return mask
+    low, high = span[0] + shift, span[1] + shift
+    ends = [len(tokenizer.decode(completion[: k + 1])) for k in range(len(completion))]
+    for k, end in enumerate(ends):
+        begin = ends[k - 1] if k else 0
+        if begin < high and end > low:
+            mask[start + k] = 1
+    return mask
 
 
 def _check_supported(args: SFTConfig, dataset: Dataset) -> None:
@@ -83,6 +126,18 @@ def _check_supported(args: SFTConfig, dataset: Dataset) -> None:
     weights = torch.tensor(dataset[WEIGHT], dtype=torch.float64)
     if not (torch.isfinite(weights).all() and (weights >= 0).all()):
         raise ValueError("weights must be finite and non-negative")
+
+
+def _with_unlikelihood(per_example: torch.Tensor, log_probs: torch.Tensor, refuted: torch.Tensor) -> torch.Tensor:
+    """``per_example`` with the rows that mark refuted tokens replaced by ``-log(1 - p)`` of those tokens.
+
+    ``refuted`` is aligned with ``log_probs`` (the labels' shift applied); a
+    row without marked tokens keeps its NLL, so ordinary rows are untouched.
+    """
+    marked = refuted.to(log_probs.device)
+    sequence_log_p = (log_probs * marked).sum(dim=-1)
+    unlikelihood = -torch.log1p(-sequence_log_p.exp().clamp(max=1 - MIN_UNLIKELIHOOD))
+    return torch.where(marked.any(dim=-1), unlikelihood, per_example)
 
 
 def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -108,6 +163,8 @@ class WeightedSFTTrainer(SFTTrainer):
         _check_supported(args, train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.normalization = normalization
+        if REFUTED_SPAN[0] in train_dataset.column_names:
+            self.train_dataset = self._with_refuted_masks(self.train_dataset)
         self.data_collator = WeightCollator(self.data_collator)
         # Each micro-batch loss is already divided by the whole window's weight.
         self.loss_is_scaled_for_ga = True
@@ -118,8 +175,22 @@ class WeightedSFTTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self) -> None:
         """Keep ``weight`` when ``remove_unused_columns`` prunes the tokenized dataset."""
         super()._set_signature_columns_if_needed()
-        if WEIGHT not in self._signature_columns:
-            self._signature_columns.append(WEIGHT)
+        for column in (WEIGHT, REFUTED_MASK):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    def _with_refuted_masks(self, dataset: Dataset) -> Dataset:
+        """The tokenized rows with a ``refuted_mask`` column: the tokens of each unlikelihood row's span."""
+
+        def add_mask(row: dict[str, Any]) -> dict[str, Any]:
+            start, end = row[REFUTED_SPAN[0]], row[REFUTED_SPAN[1]]
+            if start < 0:
+                return {REFUTED_MASK: [0] * len(row["input_ids"])}
+            text = row["completion"][0]["content"]
+            return {REFUTED_MASK: refuted_token_mask(self.processing_class, row["input_ids"], row["labels"],
+                                                     text, (start, end))}
+
+        return dataset.map(add_mask, desc="Marking refuted answers")
 
     def get_batch_samples(
         self, epoch_iterator: Iterator, num_batches: int, device: torch.device
@@ -148,6 +219,7 @@ class WeightedSFTTrainer(SFTTrainer):
         """
         inputs = dict(inputs)
         weights = inputs.pop(WEIGHT)
+        refuted = inputs.pop(REFUTED_MASK, None)
         captured = []
 
         def forward(**kwargs: Any) -> Any:
@@ -156,13 +228,15 @@ class WeightedSFTTrainer(SFTTrainer):
             return outputs
 
         result = super().compute_loss(forward, inputs, return_outputs, num_items_in_batch)
-        loss = self._weighted_loss(captured[0], weights)
+        loss = self._weighted_loss(captured[0], weights, refuted)
         return (loss, result[1]) if return_outputs else loss
 
-    def _weighted_loss(self, outputs: Any, weights: torch.Tensor) -> torch.Tensor:
+    def _weighted_loss(self, outputs: Any, weights: torch.Tensor, refuted: torch.Tensor | None) -> torch.Tensor:
         """``sum w_i L_i`` over this batch's weight sum, or in the training loop over the window's (module doc)."""
         token_counts = outputs.label_mask.sum(dim=-1).clamp(min=1)
         per_example = -outputs.log_probs.float().sum(dim=-1) / token_counts
+        if refuted is not None:
+            per_example = _with_unlikelihood(per_example, outputs.log_probs.float(), refuted[:, 1:])
         weighted_sum = (weights.to(per_example) * per_example).sum()
         if self.model.training and self._window_weight is not None:
             scale = self.accelerator.num_processes
