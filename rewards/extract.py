@@ -10,6 +10,12 @@ so "what did the model answer" means one thing in every report:
   matched with an explicit stack in one linear pass, so 10k levels of nesting
   neither recurse nor go quadratic; ``\\{`` and ``\\}`` are LaTeX literals,
   not groups.
+* An answer in several parts may be boxed one part at a time, the boxes
+  joined by a comma, a semicolon, "and" or "or" (with math delimiters and a
+  "y =" between them): ``\\boxed{1}, \\boxed{2}``. :func:`last_boxed_parts`
+  reads such a run; the ``math`` grader uses it when the reference has several
+  parts (as math-verify itself joins boxes). Any other text between two boxes
+  (``\\boxed{7} no wait \\boxed{8}``) leaves the last box the answer.
 * A box longer than :data:`MAX_ANSWER_CHARS` is a wrong answer that is not
   parsed at all (``error`` "answer too long"): no real answer is that long,
   and the bound keeps every grader's parsing cheap whatever the box holds.
@@ -23,6 +29,7 @@ The feedback texts live here too, so both graders word verdicts alike.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from rewards.base import GradeResult
 
@@ -42,6 +49,12 @@ NOT_A_STRING_FEEDBACK = "Your response could not be read as text. Please try aga
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
 _CODE_FENCE = re.compile(r"```.*?```", re.DOTALL)
+_NON_SPACE = re.compile(r"\S")
+_MATH_DELIMITERS = re.compile(r"\$|\\[()\[\]]")
+_PART_SEPARATOR = re.compile(r"\s*(?:[,;]|(?:,\s*)?\b(?:and|or)\b)\s*(?:\\?[A-Za-z]\w*\s*=\s*)?")
+
+MAX_SEPARATOR_CHARS = 40
+"""Boxes further apart than this are never parts of one answer (and the check stays cheap)."""
 
 
 def tail(text: str, cap: int = TAIL_CHARS) -> str:
@@ -60,6 +73,14 @@ def search_texts(response: str) -> tuple[str, ...]:
     return (prose,) if prose == text else (prose, text)
 
 
+class _Box(NamedTuple):
+    """Where a closed box is: its command (``\\boxed``) and its braces."""
+
+    command: int
+    opening: int
+    closing: int
+
+
 def last_boxed(text: str) -> str | None:
     """The content of the last closed, non-empty ``\\boxed{...}``, or None.
 
@@ -67,15 +88,43 @@ def last_boxed(text: str) -> str | None:
     model echoing "put your answer in \\boxed{}") are skipped in favour of the
     box before them.
     """
-    openings = [match.end() - 1 for match in _BOX_OPEN.finditer(text)]
+    boxes = _closed_boxes(text)
+    return text[boxes[-1].opening + 1 : boxes[-1].closing] if boxes else None
+
+
+def last_boxed_parts(text: str) -> list[str]:
+    """The contents of the last box and of the boxes before it that join it as parts of one answer.
+
+    ``\\boxed{1}, \\boxed{2}`` gives ["1", "2"]; ``\\boxed{7} no wait
+    \\boxed{8}`` gives ["8"]; no box gives [].
+    """
+    boxes = _closed_boxes(text)
+    run = boxes[-1:]
+    for box in reversed(boxes[:-1]):
+        if not _separates_parts(text[box.closing + 1 : run[-1].command]):  # empty for a box around the next one
+            break
+        run.append(box)
+    return [text[box.opening + 1 : box.closing] for box in reversed(run)]
+
+
+def _separates_parts(between: str) -> bool:
+    """Whether the text between two boxes joins them as parts of one answer (", ", " and y = ", "$, $")."""
+    return len(between) <= MAX_SEPARATOR_CHARS and _PART_SEPARATOR.fullmatch(_MATH_DELIMITERS.sub(" ", between)) is not None
+
+
+def _closed_boxes(text: str) -> list[_Box]:
+    """Every closed, non-empty box, in the order they open."""
+    openings = list(_BOX_OPEN.finditer(text))
     if not openings:
-        return None
+        return []
     closing = _matching_braces(text)
-    for start in reversed(openings):
-        end = closing.get(start)
-        if end is not None and text[start + 1 : end].strip():
-            return text[start + 1 : end]
-    return None
+    boxes = []
+    for match in openings:
+        brace = match.end() - 1
+        end = closing.get(brace)
+        if end is not None and _NON_SPACE.search(text, brace + 1, end):  # a slice would copy nested boxes quadratically
+            boxes.append(_Box(match.start(), brace, end))
+    return boxes
 
 
 def brace_depth(text: str) -> int:

@@ -17,7 +17,12 @@ The answer is found by the rules of :mod:`rewards.extract` (last box, code
 fences last, a box over :data:`rewards.extract.MAX_ANSWER_CHARS` not read);
 only the box (or, without one, that many characters of the end of the
 response) reaches math-verify, so its parser never sees a 5 MB response or
-10k nested braces.
+10k nested braces. When the reference has several parts (a tuple or a set;
+math-verify reads the pair ``(1, 2)`` as an open interval, so any set
+counts), a multi-part answer boxed one part at a time (``\\boxed{1},
+\\boxed{2}``) reaches it as one box (``\\boxed{1, 2}``), which is how
+math-verify itself joins such boxes; for any other reference the last box
+alone is the answer.
 
 The answer key is the parsed expression in sympy's LaTeX (``\\frac12``,
 ``\\dfrac{1}{2}`` and ``0.5`` all give ``\\frac{1}{2}``); votes then merge
@@ -45,6 +50,7 @@ from rewards.extract import (
     MAX_ANSWER_CHARS,
     brace_depth,
     last_boxed,
+    last_boxed_parts,
     no_answer,
     not_a_string,
     search_texts,
@@ -121,8 +127,9 @@ class MathGrader:
         gold = _parse_gold(str(reference)) if isinstance(reference, (str, int, float)) else []
         if not gold:
             return GradeResult.failure(f"reference could not be parsed: {shorten(repr(reference), 80)}")
+        several_parts = _has_parts(gold)
         for text in search_texts(response):
-            boxed = last_boxed(text)
+            boxed = _joined_parts(text) if several_parts else last_boxed(text)
             if boxed is None and self.require_boxed:
                 continue
             if boxed is not None and len(boxed) > MAX_ANSWER_CHARS:
@@ -144,6 +151,16 @@ def _parse_gold(reference: str) -> list[Any]:
     A bare reference ("\\frac{1}{2}", "[1, 2)") is read as inline math.
     """
     return parse(reference if _DELIMITED.search(reference) else f"${reference}$", parsing_timeout=None)
+
+
+def _has_parts(gold: list[Any]) -> bool:
+    """Whether the parsed reference is a tuple or a set (an interval included)."""
+    return isinstance(gold[0], (sympy.Tuple, sympy.Set))
+
+
+def _joined_parts(text: str) -> str | None:
+    """The last box, with the boxes joined to it as parts of one answer, as one box's content ("1, 2")."""
+    return ", ".join(parts) if (parts := last_boxed_parts(text)) else None
 
 
 def _answer_key(target: list[Any]) -> str:

@@ -9,8 +9,18 @@ LaTeX spacing aside) or plain arithmetic, which is evaluated exactly
 (``\\boxed{2^3}`` is 8, ``\\boxed{84/2}`` is 42). Anything else in a box
 (``5!``, ``42 (or 43)``) is an answer that is not a number: it is wrong, never
 read as its last number; a box over :data:`rewards.extract.MAX_ANSWER_CHARS`
-is wrong without being read. Without a box the last number of the response
-counts.
+is wrong without being read. Without a box, a GSM8K-style final line
+("#### 42", the line after the last "####" holding just a number) counts, and
+without either the last number of the response.
+
+What is a number: a mixed number (an integer, spaces, then a proper fraction:
+"1 1/2", "-2 3/4", "2\\frac{3}{4}") is one number; anything else between the
+two ("1, 1/2", a line break) or an improper fraction ("2 3/2") leaves two
+numbers, the fraction last. So "page 1 1/2 hours" reads as 1.5: spaces alone
+cannot tell a whole part from a separate number. A number right after ``^``
+is an exponent ("12 m^2", "10^{-3}"), and one followed by an ordinal suffix
+("3rd", "21st", "4^{th}") names a position: neither is an answer. A number
+glued to other letters ("5km") still is.
 
 How it is compared: an integer reference exactly, any other reference within
 a relative tolerance (1e-6 by default, for answers the model rounded), unless
@@ -41,31 +51,43 @@ more than 4300 digits anyway."""
 DEFAULT_REL_TOL = 1e-6
 """The tolerance for non-integer references when ``rel_tol`` is not set."""
 
+FINAL_MARK = "####"
+"""GSM8K's mark before the final answer, in references and in the responses of models trained on them."""
+
 MAX_EXPRESSION_CHARS = 200
 MAX_NESTING = 20
 """Boxed arithmetic longer or deeper than this is not evaluated (not a number)."""
 
-_UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
-# One answer: a LaTeX fraction, a slash fraction or a decimal (with an
-# optional exponent), with an optional sign (ASCII or U+2212), dollar sign
-# (plain or LaTeX-escaped) and percent sign. It never starts inside a word or
-# right after a decimal point, and a sign counts only when it touches the
-# digits ("10 - 5" is not "-5").
+_INTEGER = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+_UNSIGNED = rf"(?:{_INTEGER}(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+# No number starts inside a word, right after a decimal point, or in an
+# exponent ("m^2", "m^{2}", "s^-1", "s^{-1}").
+_NOT_INSIDE = r"(?<![\w.^])(?<!\^\{)(?<!\^[-+\u2212])(?<!\^\{[-+\u2212])"
+# "3rd", "21st", "4^{th}", "2^{\text{nd}}": a position, not an amount.
+_ORDINAL_SUFFIX = r"(?:\^\{?(?:\\text\s*\{)?)?(?i:st|nd|rd|th)(?![A-Za-z])"
+# One answer: a LaTeX fraction or a slash fraction (either with an optional
+# whole part before it, for a mixed number), or a decimal (with an optional
+# exponent), with an optional sign (ASCII or U+2212), dollar sign (plain or
+# LaTeX-escaped) and percent sign. A sign counts only when it touches the
+# digits ("10 - 5" is not "-5"). The decimal is atomic, so that "21st" cannot
+# be read as "2" once "21" is found to be an ordinal.
 _ANSWER = re.compile(
-    rf"(?<![\w.])(?P<sign>[-+\u2212])?(?:"
+    rf"{_NOT_INSIDE}(?P<sign>[-+\u2212])?(?:"
+    rf"(?:(?P<whole>{_INTEGER})(?: +|(?=\\frac)))?(?P<fraction>"
     rf"\\frac\s*\{{\s*(?P<num>{_UNSIGNED})\s*\}}\s*\{{\s*(?P<den>{_UNSIGNED})\s*\}}"
-    rf"|(?P<slash_num>{_UNSIGNED})\s*/\s*(?P<slash_den>{_UNSIGNED})"
-    rf"|(?:\\?\$\s?)?(?P<digits>{_UNSIGNED})(?:\s?\\?%)?)"
+    rf"|(?P<slash_num>{_UNSIGNED})\s*/\s*(?P<slash_den>{_UNSIGNED}))"
+    rf"|(?:\\?\$\s?)?(?P<digits>(?>{_UNSIGNED}))(?!{_ORDINAL_SUFFIX})(?:\s?\\?%)?)"
 )
 # LaTeX spacing that models put inside numbers ("1\,234", "1{,}234").
 _LATEX_SPACING = re.compile(r"\\[,!;: ]|~")
 # Words around a boxed number that do not change it: "\text{ dollars}",
-# "18 apples", "x = 7", "$...$".
-_UNIT_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[A-Za-z .]*\}")
+# "\text{ cm}^2", "18 apples", "12 m^2", "x = 7", "$...$".
+_UNIT_POWER = r"(?:\^\{?-?\d\}?|[\u00b2\u00b3])"
+_UNIT_TEXT = re.compile(rf"\\(?:text|mathrm|textbf|mbox)\s*\{{[A-Za-z .]*{_UNIT_POWER}?\}}{_UNIT_POWER}?")
 # Trailing words ("18 apples") are matched in the reversed text, from its
 # start, in linear time: a pattern anchored at the end is tried from every
 # position, which is quadratic on a long box of words or spaces.
-_TRAILING_WORDS_REVERSED = re.compile(r"\s*(?:\.?[A-Za-z]+\s+)+")
+_TRAILING_WORDS_REVERSED = re.compile(r"\s*(?:\.?(?:\}?\d-?\{?\^|[\u00b2\u00b3])?[A-Za-z]+\s+)+")
 _LEFT_HAND_SIDE = re.compile(r"^\s*[A-Za-z]\w*\s*=(?!=)")
 # Boxed arithmetic, once rewritten into Python's spelling.
 _FRACTION = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
@@ -89,7 +111,25 @@ def read_number(text: str) -> Number | None:
     last = None
     for last in _ANSWER.finditer(_clean(text)):
         pass
-    return _number(last) if last else None
+    if last is None:
+        return None
+    number = _number(last)
+    if number is None and last.group("whole") is not None:
+        return _fraction(last)  # "2 3/2" is 2 and then 3/2, not a mixed number
+    return number
+
+
+def marked_number(text: str) -> Number | None:
+    """The number of the line after the last "####", if that line holds just one number.
+
+    A line that holds anything else ("#### Step 3: the total") is a Markdown
+    heading, not a final answer.
+    """
+    if FINAL_MARK not in text:
+        return None
+    line = text.rpartition(FINAL_MARK)[2].lstrip().partition("\n")[0]
+    whole = _ANSWER.fullmatch(_bare(line.strip(" \t*").rstrip(". \t*")))
+    return _number(whole) if whole else None
 
 
 def boxed_number(content: str) -> Number | None:
@@ -97,12 +137,18 @@ def boxed_number(content: str) -> Number | None:
     (without a look at a box over MAX_ANSWER_CHARS)."""
     if len(content) > MAX_ANSWER_CHARS:
         return None
-    text = _LEFT_HAND_SIDE.sub("", _without_trailing_words(_UNIT_TEXT.sub("", _clean(content)))).strip().strip("$").strip()
+    text = _bare(content)
     for candidate in (text, text.replace("{", "").replace("}", "")):
         if whole := _ANSWER.fullmatch(candidate):
             return _number(whole)
     value = evaluate_arithmetic(text)
     return None if value is None else Number(_fraction_text(value), value)
+
+
+def _bare(text: str) -> str:
+    """``text`` less what does not change the number it spells: units ("18 apples",
+    "\\text{ cm}^2"), a left-hand side ("x ="), "$" and LaTeX spacing."""
+    return _LEFT_HAND_SIDE.sub("", _without_trailing_words(_UNIT_TEXT.sub("", _clean(text)))).strip().strip("$").strip()
 
 
 def _without_trailing_words(text: str) -> str:
@@ -185,7 +231,7 @@ def reference_number(reference: Any) -> Number | None:
         reference = str(reference)
     if not isinstance(reference, str):
         return None
-    whole = _ANSWER.fullmatch(_clean(reference.rpartition("####")[2]).strip())
+    whole = _ANSWER.fullmatch(_clean(reference.rpartition(FINAL_MARK)[2]).strip())
     return _number(whole) if whole else None
 
 
@@ -195,22 +241,36 @@ def _clean(text: str) -> str:
 
 
 def _number(match: re.Match[str]) -> Number | None:
+    """The signed number an :data:`_ANSWER` match spells; None past MAX_DIGITS, for a zero
+    denominator, or for a whole part before an improper fraction (not a mixed number)."""
     digits = match.group("digits")
     if digits is not None:
         value = _unsigned(digits)
-        if value is None:
-            return None
-        text, integer = _fraction_text(value), re.fullmatch(r"[\d,]+", digits) is not None
+        number = None if value is None else Number(_fraction_text(value), value, re.fullmatch(r"[\d,]+", digits) is not None)
     else:
-        numerator = _unsigned(match.group("num") or match.group("slash_num"))
-        denominator = _unsigned(match.group("den") or match.group("slash_den"))
-        if numerator is None or denominator is None or denominator == 0:
-            return None
-        value, integer = numerator / denominator, False
-        text = f"{_fraction_text(numerator)}/{_fraction_text(denominator)}"
-    if match.group("sign") in ("-", "\u2212") and value != 0:
-        text, value = "-" + text, -value
-    return Number(text, value, integer)
+        number = _fraction(match)
+        if number is not None and match.group("whole") is not None:
+            number = _mixed(match.group("whole"), number)
+    if number is not None and match.group("sign") in ("-", "\u2212") and number.value != 0:
+        return Number("-" + number.text, -number.value, number.integer)
+    return number
+
+
+def _fraction(match: re.Match[str]) -> Number | None:
+    """The unsigned fraction of an :data:`_ANSWER` match, spelled as written ("2/4")."""
+    numerator = _unsigned(match.group("num") or match.group("slash_num"))
+    denominator = _unsigned(match.group("den") or match.group("slash_den"))
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return Number(f"{_fraction_text(numerator)}/{_fraction_text(denominator)}", numerator / denominator)
+
+
+def _mixed(whole: str, fraction: Number) -> Number | None:
+    """``whole`` and a proper ``fraction`` as one mixed number ("1 1/2" is 3/2); None for an improper one."""
+    value = _unsigned(whole)
+    if value is None or not 0 < fraction.value < 1:
+        return None
+    return Number(f"{_fraction_text(value)} {fraction.text}", value + fraction.value)
 
 
 def _unsigned(digits: str) -> Fraction | None:
@@ -246,7 +306,7 @@ def close_enough(a: Fraction, b: Fraction, rel_tol: float) -> bool:
 @register_grader("numeric")
 @dataclass(frozen=True)
 class NumericGrader(ExactKeys):
-    """Grades the last boxed answer, else the last number, against one number.
+    """Grades the last boxed answer, else a "#### 42" final line, else the last number, against one number.
 
     ``rel_tol``: relative tolerance of the comparison (None: exact for
     integer references, 1e-6 for others). ``require_boxed``: only a
@@ -288,6 +348,6 @@ class NumericGrader(ExactKeys):
             boxed = last_boxed(text)
             if boxed is not None:
                 return boxed, boxed_number(boxed)
-            if not self.require_boxed and (number := read_number(text)) is not None:
+            if not self.require_boxed and (number := marked_number(text) or read_number(text)) is not None:
                 return number.text, number
         return None

@@ -85,6 +85,41 @@ def test_math_table(response: object, reference: object, correct: bool | None, e
         assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), expected, None)
 
 
+# Issue 35: a multi-part answer boxed one part at a time is one answer when
+# the reference has several parts (math-verify's own reading); any other text
+# between boxes, or a one-part reference, leaves the last box the answer. The
+# cases marked "kept" pass today and pin what must not change.
+PARTS_CASES = [
+    ("parts-of-a-tuple", "\\boxed{1}, \\boxed{2}", "(1,2)", True, "1, 2"),
+    ("parts-of-a-set", "\\boxed{3} and \\boxed{-1}", "\\{-1, 3\\}", True, "3, -1"),
+    ("parts-of-a-list", "The roots are \\boxed{2} or \\boxed{5}.", "2, 5", True, "2, 5"),
+    ("named-parts", "x = \\boxed{3}, y = \\boxed{4}", "(3,4)", True, "3, 4"),
+    ("parts-in-math-mode", "$\\boxed{1}$, $\\boxed{2}$, and $\\boxed{3}$", "(1,2,3)", True, "1, 2, 3"),
+    ("polar-parts", "r = \\boxed{3}, \\theta = \\boxed{\\frac{\\pi}{2}}", "\\left( 3, \\frac{\\pi}{2} \\right)", True,
+     "3, \\frac{\\pi}{2}"),
+    ("parts-in-the-wrong-order", "\\boxed{2}, \\boxed{1}", "(1,2)", False, "2, 1"),
+    ("parts-for-a-number", "\\boxed{1}, \\boxed{2}", "2", True, "2"),  # kept
+    ("correction-stays-last", "\\boxed{7} no wait \\boxed{8}", "8", True, "8"),  # kept
+    ("correction-stays-last-for-a-set", "\\boxed{7} no wait \\boxed{8}", "\\{7, 8\\}", False, "8"),  # kept
+    ("correction-with-commas", "\\boxed{7}, no wait, \\boxed{8}", "\\{7, 8\\}", False, "8"),  # kept
+    ("boxes-without-separator", "\\boxed{1} \\boxed{2}", "(1,2)", False, "2"),  # kept
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in PARTS_CASES],
+                         ids=[c[0] for c in PARTS_CASES])
+def test_parts_boxed_one_at_a_time(response: str, reference: str, correct: bool, parsed: str) -> None:
+    result = get_grader("math").grade(response, reference)
+    assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), parsed, None)
+
+
+def test_parts_vote_with_the_same_answer_in_one_box() -> None:
+    grader = get_grader("math")
+    keys = [grader.grade(r, "\\{1,2\\}").answer_key for r in ("\\boxed{1}, \\boxed{2}", "\\boxed{1, 2}", "\\boxed{\\{2,1\\}}", "\\boxed{1}, \\boxed{3}")]
+    classes = grader.cluster_keys(keys)
+    assert keys[0] == keys[1] and classes[keys[0]] == classes[keys[2]] != classes[keys[3]]
+
+
 def test_grade_is_safe_from_threads() -> None:
     """math-verify's signal timeouts fail outside the main thread; grade() must not."""
     grader = get_grader("math")

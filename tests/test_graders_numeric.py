@@ -100,6 +100,8 @@ def test_require_boxed_ignores_bare_numbers() -> None:
     unboxed = grader.grade("The answer is 5", "5")
     assert (unboxed.correct, unboxed.parsed, unboxed.error) == (False, None, None)
     assert grader.grade("I think \\boxed{5}", "5").correct
+    marked = grader.grade("#### 5", "5")
+    assert (marked.correct, marked.parsed) == (False, None)
 
 
 # Issue 16: an expression in the box is evaluated or is not a number, never its
@@ -129,6 +131,62 @@ ISSUE_CASES = [
 def test_boxed_expressions_and_exact_references(response: str, reference: object, correct: bool, parsed: str) -> None:
     result = get_grader("numeric").grade(response, reference)
     assert (result.correct, result.parsed, result.error) == (correct, parsed, None)
+
+
+# Issue 35: answer formats that other projects' GSM8K graders accept or reject.
+# A number after "^" is an exponent and one with an ordinal suffix a position,
+# neither an answer; "#### 42" marks the final answer as in a reference; an
+# integer, spaces and a proper fraction are one mixed number. The cases marked
+# "kept" pass today and pin what must not change.
+FORMAT_CASES = [
+    ("exponent-after-caret", "The area is 12 m^2.", "12", True, "12"),
+    ("exponent-in-braces", "So the floor covers 12 m^{2}", "12", True, "12"),
+    ("negative-exponent", "The acceleration is 9.8 m s^{-2}", "9.8", True, "9.8"),
+    ("exponent-after-unit-text", "The area is 12 \\text{ cm}^2.", "12", True, "12"),
+    ("unit-power-in-box", "\\boxed{12 \\text{ m}^2}", "12", True, "12"),
+    ("unit-power-word-in-box", "\\boxed{144 ft^2}", "144", True, "144"),
+    ("power-of-ten-is-not-its-exponent", "That is 10^3", "3", False, "10"),
+    ("ordinal-before-answer", "The 3rd option gives 7, on the 2nd try", "7", True, "7"),
+    ("ordinal-21st", "He sold 40 cakes on the 21st", "40", True, "40"),
+    ("ordinal-1st", "It costs $5 on the 1st", "5", True, "5"),
+    ("latex-ordinal", "The answer is 7, the 4^{th} value", "7", True, "7"),
+    ("ordinal-alone-is-no-answer", "She finished 3rd.", "3", False, None),
+    ("number-glued-to-unit", "She ran 5km", "5", True, "5"),  # kept
+    ("mark-then-next-question", "9 * 2 = 18\n#### 18\n\nQuestion: Tom has 3 apples", "18", True, "18"),
+    ("mark-with-unit", "#### 42 dollars.\nNext, 5 more", "42", True, "42"),
+    ("mark-in-bold", "#### **1,234**\nThat took 3 steps", "1234", True, "1234"),
+    ("last-mark-wins", "#### 5\nWait, I made an error.\n#### 7\n(2 checks)", "7", True, "7"),
+    ("mark-on-next-line", "####\n42\nThat is 6 times 7", "42", True, "42"),
+    ("heading-is-not-a-mark", "#### Step 3: Total\nShe pays 5 + 7 = 12", "12", True, "12"),  # kept
+    ("numbered-heading-is-not-a-mark", "#### 2. Total\nShe pays 12 in all", "12", True, "12"),  # kept
+    ("box-beats-mark", "\\boxed{41}\n#### 42\nsee 3", "41", True, "41"),  # kept
+    ("mixed-number", "She needs 1 1/2 cups of flour", "1.5", True, "1 1/2"),
+    ("mixed-number-with-unit", "That makes 2 3/4 cups", "2.75", True, "2 3/4"),
+    ("negative-mixed-number", "The change is -1 1/2 degrees", "-1.5", True, "-1 1/2"),
+    ("mixed-number-latex", "\\boxed{2\\frac{3}{4}}", "2.75", True, "2 3/4"),
+    ("mixed-number-in-box", "\\boxed{1 1/2}", "1.5", True, "1 1/2"),
+    ("mixed-number-after-mark", "#### 12 1/2\nNext: 4", "12.5", True, "12 1/2"),
+    ("spaces-make-a-mixed-number", "Read page 1 1/2 hours", "1.5", True, "1 1/2"),
+    ("comma-keeps-two-numbers", "The values are 1, 1/2", "0.5", True, "1/2"),  # kept
+    ("line-break-keeps-two-numbers", "Step 1\n1/2 of them", "0.5", True, "1/2"),  # kept
+    ("improper-fraction-is-not-mixed", "Day 2 3/2 of a cup", "1.5", True, "3/2"),  # kept
+    ("improper-mixed-box-is-not-a-number", "\\boxed{2 3/2}", "3.5", False, "2 3/2"),  # kept
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in FORMAT_CASES],
+                         ids=[c[0] for c in FORMAT_CASES])
+def test_answer_formats(response: str, reference: object, correct: bool, parsed: str | None) -> None:
+    result = get_grader("numeric").grade(response, reference)
+    assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), parsed, None)
+
+
+def test_new_formats_vote_by_value() -> None:
+    """A mixed number, a "####" line and a unit with a power key by value, like every other spelling."""
+    grader = get_grader("numeric")
+    halves = ("She needs 1 1/2 cups", "\\boxed{1\\frac{1}{2}}", "#### 1.5\nQuestion 2", "\\boxed{3/2}")
+    assert {grader.grade(r, "1.5").answer_key for r in halves} == {"3/2"}
+    assert {grader.grade(r, "12").answer_key for r in ("The area is 12 m^2", "\\boxed{12 \\text{ m}^2}", "#### 12")} == {"12"}
 
 
 def test_answer_keys_are_values() -> None:
