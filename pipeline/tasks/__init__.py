@@ -1,4 +1,4 @@
-"""Task sources: procedural arithmetic, local JSONL files, Hugging Face datasets.
+"""Task sources: procedural arithmetic, local JSONL files, Hugging Face datasets, reasoning-gym.
 
 Importing a source module registers it with :func:`get_task_source`.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.tasks import arithmetic, hf, humaneval, jsonl, mbpp  # noqa: F401  (registration)
+from pipeline.tasks import arithmetic, hf, humaneval, jsonl, mbpp, reasoning_gym  # noqa: F401  (registration)
 from pipeline.tasks.base import Task, TaskSource, get_task_source, register_task_source, task_source_names
 
 if TYPE_CHECKING:

@@ -138,6 +138,14 @@ def split_of(key: str, eval_fraction: float) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
 
 
+def check_split_options(n_train: int, n_eval: int, eval_fraction: float) -> None:
+    """The options of a source that deals its problems into the splits by :func:`split_of`: counts and the share."""
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1; got {eval_fraction}")
+    if n_train < 0 or n_eval < 0:
+        raise ValueError("n_train and n_eval must be non-negative")
+
+
 @register_task_source("arithmetic")
 class ArithmeticTaskSource:
     """Options:
@@ -167,10 +175,7 @@ class ArithmeticTaskSource:
         unknown = [k for k in kinds if k not in KINDS]
         if unknown or not kinds:
             raise ValueError(f"arithmetic kinds must be a non-empty subset of {sorted(KINDS)}; got {list(kinds)}")
-        if not 0 < eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be strictly between 0 and 1; got {eval_fraction}")
-        if n_train < 0 or n_eval < 0:
-            raise ValueError("n_train and n_eval must be non-negative")
+        check_split_options(n_train, n_eval, eval_fraction)
         check_template(prompt_template)
         self.seed = seed
         self.kinds = list(dict.fromkeys(kinds))

@@ -54,12 +54,11 @@ from pipeline.methods.exit.layout import buffer_path, groups_path, service_from_
 from pipeline.engine.generation import Completion, GenerationError, Message
 from pipeline.rollouts.protocol import Attempt, build_messages
 from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
-from pipeline.rollouts.service import pooled_grading, sampling_params
+from pipeline.rollouts.service import grading_pool, pooled_grading, sampling_params
 from pipeline.run.layout import RunDir
 from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.tasks import Task, load_tasks
 from rewards import GradeResult, get_grader
-from rewards.pool import GradingPool
 
 REWARD = "exit_reward"
 ADVANTAGE_SCALE = "advantage_scale"
@@ -450,7 +449,7 @@ def open_rollout(
         client = ServiceClient([Endpoint(url) for url in urls], model_name, config.rollout.max_concurrency,
                                config.rollout.request_timeout_s, config.rollout.max_retries)
         stack.callback(portal.call, client.aclose)
-        pool = stack.enter_context(GradingPool(config.grader.workers, config.grader.timeout_s))
+        pool = stack.enter_context(grading_pool(config))
         groups = GroupLog(groups_path(run, iteration), through_step)
         stack.callback(groups.close)
         generator = ExitGenerator(
