@@ -586,6 +586,30 @@ def view(
     console.print(f"[green]viewer[/]: {path} (open it in a browser)")
 
 
+@app.command()
+def plugins() -> None:
+    """List the graders and task sources a config can name: the built-in ones and those installed as plugins.
+
+    Your own code needs no installing: name it as module:attr or path/to/file.py:attr (docs/your-own-task.md).
+
+    Example: selfimprove plugins
+    """
+    from pipeline.tasks import task_source_names
+    from rewards import grader_names
+    from rewards.plugins import GRADER, TASK_SOURCE, installed_plugins
+
+    table = Table("kind", "name", "from")
+    for kind, builtins in ((GRADER, grader_names()), (TASK_SOURCE, task_source_names())):
+        for name in builtins:
+            table.add_row(kind.noun, name, "built-in")
+        for plugin in installed_plugins(kind.group):
+            shadowed = " [yellow](unused: a built-in has this name)[/]" if plugin.name in builtins else ""
+            table.add_row(kind.noun, plugin.name, escape(plugin.origin) + shadowed)
+    console.print(table)
+    console.print("your own, not installed: grader.name or tasks.*.source as module:attr or path/to/file.py:attr "
+                  "(docs/your-own-task.md)", markup=False)
+
+
 def _print_report(run_dir: Path) -> None:
     """Write and print the report; a done stage it reads whose files were damaged is refused, named."""
     from pipeline.eval.report import ReportError, collect_evals, report_table, write_report

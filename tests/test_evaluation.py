@@ -213,11 +213,12 @@ def test_format_eval_table_shows_per_turn_pass_at_1_and_headlines() -> None:
     summary = summarize_eval(make_records({"a": [["5", "7", "7"], ["7", "7", "7"]]}), turns=3, samples=2)
     table = format_eval_table(summary)
     assert isinstance(table, Table)
-    assert table.row_count == 3 + 8  # per-turn pass@1, 7 headlines, the incomplete count
+    assert table.row_count == 3 + 9  # per-turn pass@1, 7 headlines, the incomplete count, the grading errors
     console = Console(record=True, width=120)
     console.print(table)
     text = console.export_text()
-    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "p3@t1", "delta_c_to_i", "incomplete"):
+    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "p3@t1", "delta_c_to_i", "incomplete",
+                  "grading errors"):
         assert label in text
     assert "n/a" in text  # m3@t1 is null with 2 samples and 3 turns
     assert "0.5000" in text  # pass@1 at turn 1

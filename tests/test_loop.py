@@ -35,7 +35,8 @@ TURNS = SMOKE_TURNS
 EVAL_KEYS = {
     "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1", f"p{TURNS}@t1",
     "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
-    "intervals", "incomplete", "incomplete_parallel", "bootstrap_seed", "history_window", "transitions",
+    "intervals", "incomplete", "incomplete_parallel", "grading_errors", "bootstrap_seed", "history_window",
+    "transitions",
 }
 
 
@@ -80,7 +81,7 @@ def test_run_goes_through_every_stage_and_writes_its_outputs(finished_run: Path)
         parallel = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "parallel" / "rollouts.jsonl")
         assert len(parallel) == 5 and all(len(r["turns"][0]["candidates"]) == TURNS for r in parallel)
         assert summary["m3@t1"] is not None and summary["p3@t1"] is not None
-        assert summary["incomplete"] == summary["incomplete_parallel"] == 0
+        assert summary["incomplete"] == summary["incomplete_parallel"] == summary["grading_errors"] == 0
         task_rows = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "task_metrics.jsonl")
         assert len(task_rows) == 5 and summary["m1@t3"] == pytest.approx(sum(r["m1@t3"] for r in task_rows) / 5)
         eval_records = read_jsonl(finished_run / f"iter_{iteration}" / "eval" / "rollouts.jsonl")

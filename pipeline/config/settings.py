@@ -271,7 +271,9 @@ class RolloutSection(StrictModel):
 class TaskSourceSection(StrictModel):
     """One split's tasks: a task source by name, with its options."""
 
-    source: str = Field(description="The task source's name (docs/tasks-and-graders.md lists them and their options).")
+    source: str = Field(description="The task source: a built-in name (docs/tasks-and-graders.md lists them and their "
+                        "options), an installed plugin's, or your own as `module:attr` or `path/to/file.py:attr` "
+                        "(docs/your-own-task.md).")
     options: dict[str, Any] = Field(default_factory=dict, description="The task source's options; a key ending in "
                                     "`path` must name an existing file.")
     limit: int | None = Field(None, ge=1, description="Keep the first this many tasks of the split; null: all.")
@@ -279,9 +281,13 @@ class TaskSourceSection(StrictModel):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
+        """A built-in name, else the user's source loads now: an import error fails the config, not a stage."""
         from pipeline.tasks import task_source_names
+        from pipeline.tasks.plugins import load_task_source_plugin
 
-        return _require_known("task source", value, task_source_names())
+        if value not in task_source_names():
+            load_task_source_plugin(value)
+        return value
 
     @field_validator("options")
     @classmethod
@@ -318,20 +324,26 @@ def max_grading_workers() -> int:
 
 
 class GraderSection(StrictModel):
-    name: str = Field("numeric", description="The grader's name (docs/tasks-and-graders.md lists them and their "
-                      "options).")
-    options: dict[str, Any] = Field(default_factory=dict, description="The grader's options.")
-    workers: int = Field(2, ge=1, description="Grading worker processes (`math`, `code` and `reasoning_gym`; "
-                         "`numeric` grades in-process); at most 4 per CPU, or 8.")
+    name: str = Field("numeric", description="The grader: a built-in name (docs/tasks-and-graders.md lists them and "
+                      "their options), an installed plugin's, or your own class or function as `module:attr` or "
+                      "`path/to/file.py:attr` (docs/your-own-task.md).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The grader's options (a function grader gets "
+                                    "them as keyword arguments).")
+    workers: int = Field(2, ge=1, description="Grading worker processes (`math`, `code`, `reasoning_gym` and your own "
+                         "functions; `numeric` grades in-process); at most 4 per CPU, or 8.")
     timeout_s: float = Field(10.0, gt=0, description="Hard limit in seconds per graded response; a response over it "
                              "scores 0.")
 
     @field_validator("name")
     @classmethod
     def _known_grader(cls, value: str) -> str:
+        """A built-in name, else the user's grader loads now: an import error fails the config, not a stage."""
         from rewards import grader_names
+        from rewards.plugin_grader import load_grader_plugin
 
-        return _require_known("grader", value, grader_names())
+        if value not in grader_names():
+            load_grader_plugin(value)
+        return value
 
     @field_validator("workers")
     @classmethod
@@ -553,12 +565,6 @@ def _budget_problem(section: str, sampling: SamplingSection, attempts: int, conf
                 f"model.max_model_len ({limit}), leaving room for the task: lower max_tokens or {section}.turns, "
                 f"raise model.max_model_len, or set {section}.history_window")
     return None
-
-
-def _require_known(kind: str, name: str, known: list[str]) -> str:
-    if name not in known:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
-    return name
 
 
 def _construct(key: str, factory: Any, name: str, options: dict[str, Any]) -> None:

@@ -298,6 +298,12 @@ def count_incomplete(records: Iterable[Record], turns: int) -> int:
     return sum(None in _turn_grades(record, turns) for record in records)
 
 
+def count_grading_errors(records: Iterable[Record]) -> int:
+    """How many answers (every sample of every turn) the grader could not judge: a raise, a timeout, a bad
+    result; each has ``error`` set and counts as wrong."""
+    return sum(bool(c["grade"].get("error")) for r in records for turn in r["turns"] for c in turn["candidates"])
+
+
 def per_task_rows(records: Iterable[Record], turns: int) -> list[dict[str, Any]]:
     """One row per (task_id, sample, turn) for the per-task inspection file.
 
@@ -330,6 +336,7 @@ def format_eval_table(summary: Mapping[str, Any]) -> Table:
     for key in headline_keys(turns)[turns:] + ["delta_t1_tT"]:
         table.add_row(key, _format_value(summary[key]))
     table.add_row("incomplete trajectories", str(summary["incomplete"]))
+    table.add_row("grading errors", str(summary.get("grading_errors", "n/a")))
     return table
 
 

@@ -323,6 +323,7 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("tasks", str(summary["n_tasks"])))
     incomplete = summary.get("incomplete")
     rows.append(("incomplete trajectories", "n/a" if incomplete is None else f"{incomplete} (+{summary.get('incomplete_parallel', 0)} parallel)"))
+    rows.append(("grading errors", str(summary.get("grading_errors", "n/a"))))
     return rows
 
 

@@ -17,8 +17,8 @@ each written atomically:
 - ``rollouts.jsonl``: the trajectories (``parallel/rollouts.jsonl``: the
   extra first-turn samples, when drawn);
 - ``eval.json``: :func:`pipeline.eval.evaluation.summarize_eval` (transition
-  rates included), plus the history window used and the count of parallel
-  samples lost to errors;
+  rates included), plus the history window used, the count of parallel
+  samples lost to errors and the count of answers the grader could not judge;
 - ``curves.json``: m1@tk, mk@t1, p1@tk and pk@t1 for k = 1..T (the report's plot);
 - ``task_metrics.jsonl``: every headline figure per task
   (:func:`pipeline.eval.evaluation.task_metrics`), for paired comparisons
@@ -42,6 +42,7 @@ from typing import Any
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.config.settings import PipelineConfig, eval_history_window
 from pipeline.eval.evaluation import (
+    count_grading_errors,
     count_incomplete,
     per_task_rows,
     prepare_eval_records,
@@ -144,6 +145,7 @@ def write_eval_outputs(
         logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
     summary = summarize_eval(records, turns, samples, first_turn, seed=seed)
     summary["incomplete_parallel"] = sum(bool(r.get("error")) for r in parallel or [])
+    summary["grading_errors"] = count_grading_errors([*records, *(parallel or [])])
     summary["history_window"] = history_window
     write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
     write_jsonl_atomic(out_dir / TASK_METRICS_NAME, task_metrics(records, turns, samples, first_turn))

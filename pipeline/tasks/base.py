@@ -53,13 +53,17 @@ def register_task_source(name: str) -> Callable[[TaskSourceFactory], TaskSourceF
 
 
 def get_task_source(name: str, /, **options: Any) -> TaskSource:
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none)"
-        raise ValueError(f"unknown task source {name!r}; known sources: {known}")
-    return _REGISTRY[name](**options)
+    """The source registered as ``name``, built with its options, else the user's source that ``name`` names
+    (:mod:`pipeline.tasks.plugins`: an installed entry point or an import path)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](**options)
+    from pipeline.tasks.plugins import plugin_task_source  # it builds on this module
+
+    return plugin_task_source(name, options)
 
 
 def task_source_names() -> list[str]:
+    """The built-in task sources' names."""
     return sorted(_REGISTRY)
 
 
