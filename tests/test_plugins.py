@@ -186,7 +186,7 @@ def test_a_grader_that_cannot_grade_stops_the_run_in_one_line_before_anything_st
     ("name", "message"),
     [
         ("no_such_module:grade", "grader.name: cannot import module no_such_module (ModuleNotFoundError"),
-        ("no_such_grader", "numeric; or your own: module:attr, path/to/file.py:attr, or an installed plugin"),
+        ("no_such_grader", "unknown grader 'no_such_grader'; known: code, math, numeric, reasoning_gym; or your own: module:attr, path/to/file.py:attr, or an installed plugin"),
     ],
 )
 def test_a_grader_name_that_names_nothing_says_so_in_one_line(tmp_path: Path, name: str, message: str) -> None:
