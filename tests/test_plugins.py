@@ -272,7 +272,7 @@ def test_the_guides_own_task_runs_end_to_end(tiny_model: Path, tmp_path: Path) -
         "tasks.train.limit": 4, "tasks.eval.limit": 3, "training.max_seq_length": 256,
     }
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    result = subprocess.run(cli("run", "examples/own_task/config.yaml", *sets, "--no-progress"),
+    result = subprocess.run(cli("run", "configs/own_task/config.yaml", *sets, "--no-progress"),
                             cwd=REPO, capture_output=True, text=True, env=cli_env())
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = tmp_path / "own_task"
