@@ -302,22 +302,31 @@ def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration:
             if rationale is None:
                 continue
             reward = float(rationale["grade"]["score"])
-            examples.append(
-                Example(
-                    example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:rationale",
-                    source="rationale",
-                    iteration=iteration,
-                    task_id=record["task_id"],
-                    key=record["key"],
-                    turn=turn["turn"],
-                    messages=turn["messages"],
-                    completion=rationale["response"],
-                    reward=reward,
-                    weight=rl_weight(reward, tau),
-                    kind=turn_kind(record, index, target_correct=True),
-                )
-            )
+            examples.append(_state_example(
+                record, turn, iteration, "rationale", rationale["response"], reward, rl_weight(reward, tau),
+                kind=turn_kind(record, index, target_correct=True),
+            ))
     return examples
+
+
+def _state_example(
+    record: dict[str, Any], turn: dict[str, Any], iteration: int, source: Source, completion: str, reward: float,
+    weight: float, id_suffix: str = "", **fields: Any,
+) -> Example:
+    """An example for the state ``turn`` saw (its messages) whose target is not the turn's own response."""
+    return Example(
+        example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:{source}{id_suffix}",
+        source=source,
+        iteration=iteration,
+        task_id=record["task_id"],
+        key=record["key"],
+        turn=turn["turn"],
+        messages=turn["messages"],
+        completion=completion,
+        reward=reward,
+        weight=weight,
+        **fields,
+    )
 
 
 def refuted_examples(records: Iterable[dict[str, Any]], weight: float, iteration: int) -> list[Example]:
@@ -352,18 +361,9 @@ def _refuted_in_state(
         start = candidate["response"].rfind(parsed) if parsed else -1
         if start < 0:
             continue  # the answer is not written as parsed (a reformatted box): nothing to mark
-        examples.append(Example(
-            example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:refuted{index}",
-            source="refuted",
-            iteration=iteration,
-            task_id=record["task_id"],
-            key=record["key"],
-            turn=turn["turn"],
-            messages=turn["messages"],
-            completion=candidate["response"],
-            reward=float(candidate["grade"]["score"]),
-            weight=weight,
-            refuted_span=(start, start + len(parsed)),
+        examples.append(_state_example(
+            record, turn, iteration, "refuted", candidate["response"], float(candidate["grade"]["score"]), weight,
+            id_suffix=str(index), refuted_span=(start, start + len(parsed)),
         ))
     return examples
 
