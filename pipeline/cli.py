@@ -414,7 +414,9 @@ def join(
 def evaluate(
     run_dir: RunDirArg,
     iteration: IterationOpt = 0,
-    tasks: Annotated[Optional[str], typer.Option(help="Other eval tasks: a .jsonl file or a task source name.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(
+        help="Other eval tasks: a .jsonl file, or a task source as in tasks.*.source (a built-in or plugin name, "
+        "module:attr, path/to/file.py:attr).")] = None,
     turns: Annotated[Optional[int], typer.Option(min=2, help="Turns T (default: evaluation.turns).")] = None,
     samples: Annotated[Optional[int], typer.Option(min=1, help="Samples n per task (default: evaluation.samples).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N tasks (of --tasks, else of the run's).")] = None,

@@ -203,6 +203,25 @@ def test_a_task_source_function_that_cannot_take_the_split_stops_the_run(tmp_pat
     assert "tasks.train.source: " in result.output and "tasks() cannot be called as tasks(split)" in result.output
 
 
+def test_eval_tasks_take_a_task_source_plugin_as_a_config_does(tmp_path: Path) -> None:
+    """``selfimprove eval --tasks`` resolves a plugin the way ``tasks.*.source`` does, and refuses one in a line."""
+    from pipeline.eval.custom import resolve_eval_tasks
+    from pipeline.eval.stage import EvalError
+    from pipeline.tasks import load_tasks
+
+    (tmp_path / "my_tasks.py").write_text(
+        "def tasks(split):\n    return [{'prompt': f'{split} {i} + 1?', 'reference': i + 1} for i in range(3)]\n"
+        "def broken():\n    return []\n"
+    )
+    section = resolve_eval_tasks(f"{tmp_path}/my_tasks.py:tasks", limit=2)
+    assert [task.reference for task in load_tasks(section, "eval")] == [1, 2]
+    with pytest.raises(EvalError, match=r"^--tasks '.*my_tasks.py:broken': not a .jsonl file, and as a task source: "
+                       r".*broken\(\) cannot be called as broken\(split\)"):
+        resolve_eval_tasks(f"{tmp_path}/my_tasks.py:broken")
+    with pytest.raises(EvalError, match="file not found"):
+        resolve_eval_tasks(str(tmp_path / "missing.jsonl"))
+
+
 def test_installed_plugins_are_listed_and_a_config_can_name_them(plugin_site: Path, tmp_path: Path) -> None:
     listed = run_plugin_cli(plugin_site, "plugins")
     assert listed.returncode == 0, listed.stderr

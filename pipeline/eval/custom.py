@@ -23,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline.config.settings import TaskSourceSection, eval_budget_problem, load_split
 from pipeline.eval.report import EVAL_NAME
 from pipeline.eval.stage import EvalError, eval_spec, evaluate
@@ -37,15 +39,19 @@ STAGE_PREFIX = "iter_"
 
 
 def resolve_eval_tasks(spec: str, limit: int | None = None) -> TaskSourceSection:
-    """``--tasks``: a JSONL file (``prompt``/``answer`` fields) or a task source name with its defaults."""
-    if spec in task_source_names():
-        return TaskSourceSection(source=spec, limit=limit)
+    """``--tasks``: a JSONL file (``prompt``/``answer`` fields), or a task source with its defaults: a built-in
+    name or, as in a config's ``tasks.*.source``, an installed plugin's name or ``module:attr`` /
+    ``path/to/file.py:attr``."""
     path = Path(spec)
-    if path.suffix == ".jsonl" or path.exists():
+    if spec not in task_source_names() and (path.suffix == ".jsonl" or path.exists()):
         if not path.is_file():
             raise EvalError(f"--tasks {spec}: file not found")
         return TaskSourceSection(source="jsonl", options={"eval_path": str(path)}, limit=limit)
-    raise EvalError(f"--tasks {spec!r}: not a .jsonl file or a task source ({', '.join(task_source_names())})")
+    try:
+        return TaskSourceSection(source=spec, limit=limit)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise EvalError(f"--tasks {spec!r}: not a .jsonl file, and as a task source: {reason}") from None
 
 
 def run_custom_eval(
