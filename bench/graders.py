@@ -36,7 +36,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rewards import GradeResult, Grader, GradingPool, Placement, get_grader  # noqa: E402
+from rewards import Grader, GradeResult, GradingPool, Placement, get_grader  # noqa: E402
 from rewards.math_equiv import MathGrader  # noqa: E402
 from rewards.pool import placement  # noqa: E402
 
@@ -67,7 +67,9 @@ def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
         if i % 4 == 3:  # a fraction task: (a / c) of b, written as a LaTeX fraction
             value = Fraction(a * b, c)
             shown = latex(value)
-            reasoning = f"We need {a}/{c} of {b}.\nThat is \\frac{{{a} \\cdot {b}}}{{{c}}} = \\frac{{{a * b}}}{{{c}}}.\n"
+            reasoning = (
+                f"We need {a}/{c} of {b}.\nThat is \\frac{{{a} \\cdot {b}}}{{{c}}} = \\frac{{{a * b}}}{{{c}}}.\n"
+            )
             numeric_ref, math_ref = f"{float(value):.6f}", shown
         else:
             value = Fraction(a * c + b)
@@ -77,8 +79,12 @@ def build_items(n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
         if rng.random() < 0.25:  # a wrong answer
             value += rng.choice([-1, 1, 2])
             shown = latex(value)
-        ending = f"Therefore the answer is \\boxed{{{shown}}}." if rng.random() < 0.8 else f"So the final answer is {shown}."
-        response = "Let's solve this step by step.\n" + reasoning + "Let me double-check the arithmetic once more.\n" + ending
+        ending = (
+            f"Therefore the answer is \\boxed{{{shown}}}." if rng.random() < 0.8 else f"So the final answer is {shown}."
+        )
+        response = (
+            "Let's solve this step by step.\n" + reasoning + "Let me double-check the arithmetic once more.\n" + ending
+        )
         numeric.append((response, numeric_ref))
         math.append((response, math_ref))
     return numeric, math
@@ -100,12 +106,18 @@ def best_rate(grade_all: Callable[[], list[GradeResult]], n: int) -> tuple[float
     return best, (tree_cpu_s() - cpu_before) * 1000 / (n * REPEATS), results
 
 
-def through_pool(pool: GradingPool, grader: Grader, items: Sequence[Pair], per_submit: int | None = None) -> list[GradeResult]:
+def through_pool(
+    pool: GradingPool, grader: Grader, items: Sequence[Pair], per_submit: int | None = None
+) -> list[GradeResult]:
     """Every item's grade, submitted in one batch, or ``per_submit`` at a time each waited for before the
     next is sent, as a rollout awaits one request's grades (for the inline grader: a pool grader's batches
     would run one after another)."""
     size = per_submit or len(items) or 1
-    return [result for start in range(0, len(items), size) for result in pool.submit(grader, items[start : start + size]).result()]
+    return [
+        result
+        for start in range(0, len(items), size)
+        for result in pool.submit(grader, items[start : start + size]).result()
+    ]
 
 
 def compare(
@@ -121,12 +133,16 @@ def compare(
         serial(item)
     through_pool(pool, grader, items[:WARM_UP], per_submit)
     serial_rate, serial_cpu, serial_results = best_rate(lambda: [serial(item) for item in items], len(items))
-    pooled_rate, pooled_cpu, pooled_results = best_rate(lambda: through_pool(pool, grader, items, per_submit), len(items))
+    pooled_rate, pooled_cpu, pooled_results = best_rate(
+        lambda: through_pool(pool, grader, items, per_submit), len(items)
+    )
     agree = sum(s == p for s, p in zip(serial_results, pooled_results))
     correct = sum(result.correct for result in pooled_results)
-    print(f"{label:17} {placement(grader).value:12} serial {serial_rate:6.0f}/s  submit {pooled_rate:6.0f}/s"
-          f"  submit/serial {pooled_rate / serial_rate:5.2f}   CPU/response serial {serial_cpu:.3f} ms, submit {pooled_cpu:.3f} ms"
-          f"   ({correct}/{len(items)} correct, submit == serial for {agree})")
+    print(
+        f"{label:17} {placement(grader).value:12} serial {serial_rate:6.0f}/s  submit {pooled_rate:6.0f}/s"
+        f"  submit/serial {pooled_rate / serial_rate:5.2f}   CPU/response serial {serial_cpu:.3f} ms, submit {pooled_cpu:.3f} ms"
+        f"   ({correct}/{len(items)} correct, submit == serial for {agree})"
+    )
 
 
 def main() -> None:
@@ -136,7 +152,9 @@ def main() -> None:
     start = time.perf_counter()
     with GradingPool(max_workers=workers) as pool:
         through_pool(pool, MathGrader(), [("\\boxed{1}", "1")] * workers)
-        print(f"{N_RESPONSES} responses, pool of {workers} workers (start-up {time.perf_counter() - start:.2f} s), best of {REPEATS}")
+        print(
+            f"{N_RESPONSES} responses, pool of {workers} workers (start-up {time.perf_counter() - start:.2f} s), best of {REPEATS}"
+        )
         numeric_grader = get_grader("numeric")
         compare("numeric", lambda item: numeric_grader.grade(*item), pool, numeric_grader, numeric_items)
         compare("numeric, 4/submit", lambda item: numeric_grader.grade(*item), pool, numeric_grader, numeric_items, 4)

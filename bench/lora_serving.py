@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 from pipeline.config.settings import parse_config
-from pipeline.engine.model_store import resolve_model
-from pipeline.rollouts.trajectory import request_seed
-from pipeline.rollouts.service import sampling_params
-from pipeline.engine.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task, load_tasks
 from pipeline.engine.adapters import merge_adapter
+from pipeline.engine.model_store import resolve_model
+from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.engine.vllm_server import VLLMServer
+from pipeline.rollouts.service import sampling_params
+from pipeline.rollouts.trajectory import request_seed
+from pipeline.tasks import Task, load_tasks
 
 ADAPTER = "bench-lora"
 
@@ -40,7 +40,9 @@ def random_adapter(model_path: str, out: Path) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, config)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
@@ -59,7 +61,10 @@ async def generate(url: str, tasks: list[Task], config, adapter: str | None) -> 
         results = await asyncio.gather(
             *(
                 client.chat(
-                    [{"role": "user", "content": t.prompt}], 1, params, seed=request_seed(0, t.task_id, 0, 1),
+                    [{"role": "user", "content": t.prompt}],
+                    1,
+                    params,
+                    seed=request_seed(0, t.task_id, 0, 1),
                     adapter=ADAPTER if adapter else None,
                 )
                 for t in tasks

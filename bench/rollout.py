@@ -34,17 +34,17 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.system.atomic import read_jsonl
 from pipeline.config.settings import PipelineConfig, parse_config
 from pipeline.engine.hf_backend import HFBackend
 from pipeline.engine.model_store import resolve_model
-from pipeline.rollouts.trajectory import TrajectoryRunner, request_seed
+from pipeline.engine.precision import resolve_dtype
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.engine.vllm_server import VLLMServer, is_cpu_build
 from pipeline.methods.rise.stages import collection_spec
 from pipeline.rollouts.service import collect, pooled_grading
-from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.rollouts.trajectory import TrajectoryRunner, request_seed
+from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task, load_tasks
-from pipeline.engine.precision import resolve_dtype
-from pipeline.engine.vllm_server import VLLMServer, is_cpu_build
 from rewards.pool import GradingPool
 
 
@@ -166,11 +166,17 @@ def main() -> None:
         memory["ours"] = peak_rss_gb(server)
 
     rate = {name: report(name, runs) for name, runs in results.items()}
-    print(f"\n{args.requests} requests x {args.max_tokens} max tokens, {args.rounds} rounds each, "
-          f"dtype {resolve_dtype(config.model.dtype, on_cpu=is_cpu_build())}, {os.cpu_count()} CPUs")
-    print(f"(a) vLLM default settings, bare : {rate['vLLM default']:7.1f} generated tok/s, "
-          f"server peak RSS {memory['vLLM default']:.2f} GB")
-    print(f"(b) our settings, bare          : {rate['raw']:7.1f} generated tok/s, server peak RSS {memory['ours']:.2f} GB")
+    print(
+        f"\n{args.requests} requests x {args.max_tokens} max tokens, {args.rounds} rounds each, "
+        f"dtype {resolve_dtype(config.model.dtype, on_cpu=is_cpu_build())}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"(a) vLLM default settings, bare : {rate['vLLM default']:7.1f} generated tok/s, "
+        f"server peak RSS {memory['vLLM default']:.2f} GB"
+    )
+    print(
+        f"(b) our settings, bare          : {rate['raw']:7.1f} generated tok/s, server peak RSS {memory['ours']:.2f} GB"
+    )
     print(f"(c) our settings, rollout engine: {rate['ours']:7.1f} generated tok/s")
     print(f"ratio b/a (server settings)     : {rate['raw'] / rate['vLLM default']:7.3f}")
     print(f"ratio c/b (rollout engine)      : {rate['ours'] / rate['raw']:7.3f}")

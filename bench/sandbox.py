@@ -32,7 +32,6 @@ from rewards.code import CodeGrader  # noqa: E402
 from rewards.pool import GradingPool  # noqa: E402
 from rewards.sandbox import Limits, LocalRunner, default_workers  # noqa: E402
 
-
 Pair = tuple[str, dict[str, Any]]
 
 
@@ -88,7 +87,9 @@ def main() -> int:
             return 1
         rates[label] = len(pairs) / elapsed
         per_run_ms = cpu / len(pairs) * 1000
-        print(f"{label:>24}: {rates[label]:6.1f} programs/s  ({elapsed:5.2f} s for {len(pairs)}, {per_run_ms:.0f} ms CPU each)")
+        print(
+            f"{label:>24}: {rates[label]:6.1f} programs/s  ({elapsed:5.2f} s for {len(pairs)}, {per_run_ms:.0f} ms CPU each)"
+        )
     serial, pooled = rates.values()
     print(f"{'pooled / serial':>24}: {pooled / serial:6.2f}x")
     return 0

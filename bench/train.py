@@ -92,7 +92,12 @@ def settings(batch_size: int) -> TrainingSection:
 
 
 def plain_trainer(
-    model: Path, data: Dataset, out: Path, training: TrainingSection, use_cpu: bool = True, bf16: bool = False,
+    model: Path,
+    data: Dataset,
+    out: Path,
+    training: TrainingSection,
+    use_cpu: bool = True,
+    bf16: bool = False,
     max_steps: int = -1,
 ) -> SFTTrainer:
     """TRL's own SFTTrainer with exactly the arguments build_trainer uses."""
@@ -104,7 +109,12 @@ def plain_trainer(
 
 
 def weighted_trainer(
-    model: Path, data: Dataset, out: Path, training: TrainingSection, use_cpu: bool = True, bf16: bool = False,
+    model: Path,
+    data: Dataset,
+    out: Path,
+    training: TrainingSection,
+    use_cpu: bool = True,
+    bf16: bool = False,
     max_steps: int = -1,
 ) -> SFTTrainer:
     trainer = build_trainer(model, data, out, training, use_cpu=use_cpu, bf16=bf16, seed=SEED, max_steps=max_steps)
@@ -124,8 +134,15 @@ def tokens_per_second(trainer: SFTTrainer) -> float:
 def contender(name: str, data: Path, steps: int, bf16: bool, out: str) -> dict[str, float]:
     """Train ``steps`` steps with one contender; its trained tokens/s, seconds a step, peak RSS and parameter count."""
     training = load_config(QUICKSTART).training
-    trainer = CONTENDERS[name](embedded_checkpoint(), training_dataset(data), Path(out), training,
-                               use_cpu=not torch.cuda.is_available(), bf16=bf16, max_steps=steps)
+    trainer = CONTENDERS[name](
+        embedded_checkpoint(),
+        training_dataset(data),
+        Path(out),
+        training,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
+        max_steps=steps,
+    )
     start = time.perf_counter()
     tokens_per_s = tokens_per_second(trainer)
     return {
@@ -164,24 +181,33 @@ def main() -> None:
                 out = str(Path(tmp) / f"{name}-{round_index}")
                 result = run_isolated(name, opts.data, opts.steps, opts.bf16, out)
                 results[name].append(result)
-                print(f"round {round_index} {name:8s} {result['tokens_per_s']:8.1f} tok/s, "
-                      f"{result['step_s']:.2f} s/step, peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"round {round_index} {name:8s} {result['tokens_per_s']:8.1f} tok/s, "
+                    f"{result['step_s']:.2f} s/step, peak RSS {result['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
 
     training = load_config(QUICKSTART).training
-    print(f"\nmodel: SmolLM2-135M-Instruct, {QUICKSTART.name}'s training section (LoRA r {training.lora_r}, "
-          f"{training.per_device_batch_size} x {training.gradient_accumulation_steps} examples a step, "
-          f"{training.train_sampling_strategy}), {opts.data.name}, {opts.steps} steps, {opts.rounds} round(s), "
-          f"trained in {dtype}, {torch.get_num_threads()} threads")
+    print(
+        f"\nmodel: SmolLM2-135M-Instruct, {QUICKSTART.name}'s training section (LoRA r {training.lora_r}, "
+        f"{training.per_device_batch_size} x {training.gradient_accumulation_steps} examples a step, "
+        f"{training.train_sampling_strategy}), {opts.data.name}, {opts.steps} steps, {opts.rounds} round(s), "
+        f"trained in {dtype}, {torch.get_num_threads()} threads"
+    )
     print(f"allocator: {os.environ.get('LD_PRELOAD') or 'the system malloc'}")
-    print(f"matmul limit (torch.mm {MATMUL_SIZE}^2): float32 {limits['float32']:.1f} GFLOP/s, "
-          f"bfloat16 {limits['bfloat16']:.1f} GFLOP/s")
+    print(
+        f"matmul limit (torch.mm {MATMUL_SIZE}^2): float32 {limits['float32']:.1f} GFLOP/s, "
+        f"bfloat16 {limits['bfloat16']:.1f} GFLOP/s"
+    )
     median = {name: statistics.median(r["tokens_per_s"] for r in runs) for name, runs in results.items()}
     for name, label in (("plain", "plain SFTTrainer  "), ("weighted", "WeightedSFTTrainer")):
         runs = results[name]
         flops_per_token = 4 * runs[0]["parameters"]
         share = median[name] * flops_per_token / 1e9 / limits[dtype]
-        print(f"{label} {median[name]:8.1f} tok/s (median), {share:6.1%} of the {dtype} matmul limit, "
-              f"peak RSS {max(r['peak_rss_gb'] for r in runs):.2f} GB")
+        print(
+            f"{label} {median[name]:8.1f} tok/s (median), {share:6.1%} of the {dtype} matmul limit, "
+            f"peak RSS {max(r['peak_rss_gb'] for r in runs):.2f} GB"
+        )
     print(f"ratio weighted/plain {median['weighted'] / median['plain']:8.3f}")
 
 

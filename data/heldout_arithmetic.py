@@ -27,27 +27,51 @@ OUT = Path(__file__).with_name("heldout_arithmetic.jsonl")
 PER_KIND = 66
 EVAL_FRACTION = 0.3  # the arithmetic source's default: its eval split
 
-ADD = ["Add {a} and {b}.", "Compute the sum of {a} and {b}.", "{a} plus {b} equals what?",
-       "Find the total of {a} and {b}.", "If you combine {a} with {b}, what number do you get?"]
-MUL = ["Multiply {a} by {b}.", "What do you get when you multiply {a} and {b}?", "Compute {a} times {b}.",
-       "Find the product of {a} and {b}.", "What is {b} multiplied by {a}?"]
+ADD = [
+    "Add {a} and {b}.",
+    "Compute the sum of {a} and {b}.",
+    "{a} plus {b} equals what?",
+    "Find the total of {a} and {b}.",
+    "If you combine {a} with {b}, what number do you get?",
+]
+MUL = [
+    "Multiply {a} by {b}.",
+    "What do you get when you multiply {a} and {b}?",
+    "Compute {a} times {b}.",
+    "Find the product of {a} and {b}.",
+    "What is {b} multiplied by {a}?",
+]
 # (story, operand sampler, answer): two steps each, stories the generator never tells.
 WORD = [
-    ("A library owns {0} books. It lends out {1} of them and receives {2} new ones as a gift. "
-     "How many books does the library hold now?",
-     lambda r: (lambda a: (a, r.randint(1, a - 1), r.randint(5, 40)))(r.randint(30, 90)), lambda a, b, c: a - b + c),
-    ("Ana plants {0} rows of tulips with {1} tulips in each row, and then {2} roses. "
-     "How many flowers did she plant?",
-     lambda r: (r.randint(2, 9), r.randint(3, 12), r.randint(5, 30)), lambda a, b, c: a * b + c),
-    ("A jar holds {0} coins. Leo adds {1} coins on Monday and {2} coins on Tuesday. "
-     "How many coins are in the jar?",
-     lambda r: (r.randint(10, 60), r.randint(10, 40), r.randint(10, 40)), lambda a, b, c: a + b + c),
-    ("A train leaves with {0} passengers. At the first station {1} passengers get off and nobody gets on; "
-     "at the second, {2} board. How many passengers are aboard?",
-     lambda r: (lambda a: (a, r.randint(1, a - 1), r.randint(1, 30)))(r.randint(20, 80)), lambda a, b, c: a - b + c),
-    ("Each box holds {1} pencils. A teacher has {0} boxes and {2} loose pencils. "
-     "How many pencils does she have in all?",
-     lambda r: (r.randint(2, 9), r.randint(4, 12), r.randint(1, 20)), lambda a, b, c: a * b + c),
+    (
+        "A library owns {0} books. It lends out {1} of them and receives {2} new ones as a gift. "
+        "How many books does the library hold now?",
+        lambda r: (lambda a: (a, r.randint(1, a - 1), r.randint(5, 40)))(r.randint(30, 90)),
+        lambda a, b, c: a - b + c,
+    ),
+    (
+        "Ana plants {0} rows of tulips with {1} tulips in each row, and then {2} roses. "
+        "How many flowers did she plant?",
+        lambda r: (r.randint(2, 9), r.randint(3, 12), r.randint(5, 30)),
+        lambda a, b, c: a * b + c,
+    ),
+    (
+        "A jar holds {0} coins. Leo adds {1} coins on Monday and {2} coins on Tuesday. How many coins are in the jar?",
+        lambda r: (r.randint(10, 60), r.randint(10, 40), r.randint(10, 40)),
+        lambda a, b, c: a + b + c,
+    ),
+    (
+        "A train leaves with {0} passengers. At the first station {1} passengers get off and nobody gets on; "
+        "at the second, {2} board. How many passengers are aboard?",
+        lambda r: (lambda a: (a, r.randint(1, a - 1), r.randint(1, 30)))(r.randint(20, 80)),
+        lambda a, b, c: a - b + c,
+    ),
+    (
+        "Each box holds {1} pencils. A teacher has {0} boxes and {2} loose pencils. "
+        "How many pencils does she have in all?",
+        lambda r: (r.randint(2, 9), r.randint(4, 12), r.randint(1, 20)),
+        lambda a, b, c: a * b + c,
+    ),
 ]
 
 

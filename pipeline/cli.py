@@ -12,18 +12,16 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Iterable, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.engine.adapters import AdapterError
-from pipeline.system.atomic import CorruptFileError
 from pipeline.config.settings import (
     ConfigError,
     check_tasks,
@@ -33,12 +31,14 @@ from pipeline.config.settings import (
     format_changes,
     load_config,
 )
+from pipeline.engine.adapters import AdapterError
 from pipeline.engine.generation import GenerationError
+from pipeline.engine.vllm_server import ServerError
 from pipeline.run.layout import RunDir, RunDirError
 from pipeline.run.lifecycle import StageError, check_planned
 from pipeline.run.lock import RunLockedError, run_held, run_lock
 from pipeline.run.manifest import DamagedOutputError, Manifest, StageRecord, StageState, parse_stage_key
-from pipeline.engine.vllm_server import ServerError
+from pipeline.system.atomic import CorruptFileError
 
 app = typer.Typer(
     name="selfimprove",
@@ -54,7 +54,7 @@ RunDirArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/quicks
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", help="Iteration number K.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a config key: --set rollout.turns=3 (repeatable).")
+    list[str] | None, typer.Option("--set", help="Override a config key: --set rollout.turns=3 (repeatable).")
 ]
 
 _STATE_STYLE = {
@@ -71,7 +71,9 @@ _debug = False
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not just its message.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error, not just its message.")
+    ] = False,
 ) -> None:
     """Turn SIGTERM into the same clean shutdown as Ctrl-C (servers stopped, manifest updated)."""
     global _debug
@@ -119,8 +121,10 @@ def run(
         _fail(str(exc))
     if dry_run:
         console.print(dump_config(resolved), markup=False, highlight=False)
-        console.print(f"[green]config OK[/]: {counts['train']} train and {counts['eval']} eval tasks; "
-                      f"the run would write to {resolved.run_dir}")
+        console.print(
+            f"[green]config OK[/]: {counts['train']} train and {counts['eval']} eval tasks; "
+            f"the run would write to {resolved.run_dir}"
+        )
         return
     try:
         run_dir = RunDir.create(resolved)
@@ -202,7 +206,7 @@ def _exit_on_interrupt(how_to_continue: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]; {how_to_continue}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -237,11 +241,15 @@ def status(run_dir: RunDirArg) -> None:
     nxt = manifest.first_unfinished()
     interrupted = [key for key, record in manifest.stages.items() if record.state is StageState.RUNNING and not held]
     if broken := [key for key, problems in damaged.items() if problems]:
-        console.print(f"[bold red]damaged[/]: {', '.join(broken)}; `selfimprove resume {escape(str(run_dir))}` "
-                      "redoes them and the stages built on them")
+        console.print(
+            f"[bold red]damaged[/]: {', '.join(broken)}; `selfimprove resume {escape(str(run_dir))}` "
+            "redoes them and the stages built on them"
+        )
     elif interrupted:
-        console.print(f"[bold yellow]interrupted[/]: {', '.join(interrupted)} (no process drives the run); "
-                      f"`selfimprove resume {escape(str(run_dir))}` continues it")
+        console.print(
+            f"[bold yellow]interrupted[/]: {', '.join(interrupted)} (no process drives the run); "
+            f"`selfimprove resume {escape(str(run_dir))}` continues it"
+        )
     else:
         console.print("all stages done" if nxt is None else f"next: iter_{nxt[0]}/{nxt[1]}")
     _print_buffer(run_dir)
@@ -250,9 +258,13 @@ def status(run_dir: RunDirArg) -> None:
 def _shown_outputs(key: str, outputs: Iterable[str]) -> list[str]:
     """A stage's recorded outputs as its directory holds them: files by name, a directory once (``merged/``)."""
     depth = len(Path(key).parts)
-    return list(dict.fromkeys(
-        parts[0] + ("/" if len(parts) > 1 else "") for parts in (Path(name).parts[depth:] for name in outputs) if parts
-    ))
+    return list(
+        dict.fromkeys(
+            parts[0] + ("/" if len(parts) > 1 else "")
+            for parts in (Path(name).parts[depth:] for name in outputs)
+            if parts
+        )
+    )
 
 
 def _state_cell(record: StageRecord, damaged: bool, held: bool) -> str:
@@ -306,8 +318,10 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
             return RunDir.create(config)
         run = RunDir.open(config.run_dir)
         if changes := config_changes(run.manifest.config, config_data(config)):
-            _fail(f"{run.root} holds a run with another config ({format_changes(changes)}); pass the run directory, "
-                  f"set a new run.name, or change the run with `selfimprove resume {run.root} --set KEY=VALUE`")
+            _fail(
+                f"{run.root} holds a run with another config ({format_changes(changes)}); pass the run directory, "
+                f"set a new run.name, or change the run with `selfimprove resume {run.root} --set KEY=VALUE`"
+            )
         return run
     except _OPEN_ERRORS as exc:
         _fail(str(exc))
@@ -405,7 +419,7 @@ def join(
     except (*_OPEN_ERRORS, TrainError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     failed = sum(code != 0 for code in codes)
     console.print(f"[green]training done[/]: {len(codes)} launch(es) on this machine, {failed} failed")
 
@@ -414,13 +428,21 @@ def join(
 def evaluate(
     run_dir: RunDirArg,
     iteration: IterationOpt = 0,
-    tasks: Annotated[Optional[str], typer.Option(
-        help="Other eval tasks: a .jsonl file, or a task source as in tasks.*.source (a built-in or plugin name, "
-        "module:attr, path/to/file.py:attr).")] = None,
-    turns: Annotated[Optional[int], typer.Option(min=2, help="Turns T (default: evaluation.turns).")] = None,
-    samples: Annotated[Optional[int], typer.Option(min=1, help="Samples n per task (default: evaluation.samples).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N tasks (of --tasks, else of the run's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory; required with --tasks/--turns/--samples.")] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            help="Other eval tasks: a .jsonl file, or a task source as in tasks.*.source (a built-in or plugin name, "
+            "module:attr, path/to/file.py:attr)."
+        ),
+    ] = None,
+    turns: Annotated[int | None, typer.Option(min=2, help="Turns T (default: evaluation.turns).")] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="Samples n per task (default: evaluation.samples).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate only the first N tasks (of --tasks, else of the run's).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory; required with --tasks/--turns/--samples.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Evaluate iteration K's model (0 = base) without oracle feedback: pass@k per turn, m1@tT, p1@tT, mT@t1.
@@ -453,7 +475,7 @@ def evaluate(
 def serve(
     config: ConfigArg,
     overrides: SetOpt = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default: rollout.server.port, else a free one).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: rollout.server.port, else a free one).")] = None,
 ) -> None:
     """Run the vLLM rollout service in the foreground until Ctrl-C: rollout.server.replicas servers, port, port+1, ...
 
@@ -496,9 +518,14 @@ def serve(
 def compare(
     paths: Annotated[list[Path], typer.Argument(help="Eval directories (runs/x/iter_2/eval) or run directories.")],
     iteration: Annotated[
-        Optional[int], typer.Option("--iteration", "-i", help="For run directories: this iteration's eval (default: the last finished).")
+        int | None,
+        typer.Option(
+            "--iteration", "-i", help="For run directories: this iteration's eval (default: the last finished)."
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Where compare.md, compare.json and compare.png go.")] = Path("runs/compare"),
+    out: Annotated[Path, typer.Option(help="Where compare.md, compare.json and compare.png go.")] = Path(
+        "runs/compare"
+    ),
 ) -> None:
     """Headline metrics of several evaluations of the same tasks, each difference from the first with its paired 95 % interval.
 
@@ -520,12 +547,16 @@ def export(
     run_dir: RunDirArg,
     out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
     iteration: Annotated[
-        Optional[int], typer.Option("--iteration", "-i", help="The iteration whose model to export (1..N).")
+        int | None, typer.Option("--iteration", "-i", help="The iteration whose model to export (1..N).")
     ] = None,
-    adapter: Annotated[bool, typer.Option("--adapter", help="The PEFT adapter alone instead of merged weights.")] = False,
-    data: Annotated[bool, typer.Option("--data", help="Every iteration's trajectories and training sets as a dataset.")] = False,
+    adapter: Annotated[
+        bool, typer.Option("--adapter", help="The PEFT adapter alone instead of merged weights.")
+    ] = False,
+    data: Annotated[
+        bool, typer.Option("--data", help="Every iteration's trajectories and training sets as a dataset.")
+    ] = False,
     push_to_hub: Annotated[
-        Optional[str], typer.Option("--push-to-hub", help="Then upload the folder to this hub repo (private).")
+        str | None, typer.Option("--push-to-hub", help="Then upload the folder to this hub repo (private).")
     ] = None,
 ) -> None:
     """Export iteration K's model as a Hugging Face checkpoint with a model card, or (--data) the run's data as parquet.
@@ -572,7 +603,7 @@ def report(run_dir: RunDirArg) -> None:
 def view(
     paths: Annotated[list[Path], typer.Argument(help="Run directories (every finished eval) or eval directories.")],
     out: Annotated[
-        Optional[Path], typer.Option(help="The HTML file to write (default: viewer.html in the first path).")
+        Path | None, typer.Option(help="The HTML file to write (default: viewer.html in the first path).")
     ] = None,
 ) -> None:
     """Every eval trajectory turn by turn, in one HTML file to open in a browser: filters by outcome, search, two evals side by side.
@@ -608,8 +639,11 @@ def plugins() -> None:
             shadowed = " [yellow](unused: a built-in has this name)[/]" if plugin.name in builtins else ""
             table.add_row(kind.noun, plugin.name, escape(plugin.origin) + shadowed)
     console.print(table)
-    console.print("your own, not installed: grader.name or tasks.*.source as module:attr or path/to/file.py:attr "
-                  "(docs/your-own-task.md)", markup=False)
+    console.print(
+        "your own, not installed: grader.name or tasks.*.source as module:attr or path/to/file.py:attr "
+        "(docs/your-own-task.md)",
+        markup=False,
+    )
 
 
 def _print_report(run_dir: Path) -> None:

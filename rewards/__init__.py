@@ -1,6 +1,6 @@
 """Verifiable graders and the feedback they produce."""
 
-from rewards.base import GradeResult, Grader, Placement, get_grader, grader_names, register_grader
+from rewards.base import Grader, GradeResult, Placement, get_grader, grader_names, register_grader
 from rewards.code import CodeGrader
 from rewards.math_equiv import MathGrader
 from rewards.numeric import NumericGrader

@@ -9,9 +9,10 @@ wrote (empty, enormous, adversarial) becomes a result with ``score`` 0 and an
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class GradeResult:
         return asdict(self)
 
     @classmethod
-    def failure(cls, reason: str, feedback: str = "Your answer could not be graded. Please try again.") -> "GradeResult":
+    def failure(cls, reason: str, feedback: str = "Your answer could not be graded. Please try again.") -> GradeResult:
         """A zero-score result for output that could not be graded."""
         return cls(score=0.0, correct=False, parsed=None, feedback=feedback, error=reason)
 
     @classmethod
-    def raised(cls, exc: Exception) -> "GradeResult":
+    def raised(cls, exc: Exception) -> GradeResult:
         """The zero-score result for a grade that raised ``exc`` (a bug, or a library failing on odd input)."""
         return cls.failure(f"grader raised {type(exc).__name__}: {exc}"[:300])
 

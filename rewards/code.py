@@ -112,7 +112,12 @@ class CodeGrader(ExactKeys):
         if program is None:
             # No program is a wrong answer (nothing to run), not a grading failure.
             return GradeResult(score=0.0, correct=False, parsed=None, feedback=NO_CODE_FEEDBACK)
-        candidate = {"context": program.context, "solution": program.code, "entry_point": suite.entry_point, "cpu_s": self.test_timeout_s}
+        candidate = {
+            "context": program.context,
+            "solution": program.code,
+            "entry_point": suite.entry_point,
+            "cpu_s": self.test_timeout_s,
+        }
         session = run_session(self.runner, self.limits, candidate, self._checker_spec(suite, prompt))
         return self._verdict(session, program, suite)
 
@@ -135,7 +140,9 @@ class CodeGrader(ExactKeys):
         if run.status == "error":
             return GradeResult(0.0, False, program.code, "Your program could not be run. Please try again.", run.detail)
         if report is None or session.problem is not None:
-            return GradeResult(0.0, False, program.code, "Your answer could not be graded. Please try again.", session.problem)
+            return GradeResult(
+                0.0, False, program.code, "Your answer could not be graded. Please try again.", session.problem
+            )
         total = suite.num_tests
         passed = sum(1 for ok in report["passed"][:total] if ok is True)
         correct = total > 0 and passed == total
@@ -182,7 +189,9 @@ class CodeGrader(ExactKeys):
                 "Look for an infinite loop or a slow algorithm."
             )
         elif ended != "ProgramEnded":
-            text = "Your program wrote something to the grader's channel that is not an answer, so it could not be tested."
+            text = (
+                "Your program wrote something to the grader's channel that is not an answer, so it could not be tested."
+            )
         elif run.status == "killed":
             text = f"Your program was {run.detail}."
         else:

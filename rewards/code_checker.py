@@ -46,7 +46,7 @@ import time
 import traceback
 import types
 
-from rewards.code_wire import MAX_LINE_BYTES, WireError, decode, encode, load_line, dump_line
+from rewards.code_wire import MAX_LINE_BYTES, WireError, decode, dump_line, encode, load_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing would cost every run a few milliseconds
@@ -103,7 +103,9 @@ class Channel:
         try:
             return load_line(self._read_line())
         except WireError as exc:
-            raise CallFailed("ProtocolError", f"your program sent the grader something that is not a reply: {exc}", True) from None
+            raise CallFailed(
+                "ProtocolError", f"your program sent the grader something that is not a reply: {exc}", True
+            ) from None
 
     def close(self) -> None:
         """Hang up: the candidate process sees the end of its requests and exits."""
@@ -133,7 +135,9 @@ class Channel:
         searched = 0
         while (end := self.buffer.find(b"\n", searched)) < 0:
             if len(self.buffer) > MAX_LINE_BYTES:
-                raise CallFailed("ProtocolError", f"your program sent more than {MAX_LINE_BYTES >> 20} MiB at once", True)
+                raise CallFailed(
+                    "ProtocolError", f"your program sent more than {MAX_LINE_BYTES >> 20} MiB at once", True
+                )
             searched = len(self.buffer)
             self._wait(readable=True)
             try:
@@ -158,7 +162,9 @@ class Candidate:
         try:
             request = {"args": encode(list(args)), "kwargs": encode(kwargs)}
         except (WireError, RecursionError) as exc:
-            raise CallFailed("UnsupportedArgument", f"the test passed an argument the grader cannot send: {exc}", False) from None
+            raise CallFailed(
+                "UnsupportedArgument", f"the test passed an argument the grader cannot send: {exc}", False
+            ) from None
         return self._outcome(self.channel.request(request))
 
     def __repr__(self) -> str:
@@ -184,7 +190,9 @@ class Candidate:
 
 
 def _is_error(payload: Any) -> bool:
-    return isinstance(payload, dict) and all(isinstance(payload.get(key), str) for key in ("type", "message", "frames", "summary"))
+    return isinstance(payload, dict) and all(
+        isinstance(payload.get(key), str) for key in ("type", "message", "frames", "summary")
+    )
 
 
 def remote_exception(info: dict[str, str]) -> Exception:
@@ -227,7 +235,12 @@ def describe(exc: BaseException, shown_files: set[str], hidden: bool) -> dict[st
         summary, message = "AssertionError\n", ""
     else:
         summary, message = "".join(traceback.format_exception_only(type(exc), exc)), str(exc)
-    info = {"type": exc.kind if isinstance(exc, CallFailed) else type(exc).__name__, "message": message, "frames": "", "summary": summary}
+    info = {
+        "type": exc.kind if isinstance(exc, CallFailed) else type(exc).__name__,
+        "message": message,
+        "frames": "",
+        "summary": summary,
+    }
     return error_record(info, test_frames)
 
 
@@ -309,7 +322,14 @@ def answer_key(candidate: Candidate, examples: list[Any]) -> str | None:
 def run_session(spec: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Wait for the candidate to load, run the tests, compute the answer key; the report."""
     num_tests = sum(is_test for _, _, is_test in spec["steps"])
-    report: dict[str, Any] = {"passed": [], "started": False, "load_error": None, "failure": None, "ended": None, "answer_key": None}
+    report: dict[str, Any] = {
+        "passed": [],
+        "started": False,
+        "load_error": None,
+        "failure": None,
+        "ended": None,
+        "answer_key": None,
+    }
     try:
         hello = channel.receive()
     except CallFailed as failure:
@@ -322,7 +342,9 @@ def run_session(spec: dict[str, Any], channel: Channel) -> dict[str, Any]:
         if run_steps(spec, candidate, report):
             report["answer_key"] = answer_key(candidate, spec["examples"])
     elif channel.broken is None:
-        channel.broken = CallFailed("ProtocolError", "your program sent the grader something other than its start", True)
+        channel.broken = CallFailed(
+            "ProtocolError", "your program sent the grader something other than its start", True
+        )
     report["passed"] += [False] * (num_tests - len(report["passed"]))
     report["ended"] = channel.broken.kind if channel.broken is not None else None
     return report

@@ -59,7 +59,12 @@ class Session:
 def run_session(runner: Runner, limits: Limits, candidate: dict[str, Any], checker: dict[str, Any]) -> Session:
     """Run the candidate (payload for :func:`rewards.code_candidate.main`) against the checker (its spec)."""
     to_candidate, from_candidate = os.pipe(), os.pipe()
-    spec = {**checker, "send_fd": to_candidate[1], "receive_fd": from_candidate[0], "deadline_s": limits.timeout_s + CHECKER_GRACE_S}
+    spec = {
+        **checker,
+        "send_fd": to_candidate[1],
+        "receive_fd": from_candidate[0],
+        "deadline_s": limits.timeout_s + CHECKER_GRACE_S,
+    }
     try:
         process = _start_checker(spec)
     except OSError as exc:

@@ -98,7 +98,11 @@ def humaneval_suite(test_source: str, entry_point: str) -> Suite:
 def infer_entry_point(code: str, tests: list[str]) -> str | None:
     """The function the tests call that ``code`` defines (else the first one called)."""
     try:
-        defined = {node.name for node in python_ast.parse(code).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        defined = {
+            node.name
+            for node in python_ast.parse(code).body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
     except SyntaxError:
         defined = set()
     called: list[str] = []

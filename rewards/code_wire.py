@@ -65,7 +65,7 @@ def decode(data: Any) -> Any:
     if type(data) is list:
         return [decode(item) for item in data]
     if type(data) is dict and len(data) == 1:
-        (tag, items), = data.items()
+        ((tag, items),) = data.items()
         if type(items) is list:
             if tag in _UNTAG:
                 return _hashable_container(_UNTAG[tag], [decode(item) for item in items])

@@ -109,7 +109,10 @@ def last_boxed_parts(text: str) -> list[str]:
 
 def _separates_parts(between: str) -> bool:
     """Whether the text between two boxes joins them as parts of one answer (", ", " and y = ", "$, $")."""
-    return len(between) <= MAX_SEPARATOR_CHARS and _PART_SEPARATOR.fullmatch(_MATH_DELIMITERS.sub(" ", between)) is not None
+    return (
+        len(between) <= MAX_SEPARATOR_CHARS
+        and _PART_SEPARATOR.fullmatch(_MATH_DELIMITERS.sub(" ", between)) is not None
+    )
 
 
 def _closed_boxes(text: str) -> list[_Box]:

@@ -35,13 +35,23 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
 
 from rewards import python_ast
 from rewards.base import ExactKeys, GradeResult, Placement, never_raises, register_grader
-from rewards.extract import MAX_ANSWER_CHARS, last_boxed, no_answer, not_a_string, search_texts, shorten, too_long, verdict
+from rewards.extract import (
+    MAX_ANSWER_CHARS,
+    last_boxed,
+    no_answer,
+    not_a_string,
+    search_texts,
+    shorten,
+    too_long,
+    verdict,
+)
 
 MAX_DIGITS = 100
 """Longer digit strings (mantissas or exponents) and larger exponents are not
@@ -91,8 +101,20 @@ _TRAILING_WORDS_REVERSED = re.compile(r"\s*(?:\.?(?:\}?\d-?\{?\^|[\u00b2\u00b3])
 _LEFT_HAND_SIDE = re.compile(r"^\s*[A-Za-z]\w*\s*=(?!=)")
 # Boxed arithmetic, once rewritten into Python's spelling.
 _FRACTION = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\u00b7", "*"), ("\\div", "/"),
-              ("\u00f7", "/"), ("\u2212", "-"), ("^", "**"), ("\\left", ""), ("\\right", ""), ("{", "("), ("}", ")"))
+_OPERATORS = (
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("\u00d7", "*"),
+    ("\u00b7", "*"),
+    ("\\div", "/"),
+    ("\u00f7", "/"),
+    ("\u2212", "-"),
+    ("^", "**"),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("{", "("),
+    ("}", ")"),
+)
 _ARITHMETIC = re.compile(r"[\d.\s+\-*/()]+")
 
 
@@ -108,9 +130,7 @@ class Number:
 
 def read_number(text: str) -> Number | None:
     """The last number (or fraction) in ``text``."""
-    last = None
-    for last in _ANSWER.finditer(_clean(text)):
-        pass
+    last = next(iter(deque(_ANSWER.finditer(_clean(text)), maxlen=1)), None)
     if last is None:
         return None
     number = _number(last)
@@ -190,8 +210,12 @@ def _evaluate(node: ast.AST) -> Fraction:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow):
             return _power(left, right)
-        operations = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
-                      ast.Mult: lambda: left * right, ast.Div: lambda: left / right}
+        operations = {
+            ast.Add: lambda: left + right,
+            ast.Sub: lambda: left - right,
+            ast.Mult: lambda: left * right,
+            ast.Div: lambda: left / right,
+        }
         if type(node.op) in operations:
             return _bounded(operations[type(node.op)]())
     raise ValueError("not plain arithmetic")
@@ -246,7 +270,9 @@ def _number(match: re.Match[str]) -> Number | None:
     digits = match.group("digits")
     if digits is not None:
         value = _unsigned(digits)
-        number = None if value is None else Number(_fraction_text(value), value, re.fullmatch(r"[\d,]+", digits) is not None)
+        number = (
+            None if value is None else Number(_fraction_text(value), value, re.fullmatch(r"[\d,]+", digits) is not None)
+        )
     else:
         number = _fraction(match)
         if number is not None and match.group("whole") is not None:
@@ -315,7 +341,9 @@ class NumericGrader(ExactKeys):
 
     name: ClassVar[str] = "numeric"
     binary: ClassVar[bool] = True
-    placement: ClassVar[Placement] = Placement.INLINE  # bounded: MAX_ANSWER_CHARS, MAX_DIGITS, MAX_EXPRESSION_CHARS, MAX_NESTING
+    placement: ClassVar[Placement] = (
+        Placement.INLINE
+    )  # bounded: MAX_ANSWER_CHARS, MAX_DIGITS, MAX_EXPRESSION_CHARS, MAX_NESTING
     rel_tol: float | None = None
     require_boxed: bool = False
 

@@ -31,9 +31,10 @@ import inspect
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from numbers import Real
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rewards.base import GradeResult, Placement, grader_names, never_raises
 from rewards.extract import CORRECT_FEEDBACK, SHOWN_CHARS
@@ -121,13 +122,17 @@ def _checked_result(result: GradeResult) -> GradeResult:
         return GradeResult.failure(f"grader returned a GradeResult whose score is {_type_name(result.score)}")
     if problem := _score_problem(result.score):
         return GradeResult.failure(problem)
-    wrong = [f"{name} is {_type_name(value)}" for name, value, allowed in (
-        ("correct", result.correct, (bool,)),
-        ("feedback", result.feedback, (str,)),
-        ("parsed", result.parsed, (str, type(None))),
-        ("error", result.error, (str, type(None))),
-        ("answer_key", result.answer_key, (str, type(None))),
-    ) if not isinstance(value, allowed)]
+    wrong = [
+        f"{name} is {_type_name(value)}"
+        for name, value, allowed in (
+            ("correct", result.correct, (bool,)),
+            ("feedback", result.feedback, (str,)),
+            ("parsed", result.parsed, (str, type(None))),
+            ("error", result.error, (str, type(None))),
+            ("answer_key", result.answer_key, (str, type(None))),
+        )
+        if not isinstance(value, allowed)
+    ]
     if wrong:
         return GradeResult.failure(f"grader returned a GradeResult whose {', '.join(wrong)}")
     return replace(result, score=float(result.score))

@@ -30,11 +30,12 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 FORMS = "module:attr, path/to/file.py:attr, or an installed plugin (`selfimprove plugins` lists them)"
 """How a user names their own plugin, for the error that names an unknown one."""

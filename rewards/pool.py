@@ -45,7 +45,7 @@ from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
-from rewards.base import GradeResult, Grader, Placement
+from rewards.base import Grader, GradeResult, Placement
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_CHUNK = 64
@@ -124,8 +124,13 @@ class GradingPool:
     worker imports when it starts (:func:`preloaded` of the graders it will run).
     """
 
-    def __init__(self, max_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 start_method: str | None = None, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        start_method: str | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         methods = multiprocessing.get_all_start_methods()
@@ -136,14 +141,15 @@ class GradingPool:
             context.set_forkserver_preload(["__main__", "rewards", *preload])
         self.timeout_s = timeout_s
         self.workers = max_workers or os.cpu_count() or 1
-        self._pool = ProcessPool(max_workers=self.workers, initializer=_start_worker, initargs=(tuple(preload),),
-                                 context=context)
+        self._pool = ProcessPool(
+            max_workers=self.workers, initializer=_start_worker, initargs=(tuple(preload),), context=context
+        )
         self._lock = threading.Lock()
         self._closing = False
         self._stopped = False  # the workers are being stopped: a job that fails now failed because of it
         self._waiting: set[Future[GradeResult]] = set()
 
-    def __enter__(self) -> "GradingPool":
+    def __enter__(self) -> GradingPool:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:

@@ -50,7 +50,16 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from rewards.base import ExactKeys, GradeResult, Placement, never_raises, register_grader
-from rewards.extract import MAX_ANSWER_CHARS, last_boxed, no_answer, not_a_string, search_texts, shorten, too_long, verdict
+from rewards.extract import (
+    MAX_ANSWER_CHARS,
+    last_boxed,
+    no_answer,
+    not_a_string,
+    search_texts,
+    shorten,
+    too_long,
+    verdict,
+)
 from rewards.numeric import read_number
 
 LIBRARY = "reasoning_gym"
@@ -111,8 +120,13 @@ def entry_digest(entry: Mapping[str, Any]) -> str:
 def reference(name: str, config: Mapping[str, Any], index: int, entry: Mapping[str, Any]) -> dict[str, Any]:
     """The task reference of entry ``index`` of dataset ``name`` built with ``config``: plain JSON, so rollout
     records keep it as it is."""
-    return {"dataset": name, "config": dict(config), "index": index, "answer": entry["answer"],
-            "digest": entry_digest(entry)}
+    return {
+        "dataset": name,
+        "config": dict(config),
+        "index": index,
+        "answer": entry["answer"],
+        "digest": entry_digest(entry),
+    }
 
 
 def rebuilt_entry(ref: Any) -> tuple[Any, dict[str, Any]]:
@@ -127,8 +141,10 @@ def rebuilt_entry(ref: Any) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"reference index {index!r} is outside reasoning-gym dataset {name!r} (size {len(dataset)})")
     entry = _entry(name, _config_key(config), index)
     if entry_digest(entry) != ref["digest"]:
-        raise ValueError(f"{name} entry {index} differs from the task's: this reasoning-gym version generates other "
-                         "tasks from the same config")
+        raise ValueError(
+            f"{name} entry {index} differs from the task's: this reasoning-gym version generates other "
+            "tasks from the same config"
+        )
     return dataset, entry
 
 
@@ -205,6 +221,7 @@ class ReasoningGymGrader(ExactKeys):
         raw = dataset.score_answer(answer, entry)
         score = checked_score(raw)
         if score is None:
-            return GradeResult.failure(f"{reference['dataset']}'s score_answer returned {shorten(repr(raw), 80)}, "
-                                       "not a number in [0, 1]")
+            return GradeResult.failure(
+                f"{reference['dataset']}'s score_answer returned {shorten(repr(raw), 80)}, not a number in [0, 1]"
+            )
         return replace(verdict(score == 1.0, shorten(answer), " ".join(answer.split())), score=score)

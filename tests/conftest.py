@@ -52,7 +52,10 @@ def train_tiny_adapter(tiny_model: Path, pairs: list[tuple[str, str]], out: Path
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]} for prompt, answer in pairs]
+    rows = [
+        {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+        for prompt, answer in pairs
+    ]
     trainer = SFTTrainer(
         model=str(tiny_model),
         args=SFTConfig(

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config.settings import parse_config
-from pipeline.runner.loop import run_loop
-from pipeline.run.layout import RunDir
 from pipeline.engine.vllm_server import VLLMServer
+from pipeline.run.layout import RunDir
+from pipeline.runner.loop import run_loop
 from tests.run_helpers import SMOKE_TURNS, smoke_config
 
 TURNS = SMOKE_TURNS

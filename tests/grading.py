@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rewards import GradeResult, Grader, GradingPool
+from rewards import Grader, GradeResult, GradingPool
 
 
 def graded(pool: GradingPool, grader: Grader, pairs: Sequence[tuple[Any, Any]]) -> list[GradeResult]:

@@ -7,9 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -84,8 +84,14 @@ def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | Non
         "grader": {"name": "numeric", "workers": 1},
         "method": {"name": "rise", "selection": "all", "accumulate": True, "train_from": "base"},
         "training": {
-            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-3, "epochs": 1,
-            "per_device_batch_size": 4, "max_seq_length": 256, "save_steps": 1,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "per_device_batch_size": 4,
+            "max_seq_length": 256,
+            "save_steps": 1,
         },
         "evaluation": {"turns": SMOKE_TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
     }

@@ -20,9 +20,9 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import ConfigError, ModelSection, ServerSection, TrainingSection, parse_config
+from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.training.launch import TrainError, cpu_allocator, launch_env, launch_options, summary_line
-from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from tests.train_helpers import REPO, finish_curate, make_run
 
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
@@ -85,7 +85,9 @@ def test_deepspeed_configs_reach_the_workers_as_their_zero_stage(name: str, stag
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == stage
     assert (env["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"], env["ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"]) == (
-        "none", "none")
+        "none",
+        "none",
+    )
     # Left to the trainer ("auto"): training.gradient_accumulation_steps and the clipping norm.
     assert "gradient_accumulation_steps" not in parsed.deepspeed_config
     if stage == "3":  # sharded weights are gathered when the adapter or model is saved
@@ -94,21 +96,51 @@ def test_deepspeed_configs_reach_the_workers_as_their_zero_stage(name: str, stag
 
 def test_without_a_file_one_process_runs_on_the_cpu_and_several_under_torchrun() -> None:
     assert launch_options(TrainingSection()) == [
-        "--dynamo_backend", "no", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend",
+        "no",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
         "--quiet",
     ]
     assert launch_options(TrainingSection(num_processes=4, mixed_precision="bf16")) == [
-        "--multi_gpu", "--dynamo_backend", "no", "--num_processes", "4", "--num_machines", "1",
-        "--mixed_precision", "bf16", "--main_process_port", "0", "--quiet",
+        "--multi_gpu",
+        "--dynamo_backend",
+        "no",
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--main_process_port",
+        "0",
+        "--quiet",
     ]
 
 
 def test_run_config_overrides_the_file_and_each_machine_gets_its_rank() -> None:
     multinode = TrainingSection(accelerate_config=ACCELERATE_DIR / "multinode_2x8.yaml", main_process_ip="192.168.1.5")
     assert launch_options(multinode, machine_rank=1) == [
-        "--config_file", str(ACCELERATE_DIR / "multinode_2x8.yaml"), "--num_processes", "16", "--num_machines", "2",
-        "--mixed_precision", "no", "--machine_rank", "1", "--main_process_ip", "192.168.1.5",
-        "--main_process_port", "29500", "--quiet",
+        "--config_file",
+        str(ACCELERATE_DIR / "multinode_2x8.yaml"),
+        "--num_processes",
+        "16",
+        "--num_machines",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--machine_rank",
+        "1",
+        "--main_process_ip",
+        "192.168.1.5",
+        "--main_process_port",
+        "29500",
+        "--quiet",
     ]
     beside_vllm = TrainingSection(
         accelerate_config=ACCELERATE_DIR / "ddp.yaml", num_processes=6, gpu_ids=[2, 3, 4, 5, 6, 7]
@@ -121,20 +153,37 @@ def test_run_config_overrides_the_file_and_each_machine_gets_its_rank() -> None:
 @pytest.mark.parametrize(
     ("training", "message"),
     [
-        ({"accelerate_config": str(ACCELERATE_DIR / "cpu.yaml"), "num_processes": 2},
-         "training.num_processes 2 needs an accelerate config whose distributed_type is MULTI_GPU, FSDP or DEEPSPEED"),
+        (
+            {"accelerate_config": str(ACCELERATE_DIR / "cpu.yaml"), "num_processes": 2},
+            "training.num_processes 2 needs an accelerate config whose distributed_type is MULTI_GPU, FSDP or DEEPSPEED",
+        ),
         ({"num_processes": 16, "num_machines": 2}, "training.num_machines > 1 needs training.main_process_ip"),
-        ({"num_processes": 3, "num_machines": 2, "main_process_ip": "10.0.0.1"},
-         "training.num_processes (3) must be a multiple of training.num_machines (2)"),
-        ({"accelerate_config": str(ACCELERATE_DIR / "fsdp2.yaml"), "finetune": "qlora"},
-         "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3"),
-        ({"accelerate_config": str(ACCELERATE_DIR / "zero3.yaml"), "finetune": "qlora"},
-         "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3"),
-        ({"accelerate_config": str(ACCELERATE_DIR / "ddp.yaml"), "gpu_ids": [0, 1]},
-         "training.gpu_ids lists 2 GPU(s), but each machine runs 8 training process(es)"),
+        (
+            {"num_processes": 3, "num_machines": 2, "main_process_ip": "10.0.0.1"},
+            "training.num_processes (3) must be a multiple of training.num_machines (2)",
+        ),
+        (
+            {"accelerate_config": str(ACCELERATE_DIR / "fsdp2.yaml"), "finetune": "qlora"},
+            "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3",
+        ),
+        (
+            {"accelerate_config": str(ACCELERATE_DIR / "zero3.yaml"), "finetune": "qlora"},
+            "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3",
+        ),
+        (
+            {"accelerate_config": str(ACCELERATE_DIR / "ddp.yaml"), "gpu_ids": [0, 1]},
+            "training.gpu_ids lists 2 GPU(s), but each machine runs 8 training process(es)",
+        ),
         ({"num_processes": 2, "gpu_ids": [1, 1]}, "training.gpu_ids must be distinct GPU indices >= 0"),
-        ({"accelerate_config": str(ACCELERATE_DIR / "zero2.yaml"), "num_processes": 16, "num_machines": 2,
-          "main_process_ip": "10.0.0.1"}, "deepspeed_config.deepspeed_multinode_launcher: standard"),
+        (
+            {
+                "accelerate_config": str(ACCELERATE_DIR / "zero2.yaml"),
+                "num_processes": 16,
+                "num_machines": 2,
+                "main_process_ip": "10.0.0.1",
+            },
+            "deepspeed_config.deepspeed_multinode_launcher: standard",
+        ),
     ],
 )
 def test_launch_settings_that_would_go_wrong_are_refused_naming_the_key(training: dict, message: str) -> None:
@@ -189,15 +238,20 @@ def test_replicas_take_consecutive_gpu_slices_ports_and_logs(tmp_path: Path) -> 
         replica_devices(two_by_two, "1,2")
     servers = replica_servers("model", ModelSection(), ServerSection(replicas=3, port=8000), tmp_path)
     assert [(s.port, s.log_path.name) for s in servers] == [
-        (8000, "vllm_server.log"), (8001, "vllm_server.1.log"), (8002, "vllm_server.2.log")]
+        (8000, "vllm_server.log"),
+        (8001, "vllm_server.1.log"),
+        (8002, "vllm_server.2.log"),
+    ]
     assert len({s.port for s in replica_servers("model", ModelSection(), ServerSection(replicas=3), None)}) == 3
 
 
 @pytest.mark.parametrize(
     ("server", "message"),
     [
-        ({"replicas": 2, "gpu_ids": [0]}, "rollout.server.gpu_ids lists 1 GPU(s), but replicas (2) x "
-                                          "tensor_parallel_size (1) need 2"),
+        (
+            {"replicas": 2, "gpu_ids": [0]},
+            "rollout.server.gpu_ids lists 1 GPU(s), but replicas (2) x tensor_parallel_size (1) need 2",
+        ),
         ({"replicas": 1, "tensor_parallel_size": 2, "gpu_ids": [3, 3]}, "rollout.server.gpu_ids must be distinct"),
     ],
 )

@@ -54,8 +54,11 @@ def test_eviction_replaces_the_minimum(capacity: int, values: list[float], newco
             next(key for key in buffer.items if key.startswith("newcomer@"))
         }
         # the oldest of equal minima goes first
-        assert all(item.seq > weakest.seq for item in before.values() if item.score == weakest.score
-                   and item.key != weakest.key)
+        assert all(
+            item.seq > weakest.seq
+            for item in before.values()
+            if item.score == weakest.score and item.key != weakest.key
+        )
     else:
         assert not entered and buffer.items == before
 
@@ -111,7 +114,7 @@ def test_sampling_frequencies_follow_exp_kappa_s(values: list[float], kappa: flo
 def test_save_load_round_trips_exactly(tmp_path_factory, values: list[float], capacity: int, draws: int) -> None:
     buffer = LearnabilityBuffer(capacity, kappa=2.0, seed=3)
     for i, value in enumerate(values):
-        buffer.offer(f"task{i % 3}", [Step(f"x{i}", value), Step("y\n\"quoted\"", 1.0)], value)
+        buffer.offer(f"task{i % 3}", [Step(f"x{i}", value), Step('y\n"quoted"', 1.0)], value)
     for _ in range(draws if buffer.items else 0):
         buffer.next_instance("fresh", select_prob=0.5, min_items=1, divergence_prob=0.5)
     path = tmp_path_factory.mktemp("buffer") / "buffer.json"

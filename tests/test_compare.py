@@ -81,12 +81,14 @@ def test_compare_refuses_other_tasks(tmp_path: Path) -> None:
 
 def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
     arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
-    config = parse_config({
-        "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1},
-        "model": {"name_or_path": "org/some-model"},
-        "tasks": {"train": arithmetic, "eval": arithmetic},
-        "evaluation": {"turns": TURNS, "samples": 3, "sampling": {"temperature": 0.7}},
-    })
+    config = parse_config(
+        {
+            "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1},
+            "model": {"name_or_path": "org/some-model"},
+            "tasks": {"train": arithmetic, "eval": arithmetic},
+            "evaluation": {"turns": TURNS, "samples": 3, "sampling": {"temperature": 0.7}},
+        }
+    )
     run = RunDir.create(config)
     finish_eval(run, 0, 0)
     finish_eval(run, 1, 10)

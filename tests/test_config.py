@@ -52,12 +52,18 @@ def test_dump_then_load_round_trips(tmp_path: Path) -> None:
     ("patch", "message"),
     [
         ({"rollout": {"turns": 0}}, "rollout.turns: Input should be greater than or equal to 1"),
-        ({"rollout": {"sampling": {"temperature": "hot"}}}, "rollout.sampling.temperature: Input should be a valid number"),
+        (
+            {"rollout": {"sampling": {"temperature": "hot"}}},
+            "rollout.sampling.temperature: Input should be a valid number",
+        ),
         ({"rollout": {"tunrs": 3}}, "rollout.tunrs: Extra inputs are not permitted"),
         ({"bogus_section": {}}, "bogus_section: Extra inputs are not permitted"),
         ({"rollout": {"backend": "tgi"}}, "rollout.backend: Input should be 'vllm' or 'hf'"),
         ({"method": {"name": "rise", "tau": -1}}, "method.tau: Input should be greater than 0"),
-        ({"method": {"name": "exit", "group_size": 1}}, "method.group_size: Input should be greater than or equal to 2"),
+        (
+            {"method": {"name": "exit", "group_size": 1}},
+            "method.group_size: Input should be greater than or equal to 2",
+        ),
         ({"method": {"name": "ppo"}}, "method: Input tag 'ppo' found using 'name' does not match"),
         ({"grader": {"name": "nope"}}, "grader.name: unknown grader 'nope'"),
         ({"tasks": {"train": {"source": "nope"}}}, "tasks.train.source: unknown task source 'nope'"),
@@ -99,8 +105,12 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
 def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
     config = load_config(
         write(tmp_path, MINIMAL),
-        ["rollout.history_window=5", "rollout.urls=[http://h1:8000, http://h2:8000]", "method.name=exit",
-         "method.kappa=2.5"],
+        [
+            "rollout.history_window=5",
+            "rollout.urls=[http://h1:8000, http://h2:8000]",
+            "method.name=exit",
+            "method.kappa=2.5",
+        ],
     )
     assert config.rollout.history_window == 5
     assert config.rollout.urls == ["http://h1:8000", "http://h2:8000"]
@@ -172,7 +182,9 @@ def test_bad_sample_schedules_are_refused(counts: object, message: str) -> None:
 def test_sample_schedule_repeats_the_last_count() -> None:
     assert parse_config(MINIMAL).rollout.sample_schedule == (1, 4, 4)  # RISE's reference schedule by default
     assert parse_config({**MINIMAL, "rollout": {"samples_per_turn": 2}}).rollout.sample_schedule == (2, 2, 2)
-    assert parse_config({**MINIMAL, "rollout": {"turns": 4, "samples_per_turn": [1, 2, 8]}}).rollout.sample_schedule == (1, 2, 8, 8)
+    assert parse_config(
+        {**MINIMAL, "rollout": {"turns": 4, "samples_per_turn": [1, 2, 8]}}
+    ).rollout.sample_schedule == (1, 2, 8, 8)
 
 
 def test_rationalization_needs_an_answer_to_hint() -> None:
@@ -180,9 +192,14 @@ def test_rationalization_needs_an_answer_to_hint() -> None:
     with pytest.raises(ConfigError, match="set method.rationalize 0"):
         parse_config({**MINIMAL, "grader": {"name": "code"}, "method": {"name": "rise", "rationalize": 1}})
     with pytest.raises(ConfigError, match=r"rollout.templates.hint must hold \{reference\}"):
-        parse_config({**MINIMAL, "rollout": {"templates": {"hint": "{message}"}}, "method": {"name": "rise", "rationalize": 1}})
+        parse_config(
+            {**MINIMAL, "rollout": {"templates": {"hint": "{message}"}}, "method": {"name": "rise", "rationalize": 1}}
+        )
     greedy = {"samples_per_turn": 1, "sampling": {"temperature": 0}}
-    assert parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 1}}).method.rationalize == 1
+    assert (
+        parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 1}}).method.rationalize
+        == 1
+    )
     with pytest.raises(ConfigError, match="method.rationalize > 1 needs rollout.sampling.temperature > 0"):
         parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 2}})
 
@@ -190,7 +207,9 @@ def test_rationalization_needs_an_answer_to_hint() -> None:
 def test_keep_cap_needs_collection_after_success() -> None:
     with pytest.raises(ConfigError, match="set rollout.stop_at_success false"):
         parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}})
-    config = parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}, "rollout": {"stop_at_success": False}})
+    config = parse_config(
+        {**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}, "rollout": {"stop_at_success": False}}
+    )
     assert config.method.keep_ratio == 0.5
 
 
@@ -198,7 +217,9 @@ def test_model_must_be_a_checkpoint_a_hub_id_or_the_embedded_one(tmp_path: Path)
     """resolve_model takes a path that does not exist for a hub id; the config tells the two apart by their form."""
     checkpoint = tmp_path / "model"
     checkpoint.mkdir()
-    with pytest.raises(ConfigError, match=re.escape(f"model.name_or_path: model directory {checkpoint} has no config.json")):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"model.name_or_path: model directory {checkpoint} has no config.json")
+    ):
         parse_config({**MINIMAL, "model": {"name_or_path": str(checkpoint)}})
     (checkpoint / "config.json").write_text("{}")
     for name in (str(checkpoint), "meta-llama/Llama-3.1-8B-Instruct", "gpt2"):
@@ -211,7 +232,9 @@ def test_model_must_be_a_checkpoint_a_hub_id_or_the_embedded_one(tmp_path: Path)
 def test_output_dir_must_be_able_to_hold_runs(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     for output_dir in (tmp_path / "file", tmp_path / "file" / "below"):
-        with pytest.raises(ConfigError, match=re.escape(f"run.output_dir: {tmp_path / 'file'} is a file, not a directory")):
+        with pytest.raises(
+            ConfigError, match=re.escape(f"run.output_dir: {tmp_path / 'file'} is a file, not a directory")
+        ):
             parse_config({**MINIMAL, "run": {"output_dir": str(output_dir)}})
     new = tmp_path / "new" / "runs"
     assert parse_config({**MINIMAL, "run": {"output_dir": str(new)}}).run.output_dir == new

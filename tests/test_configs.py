@@ -38,7 +38,9 @@ def test_every_shipped_config_loads_without_touching_the_hub() -> None:
     assert json.loads(result.stdout) == []
 
 
-@pytest.mark.parametrize(("name", "preset", "grader"), [("rise_gsm8k", "gsm8k", "numeric"), ("rise_math", "math", "math")])
+@pytest.mark.parametrize(
+    ("name", "preset", "grader"), [("rise_gsm8k", "gsm8k", "numeric"), ("rise_math", "math", "math")]
+)
 def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, grader: str) -> None:
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert isinstance(config.method, RiseSection)

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
 from pipeline.config.settings import parse_config
 from pipeline.methods.rise.curate_stage import CurateError, run_curate_stage
 from pipeline.methods.rise.curation import (
@@ -29,8 +28,9 @@ from pipeline.methods.rise.curation import (
     weight_histogram,
 )
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
-from pipeline.run.manifest import StageState
 from pipeline.run.layout import RunDir
+from pipeline.run.manifest import StageState
+from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
 
 TAU = 0.4
 
@@ -167,7 +167,9 @@ def test_boost_takes_every_correct_first_turn_candidate_once_per_task() -> None:
     ]
     boosted = boost_examples(records, TAU, iteration=1)
     assert [(e.task_id, e.completion) for e in boosted] == [
-        ("x", "x answer 1"), ("x", "x other"), ("x", "x third"),
+        ("x", "x answer 1"),
+        ("x", "x other"),
+        ("x", "x third"),
     ]
     assert all(e.source == "boost" and e.turn == 1 and e.weight == math.exp(1 / TAU) for e in boosted)
     assert boosted[0].messages == records[0]["turns"][0]["messages"]
@@ -181,7 +183,12 @@ def test_accumulate_is_a_union_with_earlier_iterations_first() -> None:
     third_current = curate(table_records(), TAU, "success", iteration=3)
     third = accumulate(third_current, [first, second])
     assert [e.example_id for e in third] == [
-        "1:a#0:t3", "1:c#0:t1", "2:a#0:t3", "2:c#0:t1", "3:a#0:t3", "3:c#0:t1",
+        "1:a#0:t3",
+        "1:c#0:t1",
+        "2:a#0:t3",
+        "2:c#0:t1",
+        "3:a#0:t3",
+        "3:c#0:t1",
     ]
     assert accumulate(third_current, [third]) == third
 
@@ -259,7 +266,7 @@ def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> 
     finish_rollout(run, 2, table_records()[:2])
     rows2 = read_jsonl(run_curate_stage(run, 2))
     assert rows2[: len(rows)] == rows
-    assert [r["example_id"] for r in rows2[len(rows):]] == ["2:a#0:t3", "2:b#0:t1", "2:b#0:t3"]
+    assert [r["example_id"] for r in rows2[len(rows) :]] == ["2:a#0:t3", "2:b#0:t1", "2:b#0:t3"]
 
 
 def test_stage_without_accumulation_uses_only_this_iteration(tmp_path: Path) -> None:
@@ -365,7 +372,9 @@ def test_pairs_pair_a_wrong_sample_with_a_right_one_of_the_same_state() -> None:
     record = make_record("p", [0.0, 0.0], extra={2: [candidate("p right", 1.0), candidate("p wrong b", 0.0)]})
     other = make_record("q", [1.0])  # one sample per state: no pairs
     templates = TemplatesSection()
-    pairs = pair_examples([record, other], TAU, 1, per_state=2, feedback="binary", templates=templates, history_window=None)
+    pairs = pair_examples(
+        [record, other], TAU, 1, per_state=2, feedback="binary", templates=templates, history_window=None
+    )
     assert [p.completion for p in pairs] == ["p right", "p right"]
     first, second = pairs
     assert (first.source, first.kind, first.turn, first.task_id) == ("pair", "fix", 3, "p")
@@ -389,7 +398,9 @@ def test_informative_only_drops_states_whose_samples_all_succeed() -> None:
 
 def test_rationales_are_targets_for_their_state_without_the_hint() -> None:
     """STaR's rationalization: a hinted right answer answers the turn's own (unhinted) history."""
-    hard = make_record("h", [0.0, 0.0, 0.0], rationales={1: candidate("h hinted 1", 1.0), 3: candidate("h hinted 3", 1.0)})
+    hard = make_record(
+        "h", [0.0, 0.0, 0.0], rationales={1: candidate("h hinted 1", 1.0), 3: candidate("h hinted 3", 1.0)}
+    )
     examples = rationale_examples([hard, make_record("e", [1.0])], TAU, iteration=2)
     assert [(e.turn, e.kind, e.source, e.completion) for e in examples] == [
         (1, "first", "rationale", "h hinted 1"),
@@ -417,13 +428,24 @@ def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
     finish_rollout(run, 1, records)
     summary = json.loads((run_curate_stage(run, 1).parent / "summary.json").read_text())
     assert summary["by_source"]["rationale"] == 1
-    assert summary["by_kind"] == {"first": 3, "fix": 1, "retry": 0, "keep": 1}  # one fix (the rationale) allows one keep
+    assert summary["by_kind"] == {
+        "first": 3,
+        "fix": 1,
+        "retry": 0,
+        "keep": 1,
+    }  # one fix (the rationale) allows one keep
 
 
 def _answer(response: str, answer: str, correct: bool) -> dict[str, Any]:
     """A candidate dict whose grade read ``answer`` from ``response``."""
-    grade = {"score": float(correct), "correct": correct, "parsed": answer, "feedback": "fb", "error": None,
-             "answer_key": answer}
+    grade = {
+        "score": float(correct),
+        "correct": correct,
+        "parsed": answer,
+        "feedback": "fb",
+        "error": None,
+        "answer_key": answer,
+    }
     return asdict(Candidate(response, grade, completion_tokens=5, finish_reason="stop"))
 
 
@@ -432,10 +454,18 @@ def _refuted_record() -> dict[str, Any]:
     record = make_record("r", [0.0, 0.0, 0.0])
     turns = record["turns"]
     turns[0]["candidates"] = [_answer("x = 5", "5", False)]
-    turns[1]["candidates"] = [_answer("x = 6", "6", False), _answer("It is 5, so 5", "5", False),
-                              _answer("It is 5, so 5", "5", False), _answer("x = 7", "7", True)]
-    turns[2]["candidates"] = [_answer("6", "6", False), _answer("5.", "5", False), _answer("\\boxed{6}", "6", False),
-                              _answer("six", "6", False)]
+    turns[1]["candidates"] = [
+        _answer("x = 6", "6", False),
+        _answer("It is 5, so 5", "5", False),
+        _answer("It is 5, so 5", "5", False),
+        _answer("x = 7", "7", True),
+    ]
+    turns[2]["candidates"] = [
+        _answer("6", "6", False),
+        _answer("5.", "5", False),
+        _answer("\\boxed{6}", "6", False),
+        _answer("six", "6", False),
+    ]
     for turn in turns:
         turn["grade"], turn["response"] = turn["candidates"][0]["grade"], turn["candidates"][0]["response"]
     return record

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.run.manifest import StageState
-from pipeline.methods.rise.training import training_dataset
-from pipeline.run.layout import RunDir
-from pipeline.methods.rise.stages import run_train_stage
-from pipeline.training.launch import TrainError, join_training
 from pipeline.engine.vllm_server import free_port
+from pipeline.methods.rise.stages import run_train_stage
+from pipeline.methods.rise.training import training_dataset
 from pipeline.methods.rise.weighted_sft import build_trainer
+from pipeline.run.layout import RunDir
+from pipeline.run.manifest import StageState
 from pipeline.training.checkpoints import train
+from pipeline.training.launch import TrainError, join_training
 from tests.train_helpers import (
     REPO,
     attempts,
@@ -78,8 +78,9 @@ def test_two_processes_train_as_one_on_the_union_of_their_shards_and_only_rank_0
     was seen twice, the gradients were averaged, and the weight sum was
     gathered across the processes. The adapters then agree too.
     """
-    run = make_run(tmp_path / "runs", tiny_model, accelerate_config=str(CPU_2PROC), per_device_batch_size=4,
-                   save_steps=1)
+    run = make_run(
+        tmp_path / "runs", tiny_model, accelerate_config=str(CPU_2PROC), per_device_batch_size=4, save_steps=1
+    )
     finish_curate(run, 1, rows=8)
     stage = run.root / "iter_1" / "train"
     audit_writes(monkeypatch, run.root, tmp_path / "writes.tsv")
@@ -103,7 +104,9 @@ def test_two_processes_train_as_one_on_the_union_of_their_shards_and_only_rank_0
     assert json.loads((stage / "train_summary.json").read_text())["steps"] == 1
     # Each process saved its own RNG state into the checkpoint (for an exact resume) ...
     assert {p.name for p in (stage / "checkpoints" / "checkpoint-1").glob("rng_state*")} == {
-        "rng_state_0.pth", "rng_state_1.pth"}
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
     # ... but every file written through Python (adapter config, summary, trainer state, renames) is rank 0's.
     writes = writes_by_rank(tmp_path / "writes.tsv")
     assert f"rename {stage / 'adapter'}" in writes["0"]
@@ -156,8 +159,16 @@ def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: P
 def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path, tiny_model: Path) -> None:
     """Two machines of one process each, both on this host: the pipeline launches machine 0, join machine 1."""
     port = free_port()
-    run = make_run(tmp_path, tiny_model, num_processes=2, num_machines=2, main_process_ip="127.0.0.1",
-                   main_process_port=port, per_device_batch_size=2, save_steps=10)
+    run = make_run(
+        tmp_path,
+        tiny_model,
+        num_processes=2,
+        num_machines=2,
+        main_process_ip="127.0.0.1",
+        main_process_port=port,
+        per_device_batch_size=2,
+        save_steps=10,
+    )
     finish_curate(run, 1, rows=4)
     run.manifest.start(2, "train")  # iteration 2 already trained: joining follows until every train stage is done
     run.manifest.complete(2, "train", [])
@@ -185,13 +196,24 @@ def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path,
 def test_join_exits_non_zero_when_the_main_machines_stage_fails(tmp_path: Path, tiny_model: Path) -> None:
     """`selfimprove join` in a subprocess joins attempt 1; the main machine's attempt then fails (recorded in
     the manifest as the pipeline records it): the joiner stops its launcher and exits 1 with the main error."""
-    run = make_run(tmp_path, tiny_model, num_processes=2, num_machines=2, main_process_ip="127.0.0.1",
-                   main_process_port=free_port(), per_device_batch_size=2)
+    run = make_run(
+        tmp_path,
+        tiny_model,
+        num_processes=2,
+        num_machines=2,
+        main_process_ip="127.0.0.1",
+        main_process_port=free_port(),
+        per_device_batch_size=2,
+    )
     run.manifest.start(1, "train")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     joiner = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "join", str(run.root), "--machine-rank", "1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in joiner.stdout:  # the announcement comes right before its launcher starts

@@ -27,8 +27,13 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 def build(source: Path, site: Path) -> subprocess.CompletedProcess[str]:
     """``mkdocs build --strict`` of the site whose mkdocs.yml is in ``source``, as ``make docs`` runs it."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                          cwd=source, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +66,13 @@ def test_a_broken_link_fails_the_build(tmp_path: Path, link: str) -> None:
         page.write(f"\n{link}\n")
     result = build(tmp_path, tmp_path / "site")
     assert result.returncode != 0
-    assert link[link.index("(") + 1:-1].split("#")[-1] in result.stdout + result.stderr
+    assert link[link.index("(") + 1 : -1].split("#")[-1] in result.stdout + result.stderr
 
 
 def test_the_configuration_reference_is_generated_from_the_code() -> None:
     assert (ROOT / REFERENCE_PAGE).read_text(encoding="utf-8") == reference_page(PipelineConfig), (
-        f"{REFERENCE_PAGE} differs from the config's models: run `make docs-reference`")
+        f"{REFERENCE_PAGE} differs from the config's models: run `make docs-reference`"
+    )
 
 
 @pytest.mark.parametrize("method", ["rise", "exit"])

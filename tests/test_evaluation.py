@@ -9,7 +9,13 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.eval.evaluation import count_incomplete, format_eval_table, per_task_rows, summarize_curves, summarize_eval
+from pipeline.eval.evaluation import (
+    count_incomplete,
+    format_eval_table,
+    per_task_rows,
+    summarize_curves,
+    summarize_eval,
+)
 from pipeline.eval.metrics import TurnOutcome
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from rewards import GradeResult
@@ -217,8 +223,17 @@ def test_format_eval_table_shows_per_turn_pass_at_1_and_headlines() -> None:
     console = Console(record=True, width=120)
     console.print(table)
     text = console.export_text()
-    for label in ("pass@1 turn 1", "pass@1 turn 3", "m1@t3", "p1@t3", "m3@t1", "p3@t1", "delta_c_to_i", "incomplete",
-                  "grading errors"):
+    for label in (
+        "pass@1 turn 1",
+        "pass@1 turn 3",
+        "m1@t3",
+        "p1@t3",
+        "m3@t1",
+        "p3@t1",
+        "delta_c_to_i",
+        "incomplete",
+        "grading errors",
+    ):
         assert label in text
     assert "n/a" in text  # m3@t1 is null with 2 samples and 3 turns
     assert "0.5000" in text  # pass@1 at turn 1
@@ -270,7 +285,9 @@ def graded_record(task_id: str, sample: int, responses: list[str], grader_name: 
     for turn, response in zip(record["turns"], responses):
         grade = grader.grade(response, reference).to_dict()
         turn["response"], turn["grade"] = response, grade
-        turn["candidates"] = [{"response": response, "grade": dict(grade), "completion_tokens": 5, "finish_reason": "stop"}]
+        turn["candidates"] = [
+            {"response": response, "grade": dict(grade), "completion_tokens": 5, "finish_reason": "stop"}
+        ]
     return record
 
 
@@ -281,7 +298,15 @@ def test_numeric_spellings_of_one_number_vote_together() -> None:
     # By parsed text the vote ties 41 (2) against 42 (2) and the earlier 41 wins; by value 42 has 3.
     assert [t["grade"]["parsed"] for t in records[0]["turns"]] == ["41", "84/2", "41", "42", "42"]
     assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
-    records = [graded_record("t", 0, ["\\boxed{41}", "\\boxed{\\frac{84}{2}}", "\\boxed{41}", "It is 42.", "\\boxed{42.00}"], "numeric", "42")]
+    records = [
+        graded_record(
+            "t",
+            0,
+            ["\\boxed{41}", "\\boxed{\\frac{84}{2}}", "\\boxed{41}", "It is 42.", "\\boxed{42.00}"],
+            "numeric",
+            "42",
+        )
+    ]
     assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
 
 
@@ -311,8 +336,10 @@ def test_merged_classes_are_per_task() -> None:
 def test_oracle_parallel_baseline_on_hand_built_records() -> None:
     """p3@t1: any of 3 parallel first answers right. Task a: trajectory never right, parallel right once."""
     records = make_records({"a": [["5", "5", "5"]], "b": [["5", "7", "7"]]})
-    parallel = {"a": [TurnOutcome("5", False), TurnOutcome("7", True), TurnOutcome("5", False)],
-                "b": [TurnOutcome("5", False)] * 3}
+    parallel = {
+        "a": [TurnOutcome("5", False), TurnOutcome("7", True), TurnOutcome("5", False)],
+        "b": [TurnOutcome("5", False)] * 3,
+    }
     summary = summarize_eval(records, turns=3, samples=1, first_turn_samples=parallel)
     assert summary["p1@t3"] == 0.5 and summary["p3@t1"] == 0.5
     assert summary["m3@t1"] == 0.0  # 5 wins both parallel votes

@@ -24,16 +24,15 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from pipeline.system.atomic import read_jsonl
-from pipeline.methods.exit.buffer import LearnabilityBuffer
-from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.config.prompts import DEFAULT_TEMPLATES
 from pipeline.config.settings import TemplatesSection
 from pipeline.engine.generation import GenerationError, SamplingParams
 from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.engine.vllm_server import VLLMServer
-from pipeline.methods.exit.buffer import Instance, Step
+from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.rollout import PromptFitter, chat_template_counter, instance_messages
+from pipeline.run.manifest import Manifest, planned_stages
+from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task
 from tests.run_helpers import REPO, cli, cli_env, run_cli, write_config, write_tasks
 
@@ -68,16 +67,32 @@ def exit_config(output_dir: Path, model: Path, name: str, urls: list[str]) -> di
         },
         "grader": {"name": "numeric", "workers": 1},
         "method": {
-            "name": "exit", "group_size": 4, "steps_per_iteration": STEPS, "buffer_capacity": 6, "min_buffer": 1,
-            "select_prob": 0.9, "divergence_prob": 0.5, "sync_every": 1, "diversity_bonus": True, "kl_beta": 0.04,
+            "name": "exit",
+            "group_size": 4,
+            "steps_per_iteration": STEPS,
+            "buffer_capacity": 6,
+            "min_buffer": 1,
+            "select_prob": 0.9,
+            "divergence_prob": 0.5,
+            "sync_every": 1,
+            "diversity_bonus": True,
+            "kl_beta": 0.04,
         },
         "training": {
-            "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 5e-3,
-            "per_device_batch_size": 4 * GROUPS_PER_STEP, "save_steps": 1,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "learning_rate": 5e-3,
+            "per_device_batch_size": 4 * GROUPS_PER_STEP,
+            "save_steps": 1,
             "save_total_limit": None,
         },
-        "evaluation": {"turns": 4, "samples": 1, "feedback": "improve",
-                       "sampling": {"temperature": 0.6, "max_tokens": 12}},
+        "evaluation": {
+            "turns": 4,
+            "samples": 1,
+            "feedback": "improve",
+            "sampling": {"temperature": 0.6, "max_tokens": 12},
+        },
     }
 
 
@@ -92,11 +107,18 @@ def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path) -> None:
 def resumed_run(answering_model: Path, answering_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`selfimprove run`, SIGKILLed once iteration 1's checkpoint-2 is complete, then `selfimprove resume`."""
     tmp_path = tmp_path_factory.mktemp("exit")
-    config = write_config(tmp_path, exit_config(tmp_path / "runs", answering_model, "exit_smoke", [answering_server.url]))
+    config = write_config(
+        tmp_path, exit_config(tmp_path / "runs", answering_model, "exit_smoke", [answering_server.url])
+    )
     root = tmp_path / "runs" / "exit_smoke"
     train_dir = root / "iter_1" / "train"
-    process = subprocess.Popen(cli("run", str(config), "--no-progress"), cwd=REPO, env=cli_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        cli("run", str(config), "--no-progress"),
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_checkpoint(process, train_dir / "checkpoints" / f"checkpoint-{KILL_AFTER_CHECKPOINT}")
     finally:
@@ -133,7 +155,7 @@ def test_iteration_two_continues_the_adapter_and_the_buffer(resumed_run: dict) -
     groups = read_jsonl(root / "iter_2" / "train" / "groups.jsonl")
     assert [r["adapter"] for r in groups[:GROUPS_PER_STEP]] == ["exit_smoke-exit2-step0"] * GROUPS_PER_STEP
     # The first groups already draw from iteration 1's buffer (min_buffer is 1, select_prob 0.9).
-    assert any(r["from_buffer"] for r in groups[:GROUPS_PER_STEP * 2])
+    assert any(r["from_buffer"] for r in groups[: GROUPS_PER_STEP * 2])
     second = LearnabilityBuffer.load(root / "iter_2" / "train" / "buffer.json")
     assert second.next_seq > first.next_seq >= len(first)
 
@@ -151,8 +173,9 @@ def test_resume_restarts_from_the_checkpoints_buffer(resumed_run: dict) -> None:
     """The resumed training took checkpoint-2's buffer (not the newer buffer.json the killed attempt left)
     and went on from it: every entry since was made by a group of steps 3 and 4."""
     train_dir = resumed_run["root"] / "iter_1" / "train"
-    at_checkpoint = LearnabilityBuffer.load(train_dir / "checkpoints" / f"checkpoint-{KILL_AFTER_CHECKPOINT}"
-                                            / "buffer.json")
+    at_checkpoint = LearnabilityBuffer.load(
+        train_dir / "checkpoints" / f"checkpoint-{KILL_AFTER_CHECKPOINT}" / "buffer.json"
+    )
     final = LearnabilityBuffer.load(train_dir / "buffer.json")
     later = [r for r in read_jsonl(train_dir / "groups.jsonl") if r["step"] > KILL_AFTER_CHECKPOINT]
     assert final.next_seq == at_checkpoint.next_seq + sum(r["child_entered"] for r in later)
@@ -233,7 +256,9 @@ def test_two_training_processes_share_each_group(
     assert all(r["error"] is None for r in groups)
     # Each process saved its own RNG state into the checkpoint: two processes trained.
     assert {p.name for p in (train_dir / "checkpoints" / "checkpoint-2").glob("rng_state_*.pth")} == {
-        "rng_state_0.pth", "rng_state_1.pth"}
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
     assert json.loads((train_dir / "train_summary.json").read_text())["groups"] == 2
     assert (train_dir / "train.log").read_text(errors="replace").count("exit step 1:") == 1  # the main one only
 
@@ -252,14 +277,17 @@ def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
     assert {step for step, _ in scalars(run, "train/buffer/score_q50")} == set(range(1, 2 * STEPS + 1))
 
 
-def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(answering_model: Path, answering_server: VLLMServer) -> None:
+def test_a_deep_instance_is_cut_to_fit_and_the_server_takes_it(
+    answering_model: Path, answering_server: VLLMServer
+) -> None:
     """A history far longer than the server's 1024 tokens: sent whole, vLLM refuses it (HTTP 400); cut by
     the fitter to max_model_len - max_tokens, the server answers, and counts the prompt's tokens as we do."""
     max_tokens, templates = 12, TemplatesSection()
     counter = chat_template_counter(AutoTokenizer.from_pretrained(answering_model))
     task = Task("deep", "What is 3 + 4?", 7)
-    instance = Instance("deep", tuple(Step(f"attempt {i}: " + "I think it is 12. " * 30, 0.0) for i in range(12)),
-                        from_buffer=True)
+    instance = Instance(
+        "deep", tuple(Step(f"attempt {i}: " + "I think it is 12. " * 30, 0.0) for i in range(12)), from_buffer=True
+    )
     whole = instance_messages(task, instance, templates, None)
     assert counter(whole) > 1024
     messages, shown = PromptFitter(templates, None, 1024 - max_tokens, counter).messages(task, instance)

@@ -8,18 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from transformers import AutoTokenizer
 
-from pipeline.methods.exit.buffer import Instance, Step
 from pipeline.config.settings import ConfigError, TemplatesSection, dump_config, parse_config
+from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.diversity import DiversityScorer, advantage_scales
 from pipeline.methods.exit.rollout import (
-    ADVANTAGE_SCALE, FailureCount, PromptFitter, PromptTooLong, StageFailed, chat_template_counter,
-    improvement_reward, instance_messages, prompt_index,
+    ADVANTAGE_SCALE,
+    FailureCount,
+    PromptFitter,
+    PromptTooLong,
+    StageFailed,
+    chat_template_counter,
+    improvement_reward,
+    instance_messages,
+    prompt_index,
 )
 from pipeline.methods.exit.training import scaled_advantages, summarize
-from pipeline.methods.exit.buffer import LearnabilityBuffer
 from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
 
@@ -53,7 +58,9 @@ def test_an_improvement_step_shows_the_history_then_improve_or_diverge() -> None
 def test_prompts_map_back_to_their_tasks() -> None:
     tasks = [Task("a", "What is 1 + 1?", 2), Task("b", "What is 1 + 1?", 2), Task("c", "What is 3 + 3?", 6)]
     assert {prompt: task.task_id for prompt, task in prompt_index(tasks).items()} == {
-        "What is 1 + 1?": "a", "What is 3 + 3?": "c"}
+        "What is 1 + 1?": "a",
+        "What is 3 + 3?": "c",
+    }
     with pytest.raises(ValueError, match="share a prompt but not the reference"):
         prompt_index([Task("a", "same", 1), Task("b", "same", 2)])
 
@@ -91,8 +98,10 @@ def exit_data(**changes: dict) -> dict:
         ({"rollout": {"sampling": {"temperature": 0}}}, "temperature must be > 0"),
         ({"training": {"per_device_batch_size": 6}}, "multiple of method.group_size (8)"),
         ({"method": {"name": "exit", "sync_every": 2}}, "method.sync_every must be 1: completions from an adapter"),
-        ({"rollout": {"sampling": {"max_tokens": 2048}}}, "rollout.sampling.max_tokens (2048) must be below "
-                                                          "model.max_model_len (2048)"),
+        (
+            {"rollout": {"sampling": {"max_tokens": 2048}}},
+            "rollout.sampling.max_tokens (2048) must be below model.max_model_len (2048)",
+        ),
     ],
 )
 def test_exit_configs_that_cannot_train_are_refused(changes: dict, message: str) -> None:
@@ -166,8 +175,12 @@ def test_failures_stop_the_stage_past_the_share_with_the_first_error() -> None:
     count.add(None)
     count.check()  # 1 of 10 is the allowed share, not past it
     count.add("HTTP 400: second")
-    with pytest.raises(StageFailed, match=re.escape("2 of 11 GRPO groups failed, more than "
-                                                    "method.max_failed_fraction (0.1); the first: HTTP 400: first")):
+    with pytest.raises(
+        StageFailed,
+        match=re.escape(
+            "2 of 11 GRPO groups failed, more than method.max_failed_fraction (0.1); the first: HTTP 400: first"
+        ),
+    ):
         count.check()
 
 
@@ -189,8 +202,9 @@ def counter(tiny_model: Path):
 
 
 def deep_instance(depth: int) -> Instance:
-    return Instance("t1", tuple(Step(f"attempt {i}: " + "the answer is 3 " * 20, 0.0) for i in range(depth)),
-                    from_buffer=True)
+    return Instance(
+        "t1", tuple(Step(f"attempt {i}: " + "the answer is 3 " * 20, 0.0) for i in range(depth)), from_buffer=True
+    )
 
 
 def test_a_deep_instance_is_cut_to_the_token_budget_oldest_first(counter) -> None:
@@ -216,23 +230,30 @@ def test_a_prompt_that_cannot_fit_names_the_task(counter) -> None:
     templates = TemplatesSection()
     long_task = Task("long-1", "Add these: " + " + ".join(["1"] * 400), 400)
     fitter = PromptFitter(templates, None, 100, counter)
-    with pytest.raises(PromptTooLong, match=r"task long-1: its prompt alone takes \d+ tokens, over the budget "
-                                            r"of 100 \(model.max_model_len - rollout.sampling.max_tokens\)"):
+    with pytest.raises(
+        PromptTooLong,
+        match=r"task long-1: its prompt alone takes \d+ tokens, over the budget "
+        r"of 100 \(model.max_model_len - rollout.sampling.max_tokens\)",
+    ):
         fitter.check_task(long_task)
     short = Task("t1", "What is 2 + 2?", 4)
     with pytest.raises(PromptTooLong, match="task t1: its prompt with the attempt being improved"):
-        PromptFitter(templates, None, counter(instance_messages(short, Instance("t1"), templates, None)),
-                     counter).messages(short, deep_instance(3))
+        PromptFitter(
+            templates, None, counter(instance_messages(short, Instance("t1"), templates, None)), counter
+        ).messages(short, deep_instance(3))
 
 
 def test_the_training_summary_counts_the_failed_groups(tmp_path: Path) -> None:
     groups = tmp_path / "groups.jsonl"
-    write_jsonl_atomic(groups, [
-        {"step": 1, "depth": 0, "error": None, "rewards": [1.0, 0.0]},
-        {"step": 1, "depth": 1, "error": "GenerationError: HTTP 400: too long", "rewards": None},
-        {"step": 2, "depth": 2, "error": None, "rewards": [0.0, 0.0]},
-        {"step": 2, "depth": 0, "error": "GenerationError: HTTP 400: later", "rewards": None},
-    ])
+    write_jsonl_atomic(
+        groups,
+        [
+            {"step": 1, "depth": 0, "error": None, "rewards": [1.0, 0.0]},
+            {"step": 1, "depth": 1, "error": "GenerationError: HTTP 400: too long", "rewards": None},
+            {"step": 2, "depth": 2, "error": None, "rewards": [0.0, 0.0]},
+            {"step": 2, "depth": 0, "error": "GenerationError: HTTP 400: later", "rewards": None},
+        ],
+    )
     summary = summarize(2, groups, LearnabilityBuffer(4), steps=2, seconds=60.0)
     assert (summary["groups"], summary["failed_groups"]) == (2, 2)
     assert summary["first_error"] == "GenerationError: HTTP 400: too long"

@@ -9,13 +9,12 @@ import httpx
 import pytest
 import torch
 
-from pipeline.system.atomic import read_jsonl
 from pipeline.config.settings import parse_config
 from pipeline.export.dataset import data_splits
 from pipeline.export.model import ExportError, export_model
-from pipeline.tasks import load_tasks
 from pipeline.run.layout import RunDir
-from pipeline.tasks import get_task_source
+from pipeline.system.atomic import read_jsonl
+from pipeline.tasks import get_task_source, load_tasks
 from tests.run_helpers import run_cli, serving
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,9 @@ def data_export(tracked_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -
 
 def prompt_ids(tokenizer) -> torch.Tensor:
     messages = [{"role": "user", "content": "What is 3 + 4?"}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
 
 
 def test_merged_export_loads_with_transformers_and_holds_iteration_2s_weights(
@@ -121,8 +122,13 @@ def test_every_split_reads_back_through_load_dataset_equal_to_its_jsonl(data_exp
 
     splits = data_splits(tracked_run)
     assert {(s.config, s.split) for s in splits} == {
-        ("rollouts", "iter_1"), ("rollouts", "iter_2"), ("curated", "iter_1"), ("curated", "iter_2"),
-        ("eval", "iter_0"), ("eval", "iter_1"), ("eval", "iter_2"),
+        ("rollouts", "iter_1"),
+        ("rollouts", "iter_2"),
+        ("curated", "iter_1"),
+        ("curated", "iter_2"),
+        ("eval", "iter_0"),
+        ("eval", "iter_1"),
+        ("eval", "iter_2"),
     }
     for split in splits:
         loaded = load_dataset("parquet", data_files=str(data_export / split.path), split="train")
@@ -133,12 +139,14 @@ def test_every_split_reads_back_through_load_dataset_equal_to_its_jsonl(data_exp
 
 
 def test_exported_tasks_seed_another_run(data_export: Path, tracked_run: RunDir) -> None:
-    seeded = parse_config({
-        "tasks": {
-            "train": {"source": "hf", "options": {"preset": "selfimprove", "dataset": str(data_export)}},
-            "eval": {"source": "hf", "options": {"preset": "selfimprove", "dataset": str(data_export)}},
+    seeded = parse_config(
+        {
+            "tasks": {
+                "train": {"source": "hf", "options": {"preset": "selfimprove", "dataset": str(data_export)}},
+                "eval": {"source": "hf", "options": {"preset": "selfimprove", "dataset": str(data_export)}},
+            }
         }
-    })
+    )
     for split, section in (("train", seeded.tasks.train), ("eval", seeded.tasks.eval)):
         original = load_tasks(getattr(tracked_run.config.tasks, split), split)
         tasks = get_task_source(section.source, **section.options).load(split)

@@ -90,7 +90,9 @@ def test_hung_item_times_out_without_blocking_the_others(pool: GradingPool) -> N
 def test_worker_is_replaced_after_a_timeout() -> None:
     with GradingPool(max_workers=1, timeout_s=1) as single:
         # One job of four (math sends several responses per job): each gets the verdict it would get alone.
-        results = graded(single, get_grader("math"), [(HANGS, "1"), ("\\boxed{2}", "2"), (HANGS, "1"), ("\\boxed{3}", "4")])
+        results = graded(
+            single, get_grader("math"), [(HANGS, "1"), ("\\boxed{2}", "2"), (HANGS, "1"), ("\\boxed{3}", "4")]
+        )
     assert [result.error for result in results] == ["timeout", None, "timeout", None]
     assert [result.correct for result in results] == [False, True, False, False]
 

@@ -33,7 +33,13 @@ CASES = [
     ("set-union", "\\boxed{\\{1,2,3,4\\}}", "\\{1,3\\} \\cup \\{2,4\\}", True, "\\{1,2,3,4\\}"),
     ("unordered-list", "\\boxed{2, 3}", "3, 2", True, "2, 3"),
     ("tuple", "\\boxed{(1,2)}", "(1,2)", True, "(1,2)"),
-    ("matrix", "\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True, "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    (
+        "matrix",
+        "\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}",
+        "\\begin{pmatrix}1\\\\2\\end{pmatrix}",
+        True,
+        "\\begin{pmatrix}1\\\\2\\end{pmatrix}",
+    ),
     ("polynomial", "\\boxed{x^2+2x+1}", "(x+1)^2", True, "x^2+2x+1"),
     ("equation", "\\boxed{y = 2x + 1}", "y=2x+1", True, "y = 2x + 1"),
     ("assignment-vs-value", "\\boxed{x=2}", "2", True, "x=2"),
@@ -75,7 +81,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_math_table(response: object, reference: object, correct: bool | None, expected: str) -> None:
     result = get_grader("math").grade(response, reference)
     assert isinstance(result, GradeResult)
@@ -95,8 +103,13 @@ PARTS_CASES = [
     ("parts-of-a-list", "The roots are \\boxed{2} or \\boxed{5}.", "2, 5", True, "2, 5"),
     ("named-parts", "x = \\boxed{3}, y = \\boxed{4}", "(3,4)", True, "3, 4"),
     ("parts-in-math-mode", "$\\boxed{1}$, $\\boxed{2}$, and $\\boxed{3}$", "(1,2,3)", True, "1, 2, 3"),
-    ("polar-parts", "r = \\boxed{3}, \\theta = \\boxed{\\frac{\\pi}{2}}", "\\left( 3, \\frac{\\pi}{2} \\right)", True,
-     "3, \\frac{\\pi}{2}"),
+    (
+        "polar-parts",
+        "r = \\boxed{3}, \\theta = \\boxed{\\frac{\\pi}{2}}",
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+        True,
+        "3, \\frac{\\pi}{2}",
+    ),
     ("parts-in-the-wrong-order", "\\boxed{2}, \\boxed{1}", "(1,2)", False, "2, 1"),
     ("parts-for-a-number", "\\boxed{1}, \\boxed{2}", "2", True, "2"),  # kept
     ("correction-stays-last", "\\boxed{7} no wait \\boxed{8}", "8", True, "8"),  # kept
@@ -106,8 +119,9 @@ PARTS_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in PARTS_CASES],
-                         ids=[c[0] for c in PARTS_CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "correct", "parsed"), [c[1:] for c in PARTS_CASES], ids=[c[0] for c in PARTS_CASES]
+)
 def test_parts_boxed_one_at_a_time(response: str, reference: str, correct: bool, parsed: str) -> None:
     result = get_grader("math").grade(response, reference)
     assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), parsed, None)
@@ -115,7 +129,10 @@ def test_parts_boxed_one_at_a_time(response: str, reference: str, correct: bool,
 
 def test_parts_vote_with_the_same_answer_in_one_box() -> None:
     grader = get_grader("math")
-    keys = [grader.grade(r, "\\{1,2\\}").answer_key for r in ("\\boxed{1}, \\boxed{2}", "\\boxed{1, 2}", "\\boxed{\\{2,1\\}}", "\\boxed{1}, \\boxed{3}")]
+    keys = [
+        grader.grade(r, "\\{1,2\\}").answer_key
+        for r in ("\\boxed{1}, \\boxed{2}", "\\boxed{1, 2}", "\\boxed{\\{2,1\\}}", "\\boxed{1}, \\boxed{3}")
+    ]
     classes = grader.cluster_keys(keys)
     assert keys[0] == keys[1] and classes[keys[0]] == classes[keys[2]] != classes[keys[3]]
 
@@ -125,7 +142,11 @@ def test_grade_is_safe_from_threads() -> None:
     grader = get_grader("math")
     responses = [f"\\boxed{{\\frac{{{i}}}{{2}}}}" for i in range(8)]
     with ThreadPoolExecutor(max_workers=4) as threads:
-        results = list(threads.map(lambda r: (threading.current_thread() is threading.main_thread(), grader.grade(r, "1")), responses))
+        results = list(
+            threads.map(
+                lambda r: (threading.current_thread() is threading.main_thread(), grader.grade(r, "1")), responses
+            )
+        )
     assert not any(in_main for in_main, _ in results)
     assert [result.correct for _, result in results] == [i == 2 for i in range(8)]
     assert all(result.error is None for _, result in results)
@@ -158,7 +179,10 @@ def test_answer_keys_cluster_by_equivalence() -> None:
     classes = grader.cluster_keys(keys)
     assert len({classes[k] for k in keys[:4]}) == 1
     assert classes[keys[4]] != classes[keys[0]]
-    sets = [grader.grade(r, "\\{1,2\\}").answer_key for r in ("\\boxed{\\{2,1\\}}", "\\boxed{\\{1,2\\}}", "\\boxed{\\{1,3\\}}")]
+    sets = [
+        grader.grade(r, "\\{1,2\\}").answer_key
+        for r in ("\\boxed{\\{2,1\\}}", "\\boxed{\\{1,2\\}}", "\\boxed{\\{1,3\\}}")
+    ]
     set_classes = grader.cluster_keys(sets)
     assert set_classes[sets[0]] == set_classes[sets[1]] != set_classes[sets[2]]
 

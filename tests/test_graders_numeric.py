@@ -77,7 +77,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "correct", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_numeric_table(response: object, reference: object, correct: bool | None, expected: str) -> None:
     result = get_grader("numeric").grade(response, reference)
     assert isinstance(result, GradeResult)
@@ -126,8 +128,9 @@ ISSUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in ISSUE_CASES],
-                         ids=[c[0] for c in ISSUE_CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "correct", "parsed"), [c[1:] for c in ISSUE_CASES], ids=[c[0] for c in ISSUE_CASES]
+)
 def test_boxed_expressions_and_exact_references(response: str, reference: object, correct: bool, parsed: str) -> None:
     result = get_grader("numeric").grade(response, reference)
     assert (result.correct, result.parsed, result.error) == (correct, parsed, None)
@@ -174,8 +177,9 @@ FORMAT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("response", "reference", "correct", "parsed"), [c[1:] for c in FORMAT_CASES],
-                         ids=[c[0] for c in FORMAT_CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "correct", "parsed"), [c[1:] for c in FORMAT_CASES], ids=[c[0] for c in FORMAT_CASES]
+)
 def test_answer_formats(response: str, reference: object, correct: bool, parsed: str | None) -> None:
     result = get_grader("numeric").grade(response, reference)
     assert (result.correct, result.score, result.parsed, result.error) == (correct, float(correct), parsed, None)
@@ -186,13 +190,18 @@ def test_new_formats_vote_by_value() -> None:
     grader = get_grader("numeric")
     halves = ("She needs 1 1/2 cups", "\\boxed{1\\frac{1}{2}}", "#### 1.5\nQuestion 2", "\\boxed{3/2}")
     assert {grader.grade(r, "1.5").answer_key for r in halves} == {"3/2"}
-    assert {grader.grade(r, "12").answer_key for r in ("The area is 12 m^2", "\\boxed{12 \\text{ m}^2}", "#### 12")} == {"12"}
+    assert {
+        grader.grade(r, "12").answer_key for r in ("The area is 12 m^2", "\\boxed{12 \\text{ m}^2}", "#### 12")
+    } == {"12"}
 
 
 def test_answer_keys_are_values() -> None:
     """Equal numbers written differently share one key; different numbers do not."""
     grader = get_grader("numeric")
-    keys = {grader.grade(r, "42").answer_key for r in ("\\boxed{84/2}", "\\boxed{42}", "It is 42.0", "\\boxed{\\frac{84}{2}}", "\\boxed{\\$42}")}
+    keys = {
+        grader.grade(r, "42").answer_key
+        for r in ("\\boxed{84/2}", "\\boxed{42}", "It is 42.0", "\\boxed{\\frac{84}{2}}", "\\boxed{\\$42}")
+    }
     assert keys == {"42"}
     assert grader.grade("\\boxed{41}", "42").answer_key == "41"
     assert grader.grade("\\boxed{-3.5}", "1").answer_key == "-7/2"
@@ -247,8 +256,11 @@ def test_hostile_responses_get_a_grade(response: str) -> None:
     assert isinstance(result, GradeResult) and result.score in (0.0, 1.0) and result.correct == (result.score == 1.0)
 
 
-@pytest.mark.parametrize("reference", [10**5_000, "1e" + "9" * 5_000, "#### 1e-" + "9" * 5_000, float("nan"), float("inf")],
-                         ids=["int-of-5000-digits", "exponent-of-5000-digits", "gsm8k-exponent", "nan", "inf"])
+@pytest.mark.parametrize(
+    "reference",
+    [10**5_000, "1e" + "9" * 5_000, "#### 1e-" + "9" * 5_000, float("nan"), float("inf")],
+    ids=["int-of-5000-digits", "exponent-of-5000-digits", "gsm8k-exponent", "nan", "inf"],
+)
 def test_unreadable_references_are_failures(reference: object) -> None:
     result = get_grader("numeric").grade("\\boxed{42}", reference)
     assert (result.score, result.correct, result.parsed) == (0.0, False, None) and result.error

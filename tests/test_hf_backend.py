@@ -21,7 +21,9 @@ LONG = [{"role": "user", "content": "A baker sells 12 loaves each morning and 7 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 
 
-async def _chats(backend: HFBackend, requests: list[tuple[list[dict[str, str]], int, str | None]]) -> list[list[Completion]]:
+async def _chats(
+    backend: HFBackend, requests: list[tuple[list[dict[str, str]], int, str | None]]
+) -> list[list[Completion]]:
     """All requests in flight at once, so the backend batches (and pads) them together."""
     params = SamplingParams(temperature=1.0, max_tokens=12)
     return list(await asyncio.gather(*(backend.chat(m, n, params, seed=0, adapter=a) for m, n, a in requests)))

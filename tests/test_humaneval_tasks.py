@@ -39,7 +39,9 @@ def test_humaneval_partition_is_seeded_disjoint_and_complete() -> None:
     train, held_out = source.load("train"), source.load("eval")
     train_ids, eval_ids = {t.task_id for t in train}, {t.task_id for t in held_out}
     assert len(eval_ids) == 41 and not train_ids & eval_ids and len(train_ids | eval_ids) == 164
-    assert [t.task_id for t in HumanEvalSource(eval_fraction=0.25, seed=3).load("eval")] == [t.task_id for t in held_out]
+    assert [t.task_id for t in HumanEvalSource(eval_fraction=0.25, seed=3).load("eval")] == [
+        t.task_id for t in held_out
+    ]
     assert {t.task_id for t in HumanEvalSource(eval_fraction=0.25, seed=4).load("eval")} != eval_ids
 
 

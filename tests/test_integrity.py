@@ -11,20 +11,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.system.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.cli import app
 from pipeline.config.settings import ConfigError, parse_config
 from pipeline.methods.rise.curate_stage import run_curate_stage
-from pipeline.runner.loop import SUPERSEDED_DIR, redo_damaged
-from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
 from pipeline.run.layout import RunDir
+from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
+from pipeline.runner.loop import SUPERSEDED_DIR, redo_damaged
+from pipeline.system.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
 from tests.test_curation import finish_rollout, make_record, make_run
 
 ROLLOUTS = "iter_1/rollout/rollouts.jsonl"
@@ -74,9 +74,7 @@ def assert_one_line_error(code: int, output: str, *names: str) -> None:
 
 
 @pytest.mark.parametrize("damage", [tear_last_line, edit_a_line], ids=["torn last line", "edited line"])
-def test_a_damaged_rollout_file_is_shown_refused_and_redone(
-    curated: RunDir, damage: Callable[[Path], None]
-) -> None:
+def test_a_damaged_rollout_file_is_shown_refused_and_redone(curated: RunDir, damage: Callable[[Path], None]) -> None:
     damage(curated.root / ROLLOUTS)
 
     code, output = cli("status", str(curated.root))
@@ -200,10 +198,14 @@ def jsonl_tasks(path: Path) -> dict:
         (b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": "2 + 2?", "answer": \n', "tasks.jsonl:2: invalid JSON"),
         (b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": 5, "answer": 4}\n', "tasks.jsonl:2: field 'prompt'"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "tasks.jsonl: not UTF-8 text"),
-        (b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": "2 + 2?", "answer": NaN}\n',
-         "tasks.jsonl:2: field 'answer' is 'nan', not a finite number"),
-        (b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": "2 + 2?", "answer": ""}\n',
-         "tasks.jsonl:2: field 'answer' is an empty answer"),
+        (
+            b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": "2 + 2?", "answer": NaN}\n',
+            "tasks.jsonl:2: field 'answer' is 'nan', not a finite number",
+        ),
+        (
+            b'{"prompt": "1 + 1?", "answer": 2}\n{"prompt": "2 + 2?", "answer": ""}\n',
+            "tasks.jsonl:2: field 'answer' is an empty answer",
+        ),
     ],
     ids=["malformed row", "bad type", "binary file", "NaN answer", "empty answer"],
 )
@@ -231,34 +233,62 @@ def test_dry_run_counts_the_tasks_it_read(tmp_path: Path) -> None:
         ({"run": {"name": ".."}}, "run.name: must name a directory inside run.output_dir, not '..'"),
         ({"evaluation": {"turns": 1}}, "evaluation.turns: Input should be greater than or equal to 2"),
         # The user's case: every request of the rollout got HTTP 400, and the run went on.
-        ({"rollout": {"sampling": {"max_tokens": 2048}}},
-         "rollout.sampling.max_tokens (2048) must be below model.max_model_len (2048)"),
-        ({"evaluation": {"sampling": {"max_tokens": 4096}}},
-         "evaluation.sampling.max_tokens (4096) must be below model.max_model_len (2048)"),
+        (
+            {"rollout": {"sampling": {"max_tokens": 2048}}},
+            "rollout.sampling.max_tokens (2048) must be below model.max_model_len (2048)",
+        ),
+        (
+            {"evaluation": {"sampling": {"max_tokens": 4096}}},
+            "evaluation.sampling.max_tokens (4096) must be below model.max_model_len (2048)",
+        ),
         # Turn 5 of a trajectory shows its 4 earlier attempts uncut: up to 5 x 512 tokens with its own answer.
-        ({"rollout": {"turns": 5, "sampling": {"max_tokens": 512}}},
-         "rollout.sampling.max_tokens (512) x 5 (the answer and the 4 earlier attempt(s) the prompt of a rollout turn "
-         "shows) = 2560 must be below model.max_model_len (2048)"),
-        ({"method": {"name": "exit"}, "evaluation": {"turns": 9}},
-         "evaluation.sampling.max_tokens (256) x 9 (the answer and the 8 earlier attempt(s)"),
+        (
+            {"rollout": {"turns": 5, "sampling": {"max_tokens": 512}}},
+            "rollout.sampling.max_tokens (512) x 5 (the answer and the 4 earlier attempt(s) the prompt of a rollout turn "
+            "shows) = 2560 must be below model.max_model_len (2048)",
+        ),
+        (
+            {"method": {"name": "exit"}, "evaluation": {"turns": 9}},
+            "evaluation.sampling.max_tokens (256) x 9 (the answer and the 8 earlier attempt(s)",
+        ),
         ({"grader": {"workers": 100_000}}, "grader.workers: 100000 is more than this machine can use"),
         ({"grader": {"timeout_s": float("inf")}}, "grader.timeout_s: Input should be a finite number"),
         ({"training": {"learning_rate": float("inf")}}, "training.learning_rate: Input should be a finite number"),
-        ({"method": {"name": "rise", "unparsed_reward": float("nan")}},
-         "method.unparsed_reward: Input should be a finite number"),
+        (
+            {"method": {"name": "rise", "unparsed_reward": float("nan")}},
+            "method.unparsed_reward: Input should be a finite number",
+        ),
         ({"model": {"name_or_path": "/no/such/model"}}, "model.name_or_path: /no/such/model: no such model directory"),
         ({"rollout": {"turns": True, "samples_per_turn": 4}}, "rollout.turns: expects a number, got the boolean true"),
         ({"evaluation": {"samples": True}}, "evaluation.samples: expects a number, got the boolean true"),
         ({"run": {"seed": -1}}, "run.seed: Input should be greater than or equal to 0"),
-        ({"rollout": {"server": {"port": 65535, "replicas": 2}}},
-         "rollout.server.port 65535 + replicas (2) - 1 is above 65535"),
-        ({"method": {"name": "exit", "buffer_capacity": 16, "min_buffer": 32}},
-         "method.min_buffer (32) must be at most method.buffer_capacity (16)"),
+        (
+            {"rollout": {"server": {"port": 65535, "replicas": 2}}},
+            "rollout.server.port 65535 + replicas (2) - 1 is above 65535",
+        ),
+        (
+            {"method": {"name": "exit", "buffer_capacity": 16, "min_buffer": 32}},
+            "method.min_buffer (32) must be at most method.buffer_capacity (16)",
+        ),
     ],
-    ids=["run.name ..", "evaluation.turns 1", "RISE max_tokens = max_model_len", "eval max_tokens > max_model_len",
-         "RISE history over the context", "ExIt eval history over the context", "100,000 grading workers",
-         "infinite timeout", "infinite learning rate", "NaN reward", "missing model path", "turns: true",
-         "samples: true", "negative seed", "replica port above 65535", "ExIt buffer never full"],
+    ids=[
+        "run.name ..",
+        "evaluation.turns 1",
+        "RISE max_tokens = max_model_len",
+        "eval max_tokens > max_model_len",
+        "RISE history over the context",
+        "ExIt eval history over the context",
+        "100,000 grading workers",
+        "infinite timeout",
+        "infinite learning rate",
+        "NaN reward",
+        "missing model path",
+        "turns: true",
+        "samples: true",
+        "negative seed",
+        "replica port above 65535",
+        "ExIt buffer never full",
+    ],
 )
 def test_dry_run_refuses_settings_that_would_fail_later(tmp_path: Path, sections: dict, message: str) -> None:
     data = {"run": {"output_dir": str(tmp_path / "runs")}, "tasks": TASKS}
@@ -319,7 +349,9 @@ def test_an_unclosed_set_value_is_one_line(tmp_path: Path) -> None:
 @pytest.fixture
 def finished(tmp_path: Path) -> Iterator[RunDir]:
     """A run whose base-model eval is done, with its eval.json recorded."""
-    run = RunDir.create(parse_config({"run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1}, "tasks": TASKS}))
+    run = RunDir.create(
+        parse_config({"run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1}, "tasks": TASKS})
+    )
     path = run.stage_dir(0, "eval") / "eval.json"
     write_json_atomic(path, {"turns": 2})
     run.manifest.start(0, "eval")

@@ -47,8 +47,15 @@ class Commands:
         """``selfimprove ARGS`` in a session of its own, as a terminal runs a command, SIGINT at its default."""
         log = self.tmp_path / f"command-{len(self.started)}.log"
         with open(log, "wb") as out:
-            process = subprocess.Popen(cli(*args), cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True, preexec_fn=default_sigint)
+            process = subprocess.Popen(
+                cli(*args),
+                cwd=REPO,
+                env=cli_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=default_sigint,
+            )
         self.started.append(process)
         return process
 

@@ -23,8 +23,14 @@ SECOND = np.where(_RNG.random(200) < 0.15, 1 - FIRST, FIRST)  # flips 15 % of th
 
 def scipy_paired(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
     result = bootstrap(
-        (first, second), lambda a, b, axis=-1: np.mean(a - b, axis=axis), paired=True, vectorized=True,
-        n_resamples=10_000, confidence_level=0.95, method="percentile", random_state=np.random.default_rng(7),
+        (first, second),
+        lambda a, b, axis=-1: np.mean(a - b, axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=10_000,
+        confidence_level=0.95,
+        method="percentile",
+        random_state=np.random.default_rng(7),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 

@@ -72,7 +72,7 @@ def test_the_lifecycle_records_failure_and_completion(tmp_path: Path) -> None:
     with pytest.raises(ZeroDivisionError):
         with stage_attempt(run.manifest, 1, "rollout") as attempt:
             assert not attempt.done
-            1 / 0
+            _ = 1 / 0
     record = run.manifest.record(1, "rollout")
     assert (record.state.value, record.attempts, record.error) == ("failed", 1, "ZeroDivisionError: division by zero")
     output = run.stage_dir(1, "rollout") / "rollouts.jsonl"
@@ -103,7 +103,11 @@ def hold_lock(run: RunDir, *start_stage: str) -> subprocess.Popen:
     """A process holding the run's lock until its stdin closes (``start_stage`` of iteration 1 marked running)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(run.root), *start_stage],
-        cwd=REPO, env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "held\n"
     return holder
@@ -157,8 +161,10 @@ def test_a_stage_whose_process_was_killed_shows_as_interrupted(tmp_path: Path) -
     assert Manifest.load(run.root).record(1, "rollout").state is StageState.RUNNING
     result = run_cli("status", str(run.root))
     assert "iter_1/rollout │ interrupted" in result.stdout and "running" not in result.stdout, result.stdout
-    assert f"interrupted: iter_1/rollout (no process drives the run); `selfimprove resume {run.root}` continues it" \
+    assert (
+        f"interrupted: iter_1/rollout (no process drives the run); `selfimprove resume {run.root}` continues it"
         in " ".join(result.stdout.split())
+    )
 
 
 def test_a_filesystem_that_cannot_lock_directories_locks_run_lock_instead(

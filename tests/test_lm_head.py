@@ -103,8 +103,9 @@ def test_training_on_the_cpu_takes_the_compact_head_and_learns_as_trls_does(
 def test_bf16_training_on_the_cpu_keeps_a_float32_loss(tiny_model: Path, tmp_path: Path) -> None:
     """training.mixed_precision bf16 on the CPU (auto picks it where the CPU computes bfloat16 natively)."""
     settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=4, learning_rate=1e-2)
-    trainer = build_trainer(tiny_model, Dataset.from_list(_rows()), tmp_path, settings, use_cpu=True, bf16=True,
-                            max_steps=2)
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(_rows()), tmp_path, settings, use_cpu=True, bf16=True, max_steps=2
+    )
     trainer.args.save_strategy = "no"
     assert trainer.compact_lm_head and trainer.args.bf16
     batch = next(iter(trainer.get_train_dataloader()))

@@ -23,19 +23,33 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.system.atomic import read_jsonl
+from pipeline.engine.vllm_server import VLLMServer
 from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.timings import stage_times
-from pipeline.engine.vllm_server import VLLMServer
+from pipeline.system.atomic import read_jsonl
 from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, smoke_config, write_config
 
 pytestmark = pytest.mark.slow
 
 TURNS = SMOKE_TURNS
 EVAL_KEYS = {
-    "per_turn", f"m1@t{TURNS}", f"p1@t{TURNS}", f"m{TURNS}@t1", f"p{TURNS}@t1",
-    "delta_t1_tT", "delta_i_to_c", "delta_c_to_i", "n_tasks", "turns", "samples",
-    "intervals", "incomplete", "incomplete_parallel", "grading_errors", "bootstrap_seed", "history_window",
+    "per_turn",
+    f"m1@t{TURNS}",
+    f"p1@t{TURNS}",
+    f"m{TURNS}@t1",
+    f"p{TURNS}@t1",
+    "delta_t1_tT",
+    "delta_i_to_c",
+    "delta_c_to_i",
+    "n_tasks",
+    "turns",
+    "samples",
+    "intervals",
+    "incomplete",
+    "incomplete_parallel",
+    "grading_errors",
+    "bootstrap_seed",
+    "history_window",
     "transitions",
 }
 
@@ -106,8 +120,15 @@ def test_consecutive_stages_that_serve_one_model_share_its_server(finished_run: 
     assert list(times) == [f"iter_{k}/{s}" for k, s in planned_stages(2)]
     starts = {stage: times[stage].server_starts for stage in times}
     assert starts == {
-        "iter_0/eval": 1, "iter_1/rollout": 0, "iter_1/curate": 0, "iter_1/train": 0,
-        "iter_1/eval": 1, "iter_2/rollout": 0, "iter_2/curate": 0, "iter_2/train": 0, "iter_2/eval": 1,
+        "iter_0/eval": 1,
+        "iter_1/rollout": 0,
+        "iter_1/curate": 0,
+        "iter_1/train": 0,
+        "iter_1/eval": 1,
+        "iter_2/rollout": 0,
+        "iter_2/curate": 0,
+        "iter_2/train": 0,
+        "iter_2/eval": 1,
     }
     for iteration in (1, 2):  # served by the eval's server before it, whose log holds both stages' requests
         assert not (finished_run / f"iter_{iteration}" / "rollout" / "vllm_server.log").exists()
@@ -202,8 +223,19 @@ def test_eval_cli_evaluates_other_tasks_into_out_dir(finished_run: Path, tmp_pat
     tasks.write_text("".join(json.dumps({"prompt": f"What is {i} + 2?", "answer": i + 2}) + "\n" for i in range(3)))
     out = tmp_path / "custom"
     result = run_cli(
-        "eval", str(finished_run), "--iteration", "2", "--tasks", str(tasks),
-        "--turns", "2", "--samples", "2", "--out", str(out), "--no-progress",
+        "eval",
+        str(finished_run),
+        "--iteration",
+        "2",
+        "--tasks",
+        str(tasks),
+        "--turns",
+        "2",
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "eval.json").read_text())

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.system.atomic import file_digest, read_jsonl
 from pipeline.cli import app
 from pipeline.config.settings import parse_config
-from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.layout import RunDir, RunDirError
 from pipeline.run.lock import run_lock
+from pipeline.run.manifest import Manifest, StageState, planned_stages
+from pipeline.system.atomic import file_digest, read_jsonl
 
 CONFIG = {
     "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
@@ -25,14 +25,22 @@ CONFIG = {
 
 
 def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
-    return RunDir.create(parse_config({**CONFIG, "run": {"name": "r", "output_dir": str(tmp_path), "iterations": iterations}}))
+    return RunDir.create(
+        parse_config({**CONFIG, "run": {"name": "r", "output_dir": str(tmp_path), "iterations": iterations}})
+    )
 
 
 def test_plan_is_base_eval_then_each_iteration() -> None:
     assert planned_stages(2) == [
         (0, "eval"),
-        (1, "rollout"), (1, "curate"), (1, "train"), (1, "eval"),
-        (2, "rollout"), (2, "curate"), (2, "train"), (2, "eval"),
+        (1, "rollout"),
+        (1, "curate"),
+        (1, "train"),
+        (1, "eval"),
+        (2, "rollout"),
+        (2, "curate"),
+        (2, "train"),
+        (2, "eval"),
     ]
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pipeline.eval.metrics import (
     TurnOutcome,
     Vote,
-    majority_vote,
     m1_at_t,
+    majority_vote,
     mean_m1_at_t,
     mean_mk_at_t1,
     mean_p1_at_t,

@@ -11,32 +11,35 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from pipeline.config.settings import parse_config
-from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.run.layout import RunDir
+from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.training.launch import output_files
 from tests.test_compare import tasks, write_eval_dir
-from tests.test_integrity import curated, finished  # noqa: F401 (fixtures)
-from tests.test_integrity import ROLLOUTS, assert_one_line_error, cli, edit_a_line, tear_last_line
+from tests.test_integrity import ROLLOUTS, assert_one_line_error, cli, curated, edit_a_line, finished, tear_last_line  # noqa: F401 (fixtures)
 
 TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 
 def make_run(root: Path, name: str = "r", **model: str) -> RunDir:
-    return RunDir.create(parse_config({
-        "run": {"name": name, "output_dir": str(root), "iterations": 1},
-        "tasks": TASKS,
-        "rollout": {"serve_merged": True},
-        "model": model,
-    }))
+    return RunDir.create(
+        parse_config(
+            {
+                "run": {"name": name, "output_dir": str(root), "iterations": 1},
+                "tasks": TASKS,
+                "rollout": {"serve_merged": True},
+                "model": model,
+            }
+        )
+    )
 
 
 def write_model_dir(path: Path, config_name: str, config: dict, weights_name: str) -> None:
@@ -51,7 +54,9 @@ def write_model_dir(path: Path, config_name: str, config: dict, weights_name: st
 def finish_train(run: RunDir) -> None:
     """Iteration 1's train stage as training leaves it, recorded by the train stage's own ``output_files``."""
     train = run.stage_dir(1, "train")
-    write_model_dir(train / "adapter", "adapter_config.json", {"peft_type": "LORA", "r": 8}, "adapter_model.safetensors")
+    write_model_dir(
+        train / "adapter", "adapter_config.json", {"peft_type": "LORA", "r": 8}, "adapter_model.safetensors"
+    )
     write_model_dir(train / "merged", "config.json", {"model_type": "llama"}, "model.safetensors")
     (train / "train_summary.json").write_text(json.dumps({"examples": 4, "steps": 2}))
     run.manifest.start(1, "train")
@@ -138,7 +143,7 @@ def duplicate_a_line(path: Path) -> None:
 @pytest.mark.parametrize(
     "damage", [tear_last_line, edit_a_line, duplicate_a_line], ids=["torn row", "edited row", "duplicated row"]
 )
-def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, damage: Callable[[Path], None]) -> None:
+def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, damage: Callable[[Path], None]) -> None:  # noqa: F811 (fixture)
     damage(curated.root / ROLLOUTS)
     code, output = cli("export", str(curated.root), "--data", "--out", str(tmp_path / "data"))
     assert_one_line_error(code, output, f"{curated.root / ROLLOUTS} does not match the digest", "selfimprove resume")
@@ -158,17 +163,20 @@ def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, 
     ],
     ids=["outputs a list", "finish time a number", "error a number", "output outside the run"],
 )
-def test_a_manifest_of_the_wrong_shape_is_one_line(finished: RunDir, record: dict, commands: tuple[str, ...]) -> None:
+def test_a_manifest_of_the_wrong_shape_is_one_line(finished: RunDir, record: dict, commands: tuple[str, ...]) -> None:  # noqa: F811 (fixture)
     """Valid JSON, wrong structure. (Resume is only asked where it failed before it could start a stage.)"""
     manifest = finished.root / "manifest.json"
-    manifest.write_text(json.dumps({"run": "r", "stages": {"iter_0/eval": record, "iter_1/rollout": {"state": "pending"}}}))
+    manifest.write_text(
+        json.dumps({"run": "r", "stages": {"iter_0/eval": record, "iter_1/rollout": {"state": "pending"}}})
+    )
     for command in commands:
         code, output = cli(command, str(finished.root))
         assert_one_line_error(code, output, str(manifest), "not a run manifest")
 
 
 @pytest.mark.parametrize(
-    "text", ["", "run: [unclosed\n", "- a list\n", "run: {name: r}\n"],
+    "text",
+    ["", "run: [unclosed\n", "- a list\n", "run: {name: r}\n"],
     ids=["empty", "not YAML", "not a mapping", "no iterations"],
 )
 def test_report_on_a_broken_config_yaml_is_one_line(evaluated: RunDir, text: str) -> None:

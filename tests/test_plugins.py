@@ -56,7 +56,7 @@ FAILURES = {
 }
 
 PLUGIN_PACKAGE = {
-    "pyproject.toml": '''
+    "pyproject.toml": """
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -70,7 +70,7 @@ PLUGIN_PACKAGE = {
 
         [project.entry-points."selfimprove.tasks"]
         greetings = "demo_plugin.tasks:greetings"
-    ''',
+    """,
     "src/demo_plugin/__init__.py": "",
     "src/demo_plugin/graders.py": '''
         from rewards import GradeResult, Placement
@@ -92,7 +92,7 @@ PLUGIN_PACKAGE = {
             def cluster_keys(self, keys):
                 return {key: key for key in keys}
     ''',
-    "src/demo_plugin/tasks.py": '''
+    "src/demo_plugin/tasks.py": """
         from pipeline.tasks import Task
 
 
@@ -106,7 +106,7 @@ PLUGIN_PACKAGE = {
 
             def load(self, split):
                 return [Task(f"bye-{i}", f"Say goodbye number {i}.", "goodbye") for i in range(self.count)]
-    ''',
+    """,
 }
 
 
@@ -117,8 +117,13 @@ def write_config(
     data = {
         "run": {"name": "plugins", "output_dir": str(tmp_path / "runs"), "iterations": 1},
         "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
-        "rollout": {"backend": "hf", "hf_batch_size": 8, "turns": 1, "samples_per_turn": 2,
-                    "sampling": {"temperature": 1.0, "max_tokens": 8}},
+        "rollout": {
+            "backend": "hf",
+            "hf_batch_size": 8,
+            "turns": 1,
+            "samples_per_turn": 2,
+            "sampling": {"temperature": 1.0, "max_tokens": 8},
+        },
         "tasks": tasks,
         "grader": {"name": grader, "options": options or {}, "workers": 2, "timeout_s": 2},
     }
@@ -148,26 +153,53 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text(textwrap.dedent(text))
     site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(site), str(source)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+    )
     return site
 
 
 @pytest.mark.parametrize(
     ("code", "attr", "options", "message"),
     [
-        ("raise RuntimeError('licence server unreachable')\n", "grade", {},
-         "(RuntimeError: licence server unreachable)"),
+        (
+            "raise RuntimeError('licence server unreachable')\n",
+            "grade",
+            {},
+            "(RuntimeError: licence server unreachable)",
+        ),
         ("def grade(response, reference):\n    return True\n", "grader", {}, "verifier.py has no 'grader'"),
-        ("def grade(response):\n    return True\n", "grade", {},
-         "grade(response) cannot be called as grade(response, reference): too many positional arguments"),
+        (
+            "def grade(response):\n    return True\n",
+            "grade",
+            {},
+            "grade(response) cannot be called as grade(response, reference): too many positional arguments",
+        ),
         ("THRESHOLD = 0.5\n", "THRESHOLD", {}, "is a float, not a grader class or function"),
         ("class Grade:\n    pass\n", "Grade", {}, "class Grade has no grade(response, reference) method"),
-        ("def grade(response, reference):\n    return True\n", "grade", {"tol": 0.1},
-         "options do not fit"),
+        ("def grade(response, reference):\n    return True\n", "grade", {"tol": 0.1}, "options do not fit"),
     ],
-    ids=["import-error", "no-such-function", "no-reference-argument", "not-callable", "class-without-grade",
-         "unknown-option"],
+    ids=[
+        "import-error",
+        "no-such-function",
+        "no-reference-argument",
+        "not-callable",
+        "class-without-grade",
+        "unknown-option",
+    ],
 )
 def test_a_grader_that_cannot_grade_stops_the_run_in_one_line_before_anything_starts(
     tmp_path: Path, code: str, attr: str, options: dict, message: str
@@ -186,7 +218,10 @@ def test_a_grader_that_cannot_grade_stops_the_run_in_one_line_before_anything_st
     ("name", "message"),
     [
         ("no_such_module:grade", "grader.name: cannot import module no_such_module (ModuleNotFoundError"),
-        ("no_such_grader", "unknown grader 'no_such_grader'; known: code, math, numeric, reasoning_gym; or your own: module:attr, path/to/file.py:attr, or an installed plugin"),
+        (
+            "no_such_grader",
+            "unknown grader 'no_such_grader'; known: code, math, numeric, reasoning_gym; or your own: module:attr, path/to/file.py:attr, or an installed plugin",
+        ),
     ],
 )
 def test_a_grader_name_that_names_nothing_says_so_in_one_line(tmp_path: Path, name: str, message: str) -> None:
@@ -215,8 +250,11 @@ def test_eval_tasks_take_a_task_source_plugin_as_a_config_does(tmp_path: Path) -
     )
     section = resolve_eval_tasks(f"{tmp_path}/my_tasks.py:tasks", limit=2)
     assert [task.reference for task in load_tasks(section, "eval")] == [1, 2]
-    with pytest.raises(EvalError, match=r"^--tasks '.*my_tasks.py:broken': not a .jsonl file, and as a task source: "
-                       r".*broken\(\) cannot be called as broken\(split\)"):
+    with pytest.raises(
+        EvalError,
+        match=r"^--tasks '.*my_tasks.py:broken': not a .jsonl file, and as a task source: "
+        r".*broken\(\) cannot be called as broken\(split\)",
+    ):
         resolve_eval_tasks(f"{tmp_path}/my_tasks.py:broken")
     with pytest.raises(EvalError, match="file not found"):
         resolve_eval_tasks(str(tmp_path / "missing.jsonl"))
@@ -230,8 +268,10 @@ def test_installed_plugins_are_listed_and_a_config_can_name_them(plugin_site: Pa
     assert "entry point of selfimprove-demo-plugin 0.1 (demo_plugin.graders:LastWordGrader)" in rows["last_word"]
     assert "entry point of selfimprove-demo-plugin 0.1" in rows["greetings"]
     # The entry points' names, and a module path to a task source class, in a config: both splits' tasks load.
-    tasks = {"train": {"source": "greetings"},
-             "eval": {"source": "demo_plugin.tasks:Farewells", "options": {"count": 3}}}
+    tasks = {
+        "train": {"source": "greetings"},
+        "eval": {"source": "demo_plugin.tasks:Farewells", "options": {"count": 3}},
+    }
     checked = run_plugin_cli(plugin_site, "run", str(write_config(tmp_path, "last_word", tasks)), "--dry-run")
     assert checked.returncode == 0, checked.stderr
     assert "config OK: 4 train and 3 eval tasks" in checked.stdout
@@ -285,14 +325,28 @@ def test_every_way_a_grader_function_misbehaves_costs_one_answer_counted_by_the_
 def test_the_guides_own_task_runs_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
     """docs/your-own-task.md's example as the guide runs it, from the repository's root, on the tiny model."""
     overrides = {
-        "run.output_dir": str(tmp_path), "model.name_or_path": str(tiny_model), "model.dtype": "float32",
-        "model.max_model_len": 1024, "rollout.backend": "hf", "rollout.turns": 2, "rollout.samples_per_turn": 1,
-        "rollout.sampling.max_tokens": 8, "evaluation.turns": 2, "evaluation.sampling.max_tokens": 8,
-        "tasks.train.limit": 4, "tasks.eval.limit": 3, "training.max_seq_length": 256,
+        "run.output_dir": str(tmp_path),
+        "model.name_or_path": str(tiny_model),
+        "model.dtype": "float32",
+        "model.max_model_len": 1024,
+        "rollout.backend": "hf",
+        "rollout.turns": 2,
+        "rollout.samples_per_turn": 1,
+        "rollout.sampling.max_tokens": 8,
+        "evaluation.turns": 2,
+        "evaluation.sampling.max_tokens": 8,
+        "tasks.train.limit": 4,
+        "tasks.eval.limit": 3,
+        "training.max_seq_length": 256,
     }
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    result = subprocess.run(cli("run", "configs/own_task/config.yaml", *sets, "--no-progress"),
-                            cwd=REPO, capture_output=True, text=True, env=cli_env())
+    result = subprocess.run(
+        cli("run", "configs/own_task/config.yaml", *sets, "--no-progress"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = tmp_path / "own_task"
     manifest = Manifest.load(run_dir)

@@ -75,7 +75,9 @@ def test_training_precision_by_cpu(
 
 
 @pytest.mark.skipif(not is_cpu_build(), reason="the CPU server's settings: vLLM's CPU build is not installed")
-def test_the_cpu_server_is_told_the_resolved_dtype_and_every_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_cpu_server_is_told_the_resolved_dtype_and_every_core(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The managed server's command line and environment on vLLM's CPU build (make install's)."""
     config = _config()
     server = VLLMServer("model-dir", config.model, config.rollout.server, None, port=8000)

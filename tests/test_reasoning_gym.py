@@ -81,9 +81,11 @@ def test_the_source_is_seeded_and_a_split_ignores_the_others_size(gsm: dict[str,
 
 def test_another_process_generates_the_same_tasks(gsm: dict[str, list[Task]]) -> None:
     """What the grader relies on: pool workers rebuild entries in other processes (another hash seed here)."""
-    script = ("import json; from pipeline.tasks import get_task_source\n"
-              "source = get_task_source('reasoning_gym', dataset='gsm_symbolic', seed=0, n_train=30, n_eval=15)\n"
-              "print(json.dumps([t.to_dict() for t in source.load('eval')]))")
+    script = (
+        "import json; from pipeline.tasks import get_task_source\n"
+        "source = get_task_source('reasoning_gym', dataset='gsm_symbolic', seed=0, n_train=30, n_eval=15)\n"
+        "print(json.dumps([t.to_dict() for t in source.load('eval')]))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -98,8 +100,12 @@ def test_the_dataset_config_reaches_the_dataset(chain: dict[str, list[Task]]) ->
 
 
 def test_a_dataset_with_too_few_problems_says_so() -> None:
-    source = get_task_source("reasoning_gym", dataset="chain_sum", n_eval=500,
-                             config={"min_digits": 1, "max_digits": 1, "min_terms": 2, "max_terms": 2})
+    source = get_task_source(
+        "reasoning_gym",
+        dataset="chain_sum",
+        n_eval=500,
+        config={"min_digits": 1, "max_digits": 1, "min_terms": 2, "max_terms": 2},
+    )
     with pytest.raises(ValueError, match="only .* distinct 'chain_sum' problems found for split 'eval'"):
         source.load("eval")
 
@@ -112,7 +118,11 @@ def test_right_answers_score_one_in_a_box_or_in_answer_tags(
 ) -> None:
     for task in gsm["eval"] + chain["eval"]:
         answer = task.reference["answer"]
-        for response in (boxed(answer), f"Thinking...\n<answer>{answer}</answer>", f"<answer>1</answer> \\boxed{{{answer}}}"):
+        for response in (
+            boxed(answer),
+            f"Thinking...\n<answer>{answer}</answer>",
+            f"<answer>1</answer> \\boxed{{{answer}}}",
+        ):
             result = grader.grade(response, task.reference)
             assert (result.score, result.correct, result.parsed, result.error) == (1.0, True, answer, None), response
 
@@ -134,13 +144,17 @@ def test_wrong_answers_get_the_datasets_own_score(
 
 def test_equal_answers_vote_together(grader: ReasoningGymGrader, gsm: dict[str, list[Task]]) -> None:
     task = gsm["eval"][0]
-    keys = {grader.grade(response, task.reference).answer_key
-            for response in ("\\boxed{ 12  }", "<answer>12</answer>", "so \\boxed{12}.")}
+    keys = {
+        grader.grade(response, task.reference).answer_key
+        for response in ("\\boxed{ 12  }", "<answer>12</answer>", "so \\boxed{12}.")
+    }
     assert keys == {"12"}
     assert grader.grade("I do not know.", task.reference).answer_key is None
 
 
-def test_a_response_without_an_answer_is_wrong_not_an_error(grader: ReasoningGymGrader, gsm: dict[str, list[Task]]) -> None:
+def test_a_response_without_an_answer_is_wrong_not_an_error(
+    grader: ReasoningGymGrader, gsm: dict[str, list[Task]]
+) -> None:
     task = gsm["eval"][0]
     for response in ("", "The answer is 12.", "Put your answer in \\boxed{}.", "<answer></answer>", "<answer>12"):
         result = grader.grade(response, task.reference)
@@ -173,13 +187,17 @@ HOSTILE_RESPONSES = [
 
 @pytest.mark.parametrize("response", HOSTILE_RESPONSES, ids=range(len(HOSTILE_RESPONSES)))
 @pytest.mark.parametrize("last_number", [False, True])
-def test_junk_and_enormous_responses_are_graded_not_raised(gsm: dict[str, list[Task]], response: Any, last_number: bool) -> None:
+def test_junk_and_enormous_responses_are_graded_not_raised(
+    gsm: dict[str, list[Task]], response: Any, last_number: bool
+) -> None:
     result = get_grader("reasoning_gym", last_number=last_number).grade(response, gsm["eval"][0].reference)
     assert isinstance(result, GradeResult)
     assert result.correct is False and 0.0 <= result.score < 1.0
 
 
-def test_references_that_name_no_entry_are_grading_failures(grader: ReasoningGymGrader, gsm: dict[str, list[Task]]) -> None:
+def test_references_that_name_no_entry_are_grading_failures(
+    grader: ReasoningGymGrader, gsm: dict[str, list[Task]]
+) -> None:
     reference = gsm["eval"][0].reference
     answer = boxed(reference["answer"])
     for bad, reason in [
@@ -195,7 +213,9 @@ def test_references_that_name_no_entry_are_grading_failures(grader: ReasoningGym
         assert result.error is not None and reason in result.error, (bad, result.error)
 
 
-def test_references_survive_json_as_rollout_records_keep_them(grader: ReasoningGymGrader, gsm: dict[str, list[Task]]) -> None:
+def test_references_survive_json_as_rollout_records_keep_them(
+    grader: ReasoningGymGrader, gsm: dict[str, list[Task]]
+) -> None:
     task = gsm["eval"][3]
     again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
     assert again == task
@@ -234,32 +254,43 @@ class ModulesProbe:
         return {key: key for key in keys}
 
 
-def test_pool_workers_import_reasoning_gym_before_their_first_job(grader: ReasoningGymGrader, gsm: dict[str, list[Task]]) -> None:
+def test_pool_workers_import_reasoning_gym_before_their_first_job(
+    grader: ReasoningGymGrader, gsm: dict[str, list[Task]]
+) -> None:
     """Its import takes seconds, which a worker's first job must not spend out of its deadline."""
     assert preloaded(grader) == ("reasoning_gym",)
     with GradingPool(max_workers=1, preload=preloaded(grader)) as pool:
         assert [r.parsed for r in graded(pool, ModulesProbe(), [("", None)])] == ["True"]
-        pairs = [(boxed(t.reference["answer"]), t.reference) for t in gsm["eval"]] + [("\\boxed{-1}", gsm["eval"][0].reference)]
+        pairs = [(boxed(t.reference["answer"]), t.reference) for t in gsm["eval"]] + [
+            ("\\boxed{-1}", gsm["eval"][0].reference)
+        ]
         assert [r.correct for r in graded(pool, grader, pairs)] == [True] * len(gsm["eval"]) + [False]
 
 
 def test_an_eval_stage_grades_reasoning_gym_tasks(tmp_path: Path, tiny_model: Path) -> None:
     """The whole path from the user's side: the run's eval, its records' references read back by pool workers."""
-    config = parse_config({
-        "run": {"name": "rg", "output_dir": str(tmp_path), "iterations": 1, "seed": 0},
-        "model": {"name_or_path": str(tiny_model), "dtype": "float32", "max_model_len": 1024},
-        "rollout": {"backend": "hf", "hf_batch_size": 8},
-        "tasks": {"train": {"source": "reasoning_gym", "options": {"dataset": "chain_sum", "n_train": 4, "n_eval": 2}},
-                  "eval": {"source": "reasoning_gym", "options": {"dataset": "chain_sum", "n_train": 4, "n_eval": 2}}},
-        "grader": {"name": "reasoning_gym", "workers": 1},
-        "method": {"name": "rise"},
-        "evaluation": {"turns": 2, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 8}},
-    })
+    config = parse_config(
+        {
+            "run": {"name": "rg", "output_dir": str(tmp_path), "iterations": 1, "seed": 0},
+            "model": {"name_or_path": str(tiny_model), "dtype": "float32", "max_model_len": 1024},
+            "rollout": {"backend": "hf", "hf_batch_size": 8},
+            "tasks": {
+                "train": {"source": "reasoning_gym", "options": {"dataset": "chain_sum", "n_train": 4, "n_eval": 2}},
+                "eval": {"source": "reasoning_gym", "options": {"dataset": "chain_sum", "n_train": 4, "n_eval": 2}},
+            },
+            "grader": {"name": "reasoning_gym", "workers": 1},
+            "method": {"name": "rise"},
+            "evaluation": {"turns": 2, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 8}},
+        }
+    )
     run = RunDir.create(config)
     result = CliRunner().invoke(app, ["eval", str(run.root), "--no-progress"])
     assert result.exit_code == 0, result.output
     records = read_jsonl(run.root / "iter_0" / "eval" / "rollouts.jsonl")
-    expected = {t.task_id: t.reference for t in get_task_source("reasoning_gym", dataset="chain_sum", n_train=4, n_eval=2).load("eval")}
+    expected = {
+        t.task_id: t.reference
+        for t in get_task_source("reasoning_gym", dataset="chain_sum", n_train=4, n_eval=2).load("eval")
+    }
     assert {r["task_id"]: r["reference"] for r in records} == expected
     grades = [turn["grade"] for record in records for turn in record["turns"]]
     assert len(grades) == 4
@@ -269,26 +300,44 @@ def test_an_eval_stage_grades_reasoning_gym_tasks(tmp_path: Path, tiny_model: Pa
 # ---------------------------------------------------------------- config
 
 
-def config_data(train: dict[str, Any], grader: str = "reasoning_gym", eval_source: dict[str, Any] | None = None) -> dict[str, Any]:
+def config_data(
+    train: dict[str, Any], grader: str = "reasoning_gym", eval_source: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"tasks": {"train": train, "eval": eval_source or train}, "grader": {"name": grader}}
 
 
 GSM = {"source": "reasoning_gym", "options": {"dataset": "gsm_symbolic"}}
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (config_data({"source": "reasoning_gym", "options": {"dataset": "gsm_symbolc"}}),
-     "unknown reasoning-gym dataset 'gsm_symbolc' (did you mean gsm_symbolic?); known: ab, acre"),
-    (config_data({"source": "reasoning_gym", "options": {}}), "the reasoning_gym source needs `dataset`"),
-    (config_data({"source": "reasoning_gym", "options": {"dataset": "chain_sum", "config": {"max_digit": 2}}}),
-     "reasoning-gym dataset 'chain_sum' refuses the config"),
-    (config_data({"source": "reasoning_gym", "options": {"dataset": "gsm_symbolic", "config": {"difficulty": 2.0}}}),
-     "AssertionError in its config check"),
-    (config_data({"source": "reasoning_gym", "options": {"dataset": "gsm_symbolic", "config": {"seed": 3}}}),
-     "config.seed is the source's to set"),
-    (config_data(GSM, grader="numeric"), "tasks.train.source 'reasoning_gym' with grader.name 'numeric'"),
-    (config_data({"source": "arithmetic"}, eval_source=GSM), "tasks.train.source 'arithmetic' with grader.name 'reasoning_gym'"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            config_data({"source": "reasoning_gym", "options": {"dataset": "gsm_symbolc"}}),
+            "unknown reasoning-gym dataset 'gsm_symbolc' (did you mean gsm_symbolic?); known: ab, acre",
+        ),
+        (config_data({"source": "reasoning_gym", "options": {}}), "the reasoning_gym source needs `dataset`"),
+        (
+            config_data({"source": "reasoning_gym", "options": {"dataset": "chain_sum", "config": {"max_digit": 2}}}),
+            "reasoning-gym dataset 'chain_sum' refuses the config",
+        ),
+        (
+            config_data(
+                {"source": "reasoning_gym", "options": {"dataset": "gsm_symbolic", "config": {"difficulty": 2.0}}}
+            ),
+            "AssertionError in its config check",
+        ),
+        (
+            config_data({"source": "reasoning_gym", "options": {"dataset": "gsm_symbolic", "config": {"seed": 3}}}),
+            "config.seed is the source's to set",
+        ),
+        (config_data(GSM, grader="numeric"), "tasks.train.source 'reasoning_gym' with grader.name 'numeric'"),
+        (
+            config_data({"source": "arithmetic"}, eval_source=GSM),
+            "tasks.train.source 'arithmetic' with grader.name 'reasoning_gym'",
+        ),
+    ],
+)
 def test_bad_reasoning_gym_configs_fail_on_one_line(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+
 import matplotlib.image
 import pytest
 from rich.console import Console
@@ -14,8 +15,8 @@ from pipeline.config.settings import parse_config
 from pipeline.eval.report import (
     ACCURACY_PLOT,
     CURVES_PLOT,
-    TRANSITIONS_PLOT,
     REPORT_NAME,
+    TRANSITIONS_PLOT,
     ReportError,
     collect_evals,
     report_table,
@@ -150,14 +151,18 @@ def test_unmeasured_parallel_baseline_reads_n_a(tmp_path: Path) -> None:
 
 def test_rerun_replaces_every_file_and_leaves_no_temp_files(run: RunDir) -> None:
     write_report(run.root)
-    first = {name: (run.root / name).read_bytes() for name in (REPORT_NAME, ACCURACY_PLOT, CURVES_PLOT, TRANSITIONS_PLOT)}
+    first = {
+        name: (run.root / name).read_bytes() for name in (REPORT_NAME, ACCURACY_PLOT, CURVES_PLOT, TRANSITIONS_PLOT)
+    }
     run.manifest.complete(2, "eval", [run.root / "iter_2" / "eval" / "eval.json"])
     write_report(run.root)
     second = {name: (run.root / name).read_bytes() for name in first}
     assert all(first[name] != second[name] for name in first)
     assert "## Iteration 2" in second[REPORT_NAME].decode()
     top_level = sorted(path.name for path in run.root.iterdir() if path.is_file())
-    assert top_level == sorted([ACCURACY_PLOT, "config.yaml", "manifest.json", REPORT_NAME, CURVES_PLOT, TRANSITIONS_PLOT])
+    assert top_level == sorted(
+        [ACCURACY_PLOT, "config.yaml", "manifest.json", REPORT_NAME, CURVES_PLOT, TRANSITIONS_PLOT]
+    )
 
 
 def test_a_run_with_no_finished_eval_has_nothing_to_report(tmp_path: Path) -> None:
@@ -240,10 +245,17 @@ def finish_eval_with_records(run: RunDir, iteration: int, keep_transitions: bool
     from rewards import get_grader
     from tests.test_evaluation import make_record, parallel_record
 
-    answers = {"a": ["5", "5", "7"], "b": ["7", None, "5"], "c": ["5", "6", "6"]}  # repeat, fix | flip, other | other, other
+    answers = {
+        "a": ["5", "5", "7"],
+        "b": ["7", None, "5"],
+        "c": ["5", "6", "6"],
+    }  # repeat, fix | flip, other | other, other
     records = [make_record(task, sample, found) for task, found in answers.items() for sample in range(2)]
-    parallel = [parallel_record("a", ["5", "5", "7"]), parallel_record("b", ["7", "7", "5"]),
-                parallel_record("c", ["5", "7", "7"])]  # repeat, fix | keep, flip | fix, keep
+    parallel = [
+        parallel_record("a", ["5", "5", "7"]),
+        parallel_record("b", ["7", "7", "5"]),
+        parallel_record("c", ["5", "7", "7"]),
+    ]  # repeat, fix | keep, flip | fix, keep
     out = run.stage_dir(iteration, "eval")
     (out / "parallel").mkdir()
     (out / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

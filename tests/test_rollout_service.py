@@ -19,30 +19,37 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from pipeline.engine.adapters import AdapterError, check_adapter_dir
-from pipeline.system.atomic import read_jsonl
-from pipeline.engine.backends import open_learner
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config.settings import PipelineConfig, dump_config, parse_config
+from pipeline.engine.adapters import AdapterError, check_adapter_dir
+from pipeline.engine.backends import open_learner
 from pipeline.engine.generation import GenerationError, SamplingParams
-from pipeline.rollouts.trajectory import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.engine.vllm_server import VLLMServer
 from pipeline.methods.rise.stages import collection_spec, run_rollout_stage
 from pipeline.rollouts.service import collect, pooled_grading
-from pipeline.tasks import load_tasks
+from pipeline.rollouts.trajectory import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
 from pipeline.run.layout import RunDir
-from pipeline.engine.service_client import Endpoint, ServiceClient
-from pipeline.tasks import Task
-from pipeline.engine.vllm_server import VLLMServer
+from pipeline.system.atomic import read_jsonl
+from pipeline.tasks import Task, load_tasks
 from rewards.pool import GradingPool
 
 pytestmark = pytest.mark.slow
 
 TURN_KEYS = {
-    "turn", "source", "messages", "candidates", "best", "response", "grade",
-    "prompt_tokens", "completion_tokens", "finish_reason", "feedback",
+    "turn",
+    "source",
+    "messages",
+    "candidates",
+    "best",
+    "response",
+    "grade",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "feedback",
 }
 RECORD_KEYS = {"key", "task_id", "sample", "prompt", "reference", "adapter", "turns", "solved_at_turn", "error"}
 GRADE_KEYS = {"score", "correct", "parsed", "feedback", "error", "answer_key"}
@@ -112,7 +119,8 @@ def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: 
     manifest = RunDir.open(run.root).manifest
     assert manifest.is_done(1, "rollout")
     assert list(manifest.record(1, "rollout").outputs) == [
-        "iter_1/rollout/rollouts.jsonl", "iter_1/rollout/throughput.json"
+        "iter_1/rollout/rollouts.jsonl",
+        "iter_1/rollout/throughput.json",
     ]
     # A rerun of a finished stage does nothing: no server, same file.
     before = path.stat().st_mtime_ns
@@ -123,7 +131,9 @@ def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     config = make_config(tmp_path_factory.mktemp("server"), tiny_model)
-    server = VLLMServer(str(tiny_model), config.model, config.rollout.server, tmp_path_factory.mktemp("log") / "vllm.log")
+    server = VLLMServer(
+        str(tiny_model), config.model, config.rollout.server, tmp_path_factory.mktemp("log") / "vllm.log"
+    )
     with server:
         yield server
     assert not server.is_running()
@@ -202,7 +212,9 @@ def test_bad_adapter_directories_fail_with_the_reason(tmp_path: Path, tiny_adapt
         check_adapter_dir(big, max_lora_rank=16)
 
 
-def run_collection(server: VLLMServer, spec: RolloutSpec, tasks: list[Task], out: Path, adapter: Path | None = None) -> list[dict]:
+def run_collection(
+    server: VLLMServer, spec: RolloutSpec, tasks: list[Task], out: Path, adapter: Path | None = None
+) -> list[dict]:
     """Collect ``tasks`` with ``spec`` on the shared server (``adapter`` loaded under ``spec.adapter``) and read the records."""
 
     async def scenario() -> Path:
@@ -339,8 +351,9 @@ def test_server_killed_mid_rollout_is_restarted_and_the_rollout_completes(tiny_m
 def finished_requests(url: str) -> float:
     """Requests a server has finished, from its Prometheus counter (summed over finish reasons)."""
     metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("vllm:request_success_total"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:request_success_total")
+    )
 
 
 def test_two_replicas_share_a_rollout_and_both_serve_the_adapter(
@@ -393,7 +406,9 @@ def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, 
     assert other.exit_code == 1 and "holds a run with another config" in other.output
 
 
-def test_a_turn_no_answer_solved_gets_a_hinted_rationale(vllm_server: VLLMServer, hint_following_adapter: Path, tmp_path: Path) -> None:
+def test_a_turn_no_answer_solved_gets_a_hinted_rationale(
+    vllm_server: VLLMServer, hint_following_adapter: Path, tmp_path: Path
+) -> None:
     """STaR's rationalization, served for real: the adapter answers 3 to "Hello" and 7 to "Hello" under the
     default hint template with reference 7, so the turn is wrong and its hinted sample right."""
     greedy = {"temperature": 0.0, "max_tokens": 16}

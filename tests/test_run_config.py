@@ -46,11 +46,22 @@ def test_a_config_edited_after_the_start_is_refused_naming_the_keys(tmp_path: Pa
     assert code == 0 and "## Iteration 2" in (run.root / "report.md").read_text(), output
     edit_config(run, iterations=1)
     manifest = (run.root / MANIFEST_NAME).read_bytes()
-    for command in (["report"], ["export", "--data", "--out", str(tmp_path / "data")], ["resume"],
-                    ["curate", "-i", "1"], ["eval", "-i", "1"], ["train", "-i", "1"]):
+    for command in (
+        ["report"],
+        ["export", "--data", "--out", str(tmp_path / "data")],
+        ["resume"],
+        ["curate", "-i", "1"],
+        ["eval", "-i", "1"],
+        ["train", "-i", "1"],
+    ):
         code, output = cli(command[0], str(run.root), *command[1:])
-        assert_one_line_error(code, output, f"{run.root / CONFIG_NAME} differs from the config the run started with",
-                              "run.iterations: 2 -> 1", f"selfimprove resume {run.root} --set KEY=VALUE")
+        assert_one_line_error(
+            code,
+            output,
+            f"{run.root / CONFIG_NAME} differs from the config the run started with",
+            "run.iterations: 2 -> 1",
+            f"selfimprove resume {run.root} --set KEY=VALUE",
+        )
     assert (run.root / MANIFEST_NAME).read_bytes() == manifest
     assert not (tmp_path / "data").exists()
 
@@ -61,8 +72,13 @@ def test_resume_set_changes_the_config_for_the_rest_of_the_run_and_the_manifest_
     finish_all_but_eval(run)
     for iteration in (0, 1, 2):
         finish_eval(run, iteration, n_right=iteration)
-    for refused, message in ((["run.iterations=1"], "--set would drop iter_2/rollout, iter_2/curate, iter_2/train, "
-                              "iter_2/eval of the run in"), (["run.name=other"], "--set cannot change run.name")):
+    for refused, message in (
+        (
+            ["run.iterations=1"],
+            "--set would drop iter_2/rollout, iter_2/curate, iter_2/train, iter_2/eval of the run in",
+        ),
+        (["run.name=other"], "--set cannot change run.name"),
+    ):
         code, output = cli("resume", str(run.root), "--set", *refused)
         assert_one_line_error(code, output, message)
     assert Manifest.load(run.root).overrides == []
@@ -100,5 +116,9 @@ def test_a_stage_command_given_another_config_for_an_existing_run_names_the_keys
     config = tmp_path / "config.yaml"
     config.write_text((run.root / CONFIG_NAME).read_text())
     code, output = cli("rollout", str(config), "-i", "1", "--set", "run.seed=5")
-    assert_one_line_error(code, output, f"{run.root} holds a run with another config (run.seed: 0 -> 5)",
-                          f"`selfimprove resume {run.root} --set KEY=VALUE`")
+    assert_one_line_error(
+        code,
+        output,
+        f"{run.root} holds a run with another config (run.seed: 0 -> 5)",
+        f"`selfimprove resume {run.root} --set KEY=VALUE`",
+    )

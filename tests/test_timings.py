@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ def test_a_launched_process_records_into_the_stage_file(tmp_path: Path) -> None:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def test_stage_times_count_the_last_attempt_and_take_the_merge_out_of_training(tmp_path: Path) -> None:
@@ -58,9 +58,12 @@ def test_stage_times_count_the_last_attempt_and_take_the_merge_out_of_training(t
     }
     for key, phases in lines.items():
         (tmp_path / key).mkdir(parents=True, exist_ok=True)
-        (tmp_path / key / TIMINGS_NAME).write_text("".join(
-            json.dumps({"phase": name, "start": start + at, "seconds": seconds, "pid": 1}) + "\n"
-            for name, at, seconds in phases))
+        (tmp_path / key / TIMINGS_NAME).write_text(
+            "".join(
+                json.dumps({"phase": name, "start": start + at, "seconds": seconds, "pid": 1}) + "\n"
+                for name, at, seconds in phases
+            )
+        )
 
     times = {t.stage: t for t in stage_times(tmp_path)}
     assert set(times) == {"iter_0/eval", "iter_1/train"}  # the pending stages have no times

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.system.atomic import read_jsonl
 from pipeline.config.settings import ConfigError, parse_config
 from pipeline.run.layout import RunDir
+from pipeline.system.atomic import read_jsonl
 from pipeline.tracking.trackers import STEP_KEY, eval_metrics, logged_stages
 from tests.eco_run import ITERATIONS
 from tests.tracker_files import scalars, wandb_history
@@ -25,8 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 def train_steps(run: RunDir) -> list[int]:
-    return [json.loads((run.root / f"iter_{k}" / "train" / "train_summary.json").read_text())["steps"]
-            for k in range(1, ITERATIONS + 1)]
+    return [
+        json.loads((run.root / f"iter_{k}" / "train" / "train_summary.json").read_text())["steps"]
+        for k in range(1, ITERATIONS + 1)
+    ]
 
 
 def eval_summary(run: RunDir, iteration: int) -> dict:
@@ -51,7 +53,10 @@ def test_each_eval_is_logged_once_at_the_steps_trained_so_far(tracked_run: RunDi
     expected = [eval_summary(tracked_run, k)["per_turn"][0]["pass@1"] for k in range(ITERATIONS + 1)]
     assert [value for _, value in logged] == pytest.approx(expected)
     interval = eval_summary(tracked_run, 2)["intervals"]["pass@1 turn 3"]
-    assert scalars(tracked_run, "eval_interval/pass@1_turn_3_low")[-1] == (first + second, pytest.approx(interval["low"]))
+    assert scalars(tracked_run, "eval_interval/pass@1_turn_3_low")[-1] == (
+        first + second,
+        pytest.approx(interval["low"]),
+    )
     assert scalars(tracked_run, "eval/m1@t3")[-1][1] == pytest.approx(eval_summary(tracked_run, 2)["m1@t3"])
 
 
@@ -59,7 +64,10 @@ def test_curation_and_rollout_figures_are_logged_at_the_step_of_the_model_that_m
     first, _ = train_steps(tracked_run)
     summaries = [json.loads((tracked_run.root / f"iter_{k}" / "curate" / "summary.json").read_text()) for k in (1, 2)]
     assert scalars(tracked_run, "curate/examples") == [(0, summaries[0]["examples"]), (first, summaries[1]["examples"])]
-    assert [v for _, v in scalars(tracked_run, "curate/examples_accumulated")] == [0, summaries[1]["by_source"]["accumulated"]]
+    assert [v for _, v in scalars(tracked_run, "curate/examples_accumulated")] == [
+        0,
+        summaries[1]["by_source"]["accumulated"],
+    ]
     records = read_jsonl(tracked_run.root / "iter_1" / "rollout" / "rollouts.jsonl")
     accuracy = sum(r["turns"][0]["grade"]["correct"] for r in records) / len(records)
     assert scalars(tracked_run, "rollout/accuracy_turn_1")[0] == (0, pytest.approx(accuracy))
@@ -73,8 +81,11 @@ def test_wandb_offline_holds_the_same_figures_on_the_same_steps(tracked_run: Run
     assert loss_steps == list(range(1, first + second + 1))
     evals = [(row[STEP_KEY], row["eval/pass@1_turn_1"]) for row in history if "eval/pass@1_turn_1" in row]
     expected = [eval_summary(tracked_run, k)["per_turn"][0]["pass@1"] for k in range(ITERATIONS + 1)]
-    assert evals == [(0, pytest.approx(expected[0])), (first, pytest.approx(expected[1])),
-                     (first + second, pytest.approx(expected[2]))]
+    assert evals == [
+        (0, pytest.approx(expected[0])),
+        (first, pytest.approx(expected[1])),
+        (first + second, pytest.approx(expected[2])),
+    ]
 
 
 def test_the_ledger_names_every_stage_once_in_plan_order(tracked_run: RunDir) -> None:
@@ -83,9 +94,16 @@ def test_the_ledger_names_every_stage_once_in_plan_order(tracked_run: RunDir) ->
 
 def test_eval_metrics_flatten_the_headline_figures_and_intervals() -> None:
     summary = {
-        "turns": 2, "per_turn": [{"turn": 1, "pass@1": 0.25}, {"turn": 2, "pass@1": 0.5}],
-        "m1@t2": 0.5, "p1@t2": 0.75, "m2@t1": None, "p2@t1": None,
-        "delta_i_to_c": 0.25, "delta_c_to_i": 0.0, "delta_t1_tT": 0.25, "incomplete": 0,
+        "turns": 2,
+        "per_turn": [{"turn": 1, "pass@1": 0.25}, {"turn": 2, "pass@1": 0.5}],
+        "m1@t2": 0.5,
+        "p1@t2": 0.75,
+        "m2@t1": None,
+        "p2@t1": None,
+        "delta_i_to_c": 0.25,
+        "delta_c_to_i": 0.0,
+        "delta_t1_tT": 0.25,
+        "incomplete": 0,
         "intervals": {"pass@1 turn 2": {"estimate": 0.5, "low": 0.1, "high": 0.9}},
     }
     metrics = eval_metrics(summary)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.system.atomic import file_digest
-from pipeline.run.manifest import StageState
-from pipeline.run.layout import RunDir
 from pipeline.methods.rise.stages import run_train_stage
+from pipeline.run.layout import RunDir
+from pipeline.run.manifest import StageState
+from pipeline.system.atomic import file_digest
 from pipeline.training.launch import StepWatcher, TrainError, step_line
 from tests.run_helpers import default_sigint
 from tests.train_helpers import (
@@ -37,6 +37,8 @@ from tests.train_helpers import (
     make_run,
     wait_until_gone,
 )
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """Iteration 1 trained without interruption (LoRA from the base model)."""

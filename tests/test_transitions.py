@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from pipeline.eval.metrics import TurnOutcome
-from pipeline.eval.transitions import AFTER_RIGHT, AFTER_WRONG, Step, rate_change, steps, summarize_transitions, task_steps
+from pipeline.eval.transitions import (
+    AFTER_RIGHT,
+    AFTER_WRONG,
+    Step,
+    rate_change,
+    steps,
+    summarize_transitions,
+    task_steps,
+)
 
 RIGHT = TurnOutcome("7", True, "7")
 NONE = TurnOutcome(None, False)
@@ -71,7 +79,14 @@ def test_rates_are_step_counts_pooled_over_tasks() -> None:
     assert everything["difference"]["fix"]["estimate"] == pytest.approx(0.2 - 0.5)
     for interval in (everything["sequential"]["fix"], everything["difference"]["fix"]):
         assert interval["low"] <= interval["estimate"] <= interval["high"]
-    assert found["steps"]["parallel"][0] == {"keep": 0, "flip": 1, "fix": 1, "repeat": 0, "other_wrong": 0, "no_answer": 0}
+    assert found["steps"]["parallel"][0] == {
+        "keep": 0,
+        "flip": 1,
+        "fix": 1,
+        "repeat": 0,
+        "other_wrong": 0,
+        "no_answer": 0,
+    }
 
 
 def test_a_rate_change_between_two_evals_is_paired_over_tasks() -> None:

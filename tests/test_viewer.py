@@ -56,8 +56,9 @@ def boxed(*answers: str | None) -> list[str]:
     return [f"The answer is \\boxed{{{a}}}." if a is not None else "I do not know." for a in answers]
 
 
-def write_eval_dir(out: Path, trajectories: dict[str, list[list[str]]], grader: str = "numeric",
-                   reference: str = "7") -> Path:
+def write_eval_dir(
+    out: Path, trajectories: dict[str, list[list[str]]], grader: str = "numeric", reference: str = "7"
+) -> Path:
     """An eval directory as the eval stage writes it: rollouts.jsonl (answer keys as graded) and the summaries
     from real grades (one response list per sample)."""
     records = [
@@ -67,19 +68,29 @@ def write_eval_dir(out: Path, trajectories: dict[str, list[list[str]]], grader: 
     ]
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "rollouts.jsonl", records)
-    write_eval_outputs(out, records, None, get_grader(grader), TURNS, len(next(iter(trajectories.values()))),
-                       seed=0, history_window=None)
+    write_eval_outputs(
+        out,
+        records,
+        None,
+        get_grader(grader),
+        TURNS,
+        len(next(iter(trajectories.values()))),
+        seed=0,
+        history_window=None,
+    )
     return out
 
 
 def make_run(tmp_path: Path) -> RunDir:
     arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
-    config = parse_config({
-        "run": {"name": "demo", "output_dir": str(tmp_path), "iterations": 2},
-        "model": {"name_or_path": "org/some-model"},
-        "tasks": {"train": arithmetic, "eval": arithmetic},
-        "evaluation": {"turns": TURNS, "samples": 2, "sampling": {"temperature": 0.7}},
-    })
+    config = parse_config(
+        {
+            "run": {"name": "demo", "output_dir": str(tmp_path), "iterations": 2},
+            "model": {"name_or_path": "org/some-model"},
+            "tasks": {"train": arithmetic, "eval": arithmetic},
+            "evaluation": {"turns": TURNS, "samples": 2, "sampling": {"temperature": 0.7}},
+        }
+    )
     return RunDir.create(config)
 
 
@@ -120,25 +131,35 @@ def test_a_run_gives_one_self_contained_file_with_base_and_last_eval_side_by_sid
     base_t0 = payload["evals"][0]["tasks"]["0"]
     assert [[turn["parsed"] for turn in t["turns"]] for t in base_t0] == [["5", "5", "5"], ["5", "7", "7"]]
     turn = base_t0[1]["turns"][0]
-    assert turn == {"response": "The answer is \\boxed{5}.", "parsed": "5", "correct": False,
-                    "feedback": "Your answer is incorrect."}
+    assert turn == {
+        "response": "The answer is \\boxed{5}.",
+        "parsed": "5",
+        "correct": False,
+        "feedback": "Your answer is incorrect.",
+    }
     # The page opens on the first eval against the last one.
     assert "left: 0, right: DATA.evals.length - 1" in page.scripts[None]
 
 
 def test_outcome_labels_match_a_hand_count(tmp_path: Path) -> None:
-    eval_dir = write_eval_dir(tmp_path / "ev", {
-        "a": [boxed("5", "7", "7"), boxed("7", "5", "7"), boxed("5", "6", "5")],
-        "b": [boxed("7", "7", "7"), boxed(None, "5", None), boxed("5", None, "5")],
-        "c": [boxed("7", "7", "7"), boxed(None, None, None), boxed("7", "7", "7")],
-    })
+    eval_dir = write_eval_dir(
+        tmp_path / "ev",
+        {
+            "a": [boxed("5", "7", "7"), boxed("7", "5", "7"), boxed("5", "6", "5")],
+            "b": [boxed("7", "7", "7"), boxed(None, "5", None), boxed("5", None, "5")],
+            "c": [boxed("7", "7", "7"), boxed(None, None, None), boxed("7", "7", "7")],
+        },
+    )
     records = [json.loads(line) for line in (eval_dir / "rollouts.jsonl").read_text().splitlines()]
     errored = graded_record("c", 0, boxed("7"), "numeric", "7")  # right, then cut off: a flip to no answer
     errored["error"] = "the server went away"
     write_jsonl_atomic(eval_dir / "rollouts.jsonl", [errored if r["key"] == "c#0" else r for r in records])
     payload = view(eval_dir).payload
-    labels = {(task["id"], t["sample"]): t["outcomes"]
-              for i, task in enumerate(payload["tasks"]) for t in payload["evals"][0]["tasks"][str(i)]}
+    labels = {
+        (task["id"], t["sample"]): t["outcomes"]
+        for i, task in enumerate(payload["tasks"])
+        for t in payload["evals"][0]["tasks"][str(i)]
+    }
     assert labels == {
         ("a", 0): ["fixed"],
         ("a", 1): ["fixed", "flipped"],
@@ -214,8 +235,10 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
     finish_eval(damaged, 0, BASE)
     with open(damaged.stage_dir(0, "eval") / "rollouts.jsonl", "a") as handle:
         handle.write("{}\n")
-    cases = [(tmp_path / "empty", "neither an eval directory (no eval.json) nor a run directory"),
-             (damaged.root, "iter_0/eval is damaged")]
+    cases = [
+        (tmp_path / "empty", "neither an eval directory (no eval.json) nor a run directory"),
+        (damaged.root, "iter_0/eval is damaged"),
+    ]
     for path, message in cases:
         result = runner.invoke(app, ["view", str(path)])
         assert result.exit_code == 1, result.output
@@ -235,4 +258,7 @@ def test_the_report_points_to_the_viewer(tmp_path: Path) -> None:
     finish_eval(run, 0, BASE)
     result = runner.invoke(app, ["report", str(run.root)])
     assert result.exit_code == 0, result.output
-    assert "selfimprove view" in (run.root / "report.md").read_text() and "viewer.html" in (run.root / "report.md").read_text()
+    assert (
+        "selfimprove view" in (run.root / "report.md").read_text()
+        and "viewer.html" in (run.root / "report.md").read_text()
+    )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers.training_args import OptimizerNames
 from datasets import Dataset
+from transformers.training_args import OptimizerNames
 
 from pipeline.config.settings import TrainingSection
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
@@ -32,9 +32,7 @@ def _trainer(tiny_model: Path, tmp_path: Path, rows: list[dict], **overrides) ->
         learning_rate=overrides.pop("learning_rate", 1e-3),
         loss_normalization=overrides.pop("loss_normalization", "weights"),
     )
-    trainer = build_trainer(
-        tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, **overrides
-    )
+    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, **overrides)
     trainer.args.save_strategy = "no"
     return trainer
 

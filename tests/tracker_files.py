@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.run.layout import RunDir
 from pipeline.tracking.trackers import tensorboard_dir, tracking_dir
@@ -46,11 +47,11 @@ def wandb_log_records(path: Path) -> Iterator[bytes]:
     position, block, pending = 7, 32768, b""
     while position + 7 <= len(data):
         left = block - position % block
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7]) if left >= 7 else (0, 0, 0)
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7]) if left >= 7 else (0, 0, 0)
         if kind == 0:
             position += left
             continue
-        pending += data[position + 7:position + 7 + length]
+        pending += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (1, 4):
             yield pending

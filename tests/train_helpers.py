@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir
-from pipeline.training.launch import STEP_MARKER
+from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.training.checkpoints import checkpoint_step as step_of_checkpoint
 from pipeline.training.checkpoints import last_checkpoint
+from pipeline.training.launch import STEP_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2

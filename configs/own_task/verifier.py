@@ -7,4 +7,4 @@ def number_words(response: str, reference: str) -> bool:
     """Right when the response ends with the reference's words, case and hyphens aside: "Twenty-one." is right."""
     expected = reference.lower().replace("-", " ").split()
     words = re.findall(r"[a-z]+", response.lower())
-    return words[-len(expected):] == expected
+    return words[-len(expected) :] == expected

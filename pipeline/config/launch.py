@@ -87,7 +87,7 @@ class LaunchSettings:
     deepspeed_multinode_launcher: str | None
 
     @classmethod
-    def of(cls, settings: TrainingSection) -> "LaunchSettings":
+    def of(cls, settings: TrainingSection) -> LaunchSettings:
         file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else None
         num_processes = settings.num_processes or (file.num_processes if file else None) or 1
         if file is None:
@@ -122,27 +122,41 @@ class LaunchSettings:
         """What would go wrong at launch: each problem names the key to change."""
         problems = []
         if self.num_processes % self.num_machines:
-            problems.append(f"training.num_processes ({self.num_processes}) must be a multiple of "
-                            f"training.num_machines ({self.num_machines}): every machine runs as many processes")
+            problems.append(
+                f"training.num_processes ({self.num_processes}) must be a multiple of "
+                f"training.num_machines ({self.num_machines}): every machine runs as many processes"
+            )
         if self.num_machines > 1 and not self.main_process_ip:
-            problems.append("training.num_machines > 1 needs training.main_process_ip (or main_process_ip in the "
-                            "accelerate config): the address of machine rank 0")
-        if self.num_processes > 1 and (self.distributed_type == "NO" or
-                                       (self.distributed_type == "MULTI_CPU" and not self.mpirun)):
+            problems.append(
+                "training.num_machines > 1 needs training.main_process_ip (or main_process_ip in the "
+                "accelerate config): the address of machine rank 0"
+            )
+        if self.num_processes > 1 and (
+            self.distributed_type == "NO" or (self.distributed_type == "MULTI_CPU" and not self.mpirun)
+        ):
             # accelerate's plain launcher starts a single process for these, whatever --num_processes says.
-            problems.append(f"training.num_processes {self.num_processes} needs an accelerate config whose "
-                            f"distributed_type is MULTI_GPU, FSDP or DEEPSPEED (with use_cpu: true for CPU "
-                            f"processes, as in configs/accelerate/cpu_2proc.yaml), or no accelerate_config: "
-                            f"distributed_type {self.distributed_type} runs one process")
+            problems.append(
+                f"training.num_processes {self.num_processes} needs an accelerate config whose "
+                f"distributed_type is MULTI_GPU, FSDP or DEEPSPEED (with use_cpu: true for CPU "
+                f"processes, as in configs/accelerate/cpu_2proc.yaml), or no accelerate_config: "
+                f"distributed_type {self.distributed_type} runs one process"
+            )
         if self.distributed_type == "FSDP" and self.fsdp_version != 2:
             problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_version: 2 (FSDP2)")
         if self.distributed_type == "FSDP" and self.fsdp_state_dict_type != "FULL_STATE_DICT":
-            problems.append("training.accelerate_config: FSDP configs must set fsdp_config.fsdp_state_dict_type: "
-                            "FULL_STATE_DICT (the trained adapter or model is served as one checkpoint)")
-        if self.distributed_type == "DEEPSPEED" and self.num_machines > 1 \
-                and self.deepspeed_multinode_launcher != "standard":
-            problems.append("training.accelerate_config: DeepSpeed on several machines needs "
-                            "deepspeed_config.deepspeed_multinode_launcher: standard (each machine launches its own)")
+            problems.append(
+                "training.accelerate_config: FSDP configs must set fsdp_config.fsdp_state_dict_type: "
+                "FULL_STATE_DICT (the trained adapter or model is served as one checkpoint)"
+            )
+        if (
+            self.distributed_type == "DEEPSPEED"
+            and self.num_machines > 1
+            and self.deepspeed_multinode_launcher != "standard"
+        ):
+            problems.append(
+                "training.accelerate_config: DeepSpeed on several machines needs "
+                "deepspeed_config.deepspeed_multinode_launcher: standard (each machine launches its own)"
+            )
         return problems
 
 
@@ -171,8 +185,10 @@ def _parsed_accelerate_config(path: str, modified_ns: int) -> AccelerateFile:
     try:
         return AccelerateFile.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')} "
-                    f"(got {error['input']!r})" for error in exc.errors()]
+        problems = [
+            f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})"
+            for error in exc.errors()
+        ]
         raise ValueError(f"training.accelerate_config {path}: {'; '.join(problems)}") from None
 
 

@@ -17,7 +17,6 @@ DEFAULT_TEMPLATES: dict[str, str | None] = {
     "hint": "{message}\n\n(Hint: the correct answer is {reference}.)",
     "improve": "Improve your current response to this request.",
     "diverge": (
-        "Improve your current response to this request by taking a SIGNIFICANTLY different approach "
-        "from the one above."
+        "Improve your current response to this request by taking a SIGNIFICANTLY different approach from the one above."
     ),
 }

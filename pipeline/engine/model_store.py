@@ -15,9 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.system.atomic import make_temp_dir, publish_dir
 from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.run.timings import phase
+from pipeline.system.atomic import make_temp_dir, publish_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "SELFIMPROVE_CACHE"

@@ -31,7 +31,7 @@ from pathlib import Path
 from pipeline.config.settings import ModelSection, ServerSection
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
 
-_ACTIVE: ContextVar["ServerKeeper | None"] = ContextVar("server_keeper", default=None)
+_ACTIVE: ContextVar[ServerKeeper | None] = ContextVar("server_keeper", default=None)
 
 
 def serving_key(model_path: str, model: ModelSection, settings: ServerSection, served_name: str) -> str:

@@ -33,7 +33,6 @@ from pipeline.engine.precision import resolve_dtype
 from pipeline.run.timings import phase
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 
-
 HEALTH_POLL_S = 1.0
 HEALTH_TIMEOUT_S = 5.0
 
@@ -70,19 +69,32 @@ class VLLMServer:
     def command(self) -> list[str]:
         s = self.settings
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model_path,
-            "--served-model-name", self.served_name,
-            "--host", s.host,
-            "--port", str(self.port),
-            "--dtype", resolve_dtype(self.model.dtype, on_cpu=is_cpu_build()),
-            "--max-model-len", str(self.model.max_model_len),
-            "--max-num-seqs", str(s.max_num_seqs),
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            s.host,
+            "--port",
+            str(self.port),
+            "--dtype",
+            resolve_dtype(self.model.dtype, on_cpu=is_cpu_build()),
+            "--max-model-len",
+            str(self.model.max_model_len),
+            "--max-num-seqs",
+            str(s.max_num_seqs),
             "--enable-lora",
-            "--max-lora-rank", str(s.max_lora_rank),
-            "--max-loras", str(s.max_loras),
-            "--tensor-parallel-size", str(s.tensor_parallel_size),
-            "--gpu-memory-utilization", str(s.gpu_memory_utilization),
+            "--max-lora-rank",
+            str(s.max_lora_rank),
+            "--max-loras",
+            str(s.max_loras),
+            "--tensor-parallel-size",
+            str(s.tensor_parallel_size),
+            "--gpu-memory-utilization",
+            str(s.gpu_memory_utilization),
             "--disable-uvicorn-access-log",
         ]
         if s.chunked_prefill is False or (s.chunked_prefill is None and is_cpu_build()):
@@ -101,7 +113,7 @@ class VLLMServer:
             env["CUDA_VISIBLE_DEVICES"] = self.devices
         return env
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         """Launch the server and block until ``/health`` answers (bounded by ``startup_timeout_s``).
 
         For code without an event loop in its thread; a server that does not
@@ -130,8 +142,10 @@ class VLLMServer:
         deadline = self._launched_at + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             if not self.is_running():
-                raise ServerError(f"vLLM server exited with code {self.exit_code} while starting; "
-                                  f"see {self.log_path}:\n{tail(self.log_path)}")
+                raise ServerError(
+                    f"vLLM server exited with code {self.exit_code} while starting; "
+                    f"see {self.log_path}:\n{tail(self.log_path)}"
+                )
             if await self.is_healthy():
                 return
             await asyncio.sleep(HEALTH_POLL_S)
@@ -170,7 +184,7 @@ class VLLMServer:
         self.stop(grace_s=5.0)
         self.start()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -192,9 +206,11 @@ def replica_servers(
     else on a free port, picked for all at once so that no two get the same.
     """
     base_port = port or settings.port
-    ports = free_ports(settings.host, settings.replicas) if base_port is None else [
-        base_port + i for i in range(settings.replicas)
-    ]
+    ports = (
+        free_ports(settings.host, settings.replicas)
+        if base_port is None
+        else [base_port + i for i in range(settings.replicas)]
+    )
     return [
         VLLMServer(
             model_path=model_path,
@@ -231,7 +247,7 @@ def replica_devices(settings: ServerSection, visible: str | None) -> list[str | 
             f"rollout.server.replicas ({count}) x tensor_parallel_size ({size}) need {size * count} GPUs, but "
             f"CUDA_VISIBLE_DEVICES={visible} shows {len(pool)}: set rollout.server.gpu_ids or fewer replicas"
         )
-    return [",".join(pool[i * size:(i + 1) * size]) for i in range(count)]
+    return [",".join(pool[i * size : (i + 1) * size]) for i in range(count)]
 
 
 async def start_servers(servers: list[VLLMServer]) -> None:

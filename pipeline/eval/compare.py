@@ -16,17 +16,16 @@ the differences from the first with their intervals).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
-from pipeline.eval.transitions import RATES, SIDES, rate_change
 from pipeline.eval.report import (
     EVAL_NAME,
     RATE_NAMES,
@@ -39,8 +38,10 @@ from pipeline.eval.report import (
     points,
     read_eval_dir,
 )
+from pipeline.eval.transitions import RATES, SIDES, rate_change
 from pipeline.run.layout import CONFIG_NAME
 from pipeline.run.manifest import MANIFEST_NAME, Manifest, parse_stage_key
+from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
 
 MARKDOWN_NAME = "compare.md"
 JSON_NAME = "compare.json"
@@ -130,8 +131,10 @@ def _check_stage_dir(path: Path) -> None:
         return
     root, iteration = found
     if not Manifest.load(root).verified_done(iteration, STAGE):
-        raise CompareError(f"{path}: the run's manifest does not call iter_{iteration}/{STAGE} done; "
-                           f"finish it with `selfimprove resume {root}`")
+        raise CompareError(
+            f"{path}: the run's manifest does not call iter_{iteration}/{STAGE} done; "
+            f"finish it with `selfimprove resume {root}`"
+        )
 
 
 def _run_stage(path: Path) -> tuple[Path, int] | None:
@@ -160,26 +163,38 @@ def compare_evals(evals: Sequence[NamedEval]) -> Comparison:
     first = evals[0].result
     for ev in evals:
         if ev.result.task_rows is None:
-            raise CompareError(f"{ev.label} has no per-task figures (task_metrics.jsonl): re-run its eval to compare it")
+            raise CompareError(
+                f"{ev.label} has no per-task figures (task_metrics.jsonl): re-run its eval to compare it"
+            )
         if ev.result.turns != first.turns:
-            raise CompareError(f"{ev.label} has {ev.result.turns} turns, {evals[0].label} {first.turns}: not comparable")
+            raise CompareError(
+                f"{ev.label} has {ev.result.turns} turns, {evals[0].label} {first.turns}: not comparable"
+            )
     keys = headline_keys(first.turns) + list(revision_gaps(first.turns))
     rows = []
     for key in keys:
         values = [_mean(ev.result.task_rows, key) for ev in evals]
         try:
-            differences = [compare_task_metrics(ev.result.task_rows, first.task_rows, key, first.seed) for ev in evals[1:]]
+            differences = [
+                compare_task_metrics(ev.result.task_rows, first.task_rows, key, first.seed) for ev in evals[1:]
+            ]
         except ValueError as exc:
             raise CompareError(f"{exc}: compare evaluations of the same tasks") from exc
-        rows.append(MetricRow(key, values, differences, is_change=key.startswith("delta") or key in revision_gaps(first.turns)))
+        rows.append(
+            MetricRow(key, values, differences, is_change=key.startswith("delta") or key in revision_gaps(first.turns))
+        )
     rows += [_transition_row(evals, rate, side) for rate in RATES for side in (*SIDES, None)]
-    return Comparison([ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(first.task_rows), rows)
+    return Comparison(
+        [ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(first.task_rows), rows
+    )
 
 
 def _transition_row(evals: Sequence[NamedEval], rate: str, side: str | None) -> MetricRow:
     """One transition rate over all turns (revision, parallel, or their gap for ``side`` None) in each eval,
     with each one's paired difference from the first."""
-    name = f"{RATE_NAMES[rate]}: " + {"sequential": "revision", "parallel": "parallel", None: "revision - parallel"}[side]
+    name = (
+        f"{RATE_NAMES[rate]}: " + {"sequential": "revision", "parallel": "parallel", None: "revision - parallel"}[side]
+    )
     values = [_all_turns_rate(ev.result, rate, side) for ev in evals]
     first = evals[0].result
     differences = [_rate_change(ev.result, first, rate, side) for ev in evals[1:]]
@@ -206,7 +221,9 @@ def _rate_change(result: IterationEval, first: IterationEval, rate: str, side: s
 
 def comparison_table(comparison: Comparison) -> Table:
     """The comparison for the terminal: a column per eval, differences from the first beside each value."""
-    table = Table(title=f"Comparison on {comparison.n_tasks} tasks, {comparison.turns} turns (differences vs the first)")
+    table = Table(
+        title=f"Comparison on {comparison.n_tasks} tasks, {comparison.turns} turns (differences vs the first)"
+    )
     table.add_column("metric")
     for label in comparison.labels:
         table.add_column(label, justify="right")
@@ -269,8 +286,13 @@ def _plot(comparison: Comparison) -> Figure:
     by_turn, gaps = figure.subplots(1, 2)
     turn_rows = comparison.rows[: comparison.turns]
     for index, label in enumerate(comparison.labels):
-        by_turn.plot(range(1, comparison.turns + 1), [100 * (r.values[index] or 0) for r in turn_rows], "-o",
-                     color=f"C{index % 10}", label=label)
+        by_turn.plot(
+            range(1, comparison.turns + 1),
+            [100 * (r.values[index] or 0) for r in turn_rows],
+            "-o",
+            color=f"C{index % 10}",
+            label=label,
+        )
     by_turn.set(title="pass@1 by turn", xlabel="turn", ylabel="pass@1 (%)", xticks=range(1, comparison.turns + 1))
     by_turn.grid(alpha=0.3)
     by_turn.legend(fontsize="small")
@@ -283,8 +305,15 @@ def _plot(comparison: Comparison) -> Figure:
                 xs.append(100 * d.estimate)
                 errors[0].append(100 * (d.estimate - d.low))
                 errors[1].append(100 * (d.high - d.estimate))
-        gaps.errorbar(xs, ys, xerr=errors, fmt="o", capsize=3, color=f"C{(offset + 1) % 10}",
-                      label=f"{label} - {comparison.labels[0]}")
+        gaps.errorbar(
+            xs,
+            ys,
+            xerr=errors,
+            fmt="o",
+            capsize=3,
+            color=f"C{(offset + 1) % 10}",
+            label=f"{label} - {comparison.labels[0]}",
+        )
     gaps.axvline(0, color="black", linewidth=0.8)
     gaps.set(title="Difference from the first, 95 % interval", xlabel="percentage points", yticks=range(len(names)))
     gaps.set_yticklabels(names)

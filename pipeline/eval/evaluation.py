@@ -22,8 +22,9 @@ interval (:mod:`pipeline.eval.intervals`).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import fmean
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from rich.table import Table
 
@@ -247,9 +248,7 @@ def repeated_first_turns(records: Iterable[Record], turns: int) -> dict[str, lis
     }
 
 
-def merge_answer_classes(
-    records: Iterable[Record], cluster: Callable[[Sequence[str]], Mapping[str, str]]
-) -> None:
+def merge_answer_classes(records: Iterable[Record], cluster: Callable[[Sequence[str]], Mapping[str, str]]) -> None:
     """Replace, in place, every grade's ``answer_key`` by its class key within the task.
 
     ``cluster`` is the grader's ``cluster_keys``: one call per task with the

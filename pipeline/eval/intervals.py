@@ -12,8 +12,9 @@ as noise. The interval is the percentile interval of the resampled means
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Interval:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Interval":
+    def from_dict(cls, data: dict[str, Any]) -> Interval:
         return cls(float(data["estimate"]), float(data["low"]), float(data["high"]))
 
 
@@ -101,7 +102,11 @@ def percentile_interval(estimate: float, draws: np.ndarray, confidence: float = 
 
 
 def paired_difference(
-    first: Sequence[float], second: Sequence[float], seed: int, resamples: int = RESAMPLES, confidence: float = CONFIDENCE
+    first: Sequence[float],
+    second: Sequence[float],
+    seed: int,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
 ) -> Interval:
     """mean(first - second) over tasks with its paired bootstrap interval; ``first[i]`` and ``second[i]`` are one task."""
     if len(first) != len(second):

@@ -36,16 +36,16 @@ page that could be mistaken for a result.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 from rich.table import Table
 
 from pipeline.config.methods import METHOD_PACKAGES, method_section
 from pipeline.config.settings import ConfigError
-from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from pipeline.eval.evaluation import (
     compare_task_metrics,
     headline_keys,
@@ -54,11 +54,12 @@ from pipeline.eval.evaluation import (
     task_metrics,
 )
 from pipeline.eval.intervals import Interval, format_difference
-from pipeline.eval.transitions import RATES, SIDES, Step, summarize_transitions
-from rewards.base import ExactKeys, get_grader
+from pipeline.eval.transitions import SIDES, Step, summarize_transitions
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME
-from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, RunDirError, fixed_config_data, stage_path
+from pipeline.run.manifest import Manifest, parse_stage_key
+from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
+from rewards.base import ExactKeys, get_grader
 
 # The eval stage's outputs this module reads. Spelled here, not imported from
 # pipeline.eval.stage, because that stage imports this module to rewrite the
@@ -69,8 +70,15 @@ CURVES_NAME = "curves.json"
 TASK_METRICS_NAME = "task_metrics.jsonl"
 PARALLEL_DIR = "parallel"
 # The keys of config.yaml the report reads.
-REPORTED_KEYS = ("run.name", "run.iterations", "model.name_or_path", "method.name", "tasks.train.source",
-                 "tasks.eval.source", "evaluation.feedback")
+REPORTED_KEYS = (
+    "run.name",
+    "run.iterations",
+    "model.name_or_path",
+    "method.name",
+    "tasks.train.source",
+    "tasks.eval.source",
+    "evaluation.feedback",
+)
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy_by_turn.png"
 CURVES_PLOT = "sequential_vs_parallel.png"
@@ -123,7 +131,7 @@ class IterationEval:
         """The transition rates (:func:`pipeline.eval.transitions.summarize_transitions`); None without records."""
         return self.summary.get("transitions")
 
-    def change_from(self, base: "IterationEval", key: str) -> Interval | None:
+    def change_from(self, base: IterationEval, key: str) -> Interval | None:
         """This eval's ``key`` minus the base's, paired over tasks (None without both evals' task figures)."""
         if self.task_rows is None or base.task_rows is None:
             return None
@@ -253,7 +261,9 @@ def _transitions_section(evals: Sequence[IterationEval]) -> list[str]:
         "| --- |" + " ---: |" * len(evals),
     ]
     columns = [transition_rows(ev) for ev in evals]
-    lines += [f"| {name} | " + " | ".join(rows[i][1] for rows in columns) + " |" for i, (name, _) in enumerate(columns[0])]
+    lines += [
+        f"| {name} | " + " | ".join(rows[i][1] for rows in columns) + " |" for i, (name, _) in enumerate(columns[0])
+    ]
     return lines
 
 
@@ -312,7 +322,10 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     turns = summary["turns"]
     intervals = summary.get("intervals", {})
     rows = [
-        (f"pass@1 turn {row['turn']}", _with_interval(percent(row["pass@1"]), intervals.get(f"pass@1 turn {row['turn']}")))
+        (
+            f"pass@1 turn {row['turn']}",
+            _with_interval(percent(row["pass@1"]), intervals.get(f"pass@1 turn {row['turn']}")),
+        )
         for row in summary["per_turn"]
     ]
     rows += [(key, percent(summary.get(key))) for key in headline_keys(turns)[turns:-2]]
@@ -322,7 +335,12 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(key, points(summary[key])) for key in ("delta_t1_tT", "delta_i_to_c", "delta_c_to_i")]
     rows.append(("tasks", str(summary["n_tasks"])))
     incomplete = summary.get("incomplete")
-    rows.append(("incomplete trajectories", "n/a" if incomplete is None else f"{incomplete} (+{summary.get('incomplete_parallel', 0)} parallel)"))
+    rows.append(
+        (
+            "incomplete trajectories",
+            "n/a" if incomplete is None else f"{incomplete} (+{summary.get('incomplete_parallel', 0)} parallel)",
+        )
+    )
     rows.append(("grading errors", str(summary.get("grading_errors", "n/a"))))
     return rows
 
@@ -507,8 +525,7 @@ def _accuracy_by_turn(evals: Sequence[IterationEval], depths: dict[int, float]) 
     for index, ev in enumerate(evals):
         color = f"C{index % 10}"
         xs = [row["turn"] - offset for row in ev.summary["per_turn"]]
-        axes.plot(xs, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", color=color,
-                  label=ev.label)
+        axes.plot(xs, [100 * row["pass@1"] for row in ev.summary["per_turn"]], marker="o", color=color, label=ev.label)
         axes.set_xticks(xs)
         if ev.iteration in depths:
             depth = depths[ev.iteration]
@@ -527,7 +544,10 @@ def _sequential_vs_parallel(evals: Sequence[IterationEval]) -> Figure:
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     titles = ("Without oracle: majority vote", "With oracle: any answer correct")
-    pairs = ((("sequential", "m1@tk"), ("parallel", "mk@t1")), (("sequential_oracle", "p1@tk"), ("parallel_oracle", "pk@t1")))
+    pairs = (
+        (("sequential", "m1@tk"), ("parallel", "mk@t1")),
+        (("sequential_oracle", "p1@tk"), ("parallel_oracle", "pk@t1")),
+    )
     for axes, title, pair in zip(panels, titles, pairs):
         axes.set(title=title, xlabel="k (turns, or parallel first-turn samples)", ylabel="accuracy (%)")
         axes.grid(alpha=0.3)

@@ -39,7 +39,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.config.settings import PipelineConfig, eval_history_window
 from pipeline.eval.evaluation import (
     count_grading_errors,
@@ -59,7 +58,6 @@ from pipeline.eval.report import (
     ReportError,
     write_report,
 )
-from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
 from pipeline.rollouts.service import (
     IterationModel,
     collect,
@@ -68,8 +66,10 @@ from pipeline.rollouts.service import (
     open_service,
     sampling_params,
 )
+from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
+from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.tasks import Task, load_tasks
 from rewards import Grader, get_grader
 

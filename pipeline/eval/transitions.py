@@ -132,15 +132,18 @@ def summarize_transitions(per_task: Sequence[Mapping[str, StepCounts]], turns: i
     return {
         "per_turn": [{"from": g + 1, "to": g + 2, **group_summary(g)} for g in range(positions)],
         "all_turns": group_summary(positions),
-        "steps": {side: [{kind.value: int(n) for kind, n in zip(Step, counts[:, s, p].sum(axis=0))}
-                         for p in range(positions)] for s, side in enumerate(SIDES)},
+        "steps": {
+            side: [{kind.value: int(n) for kind, n in zip(Step, counts[:, s, p].sum(axis=0))} for p in range(positions)]
+            for s, side in enumerate(SIDES)
+        },
     }
 
 
 def _count_array(per_task: Sequence[Mapping[str, StepCounts]]) -> np.ndarray:
     """The step counts as an array: tasks x sides (:data:`SIDES`) x positions x kinds (:class:`Step`)."""
-    return np.array([[[[at[kind.value] for kind in Step] for at in task[side]] for side in SIDES] for task in per_task],
-                    dtype=float)
+    return np.array(
+        [[[[at[kind.value] for kind in Step] for at in task[side]] for side in SIDES] for task in per_task], dtype=float
+    )
 
 
 def _rate_columns(counts: np.ndarray, rate: str) -> np.ndarray:
@@ -190,8 +193,10 @@ def rate_change(
     """
     if len(first) != len(second) or not first:
         raise ValueError(f"a paired rate change needs the same tasks on both sides; got {len(first)} and {len(second)}")
-    columns = np.stack([_rate_columns(_count_array(steps_of)[:, s], rate) for steps_of in (first, second)
-                        for s in range(len(SIDES))], axis=1)  # tasks x (first seq, first par, second seq, second par) x 2
+    columns = np.stack(
+        [_rate_columns(_count_array(steps_of)[:, s], rate) for steps_of in (first, second) for s in range(len(SIDES))],
+        axis=1,
+    )  # tasks x (first seq, first par, second seq, second par) x 2
     pooled = columns.sum(axis=0)
     if (pooled[:, 1] == 0).any():
         return None

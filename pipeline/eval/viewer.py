@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pipeline.eval.compare import CompareError, resolve_evals
 from pipeline.eval.custom import SPEC_NAME
@@ -83,8 +84,12 @@ def find_evals(path: Path) -> list[EvalRecords]:
         raise ViewerError(f"{path} has no finished eval yet, not even the base model's")
     grader = _run_grader(path)
     return [
-        _read_records(named.label + (" (base)" if named.result.iteration == 0 else ""), named.result.turns,
-                      stage_path(path, named.result.iteration, STAGE), grader)
+        _read_records(
+            named.label + (" (base)" if named.result.iteration == 0 else ""),
+            named.result.turns,
+            stage_path(path, named.result.iteration, STAGE),
+            grader,
+        )
         for named in evals
     ]
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.system.atomic import read_jsonl, write_text_atomic
 from pipeline.export.model import CARD_NAME, ExportError, building
 from pipeline.run.layout import RunDir, stage_path
+from pipeline.system.atomic import read_jsonl, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,34 @@ class RecordKind:
 
 
 KINDS = (
-    RecordKind("rollouts", "rollout", "rollouts.jsonl",
-               "RISE collection trajectories: one row per (task, sample) with every turn's candidates, grades, "
-               "chosen response and feedback; the trajectory stops at its first success."),
-    RecordKind("curated", "curate", "train.jsonl",
-               "RISE's weighted SFT set: `messages` (the dialogue before the target turn), `completion` (the "
-               "target), `reward` and `weight` = exp(reward / tau); accumulated sets repeat earlier iterations' rows."),
-    RecordKind("groups", "train", "groups.jsonl",
-               "ExIt's GRPO groups: step, the task and depth of the buffered history improved, the scores and "
-               "rewards of the group's completions, its learnability and whether the child entered the buffer."),
-    RecordKind("eval", "eval", "rollouts.jsonl",
-               "Eval trajectories without oracle: exactly `evaluation.turns` turns each, never stopped early; "
-               "iter_0 is the base model."),
+    RecordKind(
+        "rollouts",
+        "rollout",
+        "rollouts.jsonl",
+        "RISE collection trajectories: one row per (task, sample) with every turn's candidates, grades, "
+        "chosen response and feedback; the trajectory stops at its first success.",
+    ),
+    RecordKind(
+        "curated",
+        "curate",
+        "train.jsonl",
+        "RISE's weighted SFT set: `messages` (the dialogue before the target turn), `completion` (the "
+        "target), `reward` and `weight` = exp(reward / tau); accumulated sets repeat earlier iterations' rows.",
+    ),
+    RecordKind(
+        "groups",
+        "train",
+        "groups.jsonl",
+        "ExIt's GRPO groups: step, the task and depth of the buffered history improved, the scores and "
+        "rewards of the group's completions, its learnability and whether the child entered the buffer.",
+    ),
+    RecordKind(
+        "eval",
+        "eval",
+        "rollouts.jsonl",
+        "Eval trajectories without oracle: exactly `evaluation.turns` turns each, never stopped early; "
+        "iter_0 is the base model.",
+    ),
 )
 TASK_FIELDS = ("task_id", "prompt", "reference")
 
@@ -92,8 +108,10 @@ def export_data(run: RunDir, out: Path) -> Path:
         raise ExportError(f"{run.root} has no finished stage with records to export yet")
     tables = {(s.config, s.split): read_jsonl(s.source, whole=True) for s in splits}
     tables |= task_tables(tables)
-    files = {**{(s.config, s.split): s.path for s in splits},
-             **{key: f"tasks/{key[1]}.parquet" for key in tables if key[0] == "tasks"}}
+    files = {
+        **{(s.config, s.split): s.path for s in splits},
+        **{key: f"tasks/{key[1]}.parquet" for key in tables if key[0] == "tasks"},
+    }
     with building(out) as staged:
         for config in dict.fromkeys(config for config, _ in tables):
             splits_of = {split: rows for (name, split), rows in tables.items() if name == config}
@@ -143,17 +161,25 @@ def dataset_card(run: RunDir, files: dict[tuple[str, str], str], counts: dict[tu
         configs=[{"config_name": name, "data_files": entries} for name, entries in configs.items()],
     )
     descriptions = {kind.config: kind.description for kind in KINDS}
-    descriptions["tasks"] = ("Each task once (`train`: the collection tasks, `eval`: the held-out ones): "
-                             "`task_id`, `prompt` as the model saw it, `reference` as the grader reads it. "
-                             "Seed another run with `tasks.train: {source: hf, options: {preset: selfimprove, "
-                             "dataset: THIS_FOLDER}}`.")
-    lines = [f"# selfimprove run `{run.config.run.name}`: trajectories and training data", "",
-             f"Method {run.config.method.name}, model `{run.config.model.name_or_path}`, grader "
-             f"`{run.config.grader.name}`. Every split is one file of the run directory, row for row "
-             "(selfimprove's docs/run-directory.md documents each field).", "",
-             "```python", "from datasets import load_dataset", "",
-             f"eval_trajectories = load_dataset(PATH, \"eval\")  # splits {', '.join(s for c, s in files if c == 'eval')}",
-             "```"]
+    descriptions["tasks"] = (
+        "Each task once (`train`: the collection tasks, `eval`: the held-out ones): "
+        "`task_id`, `prompt` as the model saw it, `reference` as the grader reads it. "
+        "Seed another run with `tasks.train: {source: hf, options: {preset: selfimprove, "
+        "dataset: THIS_FOLDER}}`."
+    )
+    lines = [
+        f"# selfimprove run `{run.config.run.name}`: trajectories and training data",
+        "",
+        f"Method {run.config.method.name}, model `{run.config.model.name_or_path}`, grader "
+        f"`{run.config.grader.name}`. Every split is one file of the run directory, row for row "
+        "(selfimprove's docs/run-directory.md documents each field).",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'eval_trajectories = load_dataset(PATH, "eval")  # splits {", ".join(s for c, s in files if c == "eval")}',
+        "```",
+    ]
     for name, entries in configs.items():
         lines += ["", f"## `{name}`", "", descriptions[name], "", "| split | rows | file |", "| --- | ---: | --- |"]
         lines += [f"| {e['split']} | {counts[(name, e['split'])]} | `{e['path']}` |" for e in entries]

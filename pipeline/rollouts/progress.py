@@ -30,7 +30,7 @@ class RolloutProgress:
         )
         self._task = self._progress.add_task(description, total=total, completed=already_done, stats="")
 
-    def __enter__(self) -> "RolloutProgress":
+    def __enter__(self) -> RolloutProgress:
         self._progress.start()
         return self
 

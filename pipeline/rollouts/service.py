@@ -9,21 +9,21 @@ what iteration K's train stage wrote.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import AsyncIterator
 
-from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
-from pipeline.system.atomic import write_json_atomic
-from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.config.settings import PipelineConfig, SamplingSection
+from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
+from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME, GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run.layout import RunDir, final_dir, merged_dir
 from pipeline.run.timings import phase
+from pipeline.system.atomic import write_json_atomic
 from pipeline.tasks import Task
 from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader

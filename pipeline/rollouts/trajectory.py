@@ -22,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.config.settings import TemplatesSection
 from pipeline.engine.generation import Completion, GenerationBackend, GenerationError, Message, SamplingParams
 from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.tasks import Task
 from rewards import GradeResult
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.system.atomic import write_text_atomic
 from pipeline.config.settings import (
     PipelineConfig,
     apply_overrides,
@@ -33,6 +32,7 @@ from pipeline.config.settings import (
     read_config_file,
 )
 from pipeline.run.manifest import Manifest, StageState, parse_stage_key, planned_stages
+from pipeline.system.atomic import write_text_atomic
 
 CONFIG_NAME = "config.yaml"
 TRAIN_STAGE = "train"
@@ -54,7 +54,7 @@ class RunDir:
     manifest: Manifest
 
     @classmethod
-    def create(cls, config: PipelineConfig) -> "RunDir":
+    def create(cls, config: PipelineConfig) -> RunDir:
         """Start a new run; refuses to overwrite an existing one (use ``resume`` for that)."""
         root = config.run_dir
         if (root / CONFIG_NAME).exists():
@@ -67,7 +67,7 @@ class RunDir:
         return cls(root, config, manifest)
 
     @classmethod
-    def open(cls, root: str | Path, overrides: Sequence[str] = ()) -> "RunDir":
+    def open(cls, root: str | Path, overrides: Sequence[str] = ()) -> RunDir:
         """The run in ``root``; refused when its ``config.yaml`` was edited since the run started.
 
         ``overrides`` are the ``--set`` items ``resume`` is about to apply
@@ -94,16 +94,19 @@ class RunDir:
         """
         recorded = self.manifest.config
         if fixed := [key for key in config_changes(recorded, _overridden(recorded, overrides)) if key in FIXED_KEYS]:
-            raise RunDirError(f"--set cannot change {', '.join(fixed)} of the run in {self.root}: "
-                              "start a new run instead")
+            raise RunDirError(
+                f"--set cannot change {', '.join(fixed)} of the run in {self.root}: start a new run instead"
+            )
         config = _amended(recorded, overrides)
         check_tasks(config)
         data = config_data(config)
         changes = config_changes(recorded, data)
         plan = planned_stages(config.run.iterations, config.method.name)
         if dropped := _done_outside(self.manifest, plan):
-            raise RunDirError(f"--set would drop {', '.join(dropped)} of the run in {self.root}, which are done: "
-                              "a run keeps its finished stages; start a new run instead")
+            raise RunDirError(
+                f"--set would drop {', '.join(dropped)} of the run in {self.root}, which are done: "
+                "a run keeps its finished stages; start a new run instead"
+            )
         if changes:
             write_text_atomic(self.root / CONFIG_NAME, dump_config(config))
             self.manifest.amend_config(data, overrides, changes, plan)
@@ -143,8 +146,11 @@ def fixed_config_data(root: Path, manifest: Manifest, overrides: Sequence[str] =
 
 def _done_outside(manifest: Manifest, plan: list[tuple[int, str]]) -> list[str]:
     """The done stages that ``plan`` leaves out, by key."""
-    return [key for key, record in manifest.stages.items()
-            if record.state is StageState.DONE and parse_stage_key(key) not in plan]
+    return [
+        key
+        for key, record in manifest.stages.items()
+        if record.state is StageState.DONE and parse_stage_key(key) not in plan
+    ]
 
 
 def _overridden(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

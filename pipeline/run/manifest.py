@@ -18,11 +18,12 @@ changes ``selfimprove resume --set`` made to it since (``overrides``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, with_config
 
@@ -130,14 +131,14 @@ class Manifest:
     @classmethod
     def create(
         cls, run_dir: Path, run_name: str, iterations: int, method: str = "rise", config: dict[str, Any] | None = None
-    ) -> "Manifest":
+    ) -> Manifest:
         plan = planned_stages(iterations, method)
         manifest = cls(run_dir, run_name, {stage_key(i, s): StageRecord() for i, s in plan}, config)
         manifest.save()
         return manifest
 
     @classmethod
-    def load(cls, run_dir: Path) -> "Manifest":
+    def load(cls, run_dir: Path) -> Manifest:
         path = Path(run_dir) / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no run manifest at {path}: is {run_dir} a run directory?")
@@ -287,4 +288,4 @@ class Manifest:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.engine.server_keeper import keeping_servers
 from pipeline.methods.registry import method_of

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["Task", "TaskSource", "get_task_source", "load_tasks", "register_task_source", "task_source_names"]
 
 
-def load_tasks(section: "TaskSourceSection", split: str) -> list[Task]:
+def load_tasks(section: TaskSourceSection, split: str) -> list[Task]:
     """The tasks of one split of a config's task section, cut to its ``limit``."""
     tasks = get_task_source(section.source, **section.options).load(split)
     return tasks[: section.limit] if section.limit else tasks

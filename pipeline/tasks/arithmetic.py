@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import operator
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from pipeline.tasks.base import Task, register_task_source
 from pipeline.tasks.rows import DEFAULT_PROMPT_TEMPLATE, check_template, wrap_prompt
@@ -93,20 +93,43 @@ def _teams(rng: random.Random) -> tuple[int, ...]:
 
 WORD_TEMPLATES: dict[str, list[WordTemplate]] = {
     "word2": [
-        ("A baker makes {0} rolls in the morning and {1} in the afternoon. He sells {2} rolls. "
-         "How many rolls are left?", _rolls, lambda a, b, c: a + b - c),
-        ("Mia has {0} stickers. She buys {1} packs with {2} stickers in each. "
-         "How many stickers does she have now?", _packs, lambda a, b, c: a + b * c),
-        ("A bus has {0} people on it. At a stop, {1} people get off and {2} get on. "
-         "How many people are on the bus now?", _bus, lambda a, b, c: a - b + c),
+        (
+            "A baker makes {0} rolls in the morning and {1} in the afternoon. He sells {2} rolls. "
+            "How many rolls are left?",
+            _rolls,
+            lambda a, b, c: a + b - c,
+        ),
+        (
+            "Mia has {0} stickers. She buys {1} packs with {2} stickers in each. How many stickers does she have now?",
+            _packs,
+            lambda a, b, c: a + b * c,
+        ),
+        (
+            "A bus has {0} people on it. At a stop, {1} people get off and {2} get on. "
+            "How many people are on the bus now?",
+            _bus,
+            lambda a, b, c: a - b + c,
+        ),
     ],
     "word3": [
-        ("Tom has {0} marbles. He buys {1} bags with {2} marbles in each. Then he gives {3} marbles "
-         "to his sister. How many marbles does Tom have now?", _marbles, lambda a, b, c, d: a + b * c - d),
-        ("A farm has {0} hens. Each hen lays {1} eggs a day. After {2} days the farmer sells {3} eggs. "
-         "How many eggs are left?", _eggs, lambda a, b, c, d: a * b * c - d),
-        ("A class has {0} students. {1} more students join. The teacher splits the class into {2} "
-         "equal teams. How many students are in each team?", _teams, lambda a, b, c: (a + b) // c),
+        (
+            "Tom has {0} marbles. He buys {1} bags with {2} marbles in each. Then he gives {3} marbles "
+            "to his sister. How many marbles does Tom have now?",
+            _marbles,
+            lambda a, b, c, d: a + b * c - d,
+        ),
+        (
+            "A farm has {0} hens. Each hen lays {1} eggs a day. After {2} days the farmer sells {3} eggs. "
+            "How many eggs are left?",
+            _eggs,
+            lambda a, b, c, d: a * b * c - d,
+        ),
+        (
+            "A class has {0} students. {1} more students join. The teacher splits the class into {2} "
+            "equal teams. How many students are in each team?",
+            _teams,
+            lambda a, b, c: (a + b) // c,
+        ),
     ],
 }
 

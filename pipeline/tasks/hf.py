@@ -8,9 +8,10 @@ explicitly overrides the preset's value.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.tasks.base import Task, register_task_source
 from pipeline.tasks.rows import DEFAULT_PROMPT_TEMPLATE, RowMapping, TaskCollector

@@ -80,7 +80,9 @@ class HumanEvalSource:
         return select_split(tasks, split, self.eval_fraction, self.seed)[: self.limit]
 
     def _task(self, problem: dict[str, Any]) -> Task:
-        reference = {key: problem[key] for key in ("prompt", "entry_point", "test", "canonical_solution") if key in problem}
+        reference = {
+            key: problem[key] for key in ("prompt", "entry_point", "test", "canonical_solution") if key in problem
+        }
         return Task(
             task_id=problem["task_id"],
             prompt=wrap_prompt(problem["prompt"], self.prompt_template),

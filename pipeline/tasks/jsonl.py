@@ -8,6 +8,7 @@ alone, and no row can silently land in both splits through a typo in a tag.
 from __future__ import annotations
 
 import json
+
 from pipeline.tasks.base import Task, register_task_source
 from pipeline.tasks.rows import DEFAULT_PROMPT_TEMPLATE, RowMapping, TaskCollector, numbered_lines
 

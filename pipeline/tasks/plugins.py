@@ -19,8 +19,8 @@ while loading, is a ValueError naming the source, split and task.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pipeline.tasks.base import Task, TaskSource, task_source_names
 from pipeline.tasks.rows import stable_id

@@ -75,7 +75,9 @@ class ReasoningGymTaskSource:
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     ) -> None:
         if not isinstance(dataset, str):
-            raise ValueError("the reasoning_gym source needs `dataset`, a reasoning-gym dataset name such as gsm_symbolic")
+            raise ValueError(
+                "the reasoning_gym source needs `dataset`, a reasoning-gym dataset name such as gsm_symbolic"
+            )
         config = {} if config is None else config
         if not isinstance(config, Mapping):
             raise ValueError(f"config must be a mapping of {dataset}'s options; got {config!r}")

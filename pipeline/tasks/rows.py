@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from pipeline.tasks.base import Task
 from rewards.extract import last_boxed
@@ -82,9 +83,7 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 yield number, line
     except UnicodeDecodeError as exc:
         # Decoding runs ahead by chunks, so the bad byte is somewhere after the lines already read.
-        raise BadRowError(
-            f"{path}: not UTF-8 text, is it a JSONL file? ({exc.reason} after line {number})"
-        ) from None
+        raise BadRowError(f"{path}: not UTF-8 text, is it a JSONL file? ({exc.reason} after line {number})") from None
 
 
 def stable_id(prefix: str, prompt: str, reference: Any) -> str:
@@ -148,9 +147,7 @@ class RowMapping:
         if self.answer_extractor is None:
             return _checked_answer(self.answer_field, value)
         if not isinstance(value, str):
-            raise BadRowError(
-                f"answer_extractor {self.answer_extractor!r} needs a string field {self.answer_field!r}"
-            )
+            raise BadRowError(f"answer_extractor {self.answer_extractor!r} needs a string field {self.answer_field!r}")
         extracted = ANSWER_EXTRACTORS[self.answer_extractor](value)
         if extracted is None:
             raise BadRowError(

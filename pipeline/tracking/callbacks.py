@@ -48,8 +48,14 @@ class TokensPerSecond(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         self._last = (time.monotonic(), state.num_input_tokens_seen)
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **_: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         now, tokens = time.monotonic(), state.num_input_tokens_seen
         if logs is not None and self._last is not None and tokens > self._last[1] and now > self._last[0]:
             logs["tokens_per_s"] = (tokens - self._last[1]) / (now - self._last[0])

@@ -36,9 +36,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
-from pipeline.run.manifest import StageState, parse_stage_key
 from pipeline.run.layout import RunDir, stage_path, summary_path
+from pipeline.run.manifest import StageState, parse_stage_key
+from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,15 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """An ``eval.json`` as flat scalars: pass@1 per turn, the headline figures, and each interval's bounds."""
     turns = summary["turns"]
     metrics = {f"eval/pass@1_turn_{row['turn']}": row["pass@1"] for row in summary["per_turn"]}
-    for key in (f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1", f"p{turns}@t1",
-                "delta_i_to_c", "delta_c_to_i", "delta_t1_tT"):
+    for key in (
+        f"m1@t{turns}",
+        f"p1@t{turns}",
+        f"m{turns}@t1",
+        f"p{turns}@t1",
+        "delta_i_to_c",
+        "delta_c_to_i",
+        "delta_t1_tT",
+    ):
         metrics[f"eval/{key}"] = summary.get(key)
     for key, interval in summary.get("intervals", {}).items():
         name = _tag(key)
@@ -156,8 +163,9 @@ def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
         return curate_metrics(_read_json(stage_dir / "summary.json"))
     if stage == "rollout":
         throughput = stage_dir / THROUGHPUT_NAME
-        return rollout_metrics(read_jsonl(stage_dir / "rollouts.jsonl"),
-                               _read_json(throughput) if throughput.is_file() else None)
+        return rollout_metrics(
+            read_jsonl(stage_dir / "rollouts.jsonl"), _read_json(throughput) if throughput.is_file() else None
+        )
     return {}
 
 
@@ -244,8 +252,9 @@ def sync_tracking(run: RunDir) -> list[str]:
     todo = [key for key, record in run.manifest.stages.items() if record.state is StageState.DONE and key not in logged]
     if not todo:
         return []
-    batches = [(stage_step(run, *parse_stage_key(key)), metrics) for key in todo
-               if (metrics := _trackable_metrics(run, key))]
+    batches = [
+        (stage_step(run, *parse_stage_key(key)), metrics) for key in todo if (metrics := _trackable_metrics(run, key))
+    ]
     if batches:  # a train stage alone has nothing to add: TRL logged it
         trackers = open_trackers(run)
         try:

@@ -40,8 +40,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -144,9 +145,12 @@ def launch_options(settings: TrainingSection, machine_rank: int = 0) -> list[str
     else:
         options = ["--dynamo_backend", "no", *([] if _has_cuda() else ["--cpu"])]
     options += [
-        "--num_processes", str(launch.num_processes),
-        "--num_machines", str(launch.num_machines),
-        "--mixed_precision", "no" if settings.mixed_precision == "auto" else settings.mixed_precision,
+        "--num_processes",
+        str(launch.num_processes),
+        "--num_machines",
+        str(launch.num_machines),
+        "--mixed_precision",
+        "no" if settings.mixed_precision == "auto" else settings.mixed_precision,
     ]
     if launch.num_machines > 1:
         options += ["--machine_rank", str(machine_rank), "--main_process_ip", str(launch.main_process_ip)]
@@ -207,10 +211,15 @@ def check_launchable(settings: TrainingSection) -> None:
 def launch_command(run: RunDir, iteration: int, machine_rank: int = 0) -> list[str]:
     """The launcher's command line; the run directory goes absolute, valid whatever the worker's working directory."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
         *launch_options(run.config.training, machine_rank),
-        "--module", "pipeline.training.worker",
-        str(run.root.resolve()), "--iteration", str(iteration),
+        "--module",
+        "pipeline.training.worker",
+        str(run.root.resolve()),
+        "--iteration",
+        str(iteration),
     ]
 
 
@@ -223,8 +232,10 @@ def failure_summary(log_text: str) -> str | None:
     if not causes:
         return None
     fields = {key: " ".join(value.split()) for key, value in _CAUSE_FIELD.findall(causes[-1])}
-    summary = (f"rank {fields.get('rank', '?')} on {fields.get('host', '?')} failed with exit code "
-               f"{fields.get('exitcode', '?')}")
+    summary = (
+        f"rank {fields.get('rank', '?')} on {fields.get('host', '?')} failed with exit code "
+        f"{fields.get('exitcode', '?')}"
+    )
     traceback = fields.get("traceback", "")
     if traceback and not traceback.startswith("To enable traceback"):
         summary += f": {traceback}"
@@ -316,8 +327,10 @@ def join_training(
     if machines < 2:
         raise TrainError(f"{run_root} trains on one machine (training.num_machines is 1): there is nothing to join")
     if not 0 < machine_rank < machines:
-        raise TrainError(f"{run_root} trains on {machines} machines: joining needs a machine rank from 1 to "
-                         f"{machines - 1} (machine rank 0 runs the pipeline itself)")
+        raise TrainError(
+            f"{run_root} trains on {machines} machines: joining needs a machine rank from 1 to "
+            f"{machines - 1} (machine rank 0 runs the pipeline itself)"
+        )
     iterations = range(1, run.config.run.iterations + 1)
     over = _attempts_over(Manifest.load(run_root), iterations)
     joined = dict(over)  # per iteration, the last attempt launched here
@@ -371,8 +384,13 @@ def _launch_here(run: RunDir, iteration: int, machine_rank: int, attempt: int, p
 
 def _wait(process: subprocess.Popen, watcher: StepWatcher, description: str, show_progress: bool) -> None:
     """Poll until the launcher exits, showing "step s/N" (a final read catches the last step line)."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task(description, total=None)
         while True:

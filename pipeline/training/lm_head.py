@@ -33,8 +33,13 @@ IGNORE_INDEX = -100
 # Per-token outputs the compact path computes; a trainer that asks for others keeps TRL's path.
 COMPACT_OUTPUTS = frozenset({"log_probs", "entropy", "is_top1"})
 # Config keys that change the logits beyond the projection (scaling, soft-capping): those models keep TRL's path.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                     "logits_scaling")
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def compact_head_applies(model: PreTrainedModel, outputs: tuple[str, ...]) -> bool:
@@ -58,8 +63,9 @@ def use_compact_lm_head(trainer: Trainer, outputs: tuple[str, ...], temperature:
     return True
 
 
-def add_compact_lm_head(model: PreTrainedModel, temperature: float = 1.0, outputs: tuple[str, ...] = ("log_probs",)
-                        ) -> None:
+def add_compact_lm_head(
+    model: PreTrainedModel, temperature: float = 1.0, outputs: tuple[str, ...] = ("log_probs",)
+) -> None:
     """Route ``model``'s ``fused_lm_head=True`` calls through :func:`compact_log_probs`.
 
     Call it on the model TRL patched (the PEFT wrapper's base model), after the
@@ -69,15 +75,29 @@ def add_compact_lm_head(model: PreTrainedModel, temperature: float = 1.0, output
     trl_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self: PreTrainedModel, *args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None,
-                shift_labels: torch.Tensor | None = None, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+    def forward(
+        self: PreTrainedModel,
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         if not fused_lm_head or shift_labels is not None:
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                               num_items_in_batch=num_items_in_batch, **kwargs)
+            return trl_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        return compact_log_probs(hidden, labels[:, 1:], self.get_output_embeddings(), temperature,
-                                 outputs, num_items_in_batch)
+        return compact_log_probs(
+            hidden, labels[:, 1:], self.get_output_embeddings(), temperature, outputs, num_items_in_batch
+        )
 
     model.forward = types.MethodType(forward, model)
 
@@ -109,8 +129,10 @@ def compact_log_probs(
     if "is_top1" in outputs:
         per_token["is_top1"] = logits.detach().argmax(dim=-1) == selected
     # ``masked_scatter`` keeps the result connected to the graph even when no position is labelled.
-    full = {name: None if value is None else value.new_zeros(mask.shape).masked_scatter(mask, value)
-            for name, value in per_token.items()}
+    full = {
+        name: None if value is None else value.new_zeros(mask.shape).masked_scatter(mask, value)
+        for name, value in per_token.items()
+    }
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     return FusedCausalLMOutput(
         loss=-full["log_probs"].sum() / denominator,

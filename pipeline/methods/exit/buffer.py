@@ -41,9 +41,10 @@ import math
 import random
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.system.atomic import write_json_atomic
 
@@ -87,11 +88,15 @@ class BufferItem:
         return f"{self.task_id}@{self.depth}:{digest}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "history": [asdict(s) for s in self.history], "score": self.score,
-                "seq": self.seq}
+        return {
+            "task_id": self.task_id,
+            "history": [asdict(s) for s in self.history],
+            "score": self.score,
+            "seq": self.seq,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BufferItem":
+    def from_dict(cls, data: dict[str, Any]) -> BufferItem:
         history = tuple(Step(str(s["response"]), float(s["score"])) for s in data["history"])
         return cls(str(data["task_id"]), history, float(data["score"]), int(data["seq"]))
 
@@ -185,8 +190,9 @@ class LearnabilityBuffer:
             return Instance(task_id)
         item = self.sample()
         prefix = item.history[: self.rng.randint(1, item.depth)]
-        return Instance(item.task_id, prefix, diverge=self.rng.random() < divergence_prob, from_buffer=True,
-                        drawn_key=item.key)
+        return Instance(
+            item.task_id, prefix, diverge=self.rng.random() < divergence_prob, from_buffer=True, drawn_key=item.key
+        )
 
     def rescore(self, key: str | None, score: float) -> float | None:
         """Give the held item ``key`` a new score; returns its old one (None when it is not held:
@@ -197,9 +203,7 @@ class LearnabilityBuffer:
         self.items[key] = replace(item, score=float(score))
         return item.score
 
-    def add_group(
-        self, instance: Instance, attempts: Sequence[Step], rewards: Sequence[float]
-    ) -> GroupUpdate:
+    def add_group(self, instance: Instance, attempts: Sequence[Step], rewards: Sequence[float]) -> GroupUpdate:
         """Record one GRPO group: the item it was drawn from is re-scored with the group's
         learnability, then its child, the history plus one of its attempts (drawn uniformly), is
         offered with that score."""
@@ -237,10 +241,12 @@ class LearnabilityBuffer:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LearnabilityBuffer":
+    def from_dict(cls, data: dict[str, Any]) -> LearnabilityBuffer:
         if data.get("format") == 1:
-            raise BufferError("buffer format 1 holds S as 4 x the variance, format 2 the variance itself: "
-                              "finish that run with the version that started it, or start a new run")
+            raise BufferError(
+                "buffer format 1 holds S as 4 x the variance, format 2 the variance itself: "
+                "finish that run with the version that started it, or start a new run"
+            )
         if data.get("format") != FORMAT_VERSION:
             raise BufferError(f"unknown buffer format {data.get('format')!r} (expected {FORMAT_VERSION})")
         buffer = cls(int(data["capacity"]), float(data["kappa"]), int(data["seed"]))
@@ -257,7 +263,7 @@ class LearnabilityBuffer:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path) -> "LearnabilityBuffer":
+    def load(cls, path: Path) -> LearnabilityBuffer:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:

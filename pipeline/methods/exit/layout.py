@@ -19,6 +19,7 @@ MODEL_ENV = "SELFIMPROVE_ROLLOUT_MODEL"
 GROUPS_NAME = "groups.jsonl"
 SYNC_NAME = "sync"
 
+
 def buffer_path(run: RunDir, iteration: int) -> Path:
     return run.stage_dir(iteration, STAGE) / BUFFER_NAME
 

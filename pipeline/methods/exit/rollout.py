@@ -46,17 +46,17 @@ from typing import Any
 from accelerate.utils import broadcast_object_list, gather_object
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
-from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.config.settings import PipelineConfig, TemplatesSection
+from pipeline.engine.generation import Completion, GenerationError, Message
+from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.diversity import DiversityScorer
 from pipeline.methods.exit.layout import buffer_path, groups_path, service_from_env, sync_dir
-from pipeline.engine.generation import Completion, GenerationError, Message
 from pipeline.rollouts.protocol import Attempt, build_messages
-from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
 from pipeline.rollouts.service import grading_pool, pooled_grading, sampling_params
+from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
 from pipeline.run.layout import RunDir
-from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.tasks import Task, load_tasks
 from rewards import GradeResult, get_grader
 
@@ -106,8 +106,13 @@ class PromptFitter:
     the task.
     """
 
-    def __init__(self, templates: TemplatesSection, history_window: int | None, budget: int,
-                 count: Callable[[list[Message]], int]) -> None:
+    def __init__(
+        self,
+        templates: TemplatesSection,
+        history_window: int | None,
+        budget: int,
+        count: Callable[[list[Message]], int],
+    ) -> None:
         self.templates = templates
         self.history_window = history_window
         self.budget = budget
@@ -131,9 +136,11 @@ class PromptFitter:
 
     def _too_long(self, task: Task, instance: Instance, tokens: int) -> str:
         what = "its prompt alone" if instance.depth == 0 else "its prompt with the attempt being improved"
-        return (f"task {task.task_id}: {what} takes {tokens} tokens, over the budget of {self.budget} "
-                "(model.max_model_len - rollout.sampling.max_tokens): raise model.max_model_len or lower "
-                "rollout.sampling.max_tokens")
+        return (
+            f"task {task.task_id}: {what} takes {tokens} tokens, over the budget of {self.budget} "
+            "(model.max_model_len - rollout.sampling.max_tokens): raise model.max_model_len or lower "
+            "rollout.sampling.max_tokens"
+        )
 
 
 def chat_template_counter(tokenizer: Any) -> Callable[[list[Message]], int]:
@@ -141,8 +148,9 @@ def chat_template_counter(tokenizer: Any) -> Callable[[list[Message]], int]:
     generation prompt."""
 
     def count(messages: list[Message]) -> int:
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False))
+        return len(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
 
     return count
 
@@ -167,7 +175,7 @@ class FailureCount:
     first_error: str | None = None
 
     @classmethod
-    def from_records(cls, max_fraction: float, records: list[dict[str, Any]]) -> "FailureCount":
+    def from_records(cls, max_fraction: float, records: list[dict[str, Any]]) -> FailureCount:
         """The count of a group log's lines (those a resumed stage keeps)."""
         count = cls(max_fraction)
         for record in records:
@@ -184,8 +192,10 @@ class FailureCount:
         """Raise :class:`StageFailed` when the failed share is past the limit."""
         judged_from = 1 if self.max_fraction == 0 else math.ceil(1 / self.max_fraction)
         if self.groups >= judged_from and self.failed > self.max_fraction * self.groups:
-            raise StageFailed(f"{self.failed} of {self.groups} GRPO groups failed, more than "
-                              f"method.max_failed_fraction ({self.max_fraction}); the first: {self.first_error}")
+            raise StageFailed(
+                f"{self.failed} of {self.groups} GRPO groups failed, more than "
+                f"method.max_failed_fraction ({self.max_fraction}); the first: {self.first_error}"
+            )
 
 
 def prompt_index(tasks: list[Task]) -> dict[str, Task]:
@@ -290,9 +300,12 @@ class ExitGenerator:
         batch = self._record(results, size, step)
         self.failures.check()
         stats = self.buffer.stats()
-        print(f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
-              f"rollout {time.monotonic() - started:.1f} s, buffer {stats['size']}/{stats['capacity']} "
-              f"depths {stats['depth_histogram']}", flush=True)
+        print(
+            f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
+            f"rollout {time.monotonic() - started:.1f} s, buffer {stats['size']}/{stats['capacity']} "
+            f"depths {stats['depth_histogram']}",
+            flush=True,
+        )
         return batch
 
     def sync_adapter(self, trainer: Any) -> None:
@@ -332,8 +345,14 @@ class ExitGenerator:
         seed = request_seed(self.config.run.seed, task.task_id, step, index)
         try:
             completions, grades = await chat_and_grade(
-                self.client, messages, self.grade, task.reference,
-                n=size, params=sampling_params(self.config.rollout.sampling), seed=seed, adapter=self.adapter,
+                self.client,
+                messages,
+                self.grade,
+                task.reference,
+                n=size,
+                params=sampling_params(self.config.rollout.sampling),
+                seed=seed,
+                adapter=self.adapter,
             )
         except GenerationError as exc:
             return GroupResult(instance, task, shown, None, [], f"{type(exc).__name__}: {exc}")
@@ -380,16 +399,20 @@ class ExitGenerator:
         if result.completions is None:
             return {**record, "buffer_scores": self.buffer.score_quantiles()}
         scores = [g.score for g in result.grades]
-        rewards = [
-            improvement_reward(s, instance.previous_score, self.binary, self.method.delta_max) for s in scores
-        ]
-        update = self.buffer.add_group(
-            instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards
-        )
-        return {**record, "prompt_tokens": len(result.completions[0].prompt_token_ids), "scores": scores,
-                "rewards": rewards, "learnability": update.child.score, "rescored_from": update.rescored_from,
-                "child_entered": update.entered, "child_depth": update.child.depth, "buffer_size": len(self.buffer),
-                "buffer_scores": self.buffer.score_quantiles()}
+        rewards = [improvement_reward(s, instance.previous_score, self.binary, self.method.delta_max) for s in scores]
+        update = self.buffer.add_group(instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards)
+        return {
+            **record,
+            "prompt_tokens": len(result.completions[0].prompt_token_ids),
+            "scores": scores,
+            "rewards": rewards,
+            "learnability": update.child.score,
+            "rescored_from": update.rescored_from,
+            "child_entered": update.entered,
+            "child_depth": update.child.depth,
+            "buffer_size": len(self.buffer),
+            "buffer_scores": self.buffer.score_quantiles(),
+        }
 
     def _scales(self, result: GroupResult) -> list[float]:
         if self.scorer is None:
@@ -438,22 +461,36 @@ def open_rollout(
     if buffer is None:
         yield ExitRollout(list(tasks), None)
         return
-    fitter = PromptFitter(config.rollout.templates, config.rollout.history_window,
-                          config.model.max_model_len - config.rollout.sampling.max_tokens,
-                          chat_template_counter(tokenizer))
+    fitter = PromptFitter(
+        config.rollout.templates,
+        config.rollout.history_window,
+        config.model.max_model_len - config.rollout.sampling.max_tokens,
+        chat_template_counter(tokenizer),
+    )
     for task in tasks.values():
         fitter.check_task(task)
     urls, model_name = service_from_env()
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
-        client = ServiceClient([Endpoint(url) for url in urls], model_name, config.rollout.max_concurrency,
-                               config.rollout.request_timeout_s, config.rollout.max_retries)
+        client = ServiceClient(
+            [Endpoint(url) for url in urls],
+            model_name,
+            config.rollout.max_concurrency,
+            config.rollout.request_timeout_s,
+            config.rollout.max_retries,
+        )
         stack.callback(portal.call, client.aclose)
         pool = stack.enter_context(grading_pool(config))
         groups = GroupLog(groups_path(run, iteration), through_step)
         stack.callback(groups.close)
         generator = ExitGenerator(
-            config, tasks, buffer, buffer_path(run, iteration), groups, client, portal,
+            config,
+            tasks,
+            buffer,
+            buffer_path(run, iteration),
+            groups,
+            client,
+            portal,
             grade=pooled_grading(pool, config.grader.name, config.grader.options),
             binary=get_grader(config.grader.name, **config.grader.options).binary,
             sync_dir=sync_dir(run, iteration),

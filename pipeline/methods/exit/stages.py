@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from pipeline.engine.backends import open_learner
 from pipeline.eval.stage import run_eval_stage
+from pipeline.methods.base import Method, counts_cell
 from pipeline.methods.exit.layout import buffer_path, groups_path, service_env
 from pipeline.run.layout import TRAIN_SUMMARY_NAME, RunDir
-from pipeline.methods.base import Method, counts_cell
 from pipeline.training.launch import STAGE, TrainError, output_files, run_training, train_stage
 
 T = TypeVar("T")
@@ -78,8 +79,12 @@ def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> 
 
 def _data_row(summary: dict[str, Any]) -> list[str]:
     depth = summary["mean_depth"]
-    return [str(summary["groups"]), "-" if depth is None else f"{depth:.2f}", counts_cell(summary["depth_histogram"]),
-            str(summary["buffer"]["size"])]
+    return [
+        str(summary["groups"]),
+        "-" if depth is None else f"{depth:.2f}",
+        counts_cell(summary["depth_histogram"]),
+        str(summary["buffer"]["size"]),
+    ]
 
 
 METHOD = Method(

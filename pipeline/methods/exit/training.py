@@ -40,22 +40,27 @@ from transformers import AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
-from pipeline.system.atomic import read_jsonl, write_json_atomic
-from pipeline.methods.exit.buffer import BUFFER_NAME, LearnabilityBuffer
 from pipeline.config.settings import PipelineConfig
-from pipeline.methods.exit.config import ExitSection
-from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
-from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.engine.model_store import resolve_model
+from pipeline.methods.exit.buffer import BUFFER_NAME, LearnabilityBuffer
+from pipeline.methods.exit.config import ExitSection
+from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
+from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
+from pipeline.system.atomic import read_jsonl, write_json_atomic
+from pipeline.tracking.callbacks import attach_trackers
+from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
+from pipeline.training.lm_head import use_compact_lm_head
 from pipeline.training.trainer import (
-    StepPrinter, lora_config, peak_rss_gb, runs_on_cpu, starting_model, trainer_arguments, training_precision,
+    StepPrinter,
+    lora_config,
+    peak_rss_gb,
+    runs_on_cpu,
+    starting_model,
+    trainer_arguments,
+    training_precision,
     write_merged_copy,
 )
-from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
-from pipeline.tracking.callbacks import attach_trackers
-from pipeline.training.lm_head import use_compact_lm_head
-from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
-
 
 # The per-token fields GRPOTrainer asks its policy's fused LM head for (the entropy feeds its metric and mask).
 GRPO_OUTPUTS = ("log_probs", "entropy")
@@ -113,8 +118,15 @@ def grpo_config(config: PipelineConfig, output_dir: Path, *, precision: str, use
     """TRL's GRPO arguments: the method's group size, clipping, KL and steps, the rollout's sampling, and the
     ``training`` section (:func:`~pipeline.methods.rise.weighted_sft.trainer_arguments`)."""
     method, sampling = config.method, config.rollout.sampling
-    common = trainer_arguments(output_dir, config.training, bf16=precision == "bf16", fp16=precision == "fp16",
-                               seed=config.run.seed, use_cpu=use_cpu, report_to=config.run.report_to)
+    common = trainer_arguments(
+        output_dir,
+        config.training,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=config.run.seed,
+        use_cpu=use_cpu,
+        report_to=config.run.report_to,
+    )
     return GRPOConfig(
         **common,
         max_steps=method.steps_per_iteration,
@@ -191,8 +203,10 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
         seconds = time.monotonic() - started
     if buffer is not None:
         steps = trainer.state.global_step - resumed_at
-        write_json_atomic(summary_path(run, iteration),
-                          summarize(trainer.state.global_step, groups_path(run, iteration), buffer, steps, seconds))
+        write_json_atomic(
+            summary_path(run, iteration),
+            summarize(trainer.state.global_step, groups_path(run, iteration), buffer, steps, seconds),
+        )
         shutil.rmtree(sync_dir(run, iteration), ignore_errors=True)
         write_merged_copy(run, iteration, final)
     return final

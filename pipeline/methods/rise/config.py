@@ -23,17 +23,25 @@ class RiseSection(MethodSection):
     WORKER: ClassVar[str] = "pipeline.methods.rise.training"
     REPORTED: ClassVar[tuple[str, ...]] = ("mode", "selection", "tau", "train_from", "accumulate", "boost")
 
-    name: Literal["rise"] = Field("rise", description="RISE: reward-weighted SFT on the turns of multi-turn revision "
-                                  "rollouts (docs/rise.md).")
-    mode: Literal["self_distill", "distill"] = Field("self_distill", description="`self_distill`: the model's own best "
-                                                     "answers are the targets; `distill`: a served teacher "
-                                                     "(`rollout.teacher`) answers turns > 1.")
+    name: Literal["rise"] = Field(
+        "rise", description="RISE: reward-weighted SFT on the turns of multi-turn revision rollouts (docs/rise.md)."
+    )
+    mode: Literal["self_distill", "distill"] = Field(
+        "self_distill",
+        description="`self_distill`: the model's own best "
+        "answers are the targets; `distill`: a served teacher "
+        "(`rollout.teacher`) answers turns > 1.",
+    )
     selection: Literal["all", "better", "best", "success"] = Field(
-        "all", description="Which turns become examples: `all`; `better`, a reward above the previous turn's (the "
-        "first turn's above 0); `best`, no earlier turn's reward higher; `success`, the correct turns.")
+        "all",
+        description="Which turns become examples: `all`; `better`, a reward above the previous turn's (the "
+        "first turn's above 0); `best`, no earlier turn's reward higher; `success`, the correct turns.",
+    )
     tau: float = Field(0.4, gt=0, description="Temperature of the weights exp(r / tau).")
     accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
-    train_from: Literal["base", "previous"] = Field("base", description="Retrain from the base or continue the previous adapter.")
+    train_from: Literal["base", "previous"] = Field(
+        "base", description="Retrain from the base or continue the previous adapter."
+    )
     boost: bool = Field(False, description="Warm-up SFT on successful first-turn samples.")
     unparsed_reward: float = Field(-1.0, description="Reward of a turn that gave no answer (RISE: -1, weight 0.08).")
     pairs_per_state: int = Field(
@@ -71,16 +79,20 @@ class RiseSection(MethodSection):
         if self.mode == "distill" and config.rollout.teacher is None:
             problems.append("method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)")
         if self.keep_ratio is not None and config.rollout.stop_at_success:
-            problems.append("method.keep_ratio caps keep examples, which exist only when collection goes on after "
-                            "a success: set rollout.stop_at_success false")
+            problems.append(
+                "method.keep_ratio caps keep examples, which exist only when collection goes on after "
+                "a success: set rollout.stop_at_success false"
+            )
         if self.rationalize:
             problems += self._rationalize_problems(config)
         return problems
 
     def _rationalize_problems(self, config: PipelineConfig) -> list[str]:
         if config.grader.name == "code":
-            return ["method.rationalize hints the reference answer, and a code task's reference is its tests: "
-                    "set method.rationalize 0"]
+            return [
+                "method.rationalize hints the reference answer, and a code task's reference is its tests: "
+                "set method.rationalize 0"
+            ]
         if "{reference}" not in config.rollout.templates.hint:
             return ["rollout.templates.hint must hold {reference} (the answer it hints) when method.rationalize is set"]
         if self.rationalize > 1 and config.rollout.sampling.temperature == 0:

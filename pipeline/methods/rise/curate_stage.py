@@ -28,8 +28,8 @@ from pipeline.methods.rise.curation import (
     refuted_examples,
     summarize,
 )
-from pipeline.run.layout import RunDir, stage_path
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME
+from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.training.launch import TrainError
@@ -79,7 +79,12 @@ def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict
     current = curate(records, method.tau, method.selection, iteration, method.unparsed_reward, method.informative_only)
     if method.pairs_per_state:
         current += pair_examples(
-            records, method.tau, iteration, method.pairs_per_state, rollout.feedback, rollout.templates,
+            records,
+            method.tau,
+            iteration,
+            method.pairs_per_state,
+            rollout.feedback,
+            rollout.templates,
             rollout.history_window,
         )
     if method.rationalize:
@@ -124,4 +129,3 @@ def training_set(run: RunDir, iteration: int) -> Path:
     if path.stat().st_size == 0:
         raise TrainError(f"iteration {iteration}'s training set {path} is empty: no rollout turn was kept")
     return path
-

@@ -45,8 +45,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from rich.table import Table
 
@@ -91,7 +92,7 @@ class Example:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Example":
+    def from_dict(cls, data: dict[str, Any]) -> Example:
         span = data.get("refuted_span")
         return cls(**{**data, "refuted_span": None if span is None else tuple(span)})
 
@@ -274,7 +275,12 @@ def _as_grade(grade: dict[str, Any]) -> Any:
 
 
 def _pair_example(
-    record: dict[str, Any], turn: int, index: int, messages: list[dict[str, str]], good: dict[str, Any], tau: float,
+    record: dict[str, Any],
+    turn: int,
+    index: int,
+    messages: list[dict[str, str]],
+    good: dict[str, Any],
+    tau: float,
     iteration: int,
 ) -> Example:
     reward = float(good["grade"]["score"])
@@ -302,16 +308,31 @@ def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration:
             if rationale is None:
                 continue
             reward = float(rationale["grade"]["score"])
-            examples.append(_state_example(
-                record, turn, iteration, "rationale", rationale["response"], reward, rl_weight(reward, tau),
-                kind=turn_kind(record, index, target_correct=True),
-            ))
+            examples.append(
+                _state_example(
+                    record,
+                    turn,
+                    iteration,
+                    "rationale",
+                    rationale["response"],
+                    reward,
+                    rl_weight(reward, tau),
+                    kind=turn_kind(record, index, target_correct=True),
+                )
+            )
     return examples
 
 
 def _state_example(
-    record: dict[str, Any], turn: dict[str, Any], iteration: int, source: Source, completion: str, reward: float,
-    weight: float, id_suffix: str = "", **fields: Any,
+    record: dict[str, Any],
+    turn: dict[str, Any],
+    iteration: int,
+    source: Source,
+    completion: str,
+    reward: float,
+    weight: float,
+    id_suffix: str = "",
+    **fields: Any,
 ) -> Example:
     """An example for the state ``turn`` saw (its messages) whose target is not the turn's own response."""
     return Example(
@@ -353,18 +374,30 @@ def refuted_examples(records: Iterable[dict[str, Any]], weight: float, iteration
 def _refuted_in_state(
     record: dict[str, Any], turn: dict[str, Any], refuted: set[str], weight: float, iteration: int
 ) -> list[Example]:
-    repeats = {c["response"]: c for c in turn["candidates"]
-               if not c["grade"]["correct"] and c["grade"].get("answer_key") in refuted and not c["grade"].get("error")}
+    repeats = {
+        c["response"]: c
+        for c in turn["candidates"]
+        if not c["grade"]["correct"] and c["grade"].get("answer_key") in refuted and not c["grade"].get("error")
+    }
     examples = []
     for index, candidate in enumerate(repeats.values()):
         parsed = candidate["grade"]["parsed"]
         start = candidate["response"].rfind(parsed) if parsed else -1
         if start < 0:
             continue  # the answer is not written as parsed (a reformatted box): nothing to mark
-        examples.append(_state_example(
-            record, turn, iteration, "refuted", candidate["response"], float(candidate["grade"]["score"]), weight,
-            id_suffix=str(index), refuted_span=(start, start + len(parsed)),
-        ))
+        examples.append(
+            _state_example(
+                record,
+                turn,
+                iteration,
+                "refuted",
+                candidate["response"],
+                float(candidate["grade"]["score"]),
+                weight,
+                id_suffix=str(index),
+                refuted_span=(start, start + len(parsed)),
+            )
+        )
     return examples
 
 

@@ -15,13 +15,20 @@ from typing import Any
 
 from datasets import Dataset
 
-from pipeline.system.atomic import read_jsonl, write_json_atomic
-from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
-from pipeline.tracking.callbacks import attach_trackers
 from pipeline.methods.rise.curate_stage import training_set
 from pipeline.methods.rise.weighted_sft import REFUTED_SPAN, WEIGHT, WeightedSFTTrainer, build_trainer
+from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
+from pipeline.system.atomic import read_jsonl, write_json_atomic
+from pipeline.tracking.callbacks import attach_trackers
 from pipeline.training.checkpoints import train
-from pipeline.training.trainer import StepPrinter, peak_rss_gb, runs_on_cpu, starting_model, training_precision, write_merged_copy
+from pipeline.training.trainer import (
+    StepPrinter,
+    peak_rss_gb,
+    runs_on_cpu,
+    starting_model,
+    training_precision,
+    write_merged_copy,
+)
 
 
 def training_dataset(path: Path) -> Dataset:

@@ -88,8 +88,9 @@ class WeightCollator:
         return batch
 
 
-def refuted_token_mask(tokenizer: Any, input_ids: list[int], labels: list[int], text: str,
-                       span: tuple[int, int]) -> list[int]:
+def refuted_token_mask(
+    tokenizer: Any, input_ids: list[int], labels: list[int], text: str, span: tuple[int, int]
+) -> list[int]:
     """1 on the tokens of ``input_ids`` whose text overlaps ``span`` (character offsets into the completion ``text``).
 
     The completion's tokens decode to ``text`` followed by what the chat
@@ -187,8 +188,11 @@ class WeightedSFTTrainer(SFTTrainer):
             if start < 0:
                 return {REFUTED_MASK: [0] * len(row["input_ids"])}
             text = row["completion"][0]["content"]
-            return {REFUTED_MASK: refuted_token_mask(self.processing_class, row["input_ids"], row["labels"],
-                                                     text, (start, end))}
+            return {
+                REFUTED_MASK: refuted_token_mask(
+                    self.processing_class, row["input_ids"], row["labels"], text, (start, end)
+                )
+            }
 
         return dataset.map(add_mask, desc="Marking refuted answers")
 
@@ -261,8 +265,9 @@ def sft_config(
 ) -> SFTConfig:
     """TRL's SFT arguments from the run config's ``training`` section (see :func:`trainer_arguments`)."""
     return SFTConfig(
-        **trainer_arguments(output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu,
-                            report_to=report_to),
+        **trainer_arguments(
+            output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu, report_to=report_to
+        ),
         num_train_epochs=settings.epochs,
         max_steps=max_steps,
         max_length=settings.max_seq_length,
@@ -295,5 +300,9 @@ def build_trainer(
         model = str(model)
     peft_config = None if isinstance(model, PeftModel) else lora_config(settings)
     return WeightedSFTTrainer(
-        model=model, args=args, train_dataset=dataset, normalization=settings.loss_normalization, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        normalization=settings.loss_normalization,
+        peft_config=peft_config,
     )
