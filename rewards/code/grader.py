@@ -3,17 +3,17 @@
 ``get_grader("code", score_mode="fraction", hidden_tests=False, timeout_s=5,
 memory_mb=1024, test_timeout_s=3, runner=None)``.
 
-The reference is a dict (see :mod:`rewards.code_tests`): HumanEval's
+The reference is a dict (see :mod:`rewards.code.suite`): HumanEval's
 ``{prompt, entry_point, test}`` or MBPP's ``{test_list, test_setup_code,
 code}``. Grading a response:
 
-1. Extract the program (:mod:`rewards.code_extract`).
+1. Extract the program (:mod:`rewards.code.extract`).
 2. Run it in the sandbox (:mod:`rewards.sandbox`) as a server of calls of the
-   task's function (:mod:`rewards.code_candidate`), while the task's tests
-   run in a separate, trusted checker process (:mod:`rewards.code_checker`)
+   task's function (:mod:`rewards.code.candidate`), while the task's tests
+   run in a separate, trusted checker process (:mod:`rewards.code.checker`)
    where the function is a proxy: arguments and results cross as plain data
-   (:mod:`rewards.code_wire`), so the program can neither see the tests nor
-   reach the verdict (:mod:`rewards.code_session`).
+   (:mod:`rewards.code.wire`), so the program can neither see the tests nor
+   reach the verdict (:mod:`rewards.code.session`).
 3. Score: the share of tests passed (``fraction``) or 1/0 for all/not all
    (``binary``); ``correct`` means all passed in both modes.
 4. Feedback for the next turn: how many tests passed and the first failure:
@@ -30,7 +30,7 @@ prompt's helpers run on the trusted side) and pass it plain data; changes a
 call makes to its arguments stay in the sandbox.
 
 Answer key (``GradeResult.answer_key``, what majority votes compare): the
-program's behaviour on the inputs the task shows (:mod:`rewards.code_examples`:
+program's behaviour on the inputs the task shows (:mod:`rewards.code.examples`:
 the prompt's example calls, else the first test's calls), computed in the same
 run after the tests: the first 16 hex digits of the SHA-256 of the JSON list
 of outcomes, one per input: the returned value in canonical form (dicts and
@@ -52,10 +52,10 @@ import textwrap
 from typing import Any
 
 from rewards.base import ExactKeys, GradeResult, Placement, never_raises, register_grader
-from rewards.code_examples import example_calls
-from rewards.code_extract import Program, extract_program, prompt_code
-from rewards.code_session import Session, run_session
-from rewards.code_tests import Suite, suite_from_reference
+from rewards.code.examples import example_calls
+from rewards.code.extract import Program, extract_program, prompt_code
+from rewards.code.session import Session, run_session
+from rewards.code.suite import Suite, suite_from_reference
 from rewards.sandbox import Limits, LocalRunner, Runner, SandboxResult
 
 SCORE_MODES = ("fraction", "binary")
@@ -122,7 +122,7 @@ class CodeGrader(ExactKeys):
         return self._verdict(session, program, suite)
 
     def _checker_spec(self, suite: Suite, prompt: str) -> dict[str, Any]:
-        """What the checker runs: the prompt's code, the test module, then the steps (see :mod:`rewards.code_checker`)."""
+        """What the checker runs: the prompt's code, the test module, then the steps (see :mod:`rewards.code.checker`)."""
         steps = [(PROMPT_FILE, prompt, False)] if prompt else []
         steps += [(SETUP_FILE, suite.prelude, False)] if suite.prelude else []
         steps += [(f"<test {index}>", step.source, step.is_test) for index, step in enumerate(suite.steps, 1)]

@@ -1,7 +1,7 @@
 """Plain data across the channel between the trusted checker and the sandboxed candidate.
 
-The checker (:mod:`rewards.code_checker`) and the candidate's process
-(:mod:`rewards.code_candidate`) exchange one JSON object per line. Values
+The checker (:mod:`rewards.code.checker`) and the candidate's process
+(:mod:`rewards.code.candidate`) exchange one JSON object per line. Values
 crossing it are *plain data*: None, bool, int, float, str, list, tuple,
 dict, set and frozenset, of exactly those types (no subclasses), nested.
 JSON cannot tell a tuple from a list, so containers other than lists travel
