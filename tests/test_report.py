@@ -12,17 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config.settings import parse_config
-from pipeline.eval.report import (
-    ACCURACY_PLOT,
-    CURVES_PLOT,
-    REPORT_NAME,
-    TRANSITIONS_PLOT,
-    ReportError,
-    collect_evals,
-    report_table,
-    training_depths,
-    write_report,
-)
+from pipeline.eval.report import ReportError, collect_evals, report_table, training_depths, write_report
+from pipeline.run.files import ACCURACY_PLOT, CURVES_PLOT, REPORT_NAME, TRANSITIONS_PLOT
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError
 

@@ -55,20 +55,27 @@ from pipeline.eval.evaluation import (
 )
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.eval.transitions import SIDES, Step, summarize_transitions
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME
-from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, RunDirError, fixed_config_data, stage_path
+from pipeline.run.files import (
+    ACCURACY_PLOT,
+    CONFIG_NAME,
+    CURVES_NAME,
+    CURVES_PLOT,
+    EVAL_NAME,
+    PARALLEL_DIR,
+    REPORT_NAME,
+    ROLLOUTS_NAME,
+    TASK_METRICS_NAME,
+    TRAIN_SUMMARY_NAME,
+    TRANSITIONS_PLOT,
+)
+from pipeline.run.layout import TRAIN_STAGE, RunDirError, fixed_config_data, stage_path
 from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from rewards.base import ExactKeys, get_grader
 
-# The eval stage's outputs this module reads. Spelled here, not imported from
-# pipeline.eval.stage, because that stage imports this module to rewrite the
-# report after every eval.
+# The eval stage's name. Spelled here, not imported from pipeline.eval.stage,
+# because that stage imports this module to rewrite the report after every eval.
 STAGE = "eval"
-EVAL_NAME = "eval.json"
-CURVES_NAME = "curves.json"
-TASK_METRICS_NAME = "task_metrics.jsonl"
-PARALLEL_DIR = "parallel"
 # The keys of config.yaml the report reads.
 REPORTED_KEYS = (
     "run.name",
@@ -79,10 +86,6 @@ REPORTED_KEYS = (
     "tasks.eval.source",
     "evaluation.feedback",
 )
-REPORT_NAME = "report.md"
-ACCURACY_PLOT = "accuracy_by_turn.png"
-CURVES_PLOT = "sequential_vs_parallel.png"
-TRANSITIONS_PLOT = "transitions.png"
 RATE_NAMES = {"fix": "fix", "repeat": "repeat", "flip": "flip", "no_answer": "no answer"}
 
 

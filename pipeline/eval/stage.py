@@ -49,15 +49,7 @@ from pipeline.eval.evaluation import (
     summarize_eval,
     task_metrics,
 )
-from pipeline.eval.report import (
-    CURVES_NAME,
-    EVAL_NAME,
-    PARALLEL_DIR,
-    STAGE,
-    TASK_METRICS_NAME,
-    ReportError,
-    write_report,
-)
+from pipeline.eval.report import STAGE, ReportError, write_report
 from pipeline.rollouts.service import (
     IterationModel,
     collect,
@@ -67,6 +59,7 @@ from pipeline.rollouts.service import (
     sampling_params,
 )
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
+from pipeline.run.files import CURVES_NAME, EVAL_NAME, PARALLEL_DIR, PER_TASK_NAME, TASK_METRICS_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -74,8 +67,6 @@ from pipeline.tasks import Task, load_tasks
 from rewards import Grader, get_grader
 
 logger = logging.getLogger(__name__)
-
-PER_TASK_NAME = "per_task.jsonl"
 
 
 class EvalError(StageError, ValueError):

@@ -36,15 +36,15 @@ from typing import Any
 from pipeline.eval.compare import CompareError, resolve_evals
 from pipeline.eval.custom import SPEC_NAME
 from pipeline.eval.evaluation import merge_answer_classes, turn_outcome
-from pipeline.eval.report import EVAL_NAME, STAGE
+from pipeline.eval.report import STAGE
 from pipeline.eval.transitions import Step, steps
-from pipeline.run.layout import CONFIG_NAME, fixed_config_data, stage_path
-from pipeline.run.manifest import MANIFEST_NAME, Manifest
+from pipeline.run.files import CONFIG_NAME, EVAL_NAME, MANIFEST_NAME, ROLLOUTS_NAME
+from pipeline.run.layout import fixed_config_data, stage_path
+from pipeline.run.manifest import Manifest
 from pipeline.system.atomic import read_json, read_jsonl, write_text_atomic
 from rewards import get_grader
 
 VIEWER_NAME = "viewer.html"
-ROLLOUTS_NAME = "rollouts.jsonl"
 TEMPLATE_NAME = "viewer_template.html"
 # Tasks per page; the template reads it from the payload, so the two cannot disagree.
 PAGE_SIZE = 50

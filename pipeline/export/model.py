@@ -37,7 +37,8 @@ from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
 from pipeline.methods.registry import method_of
-from pipeline.run.layout import CONFIG_NAME, RunDir, final_dir, merged_dir, stage_path
+from pipeline.run.files import CONFIG_NAME
+from pipeline.run.layout import RunDir, final_dir, merged_dir, stage_path
 from pipeline.system.atomic import publish_dir, write_text_atomic
 
 CARD_NAME = "README.md"

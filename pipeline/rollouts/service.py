@@ -20,12 +20,12 @@ from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_d
 from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME, GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.run.files import ROLLOUTS_NAME, THROUGHPUT_NAME
 from pipeline.run.layout import RunDir, final_dir, merged_dir
 from pipeline.run.timings import phase
 from pipeline.system.atomic import write_json_atomic
 from pipeline.tasks import Task
-from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
 from rewards.pool import GradingPool, preloaded
 

@@ -32,14 +32,13 @@ from pipeline.config.settings import TemplatesSection
 from pipeline.engine.generation import Completion, GenerationBackend, GenerationError, Message, SamplingParams
 from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from pipeline.run.files import PARTIAL_NAME, ROLLOUTS_NAME
 from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.tasks import Task
 from rewards import GradeResult
 
 logger = logging.getLogger(__name__)
 
-ROLLOUTS_NAME = "rollouts.jsonl"
-PARTIAL_NAME = "rollouts.partial.jsonl"
 
 # Grades one task's (response, reference) pairs as one batch: a future of their grades in order (rewards.GradingPool.submit).
 GradeFn = Callable[[list[tuple[str, Any]]], "Future[list[GradeResult]]"]

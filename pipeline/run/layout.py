@@ -31,14 +31,11 @@ from pipeline.config.settings import (
     parse_config,
     read_config_file,
 )
+from pipeline.run.files import ADAPTER_NAME, CHECKPOINTS_NAME, CONFIG_NAME, MERGED_NAME, MODEL_NAME, TRAIN_SUMMARY_NAME
 from pipeline.run.manifest import Manifest, StageState, parse_stage_key, planned_stages
 from pipeline.system.atomic import write_text_atomic
 
-CONFIG_NAME = "config.yaml"
 TRAIN_STAGE = "train"
-TRAIN_SUMMARY_NAME = "train_summary.json"
-CHECKPOINTS_NAME = "checkpoints"
-MERGED_NAME = "merged"
 FIXED_KEYS = ("run.name", "run.output_dir", "method.name")
 """What names the run and its kind of plan: a change of these is a new run, never an amendment."""
 
@@ -170,7 +167,7 @@ def stage_path(root: Path, iteration: int, stage: str) -> Path:
 
 def final_dir(run: RunDir, iteration: int) -> Path:
     """Where iteration ``iteration``'s trained adapter (or, for full fine-tuning, model) lands: its model."""
-    name = "model" if run.config.training.finetune == "full" else "adapter"
+    name = MODEL_NAME if run.config.training.finetune == "full" else ADAPTER_NAME
     return stage_path(run.root, iteration, TRAIN_STAGE) / name
 
 

@@ -36,17 +36,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.run.files import EVAL_NAME, LEDGER_NAME, ROLLOUTS_NAME, SUMMARY_NAME, THROUGHPUT_NAME, TRACKING_DIR
 from pipeline.run.layout import RunDir, stage_path, summary_path
 from pipeline.run.manifest import StageState, parse_stage_key
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-TRACKING_DIR = "tracking"
 TENSORBOARD_DIR = "tensorboard"
-LEDGER_NAME = "logged.json"
 RUN_ID_NAME = "run_id"
-THROUGHPUT_NAME = "throughput.json"
 WANDB_PROJECT = "selfimprove"
 STEP_KEY = "train/global_step"
 """The x-axis every W&B metric is plotted against: the one transformers' WandbCallback defines."""
@@ -158,13 +156,13 @@ def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
     """The figures the pipeline logs for one finished stage, read from its files (train: TRL logged them)."""
     stage_dir = stage_path(run.root, iteration, stage)
     if stage == "eval":
-        return eval_metrics(_read_json(stage_dir / "eval.json"))
+        return eval_metrics(_read_json(stage_dir / EVAL_NAME))
     if stage == "curate":
-        return curate_metrics(_read_json(stage_dir / "summary.json"))
+        return curate_metrics(_read_json(stage_dir / SUMMARY_NAME))
     if stage == "rollout":
         throughput = stage_dir / THROUGHPUT_NAME
         return rollout_metrics(
-            read_jsonl(stage_dir / "rollouts.jsonl"), _read_json(throughput) if throughput.is_file() else None
+            read_jsonl(stage_dir / ROLLOUTS_NAME), _read_json(throughput) if throughput.is_file() else None
         )
     return {}
 

@@ -28,15 +28,13 @@ from pipeline.methods.rise.curation import (
     refuted_examples,
     summarize,
 )
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME
+from pipeline.run.files import ROLLOUTS_NAME, SUMMARY_NAME, TRAIN_NAME
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.training.launch import TrainError
 
 STAGE = "curate"
-TRAIN_NAME = "train.jsonl"
-SUMMARY_NAME = "summary.json"
 
 
 class CurateError(StageError):
