@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.engine.backends import open_learner, open_teacher
@@ -58,7 +59,7 @@ def iteration_model(run: RunDir, iteration: int) -> IterationModel:
     if iteration < 1:
         return IterationModel(run.config)
     run.manifest.check_intact(iteration, "train")  # a deleted or changed adapter is never served
-    if run.config.training.finetune == "full":
+    if run.config.training.finetune == Finetune.FULL:
         return _checkpoint_model(run.config, final_dir(run, iteration))
     if (merged := merged_dir(run, iteration)) is not None:
         return _checkpoint_model(run.config, merged)

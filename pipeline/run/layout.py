@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import (
     PipelineConfig,
     apply_overrides,
@@ -167,13 +168,13 @@ def stage_path(root: Path, iteration: int, stage: str) -> Path:
 
 def final_dir(run: RunDir, iteration: int) -> Path:
     """Where iteration ``iteration``'s trained adapter (or, for full fine-tuning, model) lands: its model."""
-    name = MODEL_NAME if run.config.training.finetune == "full" else ADAPTER_NAME
+    name = MODEL_NAME if run.config.training.finetune == Finetune.FULL else ADAPTER_NAME
     return stage_path(run.root, iteration, TRAIN_STAGE) / name
 
 
 def merged_dir(run: RunDir, iteration: int) -> Path | None:
     """Where the adapter merged into the base model lands (``rollout.serve_merged``), None when none is wanted."""
-    if not run.config.rollout.serve_merged or run.config.training.finetune == "full":
+    if not run.config.rollout.serve_merged or run.config.training.finetune == Finetune.FULL:
         return None
     return stage_path(run.root, iteration, TRAIN_STAGE) / MERGED_NAME
 

@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.config.choices import Finetune
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import TrainingSection
 from pipeline.engine.adapters import AdapterError, check_adapter_dir
@@ -95,7 +96,7 @@ def previous_output(run: RunDir, iteration: int) -> Path | None:
 def check_output(run: RunDir, iteration: int) -> Path:
     """Iteration ``iteration``'s trained adapter or model directory, checked to be complete."""
     path = final_dir(run, iteration)
-    if run.config.training.finetune == "full":
+    if run.config.training.finetune == Finetune.FULL:
         if not (path / "config.json").is_file():
             raise TrainError(f"no trained model in {path} (no config.json)")
         return path
