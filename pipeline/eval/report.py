@@ -55,6 +55,7 @@ from pipeline.eval.evaluation import (
 )
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.eval.transitions import SIDES, Step, summarize_transitions
+from pipeline.rollouts.records import TrajectoryRecord
 from pipeline.run.files import (
     ACCURACY_PLOT,
     CONFIG_NAME,
@@ -398,10 +399,12 @@ def _with_transitions(
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """The summary with its transition rates and the task rows with their step counts, recounted from the records."""
     turns, samples = summary["turns"], summary["samples"]
-    records = read_jsonl(eval_dir / ROLLOUTS_NAME, whole=True)
+    lines = read_jsonl(eval_dir / ROLLOUTS_NAME, whole=True)
     parallel_path = eval_dir / PARALLEL_DIR / ROLLOUTS_NAME
-    parallel = read_jsonl(parallel_path, whole=True) if parallel_path.is_file() else None
+    parallel_lines = read_jsonl(parallel_path, whole=True) if parallel_path.is_file() else None
     try:
+        records = [TrajectoryRecord.from_dict(line) for line in lines]
+        parallel = None if parallel_lines is None else [TrajectoryRecord.from_dict(line) for line in parallel_lines]
         first_turn = prepare_eval_records(records, parallel, turns, samples, cluster)
         steps = {row["task_id"]: row["steps"] for row in task_metrics(records, turns, samples, first_turn)}
     except (KeyError, ValueError) as exc:
