@@ -41,3 +41,17 @@ class LossNormalization(Choice):
 
     WEIGHTS = "weights"
     MEAN = "mean"
+
+
+class Backend(Choice):
+    """What generates rollouts (``rollout.backend``): vLLM servers, or transformers' ``generate``."""
+
+    VLLM = "vllm"
+    HF = "hf"
+
+
+class TrackerName(Choice):
+    """An experiment tracker the run logs into (``run.report_to``)."""
+
+    TENSORBOARD = "tensorboard"
+    WANDB = "wandb"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.choices import FeedbackMode, Finetune, LossNormalization
+from pipeline.config.choices import Backend, FeedbackMode, Finetune, LossNormalization, TrackerName
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
@@ -50,8 +50,8 @@ class RunSection(StrictModel):
         "across resumes) and training; at most NumPy's largest seed, which training's set_seed needs.",
     )
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"],
+    report_to: list[TrackerName] = Field(
+        default_factory=lambda: [TrackerName.TENSORBOARD],
         description="Experiment trackers the training and the pipeline log into, on one global step: `tensorboard` "
         "(local files only) and/or `wandb` (the `tracking` extra; offline unless `WANDB_MODE=online`); `[]` logs "
         "nowhere.",
@@ -262,8 +262,8 @@ class TeacherSection(StrictModel):
 
 
 class RolloutSection(StrictModel):
-    backend: Literal["vllm", "hf"] = Field(
-        "vllm",
+    backend: Backend = Field(
+        Backend.VLLM,
         description="`vllm` (servers the pipeline starts, or "
         "`rollout.urls`) or `hf` (transformers' `generate`, the fallback).",
     )
