@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.settings import ConfigError, parse_config
 from pipeline.methods.rise.curate_stage import run_curate_stage
+from pipeline.rollouts.records import TrajectoryRecord
 from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
@@ -32,7 +33,7 @@ ROLLOUTS = "iter_1/rollout/rollouts.jsonl"
 TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
 
 
-def records(count: int = 43) -> list[dict]:
+def records(count: int = 43) -> list[TrajectoryRecord]:
     """``count`` rollout records, each solved at turn 2 (so each gives two examples with selection 'all')."""
     return [make_record(f"t{i}", [0.0, 1.0]) for i in range(count)]
 

@@ -20,7 +20,7 @@ from pipeline.system.atomic import read_jsonl
 from rewards import GradeResult
 
 
-def grade_from_dict(data: dict[str, Any]) -> GradeResult:
+def _grade_from_dict(data: dict[str, Any]) -> GradeResult:
     """A recorded grade (``GradeResult.to_dict()``) read back; a key an older run did not write takes its default."""
     return GradeResult(
         score=data["score"],
@@ -43,7 +43,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
-        return cls(data["response"], grade_from_dict(data["grade"]), data["completion_tokens"], data["finish_reason"])
+        return cls(data["response"], _grade_from_dict(data["grade"]), data["completion_tokens"], data["finish_reason"])
 
 
 @dataclass
@@ -73,7 +73,7 @@ class TurnRecord:
             candidates=[Candidate.from_dict(c) for c in data.get("candidates", ())],
             best=data["best"],
             response=data["response"],
-            grade=grade_from_dict(data["grade"]),
+            grade=_grade_from_dict(data["grade"]),
             prompt_tokens=data["prompt_tokens"],
             completion_tokens=data["completion_tokens"],
             finish_reason=data["finish_reason"],
