@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.run.manifest import MANIFEST_NAME
+from pipeline.run.files import MANIFEST_NAME
 from pipeline.run.timings import PHASES, StageTimes, stage_times
 
 

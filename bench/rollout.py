@@ -41,9 +41,9 @@ from pipeline.engine.precision import resolve_dtype
 from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.engine.vllm_server import VLLMServer, is_cpu_build
 from pipeline.methods.rise.stages import collection_spec
+from pipeline.rollouts.records import read_records
 from pipeline.rollouts.service import collect, pooled_grading
 from pipeline.rollouts.trajectory import TrajectoryRunner, request_seed
-from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task, load_tasks
 from rewards.pool import GradingPool
 
@@ -98,7 +98,7 @@ async def ours_round(url: str, tasks: list[Task], spec, pool: GradingPool, out: 
 
 
 def generated_tokens(rollouts: Path) -> int:
-    return sum(turn["completion_tokens"] for record in read_jsonl(rollouts) for turn in record["turns"])
+    return sum(turn.completion_tokens for record in read_records(rollouts) for turn in record.turns)
 
 
 def timed(coro) -> tuple[int, float]:

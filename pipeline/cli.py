@@ -34,6 +34,7 @@ from pipeline.config.settings import (
 from pipeline.engine.adapters import AdapterError
 from pipeline.engine.generation import GenerationError
 from pipeline.engine.vllm_server import ServerError
+from pipeline.run.files import BUFFER_NAME, CONFIG_NAME, SUMMARY_NAME
 from pipeline.run.layout import RunDir, RunDirError
 from pipeline.run.lifecycle import StageError, check_planned
 from pipeline.run.lock import RunLockedError, run_held, run_lock
@@ -279,7 +280,7 @@ def _state_cell(record: StageRecord, damaged: bool, held: bool) -> str:
 
 def _print_buffer(run_dir: Path) -> None:
     """ExIt runs: the newest buffer's size, depth histogram and score quantiles."""
-    from pipeline.methods.exit.buffer import BUFFER_NAME, BufferError, LearnabilityBuffer
+    from pipeline.methods.exit.buffer import BufferError, LearnabilityBuffer
 
     found = sorted(run_dir.glob(f"iter_*/train/{BUFFER_NAME}"), key=lambda p: int(p.parts[-3].removeprefix("iter_")))
     if not found:
@@ -313,7 +314,7 @@ def _open_or_create_run(target: Path, overrides: list[str] | None) -> RunDir:
         if target.is_dir():
             return RunDir.open(target)
         config = load_config(target, overrides or [])
-        if not (config.run_dir / "config.yaml").exists():
+        if not (config.run_dir / CONFIG_NAME).exists():
             check_tasks(config)
             return RunDir.create(config)
         run = RunDir.open(config.run_dir)
@@ -376,7 +377,7 @@ def curate(run_dir: RunDirArg, iteration: IterationOpt = 1) -> None:
     except _OPEN_ERRORS as exc:
         _fail(str(exc))
     path = _run_stage("curate", run, iteration, progress=False)
-    console.print(format_summary(json.loads((path.parent / "summary.json").read_text())))
+    console.print(format_summary(json.loads((path.parent / SUMMARY_NAME).read_text())))
     console.print(f"[green]training set[/]: {path}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,13 @@ from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import StageState
 from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
+from rewards import GradeResult
 
 TAU = 0.4
 
 
-def grade(score: float, error: str | None = None) -> dict[str, Any]:
-    return {"score": score, "correct": score == 1.0, "parsed": str(score), "feedback": "fb", "error": error}
+def grade(score: float, error: str | None = None) -> GradeResult:
+    return GradeResult(score=score, correct=score == 1.0, parsed=str(score), feedback="fb", error=error)
 
 
 def candidate(response: str, score: float, error: str | None = None) -> Candidate:
@@ -50,7 +51,7 @@ def make_record(
     extra: dict[int, list[Candidate]] | None = None,
     error: str | None = None,
     rationales: dict[int, Candidate] | None = None,
-) -> dict[str, Any]:
+) -> TrajectoryRecord:
     """A rollout record in the schema ``TrajectoryRunner.run`` writes (:class:`TrajectoryRecord`).
 
     Turn t's best response is ``"{task_id} answer t"`` with reward
@@ -84,7 +85,7 @@ def make_record(
             {"role": "user", "content": f"feedback {number}"},
         ]
     record.solved_at_turn = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
-    return record.to_dict()
+    return record
 
 
 TRAJECTORIES = {"a": [0, 0, 1], "b": [0.5, 0.2, 0.7], "c": [1], "d": [0, 0.5, 0.5]}
@@ -96,7 +97,7 @@ KEPT = {
 }
 
 
-def table_records() -> list[dict[str, Any]]:
+def table_records() -> list[TrajectoryRecord]:
     return [make_record(task, rewards) for task, rewards in TRAJECTORIES.items()]
 
 
@@ -117,7 +118,7 @@ def test_examples_carry_history_best_action_and_rrw_weight() -> None:
     examples = curate(records, TAU, "all", iteration=2)
     by_id = {e.example_id: e for e in examples}
     b2 = by_id["2:b#0:t2"]
-    assert b2.messages == records[1]["turns"][1]["messages"]
+    assert b2.messages == records[1].turns[1].messages
     assert [m["content"] for m in b2.messages] == ["solve b", "b answer 1", "feedback 1"]
     assert b2.completion == "b answer 2"
     assert (b2.reward, b2.source, b2.iteration, b2.key) == (0.2, "rollout", 2, "b#0")
@@ -139,8 +140,8 @@ def test_example_ids_are_unique_and_stable_across_reruns() -> None:
 
 def test_empty_responses_and_grading_errors_are_skipped_and_counted() -> None:
     record = make_record("e", [0.5, 0.0, 1.0], error="turn 4: server gone")
-    record["turns"][0]["response"] = "  "
-    record["turns"][1]["grade"] = grade(0.0, error="timeout")
+    record.turns[0].response = "  "
+    record.turns[1].grade = grade(0.0, error="timeout")
     examples = curate([record], TAU, "all", iteration=1)
     assert kept_turns(examples) == {"e": [3]}
     assert count_skips([record, make_record("f", [1])]) == {"empty_response": 1, "grading_error": 1}
@@ -148,7 +149,7 @@ def test_empty_responses_and_grading_errors_are_skipped_and_counted() -> None:
 
 def test_skipped_turns_still_count_as_previous_rewards() -> None:
     record = make_record("g", [0.5, 0.5])
-    record["turns"][0]["response"] = ""
+    record.turns[0].response = ""
     assert curate([record], TAU, "better", iteration=1) == []
     assert kept_turns(curate([record], TAU, "best", iteration=1)) == {"g": [2]}
 
@@ -172,7 +173,7 @@ def test_boost_takes_every_correct_first_turn_candidate_once_per_task() -> None:
         ("x", "x third"),
     ]
     assert all(e.source == "boost" and e.turn == 1 and e.weight == math.exp(1 / TAU) for e in boosted)
-    assert boosted[0].messages == records[0]["turns"][0]["messages"]
+    assert boosted[0].messages == records[0].turns[0].messages
     assert len({e.example_id for e in boosted}) == 3
     assert [e.example_id for e in boost_examples(records, TAU, 1)] == [e.example_id for e in boosted]
 
@@ -242,9 +243,9 @@ def make_run(tmp_path: Path, rollout: dict[str, Any] | None = None, **method: An
     )
 
 
-def finish_rollout(run: RunDir, iteration: int, records: list[dict[str, Any]]) -> None:
+def finish_rollout(run: RunDir, iteration: int, records: list[TrajectoryRecord]) -> None:
     path = run.stage_dir(iteration, "rollout") / "rollouts.jsonl"
-    write_jsonl_atomic(path, records)
+    write_jsonl_atomic(path, [record.to_dict() for record in records])
     run.manifest.start(iteration, "rollout")
     run.manifest.complete(iteration, "rollout", [path])
 
@@ -319,14 +320,14 @@ def test_stage_refuses_a_non_rise_method(tmp_path: Path) -> None:
 # --- Issue 14: no answer is a wrong answer; self-correction constructions ---
 
 
-def unparsed(turn: dict[str, Any]) -> None:
+def unparsed(turn: TurnRecord) -> None:
     """Make a turn's chosen answer one the grader found no answer in (parsed None, no error)."""
-    turn["grade"] = turn["candidates"][0]["grade"] = {**turn["grade"], "parsed": None, "score": 0.0, "correct": False}
+    turn.grade = turn.candidates[0].grade = replace(turn.grade, parsed=None, score=0.0, correct=False)
 
 
 def test_turns_without_an_answer_are_curated_at_the_unparsed_reward() -> None:
     record = make_record("u", [0.0, 1.0])
-    unparsed(record["turns"][0])
+    unparsed(record.turns[0])
     examples = curate([record], TAU, "all", iteration=1, unparsed_reward=-1.0)
     first, second = examples
     assert (first.turn, first.reward, first.weight, first.answered) == (1, -1.0, math.exp(-1 / TAU), False)
@@ -340,7 +341,7 @@ def test_turns_without_an_answer_are_curated_at_the_unparsed_reward() -> None:
 def test_better_compares_against_the_unparsed_reward() -> None:
     """A wrong answer (0) after no answer (-1) is better, as in the reference code."""
     record = make_record("v", [0.0, 0.0])
-    unparsed(record["turns"][0])
+    unparsed(record.turns[0])
     assert [e.turn for e in curate([record], TAU, "better", iteration=1)] == [2]
 
 
@@ -406,16 +407,16 @@ def test_rationales_are_targets_for_their_state_without_the_hint() -> None:
         (1, "first", "rationale", "h hinted 1"),
         (3, "fix", "rationale", "h hinted 3"),
     ]
-    assert examples[1].messages == hard["turns"][2]["messages"]  # turn 3's history, as the model saw it
+    assert examples[1].messages == hard.turns[2].messages  # turn 3's history, as the model saw it
     assert [m["content"] for m in examples[1].messages][-2:] == ["h answer 2", "feedback 2"]
     assert examples[1].weight == math.exp(1 / TAU)
     assert len({e.example_id for e in examples} | {e.example_id for e in curate([hard], TAU, "all", 2)}) == 5
 
 
 def test_records_without_rationales_are_written_as_before() -> None:
-    plain = make_record("p", [0.0, 1.0])
+    plain = make_record("p", [0.0, 1.0]).to_dict()
     assert all("rationale" not in turn for turn in plain["turns"])
-    hinted = make_record("p", [0.0, 1.0], rationales={1: candidate("p hinted", 1.0)})
+    hinted = make_record("p", [0.0, 1.0], rationales={1: candidate("p hinted", 1.0)}).to_dict()
     assert hinted["turns"][0]["rationale"]["response"] == "p hinted" and "rationale" not in hinted["turns"][1]
 
 
@@ -436,38 +437,31 @@ def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
     }  # one fix (the rationale) allows one keep
 
 
-def _answer(response: str, answer: str, correct: bool) -> dict[str, Any]:
-    """A candidate dict whose grade read ``answer`` from ``response``."""
-    grade = {
-        "score": float(correct),
-        "correct": correct,
-        "parsed": answer,
-        "feedback": "fb",
-        "error": None,
-        "answer_key": answer,
-    }
-    return asdict(Candidate(response, grade, completion_tokens=5, finish_reason="stop"))
+def _answer(response: str, answer: str, correct: bool) -> Candidate:
+    """A candidate whose grade read ``answer`` from ``response``."""
+    grade = GradeResult(score=float(correct), correct=correct, parsed=answer, feedback="fb", answer_key=answer)
+    return Candidate(response, grade, completion_tokens=5, finish_reason="stop")
 
 
-def _refuted_record() -> dict[str, Any]:
+def _refuted_record() -> TrajectoryRecord:
     """Turn 1 answers 5 (wrong), turn 2 answers 6 (wrong) among samples that repeat 5, turn 3 samples repeat both."""
     record = make_record("r", [0.0, 0.0, 0.0])
-    turns = record["turns"]
-    turns[0]["candidates"] = [_answer("x = 5", "5", False)]
-    turns[1]["candidates"] = [
+    turns = record.turns
+    turns[0].candidates = [_answer("x = 5", "5", False)]
+    turns[1].candidates = [
         _answer("x = 6", "6", False),
         _answer("It is 5, so 5", "5", False),
         _answer("It is 5, so 5", "5", False),
         _answer("x = 7", "7", True),
     ]
-    turns[2]["candidates"] = [
+    turns[2].candidates = [
         _answer("6", "6", False),
         _answer("5.", "5", False),
         _answer("\\boxed{6}", "6", False),
         _answer("six", "6", False),
     ]
     for turn in turns:
-        turn["grade"], turn["response"] = turn["candidates"][0]["grade"], turn["candidates"][0]["response"]
+        turn.grade, turn.response = turn.candidates[0].grade, turn.candidates[0].response
     return record
 
 
@@ -479,7 +473,7 @@ def test_refuted_examples_mark_each_distinct_repeat_of_a_refuted_answer() -> Non
     assert found == [(2, "It is 5, so 5", "5"), (3, "6", "6"), (3, "5.", "5"), (3, "\\boxed{6}", "6")]
     assert examples[0].refuted_span == (12, 13)  # the last occurrence: the answer, not the working
     assert all(e.source == "refuted" and e.weight == 0.5 and e.kind is None for e in examples)
-    assert examples[0].messages == _refuted_record()["turns"][1]["messages"]
+    assert examples[0].messages == _refuted_record().turns[1].messages
     assert len({e.example_id for e in examples}) == len(examples)
     assert Example.from_dict(json.loads(json.dumps(examples[0].to_dict()))) == examples[0]
 

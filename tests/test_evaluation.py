@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,12 +25,12 @@ REFERENCE = "7"
 Answers = list[str | None]
 
 
-def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> dict[str, Any]:
+def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> TrajectoryRecord:
     """A rollout record as pipeline.rollouts.trajectory writes it, one turn per parsed answer (correct iff == REFERENCE)."""
     record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, "What is 3 + 4?", REFERENCE, None, error=error)
     for turn, parsed in enumerate(answers, start=1):
         correct = parsed == REFERENCE
-        grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None).to_dict()
+        grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None)
         response = f"The answer is {parsed}."
         record.turns.append(
             TurnRecord(
@@ -46,11 +47,11 @@ def make_record(task_id: str, sample: int, answers: Answers, error: str | None =
                 feedback=None if turn == len(answers) else "Your answer is incorrect.",
             )
         )
-    record.solved_at_turn = next((t.turn for t in record.turns if t.grade["correct"]), None)
-    return record.to_dict()
+    record.solved_at_turn = next((t.turn for t in record.turns if t.grade.correct), None)
+    return record
 
 
-def make_records(tasks: dict[str, list[Answers]]) -> list[dict[str, Any]]:
+def make_records(tasks: dict[str, list[Answers]]) -> list[TrajectoryRecord]:
     """Records for task id -> one answer list per trajectory (sample = list index)."""
     return [
         make_record(task_id, sample, answers)
@@ -266,7 +267,7 @@ def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> N
     from pipeline.eval.evaluation import first_turn_samples
 
     full = make_record("a", 0, ["7"])
-    full["turns"][0]["candidates"] *= 3
+    full.turns[0].candidates *= 3
     failed = make_record("b", 0, [], error="turn 1: server unreachable")
     samples = first_turn_samples([full, failed], turns=3)
     assert samples["a"] == [TurnOutcome("7", True)] * 3
@@ -276,18 +277,18 @@ def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> N
 # --- Issue 13: votes compare canonical answer keys; the oracle baseline pk@t1 ---
 
 
-def graded_record(task_id: str, sample: int, responses: list[str], grader_name: str, reference: str) -> dict[str, Any]:
+def graded_record(
+    task_id: str, sample: int, responses: list[str], grader_name: str, reference: str
+) -> TrajectoryRecord:
     """A record whose turns carry what a real grader returned for each response."""
     from rewards import get_grader
 
     record = make_record(task_id, sample, ["x"] * len(responses))
     grader = get_grader(grader_name)
-    for turn, response in zip(record["turns"], responses):
-        grade = grader.grade(response, reference).to_dict()
-        turn["response"], turn["grade"] = response, grade
-        turn["candidates"] = [
-            {"response": response, "grade": dict(grade), "completion_tokens": 5, "finish_reason": "stop"}
-        ]
+    for turn, response in zip(record.turns, responses):
+        grade = grader.grade(response, reference)
+        turn.response, turn.grade = response, grade
+        turn.candidates = [Candidate(response, grade, completion_tokens=5, finish_reason="stop")]
     return record
 
 
@@ -296,7 +297,7 @@ def test_numeric_spellings_of_one_number_vote_together() -> None:
     responses = ["\\boxed{41}", "\\boxed{84/2}", "\\boxed{41}", "\\boxed{42}", "\\boxed{42.0}"]
     records = [graded_record("t", 0, responses, "numeric", "42")]
     # By parsed text the vote ties 41 (2) against 42 (2) and the earlier 41 wins; by value 42 has 3.
-    assert [t["grade"]["parsed"] for t in records[0]["turns"]] == ["41", "84/2", "41", "42", "42"]
+    assert [t.grade.parsed for t in records[0].turns] == ["41", "84/2", "41", "42", "42"]
     assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
     records = [
         graded_record(
@@ -318,7 +319,7 @@ def test_math_equivalence_classes_vote_together() -> None:
     responses = ["\\boxed{\\frac{1}{3}}", "\\boxed{\\frac12}", "\\boxed{1/3}", "\\boxed{0.5}", "\\boxed{2/4}"]
     records = [graded_record("t", 0, responses, "math", "\\frac{1}{2}")]
     merge_answer_classes(records, get_grader("math").cluster_keys)
-    keys = [t["grade"]["answer_key"] for t in records[0]["turns"]]
+    keys = [t.grade.answer_key for t in records[0].turns]
     assert keys[1] == keys[3] == keys[4] and keys[0] == keys[2] and keys[0] != keys[1]
     assert summarize_eval(records, turns=5, samples=1)["m1@t5"] == 1.0
 
@@ -358,18 +359,19 @@ def test_incomplete_trajectories_are_counted() -> None:
 # --- Issue 33: transition rates, revision against the parallel samples ---
 
 
-def parallel_record(task_id: str, answers: Answers, error: str | None = None) -> dict[str, Any]:
+def parallel_record(task_id: str, answers: Answers, error: str | None = None) -> TrajectoryRecord:
     """A parallel-baseline record: one turn whose candidates are ``answers`` (fewer than T when its request failed)."""
     record = make_record(task_id, 0, answers, error=error)
-    first = record["turns"][0]
-    first["candidates"] = [turn["candidates"][0] for turn in record["turns"]]
-    record["turns"] = [first]
+    first = record.turns[0]
+    first.candidates = [turn.candidates[0] for turn in record.turns]
+    record.turns = [first]
     return record
 
 
-def with_key(record: dict[str, Any], turn: int, key: str) -> dict[str, Any]:
+def with_key(record: TrajectoryRecord, turn: int, key: str) -> TrajectoryRecord:
     """Give one turn's grade an answer key other than its text (``42.0`` keyed ``42``)."""
-    record["turns"][turn - 1]["grade"]["answer_key"] = key
+    graded = record.turns[turn - 1]
+    graded.grade = replace(graded.grade, answer_key=key)
     return record
 
 

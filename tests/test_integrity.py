@@ -21,9 +21,11 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.settings import ConfigError, parse_config
 from pipeline.methods.rise.curate_stage import run_curate_stage
+from pipeline.rollouts.records import TrajectoryRecord
+from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
-from pipeline.runner.loop import SUPERSEDED_DIR, redo_damaged
+from pipeline.runner.loop import redo_damaged
 from pipeline.system.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
 from tests.test_curation import finish_rollout, make_record, make_run
 
@@ -31,7 +33,7 @@ ROLLOUTS = "iter_1/rollout/rollouts.jsonl"
 TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
 
 
-def records(count: int = 43) -> list[dict]:
+def records(count: int = 43) -> list[TrajectoryRecord]:
     """``count`` rollout records, each solved at turn 2 (so each gives two examples with selection 'all')."""
     return [make_record(f"t{i}", [0.0, 1.0]) for i in range(count)]
 

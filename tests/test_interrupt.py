@@ -23,8 +23,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from pipeline.run.files import TIMINGS_NAME
 from pipeline.run.manifest import Manifest, StageState
-from pipeline.run.timings import TIMINGS_NAME
 from pipeline.system.atomic import read_jsonl
 from tests.run_helpers import REPO, cli, cli_env, default_sigint, run_cli, smoke_config, write_config
 

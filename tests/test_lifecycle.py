@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.settings import parse_config
+from pipeline.run.files import LOCK_NAME, MANIFEST_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageNotPlannedError, stage_attempt
-from pipeline.run.lock import LOCK_NAME
-from pipeline.run.manifest import MANIFEST_NAME, Manifest, StageState
+from pipeline.run.manifest import Manifest, StageState
 from tests.run_helpers import REPO, cli_env, run_cli
 
 

@@ -12,17 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config.settings import parse_config
-from pipeline.eval.report import (
-    ACCURACY_PLOT,
-    CURVES_PLOT,
-    REPORT_NAME,
-    TRANSITIONS_PLOT,
-    ReportError,
-    collect_evals,
-    report_table,
-    training_depths,
-    write_report,
-)
+from pipeline.eval.report import ReportError, collect_evals, report_table, training_depths, write_report
+from pipeline.run.files import ACCURACY_PLOT, CURVES_PLOT, REPORT_NAME, TRANSITIONS_PLOT
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError
 
@@ -258,8 +249,8 @@ def finish_eval_with_records(run: RunDir, iteration: int, keep_transitions: bool
     ]  # repeat, fix | keep, flip | fix, keep
     out = run.stage_dir(iteration, "eval")
     (out / "parallel").mkdir()
-    (out / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (out / "parallel" / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in parallel))
+    (out / "rollouts.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    (out / "parallel" / "rollouts.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in parallel))
     write_eval_outputs(out, records, parallel, get_grader("numeric"), TURNS, 2, seed=0, history_window=None)
     if not keep_transitions:
         summary = json.loads((out / "eval.json").read_text())

@@ -30,7 +30,8 @@ from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.engine.vllm_server import VLLMServer
 from pipeline.methods.rise.stages import collection_spec, run_rollout_stage
 from pipeline.rollouts.service import collect, pooled_grading
-from pipeline.rollouts.trajectory import PARTIAL_NAME, RolloutSpec, TrajectoryRunner
+from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
+from pipeline.run.files import PARTIAL_NAME
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task, load_tasks

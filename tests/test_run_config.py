@@ -11,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.run.layout import CONFIG_NAME, RunDir
-from pipeline.run.manifest import MANIFEST_NAME, Manifest, planned_stages
+from pipeline.run.files import CONFIG_NAME, MANIFEST_NAME
+from pipeline.run.layout import RunDir
+from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.system.atomic import write_json_atomic
 from tests.test_compare import finish_eval
 from tests.test_integrity import assert_one_line_error, cli

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.run.files import TIMINGS_NAME
 from pipeline.run.manifest import Manifest, StageState
-from pipeline.run.timings import TIMINGS_NAME, phase, recording_into, stage_times, timings_env
+from pipeline.run.timings import phase, recording_into, stage_times, timings_env
 
 
 def test_phases_go_to_the_current_stage_file_and_nowhere_outside_a_stage(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def write_eval_dir(
         for sample, responses in enumerate(samples)
     ]
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / "rollouts.jsonl", records)
+    write_jsonl_atomic(out / "rollouts.jsonl", [record.to_dict() for record in records])
     write_eval_outputs(
         out,
         records,
@@ -151,7 +151,7 @@ def test_outcome_labels_match_a_hand_count(tmp_path: Path) -> None:
         },
     )
     records = [json.loads(line) for line in (eval_dir / "rollouts.jsonl").read_text().splitlines()]
-    errored = graded_record("c", 0, boxed("7"), "numeric", "7")  # right, then cut off: a flip to no answer
+    errored = graded_record("c", 0, boxed("7"), "numeric", "7").to_dict()  # right, then cut off: a flip to no answer
     errored["error"] = "the server went away"
     write_jsonl_atomic(eval_dir / "rollouts.jsonl", [errored if r["key"] == "c#0" else r for r in records])
     payload = view(eval_dir).payload
@@ -202,7 +202,7 @@ def test_ten_thousand_trajectories_are_paged(tmp_path: Path) -> None:
     eval_dir = tmp_path / "big"
     eval_dir.mkdir()
     records = [make_record(f"task-{i}", sample, ["7", "5"]) for i in range(5000) for sample in range(2)]
-    write_jsonl_atomic(eval_dir / "rollouts.jsonl", records)
+    write_jsonl_atomic(eval_dir / "rollouts.jsonl", [record.to_dict() for record in records])
     write_json_atomic(eval_dir / "eval.json", {"turns": 2, "samples": 2, "n_tasks": 5000})
     write_json_atomic(eval_dir / "curves.json", {"k": [1, 2]})
     page = view(eval_dir)

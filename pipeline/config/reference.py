@@ -16,6 +16,7 @@ import math
 import re
 import sys
 import typing
+from enum import Enum
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal
@@ -24,7 +25,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 REFERENCE_PAGE = "docs/configuration.md"
 _DOCS_PAGE = re.compile(r"\bdocs/([\w-]+\.md(?:#[\w.-]+)?)")
@@ -150,6 +151,8 @@ def _type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{arg}`" for arg in args)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(f"`{member}`" for member in annotation)
     if origin in (UnionType, typing.Union):
         return " or ".join(_type_name(arg) for arg in args)
     if origin is list:
@@ -175,7 +178,7 @@ def _default(field: FieldInfo) -> str:
 
 
 def _yaml(value: Any) -> str:
-    value = str(value) if isinstance(value, Path) else value
+    value = to_jsonable_python(value)  # a Path, an enum member, a list of them: as YAML spells them
     if isinstance(value, str) and "\n" in value:
         return json.dumps(value)  # YAML too, and on one line
     text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.config.choices import Backend, FeedbackMode, Finetune, LossNormalization, TrackerName
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
@@ -49,8 +50,8 @@ class RunSection(StrictModel):
         "across resumes) and training; at most NumPy's largest seed, which training's set_seed needs.",
     )
     iterations: int = Field(2, ge=0, description="Training iterations after the base-model eval (iteration 0).")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"],
+    report_to: list[TrackerName] = Field(
+        default_factory=lambda: [TrackerName.TENSORBOARD],
         description="Experiment trackers the training and the pipeline log into, on one global step: `tensorboard` "
         "(local files only) and/or `wandb` (the `tracking` extra; offline unless `WANDB_MODE=online`); `[]` logs "
         "nowhere.",
@@ -261,8 +262,8 @@ class TeacherSection(StrictModel):
 
 
 class RolloutSection(StrictModel):
-    backend: Literal["vllm", "hf"] = Field(
-        "vllm",
+    backend: Backend = Field(
+        Backend.VLLM,
         description="`vllm` (servers the pipeline starts, or "
         "`rollout.urls`) or `hf` (transformers' `generate`, the fallback).",
     )
@@ -292,8 +293,8 @@ class RolloutSection(StrictModel):
         description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
         "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
     )
-    feedback: Literal["binary", "grader", "none", "improve"] = Field(
-        "binary",
+    feedback: FeedbackMode = Field(
+        FeedbackMode.BINARY,
         description='The user message after a collection turn: `binary` says "incorrect", `grader` gives '
         "the grader's own text, `none` asks for a review, `improve` for an improvement.",
     )
@@ -447,11 +448,11 @@ class GraderSection(StrictModel):
 
 
 class TrainingSection(StrictModel):
-    finetune: Literal["lora", "qlora", "full"] = Field(
-        "lora", description="`lora`, `qlora` (LoRA on the base loaded in 4-bit NF4 by bitsandbytes) or `full`."
+    finetune: Finetune = Field(
+        Finetune.LORA, description="`lora`, `qlora` (LoRA on the base loaded in 4-bit NF4 by bitsandbytes) or `full`."
     )
-    loss_normalization: Literal["weights", "mean"] = Field(
-        "weights",
+    loss_normalization: LossNormalization = Field(
+        LossNormalization.WEIGHTS,
         description="Weighted SFT loss: sum w_i L_i over sum w_i (`weights`, so the learning rate needs no retuning "
         "whatever tau is) or over the example count (`mean`, RISE's reference code).",
     )
@@ -549,7 +550,7 @@ class TrainingSection(StrictModel):
                     f"training.gpu_ids lists {len(self.gpu_ids)} GPU(s), but each machine runs "
                     f"{launch.processes_per_machine} training process(es), one per GPU"
                 )
-        if self.finetune == "qlora" and launch.shards_parameters:
+        if self.finetune == Finetune.QLORA and launch.shards_parameters:
             problems.append(
                 "training.finetune 'qlora' does not run under FSDP or DeepSpeed ZeRO-3 here "
                 "(4-bit weights cannot be sharded): use DDP (configs/accelerate/ddp.yaml) or 'lora'"
@@ -572,8 +573,8 @@ class EvaluationSection(StrictModel):
         description="Trajectories per task (n of pass@k); with fewer than T, T extra "
         "first-turn answers per task are drawn for the parallel baseline.",
     )
-    feedback: Literal["binary", "none", "improve"] = Field(
-        "binary",
+    feedback: Literal[FeedbackMode.BINARY, FeedbackMode.NONE, FeedbackMode.IMPROVE] = Field(
+        FeedbackMode.BINARY,
         description="The user message after every answer, never revealing correctness: `binary` always "
         'says "incorrect", `none` asks for a review, `improve` for an improvement (ExIt: turn t is improvement '
         "step t-1).",
@@ -641,7 +642,7 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _checkpoints_need_a_managed_server(self) -> PipelineConfig:
         # A trained checkpoint is served by starting a server on it; servers given by URL cannot switch models.
-        if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == "full"):
+        if self.rollout.urls and (self.rollout.serve_merged or self.training.finetune == Finetune.FULL):
             raise ValueError(
                 "rollout.urls cannot serve trained checkpoints: unset it, or use LoRA adapters "
                 "(training.finetune lora, rollout.serve_merged false)"

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from pipeline.config.choices import Backend
 from pipeline.config.settings import PipelineConfig
 from pipeline.engine.generation import GenerationBackend
 from pipeline.engine.model_store import resolve_model
@@ -30,7 +31,7 @@ SERVED_BASE_NAME = "base"
 @asynccontextmanager
 async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[GenerationBackend]:
     rollout = config.rollout
-    if rollout.backend == "hf":
+    if rollout.backend == Backend.HF:
         from pipeline.engine.hf_backend import HFBackend
 
         backend = await asyncio.to_thread(

@@ -27,7 +27,6 @@ from rich.table import Table
 from pipeline.eval.evaluation import compare_task_metrics, headline_keys, revision_gaps
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.eval.report import (
-    EVAL_NAME,
     RATE_NAMES,
     STAGE,
     IterationEval,
@@ -39,8 +38,8 @@ from pipeline.eval.report import (
     read_eval_dir,
 )
 from pipeline.eval.transitions import RATES, SIDES, rate_change
-from pipeline.run.layout import CONFIG_NAME
-from pipeline.run.manifest import MANIFEST_NAME, Manifest, parse_stage_key
+from pipeline.run.files import CONFIG_NAME, EVAL_NAME, MANIFEST_NAME
+from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
 
 MARKDOWN_NAME = "compare.md"

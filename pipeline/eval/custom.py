@@ -26,11 +26,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.config.settings import TaskSourceSection, eval_budget_problem, load_split
-from pipeline.eval.report import EVAL_NAME
 from pipeline.eval.stage import EvalError, eval_spec, evaluate
 from pipeline.rollouts.service import iteration_model
+from pipeline.run.files import EVAL_NAME, LOCK_NAME
 from pipeline.run.layout import TRAIN_STAGE, RunDir
-from pipeline.run.lock import LOCK_NAME, run_lock
+from pipeline.run.lock import run_lock
 from pipeline.system.atomic import CorruptFileError, read_json, write_json_atomic
 from pipeline.tasks import Task, task_source_names
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from statistics import fmean
 from typing import Any
 
@@ -43,8 +44,9 @@ from pipeline.eval.metrics import (
     self_correction,
 )
 from pipeline.eval.transitions import summarize_transitions, task_steps
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from rewards import GradeResult
 
-Record = Mapping[str, Any]
 TaskTrajectories = dict[str, list[list[TurnOutcome]]]
 
 MISSING = TurnOutcome(parsed=None, correct=False)
@@ -70,7 +72,7 @@ def revision_gaps(turns: int) -> dict[str, tuple[str, str]]:
 
 
 def summarize_eval(
-    records: Iterable[Record],
+    records: Iterable[TrajectoryRecord],
     turns: int,
     samples: int,
     first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None = None,
@@ -111,7 +113,7 @@ def summarize_eval(
 
 
 def task_metrics(
-    records: Iterable[Record],
+    records: Iterable[TrajectoryRecord],
     turns: int,
     samples: int,
     first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None = None,
@@ -173,7 +175,7 @@ def compare_task_metrics(
 
 
 def summarize_curves(
-    records: Iterable[Record],
+    records: Iterable[TrajectoryRecord],
     turns: int,
     samples: int,
     first_turn_samples: Mapping[str, Sequence[TurnOutcome]] | None = None,
@@ -201,8 +203,8 @@ def summarize_curves(
 
 
 def prepare_eval_records(
-    records: list[dict[str, Any]],
-    parallel: list[dict[str, Any]] | None,
+    records: list[TrajectoryRecord],
+    parallel: list[TrajectoryRecord] | None,
     turns: int,
     samples: int,
     cluster: Callable[[Sequence[str]], Mapping[str, str]],
@@ -224,7 +226,7 @@ def prepare_eval_records(
     return first_turn_samples(parallel, turns)
 
 
-def first_turn_samples(records: Iterable[Record], turns: int) -> dict[str, list[TurnOutcome]]:
+def first_turn_samples(records: Iterable[TrajectoryRecord], turns: int) -> dict[str, list[TurnOutcome]]:
     """Task id -> the T graded first-turn candidates of the parallel baseline's records.
 
     A request that failed after its retries leaves fewer candidates; the
@@ -233,22 +235,20 @@ def first_turn_samples(records: Iterable[Record], turns: int) -> dict[str, list[
     """
     samples: dict[str, list[TurnOutcome]] = {}
     for record in records:
-        candidates = record["turns"][0]["candidates"] if record["turns"] else []
-        outcomes = [turn_outcome(c["grade"]) for c in candidates]
-        samples[record["task_id"]] = outcomes + [MISSING] * (turns - len(outcomes))
+        candidates = record.turns[0].candidates if record.turns else []
+        outcomes = [turn_outcome(c.grade) for c in candidates]
+        samples[record.task_id] = outcomes + [MISSING] * (turns - len(outcomes))
     return samples
 
 
-def repeated_first_turns(records: Iterable[Record], turns: int) -> dict[str, list[TurnOutcome]]:
+def repeated_first_turns(records: Iterable[TrajectoryRecord], turns: int) -> dict[str, list[TurnOutcome]]:
     """Greedy decoding would draw T identical first answers (vLLM refuses n > 1 at temperature 0): repeat the first."""
-    return {
-        r["task_id"]: [turn_outcome(r["turns"][0]["grade"] if r["turns"] else None)] * turns
-        for r in records
-        if r["sample"] == 0
-    }
+    return {r.task_id: [turn_outcome(r.turns[0].grade if r.turns else None)] * turns for r in records if r.sample == 0}
 
 
-def merge_answer_classes(records: Iterable[Record], cluster: Callable[[Sequence[str]], Mapping[str, str]]) -> None:
+def merge_answer_classes(
+    records: Iterable[TrajectoryRecord], cluster: Callable[[Sequence[str]], Mapping[str, str]]
+) -> None:
     """Replace, in place, every grade's ``answer_key`` by its class key within the task.
 
     ``cluster`` is the grader's ``cluster_keys``: one call per task with the
@@ -258,18 +258,18 @@ def merge_answer_classes(records: Iterable[Record], cluster: Callable[[Sequence[
     (trajectories and parallel samples) may be passed together: one task gets
     one set of classes.
     """
-    grades_by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    graded_by_task: dict[str, list[TurnRecord | Candidate]] = defaultdict(list)
     for record in records:
-        for turn in record["turns"]:
-            grades = [turn["grade"], *(c["grade"] for c in turn.get("candidates", ()))]
-            grades_by_task[record["task_id"]] += [g for g in grades if g and g.get("answer_key") is not None]
-    for grades in grades_by_task.values():
-        classes = cluster(list(dict.fromkeys(g["answer_key"] for g in grades)))
-        for grade in grades:
-            grade["answer_key"] = classes[grade["answer_key"]]
+        for turn in record.turns:
+            graded = [turn, *turn.candidates]
+            graded_by_task[record.task_id] += [g for g in graded if g.grade.answer_key is not None]
+    for graded in graded_by_task.values():
+        classes = cluster(list(dict.fromkeys(g.grade.answer_key for g in graded)))
+        for answer in graded:
+            answer.grade = replace(answer.grade, answer_key=classes[answer.grade.answer_key])
 
 
-def group_trajectories(records: Iterable[Record], turns: int, samples: int) -> TaskTrajectories:
+def group_trajectories(records: Iterable[TrajectoryRecord], turns: int, samples: int) -> TaskTrajectories:
     """Task id -> its trajectories (T outcomes each), in sample order, in first-seen task order.
 
     Raises ValueError naming the task when a task does not have exactly
@@ -280,7 +280,7 @@ def group_trajectories(records: Iterable[Record], turns: int, samples: int) -> T
         raise ValueError(f"samples must be >= 1; got {samples}")
     by_task: dict[str, dict[int, list[TurnOutcome]]] = defaultdict(dict)
     for record in records:
-        task_id, sample = record["task_id"], record["sample"]
+        task_id, sample = record.task_id, record.sample
         if sample in by_task[task_id]:
             raise ValueError(f"task {task_id!r}: sample {sample} appears more than once")
         by_task[task_id][sample] = [turn_outcome(grade) for grade in _turn_grades(record, turns)]
@@ -292,18 +292,18 @@ def group_trajectories(records: Iterable[Record], turns: int, samples: int) -> T
     return {task_id: [t[s] for s in sorted(t)] for task_id, t in by_task.items()}
 
 
-def count_incomplete(records: Iterable[Record], turns: int) -> int:
+def count_incomplete(records: Iterable[TrajectoryRecord], turns: int) -> int:
     """How many trajectories ended with an error before turn ``turns`` (their gaps count as wrong)."""
     return sum(None in _turn_grades(record, turns) for record in records)
 
 
-def count_grading_errors(records: Iterable[Record]) -> int:
+def count_grading_errors(records: Iterable[TrajectoryRecord]) -> int:
     """How many answers (every sample of every turn) the grader could not judge: a raise, a timeout, a bad
     result; each has ``error`` set and counts as wrong."""
-    return sum(bool(c["grade"].get("error")) for r in records for turn in r["turns"] for c in turn["candidates"])
+    return sum(bool(c.grade.error) for r in records for turn in r.turns for c in turn.candidates)
 
 
-def per_task_rows(records: Iterable[Record], turns: int) -> list[dict[str, Any]]:
+def per_task_rows(records: Iterable[TrajectoryRecord], turns: int) -> list[dict[str, Any]]:
     """One row per (task_id, sample, turn) for the per-task inspection file.
 
     Turns an errored trajectory never reached appear with ``parsed`` None,
@@ -312,12 +312,12 @@ def per_task_rows(records: Iterable[Record], turns: int) -> list[dict[str, Any]]
     """
     return [
         {
-            "task_id": record["task_id"],
-            "sample": record["sample"],
+            "task_id": record.task_id,
+            "sample": record.sample,
             "turn": turn,
-            "parsed": grade["parsed"] if grade else None,
-            "correct": bool(grade["correct"]) if grade else False,
-            "score": grade["score"] if grade else None,
+            "parsed": grade.parsed if grade else None,
+            "correct": bool(grade.correct) if grade else False,
+            "score": grade.score if grade else None,
         }
         for record in records
         for turn, grade in enumerate(_turn_grades(record, turns), start=1)
@@ -339,7 +339,7 @@ def format_eval_table(summary: Mapping[str, Any]) -> Table:
     return table
 
 
-def _turn_grades(record: Record, turns: int) -> list[Mapping[str, Any] | None]:
+def _turn_grades(record: TrajectoryRecord, turns: int) -> list[GradeResult | None]:
     """The ``grade`` of turns 1..``turns`` of a record, None for turns an error cut off.
 
     A short trajectory without an ``error`` is a collection run (stopped at
@@ -347,24 +347,24 @@ def _turn_grades(record: Record, turns: int) -> list[Mapping[str, Any] | None]:
     padded. Extra turns beyond ``turns`` are ignored: a T-turn summary of a
     longer rollout is still well defined.
     """
-    recorded = record["turns"]
-    numbers = [turn["turn"] for turn in recorded]
+    recorded = record.turns
+    numbers = [turn.turn for turn in recorded]
     if numbers != list(range(1, len(recorded) + 1)):
-        raise ValueError(f"trajectory {record['key']}: turns are numbered {numbers}, expected 1, 2, ...")
-    if len(recorded) < turns and not record.get("error"):
+        raise ValueError(f"trajectory {record.key}: turns are numbered {numbers}, expected 1, 2, ...")
+    if len(recorded) < turns and not record.error:
         raise ValueError(
-            f"trajectory {record['key']} has {len(recorded)} of {turns} turns and no error: "
+            f"trajectory {record.key} has {len(recorded)} of {turns} turns and no error: "
             "evaluation trajectories must not stop early"
         )
-    grades: list[Mapping[str, Any] | None] = [turn["grade"] for turn in recorded[:turns]]
+    grades: list[GradeResult | None] = [turn.grade for turn in recorded[:turns]]
     return grades + [None] * (turns - len(grades))
 
 
-def turn_outcome(grade: Mapping[str, Any] | None) -> TurnOutcome:
+def turn_outcome(grade: GradeResult | None) -> TurnOutcome:
     """A turn's grade as a TurnOutcome; None (a turn an error cut off) is an incorrect abstention."""
     if grade is None:
         return MISSING
-    return TurnOutcome(grade["parsed"], bool(grade["correct"]), grade.get("answer_key"))
+    return TurnOutcome(grade.parsed, bool(grade.correct), grade.answer_key)
 
 
 def _turn_summary(tasks: TaskTrajectories, turn: int, samples: int) -> dict[str, Any]:

@@ -55,20 +55,28 @@ from pipeline.eval.evaluation import (
 )
 from pipeline.eval.intervals import Interval, format_difference
 from pipeline.eval.transitions import SIDES, Step, summarize_transitions
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME
-from pipeline.run.layout import CONFIG_NAME, TRAIN_STAGE, TRAIN_SUMMARY_NAME, RunDirError, fixed_config_data, stage_path
+from pipeline.rollouts.records import TrajectoryRecord
+from pipeline.run.files import (
+    ACCURACY_PLOT,
+    CONFIG_NAME,
+    CURVES_NAME,
+    CURVES_PLOT,
+    EVAL_NAME,
+    PARALLEL_DIR,
+    REPORT_NAME,
+    ROLLOUTS_NAME,
+    TASK_METRICS_NAME,
+    TRAIN_SUMMARY_NAME,
+    TRANSITIONS_PLOT,
+)
+from pipeline.run.layout import TRAIN_STAGE, RunDirError, fixed_config_data, stage_path
 from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from rewards.base import ExactKeys, get_grader
 
-# The eval stage's outputs this module reads. Spelled here, not imported from
-# pipeline.eval.stage, because that stage imports this module to rewrite the
-# report after every eval.
+# The eval stage's name. Spelled here, not imported from pipeline.eval.stage,
+# because that stage imports this module to rewrite the report after every eval.
 STAGE = "eval"
-EVAL_NAME = "eval.json"
-CURVES_NAME = "curves.json"
-TASK_METRICS_NAME = "task_metrics.jsonl"
-PARALLEL_DIR = "parallel"
 # The keys of config.yaml the report reads.
 REPORTED_KEYS = (
     "run.name",
@@ -79,10 +87,6 @@ REPORTED_KEYS = (
     "tasks.eval.source",
     "evaluation.feedback",
 )
-REPORT_NAME = "report.md"
-ACCURACY_PLOT = "accuracy_by_turn.png"
-CURVES_PLOT = "sequential_vs_parallel.png"
-TRANSITIONS_PLOT = "transitions.png"
 RATE_NAMES = {"fix": "fix", "repeat": "repeat", "flip": "flip", "no_answer": "no answer"}
 
 
@@ -395,10 +399,12 @@ def _with_transitions(
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """The summary with its transition rates and the task rows with their step counts, recounted from the records."""
     turns, samples = summary["turns"], summary["samples"]
-    records = read_jsonl(eval_dir / ROLLOUTS_NAME, whole=True)
+    lines = read_jsonl(eval_dir / ROLLOUTS_NAME, whole=True)
     parallel_path = eval_dir / PARALLEL_DIR / ROLLOUTS_NAME
-    parallel = read_jsonl(parallel_path, whole=True) if parallel_path.is_file() else None
+    parallel_lines = read_jsonl(parallel_path, whole=True) if parallel_path.is_file() else None
     try:
+        records = [TrajectoryRecord.from_dict(line) for line in lines]
+        parallel = None if parallel_lines is None else [TrajectoryRecord.from_dict(line) for line in parallel_lines]
         first_turn = prepare_eval_records(records, parallel, turns, samples, cluster)
         steps = {row["task_id"]: row["steps"] for row in task_metrics(records, turns, samples, first_turn)}
     except (KeyError, ValueError) as exc:

@@ -49,15 +49,8 @@ from pipeline.eval.evaluation import (
     summarize_eval,
     task_metrics,
 )
-from pipeline.eval.report import (
-    CURVES_NAME,
-    EVAL_NAME,
-    PARALLEL_DIR,
-    STAGE,
-    TASK_METRICS_NAME,
-    ReportError,
-    write_report,
-)
+from pipeline.eval.report import STAGE, ReportError, write_report
+from pipeline.rollouts.records import TrajectoryRecord, read_records
 from pipeline.rollouts.service import (
     IterationModel,
     collect,
@@ -67,15 +60,14 @@ from pipeline.rollouts.service import (
     sampling_params,
 )
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
+from pipeline.run.files import CURVES_NAME, EVAL_NAME, PARALLEL_DIR, PER_TASK_NAME, TASK_METRICS_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
-from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipeline.system.atomic import write_json_atomic, write_jsonl_atomic
 from pipeline.tasks import Task, load_tasks
 from rewards import Grader, get_grader
 
 logger = logging.getLogger(__name__)
-
-PER_TASK_NAME = "per_task.jsonl"
 
 
 class EvalError(StageError, ValueError):
@@ -126,8 +118,8 @@ def evaluate(
 
 def write_eval_outputs(
     out_dir: Path,
-    records: list[dict[str, Any]],
-    parallel: list[dict[str, Any]] | None,
+    records: list[TrajectoryRecord],
+    parallel: list[TrajectoryRecord] | None,
     grader: Grader,
     turns: int,
     samples: int,
@@ -144,7 +136,7 @@ def write_eval_outputs(
     if incomplete := count_incomplete(records, turns):
         logger.warning("%d eval trajectories ended with an error; their missing turns count as wrong", incomplete)
     summary = summarize_eval(records, turns, samples, first_turn, seed=seed)
-    summary["incomplete_parallel"] = sum(bool(r.get("error")) for r in parallel or [])
+    summary["incomplete_parallel"] = sum(bool(r.error) for r in parallel or [])
     summary["grading_errors"] = count_grading_errors([*records, *(parallel or [])])
     summary["history_window"] = history_window
     write_jsonl_atomic(out_dir / PER_TASK_NAME, per_task_rows(records, turns))
@@ -156,7 +148,7 @@ def write_eval_outputs(
 
 async def _generate(
     model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+) -> tuple[list[TrajectoryRecord], list[TrajectoryRecord] | None]:
     """The trajectory records and, when n < T at a temperature above 0, the parallel baseline's records.
 
     None for the latter: no parallel samples were drawn (see :func:`pipeline.eval.evaluation.prepare_eval_records`).
@@ -164,12 +156,12 @@ async def _generate(
     config, adapter = model.config, model.adapter_name
     async with open_service(model, out_dir) as service:
         runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
-        records = read_jsonl(await collect(tasks, runner, out_dir, "eval", show_progress), whole=True)
+        records = read_records(await collect(tasks, runner, out_dir, "eval", show_progress))
         if samples >= turns or config.evaluation.sampling.temperature == 0:
             return records, None
         runner = TrajectoryRunner(parallel_spec(config, adapter, turns), service.learner, service.grade)
         parallel = await collect(tasks, runner, out_dir / PARALLEL_DIR, f"eval m{turns}@t1 samples", show_progress)
-        return records, read_jsonl(parallel, whole=True)
+        return records, read_records(parallel)
 
 
 def stage_outputs(out_dir: Path) -> list[Path]:

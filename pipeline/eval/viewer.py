@@ -36,15 +36,16 @@ from typing import Any
 from pipeline.eval.compare import CompareError, resolve_evals
 from pipeline.eval.custom import SPEC_NAME
 from pipeline.eval.evaluation import merge_answer_classes, turn_outcome
-from pipeline.eval.report import EVAL_NAME, STAGE
+from pipeline.eval.report import STAGE
 from pipeline.eval.transitions import Step, steps
-from pipeline.run.layout import CONFIG_NAME, fixed_config_data, stage_path
-from pipeline.run.manifest import MANIFEST_NAME, Manifest
+from pipeline.rollouts.records import TrajectoryRecord
+from pipeline.run.files import CONFIG_NAME, EVAL_NAME, MANIFEST_NAME, ROLLOUTS_NAME
+from pipeline.run.layout import fixed_config_data, stage_path
+from pipeline.run.manifest import Manifest
 from pipeline.system.atomic import read_json, read_jsonl, write_text_atomic
 from rewards import get_grader
 
 VIEWER_NAME = "viewer.html"
-ROLLOUTS_NAME = "rollouts.jsonl"
 TEMPLATE_NAME = "viewer_template.html"
 # Tasks per page; the template reads it from the payload, so the two cannot disagree.
 PAGE_SIZE = 50
@@ -63,7 +64,7 @@ class EvalRecords:
 
     label: str
     turns: int
-    records: list[dict[str, Any]]
+    records: list[TrajectoryRecord]
 
 
 def find_evals(path: Path) -> list[EvalRecords]:
@@ -100,13 +101,21 @@ def _read_records(label: str, turns: int, eval_dir: Path, grader: dict[str, Any]
     path = eval_dir / ROLLOUTS_NAME
     if not path.is_file():
         raise ViewerError(f"{eval_dir} has no {ROLLOUTS_NAME}: its trajectories are not there to show")
-    records = read_jsonl(path, whole=True)
+    records = [_record(line) for line in read_jsonl(path, whole=True)]
     if grader is not None:
         try:
             merge_answer_classes(records, get_grader(grader["name"], **grader.get("options", {})).cluster_keys)
         except (KeyError, TypeError, ValueError) as exc:
             raise ViewerError(f"{path}: cannot group its answers with the grader {grader!r}: {exc}") from None
     return EvalRecords(label, turns, records)
+
+
+def _record(line: dict[str, Any]) -> TrajectoryRecord:
+    """A line of an eval's ``rollouts.jsonl`` as its record; a ViewerError naming the trajectory when it is not one."""
+    try:
+        return TrajectoryRecord.from_dict(line)
+    except (KeyError, TypeError) as exc:
+        raise ViewerError(f"trajectory {line.get('key', '?')} is not a rollout record (missing {exc})") from None
 
 
 def _run_grader(run_root: Path) -> dict[str, Any] | None:
@@ -123,9 +132,9 @@ def _eval_dir_grader(eval_dir: Path) -> dict[str, Any] | None:
     return _run_grader(root) if (root / MANIFEST_NAME).is_file() and (root / CONFIG_NAME).is_file() else None
 
 
-def outcome_labels(record: dict[str, Any], turns: int) -> list[str]:
+def outcome_labels(record: TrajectoryRecord, turns: int) -> list[str]:
     """The outcome labels (:data:`OUTCOMES`) of one trajectory over the eval's ``turns`` turns."""
-    recorded = [turn_outcome(turn.get("grade")) for turn in record["turns"][:turns]]
+    recorded = [turn_outcome(turn.grade) for turn in record.turns[:turns]]
     answers = recorded + [turn_outcome(None)] * (turns - len(recorded))
     found = {_STEP_LABELS[s] for s in steps(answers) if s in _STEP_LABELS}
     if not any(a.correct for a in answers):
@@ -146,36 +155,33 @@ def build_payload(evals: Sequence[EvalRecords]) -> dict[str, Any]:
     shown = []
     for ev in evals:
         by_task: dict[int, list[dict[str, Any]]] = {}
-        for record in sorted(ev.records, key=lambda r: r["sample"]):
-            task_id = record["task_id"]
+        for record in sorted(ev.records, key=lambda r: r.sample):
+            task_id = record.task_id
             if task_id not in index:
                 index[task_id] = len(tasks)
-                tasks.append({"id": task_id, "prompt": record["prompt"], "reference": _text(record["reference"])})
+                tasks.append({"id": task_id, "prompt": record.prompt, "reference": _text(record.reference)})
             by_task.setdefault(index[task_id], []).append(_trajectory(record, ev.turns))
         shown.append({"label": ev.label, "turns": ev.turns, "tasks": by_task})
     return {"page_size": PAGE_SIZE, "outcomes": list(OUTCOMES), "tasks": tasks, "evals": shown}
 
 
-def _trajectory(record: dict[str, Any], turns: int) -> dict[str, Any]:
+def _trajectory(record: TrajectoryRecord, turns: int) -> dict[str, Any]:
     """One trajectory as the page shows it: sample, outcome labels, error, and per turn
     the response, parsed answer, correctness and the feedback shown after it."""
-    try:
-        return {
-            "sample": record["sample"],
-            "outcomes": outcome_labels(record, turns),
-            "error": record.get("error"),
-            "turns": [
-                {
-                    "response": turn["response"],
-                    "parsed": _text(turn["grade"]["parsed"]) if turn.get("grade") else None,
-                    "correct": bool(turn["grade"]["correct"]) if turn.get("grade") else False,
-                    "feedback": turn.get("feedback"),
-                }
-                for turn in record["turns"]
-            ],
-        }
-    except (KeyError, TypeError) as exc:
-        raise ViewerError(f"trajectory {record.get('key', '?')} is not a rollout record (missing {exc})") from None
+    return {
+        "sample": record.sample,
+        "outcomes": outcome_labels(record, turns),
+        "error": record.error,
+        "turns": [
+            {
+                "response": turn.response,
+                "parsed": _text(turn.grade.parsed),
+                "correct": bool(turn.grade.correct),
+                "feedback": turn.feedback,
+            }
+            for turn in record.turns
+        ],
+    }
 
 
 def _text(value: Any) -> str | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.export.model import CARD_NAME, ExportError, building
+from pipeline.run.files import GROUPS_NAME, ROLLOUTS_NAME, TRAIN_NAME
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.system.atomic import read_jsonl, write_text_atomic
 
@@ -45,28 +46,28 @@ KINDS = (
     RecordKind(
         "rollouts",
         "rollout",
-        "rollouts.jsonl",
+        ROLLOUTS_NAME,
         "RISE collection trajectories: one row per (task, sample) with every turn's candidates, grades, "
         "chosen response and feedback; the trajectory stops at its first success.",
     ),
     RecordKind(
         "curated",
         "curate",
-        "train.jsonl",
+        TRAIN_NAME,
         "RISE's weighted SFT set: `messages` (the dialogue before the target turn), `completion` (the "
         "target), `reward` and `weight` = exp(reward / tau); accumulated sets repeat earlier iterations' rows.",
     ),
     RecordKind(
         "groups",
         "train",
-        "groups.jsonl",
+        GROUPS_NAME,
         "ExIt's GRPO groups: step, the task and depth of the buffered history improved, the scores and "
         "rewards of the group's completions, its learnability and whether the child entered the buffer.",
     ),
     RecordKind(
         "eval",
         "eval",
-        "rollouts.jsonl",
+        ROLLOUTS_NAME,
         "Eval trajectories without oracle: exactly `evaluation.turns` turns each, never stopped early; "
         "iter_0 is the base model.",
     ),

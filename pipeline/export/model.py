@@ -32,12 +32,14 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
 from pipeline.methods.registry import method_of
-from pipeline.run.layout import CONFIG_NAME, RunDir, final_dir, merged_dir, stage_path
+from pipeline.run.files import CONFIG_NAME
+from pipeline.run.layout import RunDir, final_dir, merged_dir, stage_path
 from pipeline.system.atomic import publish_dir, write_text_atomic
 
 CARD_NAME = "README.md"
@@ -96,7 +98,7 @@ def _trained_dir(run: RunDir, iteration: int, adapter_only: bool) -> Path:
         raise ExportError(
             f"iteration {iteration}'s train stage is not done; finish it with `selfimprove resume {run.root}` first"
         )
-    full = run.config.training.finetune == "full"
+    full = run.config.training.finetune == Finetune.FULL
     if adapter_only and full:
         raise ExportError("--adapter: this run fine-tuned the whole model (training.finetune full); it has no adapter")
     return final_dir(run, iteration)
@@ -113,7 +115,7 @@ def _write_adapter(run: RunDir, adapter: Path, staged: Path) -> None:
 
 def _write_merged(run: RunDir, iteration: int, trained: Path, staged: Path) -> None:
     """The whole model: copied when the run already has it merged (or fully fine-tuned), else merged now."""
-    ready = trained if run.config.training.finetune == "full" else merged_dir(run, iteration)
+    ready = trained if run.config.training.finetune == Finetune.FULL else merged_dir(run, iteration)
     if ready is not None and (ready / "config.json").is_file():
         shutil.copytree(ready, staged, dirs_exist_ok=True)
     else:
@@ -131,7 +133,7 @@ def model_card(run: RunDir, iteration: int, adapter_only: bool, command: str) ->
         base_model=base,
         library_name="peft" if adapter_only else "transformers",
         pipeline_tag="text-generation",
-        tags=["selfimprove", method.name, "trl", *(["lora"] if config.training.finetune != "full" else [])],
+        tags=["selfimprove", method.name, "trl", *(["lora"] if config.training.finetune != Finetune.FULL else [])],
     )
     kind = "the LoRA adapter" if adapter_only else "the merged weights"
     sections = [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pipeline.rollouts.records import TrajectoryRecord
 
 
 class RolloutProgress:
@@ -37,12 +38,12 @@ class RolloutProgress:
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
-    def update(self, record: dict[str, Any]) -> None:
-        for turn in record["turns"]:
-            self.tokens += turn["completion_tokens"]
-            t = turn["turn"]
+    def update(self, record: TrajectoryRecord) -> None:
+        for turn in record.turns:
+            self.tokens += turn.completion_tokens
+            t = turn.turn
             self.seen[t] = self.seen.get(t, 0) + 1
-            self.correct[t] = self.correct.get(t, 0) + int(turn["grade"]["correct"])
+            self.correct[t] = self.correct.get(t, 0) + int(turn.grade.correct)
         self._progress.update(self._task, advance=1, stats=self.stats_text())
 
     @property

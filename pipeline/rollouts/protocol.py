@@ -9,13 +9,11 @@ run more turns than training ever saw without the context growing unbounded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from pipeline.config.choices import FeedbackMode
 from pipeline.config.settings import TemplatesSection
 from pipeline.engine.generation import Message
 from rewards import GradeResult
-
-FeedbackMode = Literal["binary", "grader", "none", "improve"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +45,10 @@ def feedback_text(mode: FeedbackMode, grade: GradeResult, templates: TemplatesSe
     never tell the model it was right (no oracle). ``improve`` is ExIt's
     self-improvement step: the model is asked to improve its current response.
     """
-    if mode == "binary":
+    if mode == FeedbackMode.BINARY:
         return templates.binary_feedback
-    if mode == "grader":
+    if mode == FeedbackMode.GRADER:
         return templates.grader_feedback.format(feedback=grade.feedback)
-    if mode == "improve":
+    if mode == FeedbackMode.IMPROVE:
         return templates.improve
     return templates.no_feedback

@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.engine.generation import GenerationBackend, SamplingParams
 from pipeline.rollouts.progress import RolloutProgress
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME, GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
+from pipeline.run.files import ROLLOUTS_NAME, THROUGHPUT_NAME
 from pipeline.run.layout import RunDir, final_dir, merged_dir
 from pipeline.run.timings import phase
 from pipeline.system.atomic import write_json_atomic
 from pipeline.tasks import Task
-from pipeline.tracking.trackers import THROUGHPUT_NAME
 from rewards import get_grader
 from rewards.pool import GradingPool, preloaded
 
@@ -58,7 +59,7 @@ def iteration_model(run: RunDir, iteration: int) -> IterationModel:
     if iteration < 1:
         return IterationModel(run.config)
     run.manifest.check_intact(iteration, "train")  # a deleted or changed adapter is never served
-    if run.config.training.finetune == "full":
+    if run.config.training.finetune == Finetune.FULL:
         return _checkpoint_model(run.config, final_dir(run, iteration))
     if (merged := merged_dir(run, iteration)) is not None:
         return _checkpoint_model(run.config, merged)

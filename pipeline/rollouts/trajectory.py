@@ -28,18 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.choices import FeedbackMode
 from pipeline.config.settings import TemplatesSection
 from pipeline.engine.generation import Completion, GenerationBackend, GenerationError, Message, SamplingParams
-from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
+from pipeline.rollouts.protocol import Attempt, build_messages, feedback_text
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from pipeline.run.files import PARTIAL_NAME, ROLLOUTS_NAME
 from pipeline.system.atomic import append_jsonl_durably, read_jsonl, write_jsonl_atomic
 from pipeline.tasks import Task
 from rewards import GradeResult
 
 logger = logging.getLogger(__name__)
 
-ROLLOUTS_NAME = "rollouts.jsonl"
-PARTIAL_NAME = "rollouts.partial.jsonl"
 
 # Grades one task's (response, reference) pairs as one batch: a future of their grades in order (rewards.GradingPool.submit).
 GradeFn = Callable[[list[tuple[str, Any]]], "Future[list[GradeResult]]"]
@@ -114,8 +114,8 @@ class TrajectoryRunner:
         self.teacher = teacher
         self.grade = grade
 
-    async def run(self, task: Task, sample: int) -> dict[str, Any]:
-        """One trajectory of ``task``, as the dict ``rollouts.jsonl`` holds (:class:`TrajectoryRecord`)."""
+    async def run(self, task: Task, sample: int) -> TrajectoryRecord:
+        """One trajectory of ``task``: a line of ``rollouts.jsonl``."""
         spec = self.spec
         attempts: list[Attempt] = []
         record = TrajectoryRecord(
@@ -147,12 +147,11 @@ class TrajectoryRunner:
                     source="teacher" if use_teacher else "learner",
                     messages=messages,
                     candidates=[
-                        Candidate(c.text, g.to_dict(), c.completion_tokens, c.finish_reason)
-                        for c, g in zip(completions, grades)
+                        Candidate(c.text, g, c.completion_tokens, c.finish_reason) for c, g in zip(completions, grades)
                     ],
                     best=best,
                     response=chosen.text,
-                    grade=grade.to_dict(),
+                    grade=grade,
                     prompt_tokens=chosen.prompt_tokens,
                     completion_tokens=sum(c.completion_tokens for c in completions),
                     finish_reason=chosen.finish_reason,
@@ -168,7 +167,7 @@ class TrajectoryRunner:
                 text = feedback_text(spec.feedback, grade, spec.templates)
                 record.turns[-1].feedback = text
                 attempts.append(Attempt(chosen.text, text))
-        return record.to_dict()
+        return record
 
     async def _rationale(self, task: Task, messages: list[Message], sample: int, turn: int) -> Candidate | None:
         """The first right answer of ``spec.rationalize`` hinted samples from the learner, or None.
@@ -194,7 +193,7 @@ class TrajectoryRunner:
         if not right:
             return None
         completion, grade = right[0]
-        return Candidate(completion.text, grade.to_dict(), completion.completion_tokens, completion.finish_reason)
+        return Candidate(completion.text, grade, completion.completion_tokens, completion.finish_reason)
 
 
 class RolloutWriter:
@@ -220,11 +219,11 @@ class RolloutWriter:
     def has(self, key: str) -> bool:
         return key in self.records
 
-    def append(self, record: dict[str, Any]) -> None:
-        if record["key"] in self.records:
+    def append(self, record: TrajectoryRecord) -> None:
+        if record.key in self.records:
             return
-        self.records[record["key"]] = record
-        append_jsonl_durably(self._handle, [record])
+        row = self.records[record.key] = record.to_dict()
+        append_jsonl_durably(self._handle, [row])
 
     def finalize(self, order: list[str]) -> Path:
         """Write ``rollouts.jsonl`` in the given key order and drop the partial file."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import (
     PipelineConfig,
     apply_overrides,
@@ -31,14 +32,11 @@ from pipeline.config.settings import (
     parse_config,
     read_config_file,
 )
+from pipeline.run.files import ADAPTER_NAME, CHECKPOINTS_NAME, CONFIG_NAME, MERGED_NAME, MODEL_NAME, TRAIN_SUMMARY_NAME
 from pipeline.run.manifest import Manifest, StageState, parse_stage_key, planned_stages
 from pipeline.system.atomic import write_text_atomic
 
-CONFIG_NAME = "config.yaml"
 TRAIN_STAGE = "train"
-TRAIN_SUMMARY_NAME = "train_summary.json"
-CHECKPOINTS_NAME = "checkpoints"
-MERGED_NAME = "merged"
 FIXED_KEYS = ("run.name", "run.output_dir", "method.name")
 """What names the run and its kind of plan: a change of these is a new run, never an amendment."""
 
@@ -170,13 +168,13 @@ def stage_path(root: Path, iteration: int, stage: str) -> Path:
 
 def final_dir(run: RunDir, iteration: int) -> Path:
     """Where iteration ``iteration``'s trained adapter (or, for full fine-tuning, model) lands: its model."""
-    name = "model" if run.config.training.finetune == "full" else "adapter"
+    name = MODEL_NAME if run.config.training.finetune == Finetune.FULL else ADAPTER_NAME
     return stage_path(run.root, iteration, TRAIN_STAGE) / name
 
 
 def merged_dir(run: RunDir, iteration: int) -> Path | None:
     """Where the adapter merged into the base model lands (``rollout.serve_merged``), None when none is wanted."""
-    if not run.config.rollout.serve_merged or run.config.training.finetune == "full":
+    if not run.config.rollout.serve_merged or run.config.training.finetune == Finetune.FULL:
         return None
     return stage_path(run.root, iteration, TRAIN_STAGE) / MERGED_NAME
 

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.run.files import TIMINGS_NAME
 from pipeline.run.layout import stage_path
 from pipeline.run.manifest import Manifest, stage_key
-from pipeline.run.timings import TIMINGS_NAME, recording_into
+from pipeline.run.timings import recording_into
 
 
 class StageError(RuntimeError):

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.run.files import LOCK_NAME
 from pipeline.system.atomic import write_text_atomic
 
-LOCK_NAME = "run.lock"
 _TRIES = 10  # a probe of run_held holds a shared lock for an instant: a writer retries for half a second
 _RETRY_S = 0.05
 

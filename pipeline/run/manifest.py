@@ -28,9 +28,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, with_config
 
 from pipeline.config.methods import method_section
+from pipeline.run.files import MANIFEST_NAME
 from pipeline.system.atomic import CorruptFileError, file_digest, read_json, write_json_atomic
-
-MANIFEST_NAME = "manifest.json"
 
 
 class DamagedOutputError(RuntimeError):

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from pipeline.run.files import TIMINGS_NAME
 from pipeline.run.manifest import Manifest, StageState
 from pipeline.system.atomic import read_jsonl
 
-TIMINGS_NAME = "timings.jsonl"
 # The stage's timings file, for processes a stage launches (the training worker) and for this one.
 TIMINGS_ENV = "SELFIMPROVE_TIMINGS_FILE"
 PHASES = ("server_start", "generation", "training", "merge", "conversion")

@@ -25,11 +25,10 @@ from collections.abc import Callable
 
 from pipeline.engine.server_keeper import keeping_servers
 from pipeline.methods.registry import method_of
+from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.manifest import StageState, parse_stage_key, stage_key
 from pipeline.tracking.trackers import sync_tracking
-
-SUPERSEDED_DIR = "superseded"
 
 
 def run_loop(

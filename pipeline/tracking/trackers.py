@@ -36,17 +36,23 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.config.choices import TrackerName
+from pipeline.run.files import (
+    EVAL_NAME,
+    LEDGER_NAME,
+    ROLLOUTS_NAME,
+    RUN_ID_NAME,
+    SUMMARY_NAME,
+    TENSORBOARD_DIR,
+    THROUGHPUT_NAME,
+    TRACKING_DIR,
+)
 from pipeline.run.layout import RunDir, stage_path, summary_path
 from pipeline.run.manifest import StageState, parse_stage_key
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-TRACKING_DIR = "tracking"
-TENSORBOARD_DIR = "tensorboard"
-LEDGER_NAME = "logged.json"
-RUN_ID_NAME = "run_id"
-THROUGHPUT_NAME = "throughput.json"
 WANDB_PROJECT = "selfimprove"
 STEP_KEY = "train/global_step"
 """The x-axis every W&B metric is plotted against: the one transformers' WandbCallback defines."""
@@ -72,7 +78,7 @@ def tracker_run_id(run: RunDir) -> str:
 def tracking_env(run: RunDir) -> dict[str, str]:
     """Environment for the trackers of every process of the run: where they write and which run they continue."""
     env = {"TENSORBOARD_LOGGING_DIR": str(tensorboard_dir(run).resolve())}
-    if "wandb" in run.config.run.report_to:
+    if TrackerName.WANDB in run.config.run.report_to:
         env |= {
             "WANDB_DIR": str(tracking_dir(run).resolve()),
             "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", WANDB_PROJECT),
@@ -158,13 +164,13 @@ def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
     """The figures the pipeline logs for one finished stage, read from its files (train: TRL logged them)."""
     stage_dir = stage_path(run.root, iteration, stage)
     if stage == "eval":
-        return eval_metrics(_read_json(stage_dir / "eval.json"))
+        return eval_metrics(_read_json(stage_dir / EVAL_NAME))
     if stage == "curate":
-        return curate_metrics(_read_json(stage_dir / "summary.json"))
+        return curate_metrics(_read_json(stage_dir / SUMMARY_NAME))
     if stage == "rollout":
         throughput = stage_dir / THROUGHPUT_NAME
         return rollout_metrics(
-            read_jsonl(stage_dir / "rollouts.jsonl"), _read_json(throughput) if throughput.is_file() else None
+            read_jsonl(stage_dir / ROLLOUTS_NAME), _read_json(throughput) if throughput.is_file() else None
         )
     return {}
 
@@ -231,7 +237,9 @@ def open_trackers(run: RunDir) -> list[Tracker]:
     """One writer per tracker of ``run.report_to`` (imported here: each pulls in its library)."""
     trackers: list[Tracker] = []
     for name in run.config.run.report_to:
-        trackers.append(TensorBoardTracker(tensorboard_dir(run)) if name == "tensorboard" else WandbTracker(run))
+        trackers.append(
+            TensorBoardTracker(tensorboard_dir(run)) if name == TrackerName.TENSORBOARD else WandbTracker(run)
+        )
     return trackers
 
 

@@ -46,9 +46,11 @@ from typing import IO, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.config.choices import Finetune
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import TrainingSection
 from pipeline.engine.adapters import AdapterError, check_adapter_dir
+from pipeline.run.files import LOG_NAME
 from pipeline.run.layout import TRAIN_STAGE, RunDir, final_dir, merged_dir, summary_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.run.manifest import Manifest, StageRecord, StageState
@@ -57,7 +59,6 @@ from pipeline.system.processes import start_in_own_session, stop_group, tail
 from pipeline.tracking.trackers import tracking_env
 
 STAGE = TRAIN_STAGE
-LOG_NAME = "train.log"
 STEP_MARKER = "selfimprove-train step"
 # Not anchored at the line start: tqdm's bar, on the same log, ends its updates with "\r".
 _STEP_LINE = re.compile(rf"{STEP_MARKER} (\d+)/(\d+)$", re.MULTILINE)
@@ -95,7 +96,7 @@ def previous_output(run: RunDir, iteration: int) -> Path | None:
 def check_output(run: RunDir, iteration: int) -> Path:
     """Iteration ``iteration``'s trained adapter or model directory, checked to be complete."""
     path = final_dir(run, iteration)
-    if run.config.training.finetune == "full":
+    if run.config.training.finetune == Finetune.FULL:
         if not (path / "config.json").is_file():
             raise TrainError(f"no trained model in {path} (no config.json)")
         return path

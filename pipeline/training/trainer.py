@@ -16,6 +16,7 @@ from accelerate.utils import parse_flag_from_env
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from pipeline.config.choices import Finetune
 from pipeline.config.settings import PipelineConfig, TrainingSection
 from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
@@ -59,7 +60,7 @@ def model_load_kwargs(settings: TrainingSection, bf16: bool) -> dict[str, Any]:
     and computes in that precision; only the LoRA weights train.
     """
     dtype = torch.bfloat16 if bf16 else torch.float32
-    if settings.finetune != "qlora":
+    if settings.finetune != Finetune.QLORA:
         return {"dtype": dtype}
     from transformers import BitsAndBytesConfig
 
@@ -110,7 +111,7 @@ def trainer_arguments(
 
 def lora_config(settings: TrainingSection) -> LoraConfig | None:
     """The LoRA adapter to train (also on QLoRA's 4-bit base), or None for full fine-tuning."""
-    if settings.finetune == "full":
+    if settings.finetune == Finetune.FULL:
         return None
     return LoraConfig(
         r=settings.lora_r,
@@ -127,7 +128,7 @@ def starting_model(run: RunDir, iteration: int, bf16: bool) -> str | PeftModel:
     previous = previous_output(run, iteration)
     if previous is None:
         return base
-    if run.config.training.finetune == "full":
+    if run.config.training.finetune == Finetune.FULL:
         return str(previous)
     model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(run.config.training, bf16))
     return PeftModel.from_pretrained(model, previous, is_trainable=True)

@@ -48,7 +48,6 @@ from typing import Any
 
 from pipeline.system.atomic import write_json_atomic
 
-BUFFER_NAME = "buffer.json"
 FORMAT_VERSION = 2  # 2: S is the variance itself (format 1 held 4 x the variance)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.config.choices import Finetune
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.sections import MethodSection
 
@@ -97,7 +98,7 @@ class ExitSection(MethodSection):
         problems = []
         if rollout.backend != "vllm":
             problems.append("rollout.backend must be 'vllm' (the adapter is synced into the server while training)")
-        if training.finetune != "lora":
+        if training.finetune != Finetune.LORA:
             problems.append("training.finetune must be 'lora' (the adapter is what gets synced)")
         if rollout.sampling.temperature == 0:
             problems.append("rollout.sampling.temperature must be > 0 (a GRPO group needs different completions)")

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.methods.exit.buffer import BUFFER_NAME
+from pipeline.run.files import BUFFER_NAME, GROUPS_NAME, SYNC_NAME
 from pipeline.run.layout import RunDir
 from pipeline.training.launch import STAGE, TrainError
 
 URLS_ENV = "SELFIMPROVE_ROLLOUT_URLS"
 MODEL_ENV = "SELFIMPROVE_ROLLOUT_MODEL"
-GROUPS_NAME = "groups.jsonl"
-SYNC_NAME = "sync"
 
 
 def buffer_path(run: RunDir, iteration: int) -> Path:

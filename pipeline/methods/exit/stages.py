@@ -28,7 +28,8 @@ from pipeline.engine.backends import open_learner
 from pipeline.eval.stage import run_eval_stage
 from pipeline.methods.base import Method, counts_cell
 from pipeline.methods.exit.layout import buffer_path, groups_path, service_env
-from pipeline.run.layout import TRAIN_SUMMARY_NAME, RunDir
+from pipeline.run.files import TRAIN_SUMMARY_NAME
+from pipeline.run.layout import RunDir
 from pipeline.training.launch import STAGE, TrainError, output_files, run_training, train_stage
 
 T = TypeVar("T")

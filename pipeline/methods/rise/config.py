@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from pipeline.config.sections import MethodSection, attempts_shown
+from pipeline.methods.rise.choices import Selection
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
@@ -32,8 +33,8 @@ class RiseSection(MethodSection):
         "answers are the targets; `distill`: a served teacher "
         "(`rollout.teacher`) answers turns > 1.",
     )
-    selection: Literal["all", "better", "best", "success"] = Field(
-        "all",
+    selection: Selection = Field(
+        Selection.ALL,
         description="Which turns become examples: `all`; `better`, a reward above the previous turn's (the "
         "first turn's above 0); `best`, no earlier turn's reward higher; `success`, the correct turns.",
     )

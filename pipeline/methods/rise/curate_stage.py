@@ -28,15 +28,14 @@ from pipeline.methods.rise.curation import (
     refuted_examples,
     summarize,
 )
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME
+from pipeline.rollouts.records import TrajectoryRecord, read_records
+from pipeline.run.files import ROLLOUTS_NAME, SUMMARY_NAME, TRAIN_NAME
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.training.launch import TrainError
 
 STAGE = "curate"
-TRAIN_NAME = "train.jsonl"
-SUMMARY_NAME = "summary.json"
 
 
 class CurateError(StageError):
@@ -50,7 +49,7 @@ def rise_method(run: RunDir) -> RiseSection:
     return method
 
 
-def rollout_records(run: RunDir, iteration: int) -> list[dict]:
+def rollout_records(run: RunDir, iteration: int) -> list[TrajectoryRecord]:
     """Iteration ``iteration``'s finished rollouts; refuses a rollout stage the manifest does not call done."""
     path = stage_path(run.root, iteration, "rollout") / ROLLOUTS_NAME
     if not run.manifest.verified_done(iteration, "rollout") or not path.is_file():
@@ -58,7 +57,7 @@ def rollout_records(run: RunDir, iteration: int) -> list[dict]:
             f"iteration {iteration}'s rollout stage is not done (no finished {path}); "
             f"run `selfimprove rollout {run.root} --iteration {iteration}` first"
         )
-    return read_jsonl(path, whole=True)
+    return read_records(path)
 
 
 def earlier_examples(run: RunDir, iteration: int) -> list[list[Example]]:

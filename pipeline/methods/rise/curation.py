@@ -47,19 +47,38 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from rich.table import Table
 
+from pipeline.config.choices import FeedbackMode
 from pipeline.config.settings import TemplatesSection
-from pipeline.rollouts.protocol import Attempt, FeedbackMode, build_messages, feedback_text
+from pipeline.methods.rise.choices import Selection
+from pipeline.rollouts.protocol import Attempt, build_messages, feedback_text
+from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
+from rewards import GradeResult
 
-Selection = Literal["all", "better", "best", "success"]
-Source = Literal["rollout", "boost", "pair", "rationale", "refuted"]
-SOURCES: tuple[str, ...] = ("rollout", "boost", "pair", "rationale", "refuted")
-Kind = Literal["first", "fix", "retry", "keep"]
-SELECTIONS: tuple[str, ...] = ("all", "better", "best", "success")
-KINDS: tuple[str, ...] = ("first", "fix", "retry", "keep")
+
+class Source(StrEnum):
+    """Where an example's target comes from (``source`` in ``train.jsonl``)."""
+
+    ROLLOUT = "rollout"
+    BOOST = "boost"
+    PAIR = "pair"
+    RATIONALE = "rationale"
+    REFUTED = "refuted"
+
+
+class Kind(StrEnum):
+    """The state an example's target answers and its outcome (``kind`` in ``train.jsonl``)."""
+
+    FIRST = "first"
+    FIX = "fix"
+    RETRY = "retry"
+    KEEP = "keep"
+
+
 HISTOGRAM_BINS = 10
 UNPARSED_REWARD = -1.0
 """RISE's reward for a turn with no parseable answer (reference code)."""
@@ -93,8 +112,15 @@ class Example:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Example:
-        span = data.get("refuted_span")
-        return cls(**{**data, "refuted_span": None if span is None else tuple(span)})
+        span, kind = data.get("refuted_span"), data.get("kind")
+        return cls(
+            **{
+                **data,
+                "source": Source(data["source"]),
+                "kind": None if kind is None else Kind(kind),
+                "refuted_span": None if span is None else tuple(span),
+            }
+        )
 
 
 def rl_weight(reward: float, tau: float) -> float:
@@ -102,16 +128,16 @@ def rl_weight(reward: float, tau: float) -> float:
     return math.exp(reward / tau)
 
 
-def skip_reason(turn: dict[str, Any]) -> str | None:
+def skip_reason(turn: TurnRecord) -> str | None:
     """Why a turn can never be an example, or None.
 
     An empty response teaches nothing, and a grade with an ``error`` means the
     grader could not judge the response (by the GradeResult contract a wrong
     answer is not an error), so its reward is not evidence either way.
     """
-    if not turn["response"].strip():
+    if not turn.response.strip():
         return "empty_response"
-    if turn["grade"].get("error"):
+    if turn.grade.error:
         return "grading_error"
     return None
 
@@ -129,15 +155,15 @@ def selected_turns(rewards: list[float], correct: list[bool], selection: Selecti
     Rewards of turns that are skipped (see :func:`skip_reason`) still count as
     the "previous" / "earlier" rewards: they are what the model saw happen.
     """
-    if selection == "all":
+    if selection == Selection.ALL:
         return [True] * len(rewards)
-    if selection == "better":
+    if selection == Selection.BETTER:
         return [r > prev for r, prev in zip(rewards, [0.0, *rewards[:-1]])]
-    if selection == "best":
+    if selection == Selection.BEST:
         return [r >= max(rewards[: i + 1]) for i, r in enumerate(rewards)]
-    if selection == "success":
+    if selection == Selection.SUCCESS:
         return list(correct)
-    raise ValueError(f"unknown selection {selection!r}; expected one of {', '.join(SELECTIONS)}")
+    raise ValueError(f"unknown selection {selection!r}; expected one of {', '.join(Selection)}")
 
 
 def rollout_example_id(iteration: int, key: str, turn: int) -> str:
@@ -161,35 +187,35 @@ def boost_example_id(iteration: int, task_id: str, response: str) -> str:
     return f"{iteration}:{task_id}:boost:{digest}"
 
 
-def turn_reward(grade: dict[str, Any], unparsed_reward: float = UNPARSED_REWARD) -> float:
+def turn_reward(grade: GradeResult, unparsed_reward: float = UNPARSED_REWARD) -> float:
     """A graded answer's reward: its score, or ``unparsed_reward`` when it gave no answer."""
-    return unparsed_reward if not answered(grade) else float(grade["score"])
+    return unparsed_reward if not answered(grade) else float(grade.score)
 
 
-def answered(grade: dict[str, Any]) -> bool:
+def answered(grade: GradeResult) -> bool:
     """False for a response the grader judged to hold no answer (``parsed`` None, no error)."""
-    return grade["parsed"] is not None or bool(grade.get("error"))
+    return grade.parsed is not None or bool(grade.error)
 
 
-def turn_kind(record: dict[str, Any], index: int, target_correct: bool | None = None) -> Kind:
+def turn_kind(record: TrajectoryRecord, index: int, target_correct: bool | None = None) -> Kind:
     """The state of the turn at ``index`` (the first, or after a wrong or a right answer) and the outcome
     of its target: the turn's own answer unless ``target_correct`` says otherwise."""
     if index == 0:
-        return "first"
-    if record["turns"][index - 1]["grade"]["correct"]:
-        return "keep"
-    correct = record["turns"][index]["grade"]["correct"] if target_correct is None else target_correct
-    return "fix" if correct else "retry"
+        return Kind.FIRST
+    if record.turns[index - 1].grade.correct:
+        return Kind.KEEP
+    correct = record.turns[index].grade.correct if target_correct is None else target_correct
+    return Kind.FIX if correct else Kind.RETRY
 
 
-def is_informative(turn: dict[str, Any]) -> bool:
+def is_informative(turn: TurnRecord) -> bool:
     """Some but not all of the state's samples succeed (a single sample: unknown, so kept)."""
-    outcomes = [c["grade"]["correct"] for c in turn["candidates"]]
+    outcomes = [c.grade.correct for c in turn.candidates]
     return len(outcomes) < 2 or 0 < sum(outcomes) < len(outcomes)
 
 
 def curate(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[TrajectoryRecord],
     tau: float,
     selection: Selection,
     iteration: int,
@@ -205,35 +231,35 @@ def curate(
     """
     examples = []
     for record in records:
-        turns = record["turns"]
-        rewards = [turn_reward(t["grade"], unparsed_reward) for t in turns]
-        keep = selected_turns(rewards, [t["grade"]["correct"] for t in turns], selection)
+        turns = record.turns
+        rewards = [turn_reward(t.grade, unparsed_reward) for t in turns]
+        keep = selected_turns(rewards, [t.grade.correct for t in turns], selection)
         for index, (turn, kept, reward) in enumerate(zip(turns, keep, rewards)):
             if kept and skip_reason(turn) is None and (is_informative(turn) or not informative_only):
                 examples.append(_turn_example(record, index, reward, tau, iteration))
     return examples
 
 
-def _turn_example(record: dict[str, Any], index: int, reward: float, tau: float, iteration: int) -> Example:
-    turn = record["turns"][index]
+def _turn_example(record: TrajectoryRecord, index: int, reward: float, tau: float, iteration: int) -> Example:
+    turn = record.turns[index]
     return Example(
-        example_id=rollout_example_id(iteration, record["key"], turn["turn"]),
-        source="rollout",
+        example_id=rollout_example_id(iteration, record.key, turn.turn),
+        source=Source.ROLLOUT,
         iteration=iteration,
-        task_id=record["task_id"],
-        key=record["key"],
-        turn=turn["turn"],
-        messages=turn["messages"],
-        completion=turn["response"],
+        task_id=record.task_id,
+        key=record.key,
+        turn=turn.turn,
+        messages=turn.messages,
+        completion=turn.response,
         reward=reward,
         weight=rl_weight(reward, tau),
         kind=turn_kind(record, index),
-        answered=answered(turn["grade"]),
+        answered=answered(turn.grade),
     )
 
 
 def pair_examples(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[TrajectoryRecord],
     tau: float,
     iteration: int,
     per_state: int,
@@ -253,68 +279,61 @@ def pair_examples(
     examples = []
     for record in records:
         attempts: list[Attempt] = []
-        for turn in record["turns"]:
-            usable = [c for c in turn["candidates"] if c["response"].strip() and not c["grade"].get("error")]
-            wrong = [c for c in usable if not c["grade"]["correct"]]
-            right = list({c["response"]: c for c in usable if c["grade"]["correct"]}.values())
+        for turn in record.turns:
+            usable = [c for c in turn.candidates if c.response.strip() and not c.grade.error]
+            wrong = [c for c in usable if not c.grade.correct]
+            right = list({c.response: c for c in usable if c.grade.correct}.values())
             for i, bad in enumerate(wrong[:per_state] if right else []):
                 good = right[i % len(right)]
-                shown = Attempt(bad["response"], feedback_text(feedback, _as_grade(bad["grade"]), templates))
-                messages = build_messages(record["prompt"], [*attempts, shown], templates, history_window)
-                examples.append(_pair_example(record, turn["turn"], i, messages, good, tau, iteration))
-            if turn["feedback"] is not None:
-                attempts.append(Attempt(turn["response"], turn["feedback"]))
+                shown = Attempt(bad.response, feedback_text(feedback, bad.grade, templates))
+                messages = build_messages(record.prompt, [*attempts, shown], templates, history_window)
+                examples.append(_pair_example(record, turn.turn, i, messages, good, tau, iteration))
+            if turn.feedback is not None:
+                attempts.append(Attempt(turn.response, turn.feedback))
     return examples
 
 
-def _as_grade(grade: dict[str, Any]) -> Any:
-    """A record's grade dict as the GradeResult that :func:`feedback_text` reads."""
-    from rewards import GradeResult
-
-    return GradeResult(**grade)
-
-
 def _pair_example(
-    record: dict[str, Any],
+    record: TrajectoryRecord,
     turn: int,
     index: int,
     messages: list[dict[str, str]],
-    good: dict[str, Any],
+    good: Candidate,
     tau: float,
     iteration: int,
 ) -> Example:
-    reward = float(good["grade"]["score"])
+    reward = float(good.grade.score)
     return Example(
-        example_id=f"{iteration}:{record['key']}:t{turn}:pair{index}",
-        source="pair",
+        example_id=f"{iteration}:{record.key}:t{turn}:pair{index}",
+        source=Source.PAIR,
         iteration=iteration,
-        task_id=record["task_id"],
-        key=record["key"],
+        task_id=record.task_id,
+        key=record.key,
         turn=turn + 1,
         messages=messages,
-        completion=good["response"],
+        completion=good.response,
         reward=reward,
         weight=rl_weight(reward, tau),
-        kind="fix",
+        kind=Kind.FIX,
     )
 
 
-def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration: int) -> list[Example]:
+def rationale_examples(records: Iterable[TrajectoryRecord], tau: float, iteration: int) -> list[Example]:
     """One example per turn with a ``rationale``: the turn's own history (no hint) -> the hinted right answer."""
     examples = []
     for record in records:
-        for index, turn in enumerate(record["turns"]):
-            rationale = turn.get("rationale")
+        for index, turn in enumerate(record.turns):
+            rationale = turn.rationale
             if rationale is None:
                 continue
-            reward = float(rationale["grade"]["score"])
+            reward = float(rationale.grade.score)
             examples.append(
                 _state_example(
                     record,
                     turn,
                     iteration,
-                    "rationale",
-                    rationale["response"],
+                    Source.RATIONALE,
+                    rationale.response,
                     reward,
                     rl_weight(reward, tau),
                     kind=turn_kind(record, index, target_correct=True),
@@ -324,8 +343,8 @@ def rationale_examples(records: Iterable[dict[str, Any]], tau: float, iteration:
 
 
 def _state_example(
-    record: dict[str, Any],
-    turn: dict[str, Any],
+    record: TrajectoryRecord,
+    turn: TurnRecord,
     iteration: int,
     source: Source,
     completion: str,
@@ -336,13 +355,13 @@ def _state_example(
 ) -> Example:
     """An example for the state ``turn`` saw (its messages) whose target is not the turn's own response."""
     return Example(
-        example_id=f"{rollout_example_id(iteration, record['key'], turn['turn'])}:{source}{id_suffix}",
+        example_id=f"{rollout_example_id(iteration, record.key, turn.turn)}:{source}{id_suffix}",
         source=source,
         iteration=iteration,
-        task_id=record["task_id"],
-        key=record["key"],
-        turn=turn["turn"],
-        messages=turn["messages"],
+        task_id=record.task_id,
+        key=record.key,
+        turn=turn.turn,
+        messages=turn.messages,
         completion=completion,
         reward=reward,
         weight=weight,
@@ -350,7 +369,7 @@ def _state_example(
     )
 
 
-def refuted_examples(records: Iterable[dict[str, Any]], weight: float, iteration: int) -> list[Example]:
+def refuted_examples(records: Iterable[TrajectoryRecord], weight: float, iteration: int) -> list[Example]:
     """One unlikelihood example per distinct sample that repeats an answer its trajectory was told is wrong.
 
     The state is a turn after a wrong answer; the refuted answers are the
@@ -363,26 +382,26 @@ def refuted_examples(records: Iterable[dict[str, Any]], weight: float, iteration
     examples = []
     for record in records:
         refuted: set[str] = set()
-        for index, turn in enumerate(record["turns"]):
-            if index and not record["turns"][index - 1]["grade"]["correct"]:
+        for index, turn in enumerate(record.turns):
+            if index and not record.turns[index - 1].grade.correct:
                 examples += _refuted_in_state(record, turn, refuted, weight, iteration)
-            if not turn["grade"]["correct"] and turn["grade"].get("answer_key") is not None:
-                refuted.add(turn["grade"]["answer_key"])
+            if not turn.grade.correct and turn.grade.answer_key is not None:
+                refuted.add(turn.grade.answer_key)
     return examples
 
 
 def _refuted_in_state(
-    record: dict[str, Any], turn: dict[str, Any], refuted: set[str], weight: float, iteration: int
+    record: TrajectoryRecord, turn: TurnRecord, refuted: set[str], weight: float, iteration: int
 ) -> list[Example]:
     repeats = {
-        c["response"]: c
-        for c in turn["candidates"]
-        if not c["grade"]["correct"] and c["grade"].get("answer_key") in refuted and not c["grade"].get("error")
+        c.response: c
+        for c in turn.candidates
+        if not c.grade.correct and c.grade.answer_key in refuted and not c.grade.error
     }
     examples = []
     for index, candidate in enumerate(repeats.values()):
-        parsed = candidate["grade"]["parsed"]
-        start = candidate["response"].rfind(parsed) if parsed else -1
+        parsed = candidate.grade.parsed
+        start = candidate.response.rfind(parsed) if parsed else -1
         if start < 0:
             continue  # the answer is not written as parsed (a reformatted box): nothing to mark
         examples.append(
@@ -390,9 +409,9 @@ def _refuted_in_state(
                 record,
                 turn,
                 iteration,
-                "refuted",
-                candidate["response"],
-                float(candidate["grade"]["score"]),
+                Source.REFUTED,
+                candidate.response,
+                float(candidate.grade.score),
                 weight,
                 id_suffix=str(index),
                 refuted_span=(start, start + len(parsed)),
@@ -408,19 +427,19 @@ def cap_keeps(examples: list[Example], ratio: float) -> list[Example]:
     right answers, but a set dominated by them teaches the model never to
     change its answer.
     """
-    keeps = [e for e in examples if e.kind == "keep"]
-    allowed = int(ratio * sum(e.kind == "fix" for e in examples))
+    keeps = [e for e in examples if e.kind == Kind.KEEP]
+    allowed = int(ratio * sum(e.kind == Kind.FIX for e in examples))
     kept = set(sorted((e.example_id for e in keeps), key=lambda i: hashlib.sha256(i.encode()).digest())[:allowed])
-    return [e for e in examples if e.kind != "keep" or e.example_id in kept]
+    return [e for e in examples if e.kind != Kind.KEEP or e.example_id in kept]
 
 
-def count_skips(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+def count_skips(records: Iterable[TrajectoryRecord]) -> dict[str, int]:
     """How many turns (selected or not) each :func:`skip_reason` removed."""
-    reasons = Counter(skip_reason(t) for r in records for t in r["turns"])
+    reasons = Counter(skip_reason(t) for r in records for t in r.turns)
     return {reason: reasons[reason] for reason in ("empty_response", "grading_error")}
 
 
-def boost_examples(records: Iterable[dict[str, Any]], tau: float, iteration: int) -> list[Example]:
+def boost_examples(records: Iterable[TrajectoryRecord], tau: float, iteration: int) -> list[Example]:
     """RISE warm-up data: every correct first-turn candidate, not only the best.
 
     Identical responses to the same task (across its candidates and samples)
@@ -429,34 +448,34 @@ def boost_examples(records: Iterable[dict[str, Any]], tau: float, iteration: int
     """
     examples: dict[str, Example] = {}
     for record in records:
-        if not record["turns"]:
+        if not record.turns:
             continue
-        first = record["turns"][0]
-        for candidate in first["candidates"]:
-            grade, response = candidate["grade"], candidate["response"]
-            if not grade["correct"] or grade.get("error") or not response.strip():
+        first = record.turns[0]
+        for candidate in first.candidates:
+            grade, response = candidate.grade, candidate.response
+            if not grade.correct or grade.error or not response.strip():
                 continue
-            example_id = boost_example_id(iteration, record["task_id"], response)
+            example_id = boost_example_id(iteration, record.task_id, response)
             examples.setdefault(example_id, _boost_example(example_id, record, first, candidate, tau, iteration))
     return list(examples.values())
 
 
 def _boost_example(
-    example_id: str, record: dict[str, Any], turn: dict[str, Any], candidate: dict[str, Any], tau: float, iteration: int
+    example_id: str, record: TrajectoryRecord, turn: TurnRecord, candidate: Candidate, tau: float, iteration: int
 ) -> Example:
-    reward = float(candidate["grade"]["score"])
+    reward = float(candidate.grade.score)
     return Example(
         example_id=example_id,
-        source="boost",
+        source=Source.BOOST,
         iteration=iteration,
-        task_id=record["task_id"],
-        key=record["key"],
+        task_id=record.task_id,
+        key=record.key,
         turn=1,
-        messages=turn["messages"],
-        completion=candidate["response"],
+        messages=turn.messages,
+        completion=candidate.response,
         reward=reward,
         weight=rl_weight(reward, tau),
-        kind="first",
+        kind=Kind.FIRST,
     )
 
 
@@ -499,9 +518,9 @@ def summarize(
         "selection": selection,
         "tau": tau,
         "examples": len(examples),
-        "by_source": {s: sources[s] for s in (*SOURCES, "accumulated")},
+        "by_source": {s: sources[s] for s in (*Source, "accumulated")},
         "by_turn": {str(t): turns[t] for t in sorted(turns)},
-        "by_kind": {k: kinds[k] for k in KINDS},
+        "by_kind": {k: kinds[k] for k in Kind},
         "unparsed": sum(not e.answered for e in examples),
         "skipped": skipped,
         "mean_reward": sum(e.reward for e in examples) / len(examples) if examples else None,

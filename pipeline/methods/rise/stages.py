@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config.settings import PipelineConfig
 from pipeline.eval.stage import run_eval_stage
 from pipeline.methods.base import Method, counts_cell
-from pipeline.methods.rise.curate_stage import SUMMARY_NAME, run_curate_stage, training_set
+from pipeline.methods.rise.curate_stage import run_curate_stage, training_set
 from pipeline.rollouts.service import (
     IterationModel,
     collect,
@@ -25,7 +25,8 @@ from pipeline.rollouts.service import (
     open_service,
     sampling_params,
 )
-from pipeline.rollouts.trajectory import ROLLOUTS_NAME, RolloutSpec, TrajectoryRunner
+from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
+from pipeline.run.files import ROLLOUTS_NAME, SUMMARY_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import stage_attempt
 from pipeline.tasks import Task, load_tasks

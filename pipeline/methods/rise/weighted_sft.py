@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -53,6 +53,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
+from pipeline.config.choices import LossNormalization
 from pipeline.config.settings import TrainingSection
 from pipeline.training.lm_head import IGNORE_INDEX, use_compact_lm_head
 from pipeline.training.trainer import lora_config, trainer_arguments
@@ -158,7 +159,7 @@ class WeightedSFTTrainer(SFTTrainer):
         model: str | PreTrainedModel,
         args: SFTConfig,
         train_dataset: Dataset,
-        normalization: Literal["weights", "mean"] = "weights",
+        normalization: LossNormalization = LossNormalization.WEIGHTS,
         **kwargs: Any,
     ) -> None:
         _check_supported(args, train_dataset)
@@ -249,7 +250,9 @@ class WeightedSFTTrainer(SFTTrainer):
 
     def _denominator(self, weights: torch.Tensor) -> torch.Tensor:
         """What ``sum w_i L_i`` is divided by: the weights' sum, or the number of examples."""
-        return weights.sum() if self.normalization == "weights" else torch.tensor(float(weights.numel()))
+        return (
+            weights.sum() if self.normalization == LossNormalization.WEIGHTS else torch.tensor(float(weights.numel()))
+        )
 
 
 def sft_config(
