@@ -57,7 +57,11 @@ from pipeline.methods.exit.rollout import (
     ExitGenerator,
     ExitRollout,
     GroupLog,
+    GroupRecords,
+    PolicyServers,
     PromptFitter,
+    Scoring,
+    TrainingPrompts,
     chat_template_counter,
     prompt_index,
 )
@@ -223,25 +227,23 @@ def grpo_section(model: Path, on_gpu: bool, work: Path, batch_groups: int, group
         stack.callback(lambda: portal.call(backend.aclose))
         groups = GroupLog(work / "groups.jsonl", 0)
         stack.callback(groups.close)
+        fitter = PromptFitter(
+            config.rollout.templates,
+            config.rollout.history_window,
+            config.model.max_model_len - config.rollout.sampling.max_tokens,
+            chat_template_counter(tokenizer),
+        )
         generator = ExitGenerator(
             config,
-            tasks,
-            LearnabilityBuffer(config.method.buffer_capacity, config.method.kappa, seed=0),
-            work / "buffer.json",
-            groups,
-            backend,
-            portal,
-            grade=pooled_grading(pool, "numeric", {}),
-            binary=grader.binary,
-            sync_dir=work / "sync",
-            adapter_prefix="gpu-check",
-            eos_token_id=tokenizer.eos_token_id,
-            fitter=PromptFitter(
-                config.rollout.templates,
-                config.rollout.history_window,
-                config.model.max_model_len - config.rollout.sampling.max_tokens,
-                chat_template_counter(tokenizer),
+            TrainingPrompts(tasks, fitter),
+            GroupRecords(
+                LearnabilityBuffer(config.method.buffer_capacity, config.method.kappa, seed=0),
+                work / "buffer.json",
+                groups,
             ),
+            PolicyServers(backend, portal, work / "sync", "gpu-check"),
+            Scoring(pooled_grading(pool, "numeric", {}), grader.binary),
+            tokenizer.eos_token_id,
         )
         precision = "bf16" if on_gpu else "fp32"
         trainer = ExitGRPOTrainer(

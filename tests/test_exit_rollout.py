@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from pipeline.config.settings import ConfigError, TemplatesSection, dump_config, parse_config
 from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.diversity import DiversityScorer, advantage_scales
+from pipeline.methods.exit.layout import RolloutServers, read_servers, write_servers
 from pipeline.methods.exit.rollout import (
     ADVANTAGE_SCALE,
     FailureCount,
@@ -25,8 +26,10 @@ from pipeline.methods.exit.rollout import (
     prompt_index,
 )
 from pipeline.methods.exit.training import scaled_advantages, summarize
+from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
+from pipeline.training.launch import TrainError
 
 
 def test_fresh_answers_and_binary_verifiers_earn_the_score() -> None:
@@ -279,3 +282,15 @@ def test_exit_writes_a_merged_copy_for_the_eval_only_when_asked(
         assert list(merged_dir(run, 1).glob("*.safetensors"))
     else:
         assert merged_dir(run, 1) is None and not (stage_path(run.root, 1, "train") / "merged").exists()
+
+
+def test_the_worker_reads_the_servers_the_stage_wrote_and_refuses_without_them(tmp_path: Path) -> None:
+    """The train stage hands the worker its rollout servers in the stage directory, not through the environment."""
+    data = exit_data()
+    data["run"] = {"output_dir": str(tmp_path), "name": "servers"}
+    run = RunDir.create(parse_config(data))
+    with pytest.raises(TrainError, match="servers.json, which the train stage writes: run it through the stage"):
+        read_servers(run, 1)
+    servers = RolloutServers(("http://127.0.0.1:8001", "http://127.0.0.1:8002"), "base")
+    write_servers(run, 1, servers)
+    assert read_servers(run, 1) == servers

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import StageState
 from pipeline.system.atomic import file_digest
-from pipeline.training.launch import StepWatcher, TrainError, step_line
+from pipeline.training.launch import TrainError
+from pipeline.training.progress import ProgressFollower, StepProgress, append_progress
+from pipeline.training.trainer import ProgressWriter
 from tests.run_helpers import default_sigint
 from tests.train_helpers import (
     REPO,
@@ -31,7 +34,7 @@ from tests.train_helpers import (
     attempts,
     checkpoint_step,
     finish_curate,
-    first_step,
+    first_steps,
     lora_b,
     lora_weights,
     make_run,
@@ -77,19 +80,35 @@ def test_rerun_of_a_done_stage_does_nothing(trained_run: RunDir) -> None:
     assert RunDir.open(trained_run.root).manifest.record(1, "train").attempts == 1
 
 
-def test_step_watcher_finds_step_lines_after_tqdm_updates_and_across_reads(tmp_path: Path) -> None:
-    log = tmp_path / "train.log"
-    with open(log, "ab") as writer, open(log, "rb") as reader:
-        watcher = StepWatcher(reader)
-        assert watcher.latest() is None
-        writer.write(f" 10%|#  | 1/10 [00:01<00:09]\r{step_line(1, 10)}\n{{'loss': 2.0}}\n".encode())
-        writer.write(step_line(2, 10)[:-3].encode())  # a line not yet complete
+def test_progress_follower_skips_earlier_attempts_and_waits_for_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    assert ProgressFollower(path).latest() is None  # no file yet
+    append_progress(path, StepProgress(4, 10))  # an earlier attempt's
+    follower = ProgressFollower(path)
+    assert follower.latest() is None
+    append_progress(path, StepProgress(2, 10, start=True))
+    append_progress(path, StepProgress(3, 10))
+    with open(path, "a") as writer:
+        writer.write('{"step": 4, "total"')  # a line not yet complete
         writer.flush()
-        assert watcher.latest() == (1, 10)
-        writer.write(b"/10\n 30%|## | 3/10\r")
+        assert follower.latest() == StepProgress(3, 10)
+        writer.write(': 10, "start": false}\n')
         writer.flush()
-        assert watcher.latest() == (2, 10)
-        assert watcher.latest() is None  # nothing new
+        assert follower.latest() == StepProgress(4, 10)
+        assert follower.latest() is None  # nothing new
+
+
+def test_progress_writer_appends_the_start_and_every_step_from_the_main_process(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    writer, follower = ProgressWriter(path), ProgressFollower(path)
+    args, control = TrainingArguments(tmp_path / "out", report_to=[]), TrainerControl()
+    writer.on_train_begin(args, TrainerState(global_step=6, max_steps=12), control)
+    assert follower.latest() == StepProgress(6, 12, start=True)
+    writer.on_step_end(args, TrainerState(global_step=7, max_steps=12), control)
+    assert follower.latest() == StepProgress(7, 12)
+    writer.on_step_end(args, TrainerState(global_step=8, max_steps=12, is_world_process_zero=False), control)
+    assert follower.latest() is None  # another process's step is not written
+    assert first_steps(tmp_path) == [6]
 
 
 def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> None:
@@ -186,7 +205,8 @@ def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterru
     run_train_stage(RunDir.open(run.root), 1, show_progress=False)
 
     assert 0 < first_resume < second_resume < ROWS
-    assert [first_step(attempt) for attempt in attempts(stage / "train.log")] == [0, first_resume, second_resume]
+    assert len(attempts(stage / "train.log")) == 3
+    assert first_steps(stage) == [0, first_resume, second_resume]
     record = RunDir.open(run.root).manifest.record(1, "train")
     assert record.state is StageState.DONE and record.attempts == 3
     assert json.loads((stage / "train_summary.json").read_text())["steps"] == ROWS

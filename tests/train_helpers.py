@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ from safetensors.torch import load_file
 
 from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir
-from pipeline.system.atomic import write_jsonl_atomic
+from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
 from pipeline.training.checkpoints import checkpoint_step as step_of_checkpoint
 from pipeline.training.checkpoints import last_checkpoint
-from pipeline.training.launch import STEP_MARKER
+from pipeline.training.progress import PROGRESS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2
@@ -91,9 +90,9 @@ def attempts(log: Path) -> list[str]:
     return log.read_text(errors="replace").split("=== train iteration")[1:]
 
 
-def first_step(attempt: str) -> int:
-    """The step an attempt's training started at (0, or the step of the checkpoint it resumed from)."""
-    return int(re.search(rf"{STEP_MARKER} (\d+)/", attempt).group(1))
+def first_steps(stage: Path) -> list[int]:
+    """The step each attempt's training started at (0, or the step of the checkpoint it resumed from), oldest first."""
+    return [line["step"] for line in read_jsonl(stage / PROGRESS_NAME) if line["start"]]
 
 
 def checkpoint_step(run: RunDir) -> int:

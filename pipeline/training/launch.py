@@ -15,6 +15,7 @@ time the stage starts. Layout::
 
     iter_K/train/
       train.log            the trainer's output, appended by every attempt
+      progress.jsonl       the steps done, appended by every attempt (pipeline.training.progress)
       checkpoints/         checkpoint-N every training.save_steps steps
       adapter/             the LoRA adapter (finetune lora), or
       model/               the whole model with its tokenizer (finetune full)
@@ -42,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -57,11 +58,9 @@ from pipeline.run.manifest import Manifest, StageRecord, StageState
 from pipeline.run.timings import phase, timings_env
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 from pipeline.tracking.trackers import tracking_env
+from pipeline.training.progress import ProgressFollower, progress_path
 
 STAGE = TRAIN_STAGE
-STEP_MARKER = "selfimprove-train step"
-# Not anchored at the line start: tqdm's bar, on the same log, ends its updates with "\r".
-_STEP_LINE = re.compile(rf"{STEP_MARKER} (\d+)/(\d+)$", re.MULTILINE)
 POLL_S = 0.5
 STOP_GRACE_S = 10.0
 JOIN_POLL_S = 2.0
@@ -122,11 +121,6 @@ def output_files(run: RunDir, iteration: int) -> list[Path]:
     if not summary.is_file():
         raise TrainError(f"training finished without writing {summary}")
     return [*outputs, summary]
-
-
-def step_line(step: int, total: int) -> str:
-    """The line the worker prints at the start and after each optimizer step; the stage shows it as progress."""
-    return f"{STEP_MARKER} {step}/{total}"
 
 
 def launch_options(settings: TrainingSection, machine_rank: int = 0) -> list[str]:
@@ -243,24 +237,9 @@ def failure_summary(log_text: str) -> str | None:
     return summary
 
 
-class StepWatcher:
-    """Follows the lines an attempt appends to the log, for the newest step line, without rereading the log."""
-
-    def __init__(self, log: IO[bytes]) -> None:
-        self._log = log
-        self._pending = b""
-
-    def latest(self) -> tuple[int, int] | None:
-        data = self._pending + self._log.read()
-        complete, _, self._pending = data.rpartition(b"\n")
-        found = _STEP_LINE.findall(complete.decode(errors="replace"))
-        return (int(found[-1][0]), int(found[-1][1])) if found else None
-
-
-def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: dict[str, str] | None = None) -> None:
+def run_training(run: RunDir, iteration: int, show_progress: bool) -> None:
     """Launch the worker and wait for it, showing its steps; stop its process group however this ends.
 
-    ``extra_env`` reaches the worker (ExIt passes the rollout servers' URLs this way).
     A process that dies takes the others down with it (torchrun stops the
     survivors), and the error names it.
     """
@@ -269,16 +248,16 @@ def run_training(run: RunDir, iteration: int, show_progress: bool, extra_env: di
     log_path = run.stage_dir(iteration, STAGE) / LOG_NAME
     command = launch_command(run, iteration)
     attempt = run.manifest.record(iteration, STAGE).attempts
-    env = {**os.environ, **launch_env(settings), **tracking_env(run), **timings_env(), **(extra_env or {})}
-    with open(log_path, "ab") as log, open(log_path, "rb") as follow:
+    env = {**os.environ, **launch_env(settings), **tracking_env(run), **timings_env()}
+    follower = ProgressFollower(progress_path(run, iteration))
+    with open(log_path, "ab") as log:
         log.write(f"=== train iteration {iteration}, attempt {attempt}: {' '.join(command)}\n".encode())
         log.flush()
-        follow.seek(0, os.SEEK_END)
-        start = follow.tell()
+        start = log.tell()
         process = start_in_own_session(command, log, env)
         try:
             with phase("training"):
-                _wait(process, StepWatcher(follow), f"training iter {iteration}", show_progress)
+                _wait(process, follower, f"training iter {iteration}", show_progress)
         finally:
             stop_group(process, STOP_GRACE_S)
     if process.returncode != 0:
@@ -383,8 +362,8 @@ def _launch_here(run: RunDir, iteration: int, machine_rank: int, attempt: int, p
         stop_group(process, STOP_GRACE_S)
 
 
-def _wait(process: subprocess.Popen, watcher: StepWatcher, description: str, show_progress: bool) -> None:
-    """Poll until the launcher exits, showing "step s/N" (a final read catches the last step line)."""
+def _wait(process: subprocess.Popen, follower: ProgressFollower, description: str, show_progress: bool) -> None:
+    """Poll until the launcher exits, showing "step s/N" (a final read catches the last step)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -396,8 +375,8 @@ def _wait(process: subprocess.Popen, watcher: StepWatcher, description: str, sho
         task = progress.add_task(description, total=None)
         while True:
             exited = process.poll() is not None
-            if (step := watcher.latest()) is not None:
-                progress.update(task, completed=step[0], total=step[1])
+            if (step := follower.latest()) is not None:
+                progress.update(task, completed=step.step, total=step.total)
             if exited:
                 return
             time.sleep(POLL_S)

@@ -23,7 +23,8 @@ from pipeline.engine.model_store import resolve_model
 from pipeline.engine.precision import cpu_has_native_bf16, resolve_dtype
 from pipeline.run.layout import RunDir, merged_dir
 from pipeline.run.timings import phase
-from pipeline.training.launch import previous_output, step_line
+from pipeline.training.launch import previous_output
+from pipeline.training.progress import StepProgress, append_progress
 
 
 def peak_rss_gb() -> float:
@@ -142,16 +143,19 @@ def write_merged_copy(run: RunDir, iteration: int, adapter: Path) -> None:
             merge_adapter(resolve_model(run.config.model.name_or_path), adapter, merged)
 
 
-class StepPrinter(TrainerCallback):
-    """Prints :func:`~pipeline.training.launch.step_line` when training starts (or resumes) and after each step."""
+class ProgressWriter(TrainerCallback):
+    """Appends the step to the stage's progress file (:mod:`pipeline.training.progress`) when training starts
+    (or resumes) and after each optimizer step; the main process alone writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        self._print(state)
+        self._append(state, start=True)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        self._print(state)
+        self._append(state, start=False)
 
-    @staticmethod
-    def _print(state: TrainerState) -> None:
+    def _append(self, state: TrainerState, start: bool) -> None:
         if state.is_world_process_zero:
-            print(step_line(state.global_step, state.max_steps), flush=True)
+            append_progress(self.path, StepProgress(state.global_step, state.max_steps, start))

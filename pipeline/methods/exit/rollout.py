@@ -51,7 +51,7 @@ from pipeline.engine.generation import Completion, GenerationError, Message
 from pipeline.engine.service_client import Endpoint, ServiceClient
 from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.diversity import DiversityScorer
-from pipeline.methods.exit.layout import buffer_path, groups_path, service_from_env, sync_dir
+from pipeline.methods.exit.layout import buffer_path, groups_path, read_servers, sync_dir
 from pipeline.rollouts.protocol import Attempt, build_messages
 from pipeline.rollouts.service import grading_pool, pooled_grading, sampling_params
 from pipeline.rollouts.trajectory import GradeFn, chat_and_grade, request_seed
@@ -245,47 +245,74 @@ class GroupResult:
     error: str | None = None
 
 
+@dataclass
+class TrainingPrompts:
+    """The training tasks by prompt text (:func:`prompt_index`) and the fitter that cuts their improvement
+    steps' prompts to the model."""
+
+    by_prompt: dict[str, Task]
+    fitter: PromptFitter
+
+
+@dataclass
+class GroupRecords:
+    """What each batch updates and saves: the buffer (saved whole to ``buffer_path``) and the group log."""
+
+    buffer: LearnabilityBuffer
+    buffer_path: Path
+    log: GroupLog
+
+
+@dataclass
+class PolicyServers:
+    """The rollout servers the policy samples from, and how the trainer's adapter is synced into them.
+
+    ``portal`` is the event loop thread the synchronous trainer awaits the
+    async ``client`` on; each synced adapter is saved under ``sync_dir`` and
+    named after ``adapter_prefix``.
+    """
+
+    client: ServiceClient
+    portal: BlockingPortal
+    sync_dir: Path
+    adapter_prefix: str
+
+
+@dataclass
+class Scoring:
+    """How a group's completions are scored: the grading function, whether the grader is binary (the
+    rewards of :func:`improvement_reward`), and the diversity bonus's scorer (None without the bonus)."""
+
+    grade: GradeFn
+    binary: bool
+    diversity: DiversityScorer | None = None
+
+
 class ExitGenerator:
     """Generates, grades and records the GRPO groups of a whole generation batch (the main process's job).
 
-    ``client`` is created on ``loop`` and talks to the rollout servers;
-    ``adapter_prefix`` names the adapters synced into them.
+    It reads the ``method`` section, ``rollout.sampling`` and ``run.seed`` of
+    ``config``; ``eos_token_id`` fills the token ids of a failed group.
     """
 
     def __init__(
         self,
         config: PipelineConfig,
-        tasks: dict[str, Task],
-        buffer: LearnabilityBuffer,
-        buffer_path: Path,
-        groups: GroupLog,
-        client: ServiceClient,
-        portal: BlockingPortal,
-        grade: GradeFn,
-        binary: bool,
-        sync_dir: Path,
-        adapter_prefix: str,
+        prompts: TrainingPrompts,
+        records: GroupRecords,
+        servers: PolicyServers,
+        scoring: Scoring,
         eos_token_id: int,
-        fitter: PromptFitter,
-        scorer: DiversityScorer | None = None,
     ) -> None:
         self.config = config
         self.method = config.method
-        self.tasks = tasks  # by prompt (prompt_index)
-        self._by_id = {task.task_id: task for task in self.tasks.values()}
-        self.buffer = buffer
-        self.buffer_path = buffer_path
-        self.groups = groups
-        self.client = client
-        self.portal = portal  # the event loop thread the synchronous trainer awaits the async service on
-        self.grade = grade
-        self.binary = binary
-        self.sync_dir = sync_dir
-        self.adapter_prefix = adapter_prefix
+        self.prompts = prompts
+        self._by_id = {task.task_id: task for task in prompts.by_prompt.values()}
+        self.records = records
+        self.servers = servers
+        self.scoring = scoring
         self.eos_token_id = eos_token_id
-        self.fitter = fitter
-        self.failures = FailureCount.from_records(self.method.max_failed_fraction, groups.kept)
-        self.scorer = scorer
+        self.failures = FailureCount.from_records(self.method.max_failed_fraction, records.log.kept)
         self.adapter: str | None = None
         self._synced: tuple[int, Path] | None = None  # step and directory of the adapter the servers hold
 
@@ -296,10 +323,10 @@ class ExitGenerator:
         self.sync_adapter(trainer)
         size = trainer.num_generations
         instances = [self._next_instance(prompts[i]) for i in range(0, len(prompts), size)]
-        results = self.portal.call(self._generate, instances, size, step)
+        results = self.servers.portal.call(self._generate, instances, size, step)
         batch = self._record(results, size, step)
         self.failures.check()
-        stats = self.buffer.stats()
+        stats = self.records.buffer.stats()
         print(
             f"exit step {step}: {len(instances)} groups (depths {[i.depth for i in instances]}), "
             f"rollout {time.monotonic() - started:.1f} s, buffer {stats['size']}/{stats['capacity']} "
@@ -317,22 +344,23 @@ class ExitGenerator:
         step = trainer.state.global_step
         if self._synced is not None and step - self._synced[0] < self.method.sync_every:
             return
-        name, path = f"{self.adapter_prefix}-step{step}", self.sync_dir / f"step-{step}"
+        servers = self.servers
+        name, path = f"{servers.adapter_prefix}-step{step}", servers.sync_dir / f"step-{step}"
         shutil.rmtree(path, ignore_errors=True)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(path))
-        self.portal.call(self.client.load_adapter, name, str(path))
+        servers.portal.call(servers.client.load_adapter, name, str(path))
         old_name, old_sync = self.adapter, self._synced
         self.adapter, self._synced = name, (step, path)
         if old_name is not None and old_sync is not None:
-            self.portal.call(self.client.unload_adapter, old_name)
+            servers.portal.call(servers.client.unload_adapter, old_name)
             shutil.rmtree(old_sync[1], ignore_errors=True)
 
     def _next_instance(self, prompt: Any) -> Instance:
         text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-        task = self.tasks.get(text)
+        task = self.prompts.by_prompt.get(text)
         if task is None:
             raise ValueError(f"GRPO prompt is not one of the training tasks: {text[:80]!r}")
-        return self.buffer.next_instance(
+        return self.records.buffer.next_instance(
             task.task_id, self.method.select_prob, self.method.min_buffer, self.method.divergence_prob
         )
 
@@ -341,13 +369,13 @@ class ExitGenerator:
         return list(await asyncio.gather(*groups))
 
     async def _group(self, task: Task, instance: Instance, size: int, step: int, index: int) -> GroupResult:
-        messages, shown = self.fitter.messages(task, instance)
+        messages, shown = self.prompts.fitter.messages(task, instance)
         seed = request_seed(self.config.run.seed, task.task_id, step, index)
         try:
             completions, grades = await chat_and_grade(
-                self.client,
+                self.servers.client,
                 messages,
-                self.grade,
+                self.scoring.grade,
                 task.reference,
                 n=size,
                 params=sampling_params(self.config.rollout.sampling),
@@ -378,13 +406,13 @@ class ExitGenerator:
             out["completion_ids"] += [list(c.token_ids) or [self.eos_token_id] for c in result.completions]
             out[REWARD] += records[-1]["rewards"]
             out[ADVANTAGE_SCALE] += records[-1][ADVANTAGE_SCALE]
-        self.buffer.save(self.buffer_path)
-        self.groups.append(records)
+        self.records.buffer.save(self.records.buffer_path)
+        self.records.log.append(records)
         out["logprobs"] = None  # GRPO recomputes the policy's log-probabilities itself
         return out
 
     def _record_group(self, result: GroupResult, step: int, index: int) -> dict[str, Any]:
-        instance = result.instance
+        instance, buffer = result.instance, self.records.buffer
         record: dict[str, Any] = {
             "step": step,
             "group": index,
@@ -397,10 +425,12 @@ class ExitGenerator:
             "error": result.error,
         }
         if result.completions is None:
-            return {**record, "buffer_scores": self.buffer.score_quantiles()}
+            return {**record, "buffer_scores": buffer.score_quantiles()}
         scores = [g.score for g in result.grades]
-        rewards = [improvement_reward(s, instance.previous_score, self.binary, self.method.delta_max) for s in scores]
-        update = self.buffer.add_group(instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards)
+        rewards = [
+            improvement_reward(s, instance.previous_score, self.scoring.binary, self.method.delta_max) for s in scores
+        ]
+        update = buffer.add_group(instance, [Step(c.text, s) for c, s in zip(result.completions, scores)], rewards)
         return {
             **record,
             "prompt_tokens": len(result.completions[0].prompt_token_ids),
@@ -410,14 +440,14 @@ class ExitGenerator:
             "rescored_from": update.rescored_from,
             "child_entered": update.entered,
             "child_depth": update.child.depth,
-            "buffer_size": len(self.buffer),
-            "buffer_scores": self.buffer.score_quantiles(),
+            "buffer_size": len(buffer),
+            "buffer_scores": buffer.score_quantiles(),
         }
 
     def _scales(self, result: GroupResult) -> list[float]:
-        if self.scorer is None:
+        if self.scoring.diversity is None:
             return [1.0] * len(result.completions)
-        return self.scorer.scales([c.text for c in result.completions])
+        return self.scoring.diversity.scales([c.text for c in result.completions])
 
 
 class ExitRollout:
@@ -451,7 +481,7 @@ def open_rollout(
 
     ``buffer`` is None on all but the main process, which alone holds the
     generator: the servers the train stage started
-    (:func:`~pipeline.methods.exit.layout.service_from_env`), a pool of
+    (:func:`~pipeline.methods.exit.layout.read_servers`), a pool of
     ``grader.workers`` grading processes, and ``groups.jsonl``, kept up to
     ``through_step`` (the step of the checkpoint being resumed). It first
     checks that every training task's prompt fits the model.
@@ -469,12 +499,12 @@ def open_rollout(
     )
     for task in tasks.values():
         fitter.check_task(task)
-    urls, model_name = service_from_env()
+    servers = read_servers(run, iteration)
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
         client = ServiceClient(
-            [Endpoint(url) for url in urls],
-            model_name,
+            [Endpoint(url) for url in servers.urls],
+            servers.model,
             config.rollout.max_concurrency,
             config.rollout.request_timeout_s,
             config.rollout.max_retries,
@@ -485,18 +515,14 @@ def open_rollout(
         stack.callback(groups.close)
         generator = ExitGenerator(
             config,
-            tasks,
-            buffer,
-            buffer_path(run, iteration),
-            groups,
-            client,
-            portal,
-            grade=pooled_grading(pool, config.grader.name, config.grader.options),
-            binary=get_grader(config.grader.name, **config.grader.options).binary,
-            sync_dir=sync_dir(run, iteration),
-            adapter_prefix=f"{config.run.name}-exit{iteration}",
-            eos_token_id=tokenizer.eos_token_id,
-            fitter=fitter,
-            scorer=DiversityScorer() if config.method.diversity_bonus else None,
+            TrainingPrompts(tasks, fitter),
+            GroupRecords(buffer, buffer_path(run, iteration), groups),
+            PolicyServers(client, portal, sync_dir(run, iteration), f"{config.run.name}-exit{iteration}"),
+            Scoring(
+                pooled_grading(pool, config.grader.name, config.grader.options),
+                get_grader(config.grader.name, **config.grader.options).binary,
+                DiversityScorer() if config.method.diversity_bonus else None,
+            ),
+            tokenizer.eos_token_id,
         )
         yield ExitRollout(list(tasks), generator)

@@ -3,8 +3,9 @@
 GRPO generates while it trains, so the stage starts the rollout service
 (vLLM on the base model, or the servers of ``rollout.urls``) first, then
 launches the worker (:mod:`pipeline.methods.exit.training`) under ``accelerate
-launch`` as RISE's train stage does, telling it where the servers are; the
-worker loads its adapter into them as it trains. The servers stop when the
+launch`` as RISE's train stage does, telling it where the servers are
+(``servers.json``, :mod:`pipeline.methods.exit.layout`); the worker loads its
+adapter into them as it trains. The servers stop when the
 worker exits, however it exits. Layout, besides the train stage's own
 (``train.log``, ``checkpoints/``, ``adapter/``, ``train_summary.json``)::
 
@@ -12,6 +13,7 @@ worker exits, however it exits. Layout, besides the train stage's own
       buffer.json      the buffer after the newest update (each checkpoint holds its own copy)
       groups.jsonl     one line per GRPO group: step, instance depth, scores, rewards, learnability, the
                        buffer's score quantiles, the error of a failed group
+      servers.json     the rollout servers' URLs and served model name, written before each launch
       sync/            the adapter last loaded into the servers (removed when training ends)
 """
 
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 from pipeline.engine.backends import open_learner
 from pipeline.eval.stage import run_eval_stage
 from pipeline.methods.base import Method, counts_cell
-from pipeline.methods.exit.layout import buffer_path, groups_path, service_env
+from pipeline.methods.exit.layout import RolloutServers, buffer_path, groups_path, write_servers
 from pipeline.run.files import TRAIN_SUMMARY_NAME
 from pipeline.run.layout import RunDir
 from pipeline.training.launch import STAGE, TrainError, output_files, run_training, train_stage
@@ -43,8 +45,8 @@ def run_exit_training(run: RunDir, iteration: int, show_progress: bool) -> None:
     """
     service = open_learner(run.config, run.stage_dir(iteration, STAGE))
     with asyncio.Runner() as runner, _held(runner, service) as learner:
-        env = service_env([endpoint.url for endpoint in learner.endpoints], learner.base_model)
-        run_training(run, iteration, show_progress, env)
+        write_servers(run, iteration, RolloutServers(tuple(e.url for e in learner.endpoints), learner.base_model))
+        run_training(run, iteration, show_progress)
 
 
 @contextmanager

@@ -52,8 +52,9 @@ from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.training.checkpoints import checkpoint_step, last_checkpoint, train
 from pipeline.training.lm_head import use_compact_lm_head
+from pipeline.training.progress import progress_path
 from pipeline.training.trainer import (
-    StepPrinter,
+    ProgressWriter,
     lora_config,
     peak_rss_gb,
     runs_on_cpu,
@@ -91,14 +92,14 @@ class ExitGRPOTrainer(GRPOTrainer):
         """Each logging step also carries the buffer's state, so the trackers plot it on the same step."""
         generator = self.rollout_func.generator  # None on the processes that do not generate
         if generator is not None and "loss" in logs:
-            logs = {**logs, **buffer_metrics(generator.buffer.stats())}
+            logs = {**logs, **buffer_metrics(generator.records.buffer.stats())}
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             folder.mkdir(parents=True, exist_ok=True)
-            self.rollout_func.generator.buffer.save(folder / BUFFER_NAME)
+            self.rollout_func.generator.records.buffer.save(folder / BUFFER_NAME)
         super()._save_checkpoint(model, trial)
 
 
@@ -196,7 +197,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
             processing_class=tokenizer,
             peft_config=lora_config(config.training) if iteration == 1 else None,
             rollout_func=rollout,
-            callbacks=[StepPrinter()],
+            callbacks=[ProgressWriter(progress_path(run, iteration))],
         )
         attach_trackers(trainer, run, iteration)
         started = time.monotonic()

@@ -21,8 +21,9 @@ from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.system.atomic import read_jsonl, write_json_atomic
 from pipeline.tracking.callbacks import attach_trackers
 from pipeline.training.checkpoints import train
+from pipeline.training.progress import progress_path
 from pipeline.training.trainer import (
-    StepPrinter,
+    ProgressWriter,
     peak_rss_gb,
     runs_on_cpu,
     starting_model,
@@ -100,7 +101,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
             f"no example has a target token within training.max_seq_length={run.config.training.max_seq_length}: "
             "every prompt fills it; raise it"
         )
-    trainer.add_callback(StepPrinter())
+    trainer.add_callback(ProgressWriter(progress_path(run, iteration)))
     attach_trackers(trainer, run, iteration)
     final = train(trainer, final_dir(run, iteration))
     if trainer.accelerator.is_main_process:
