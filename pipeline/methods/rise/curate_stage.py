@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.methods.rise.config import RiseSection
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.methods.rise.curation import (
     Example,
     accumulate,
@@ -43,9 +43,9 @@ class CurateError(StageError):
     """The curate stage cannot run with this run's config or files."""
 
 
-def rise_method(run: RunDir) -> RiseSection:
+def rise_method(run: RunDir) -> RiseMethod:
     method = run.config.method
-    if not isinstance(method, RiseSection):
+    if not isinstance(method, RiseMethod):
         raise CurateError(f"the curate stage builds RISE training data, but this run's method is {method.name!r}")
     return method
 
