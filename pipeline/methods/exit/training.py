@@ -43,8 +43,8 @@ from trl import GRPOConfig, GRPOTrainer
 from pipeline.config.settings import PipelineConfig
 from pipeline.engine.model_store import resolve_model
 from pipeline.methods.exit.buffer import BUFFER_NAME, LearnabilityBuffer
-from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
+from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.system.atomic import read_jsonl, write_json_atomic

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.methods.rise.method import RiseMethod
 from pipeline.methods.rise.curation import (
     Example,
     accumulate,
@@ -28,6 +27,7 @@ from pipeline.methods.rise.curation import (
     refuted_examples,
     summarize,
 )
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.rollouts.trajectory import ROLLOUTS_NAME
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.lifecycle import StageError, stage_attempt
