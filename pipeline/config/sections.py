@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 F = TypeVar("F", bound=Callable[..., Any])
-_STAGE_MARK = "__serves_model__"
+_STAGE_MARK = "_stage_serves_model"  # the attribute @stage sets on a stage function
 
 
 class StrictModel(BaseModel):
@@ -88,6 +88,7 @@ class MethodSection(StrictModel):
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Read the plan off the class's :func:`stage` methods: declared once, where the stages are."""
         super().__pydantic_init_subclass__(**kwargs)
         marked: dict[str, bool] = {}
         for klass in cls.__mro__:
