@@ -1,10 +1,9 @@
-"""RISE's rollout and train stages, the functions its plan's stages run (:mod:`pipeline.methods.rise.method`).
+"""RISE's rollout and train stages, which its class's stages run (:mod:`pipeline.methods.rise.method`).
 
 The rollout stage collects multi-turn revision trajectories with iteration
-K-1's model; curate builds the weighted SFT set
-(:mod:`pipeline.methods.rise.curate_stage`); train launches the weighted
-SFT worker (:mod:`pipeline.methods.rise.training`) on it; eval is the
-shared eval stage.
+K-1's model; train launches the weighted SFT worker
+(:mod:`pipeline.methods.rise.training`) on the curated set
+(:mod:`pipeline.methods.rise.curate_stage`).
 """
 
 from __future__ import annotations
