@@ -33,6 +33,7 @@ from pipeline.config.settings import (
 )
 from pipeline.engine.adapters import AdapterError
 from pipeline.engine.generation import GenerationError
+from pipeline.engine.stage_context import StageContext
 from pipeline.engine.vllm_server import ServerError
 from pipeline.run.files import BUFFER_NAME, CONFIG_NAME, SUMMARY_NAME
 from pipeline.run.layout import RunDir, RunDirError
@@ -333,13 +334,11 @@ def _run_stage(stage: str, run: RunDir, iteration: int, progress: bool) -> Path:
 
     A stage outside the run's plan is refused before anything is written.
     """
-    from pipeline.methods.registry import method_of
-
     again = f"run it again, or continue the run with `selfimprove resume {run.root}`"
     with _locked(run.root), _exit_on_interrupt(again):
         try:
             check_planned(run.manifest, iteration, stage)
-            return method_of(run.config).stages[stage](run, iteration, show_progress=progress)
+            return run.config.method.run_stage(stage, StageContext(run, iteration, progress=progress))
         except _stage_errors() as exc:
             _fail(str(exc))
 

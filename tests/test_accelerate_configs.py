@@ -20,6 +20,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 
 from pipeline.config.launch import LaunchSettings
 from pipeline.config.settings import ConfigError, ModelSection, ServerSection, TrainingSection, parse_config
+from pipeline.engine.stage_context import StageContext
 from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.training.launch import TrainError, cpu_allocator, launch_env, launch_options, summary_line
@@ -224,7 +225,7 @@ def test_deepspeed_missing_fails_the_stage_before_launching(
     run = make_run(tmp_path, tiny_model, accelerate_config=str(ACCELERATE_DIR / "zero2.yaml"))
     finish_curate(run, 1)
     with pytest.raises(TrainError, match="uses DeepSpeed, which is not installed here: `pip install deepspeed`"):
-        run_train_stage(run, 1, show_progress=False)
+        run_train_stage(StageContext(run, 1, progress=False))
     assert not (run.root / "iter_1" / "train" / "train.log").exists()
 
 

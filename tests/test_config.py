@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
-from pipeline.methods.exit.config import ExitSection
-from pipeline.methods.rise.config import RiseSection
+from pipeline.methods.exit.method import ExitMethod
+from pipeline.methods.rise.method import RiseMethod
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {
@@ -29,7 +29,7 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 def test_minimal_config_gets_defaults_that_run(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
-    assert isinstance(config.method, RiseSection)
+    assert isinstance(config.method, RiseMethod)
     assert config.method.tau == 0.4
     assert config.rollout.backend == "vllm"
     assert config.model.name_or_path == "embedded:smollm2-135m-instruct"
@@ -114,7 +114,7 @@ def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
     )
     assert config.rollout.history_window == 5
     assert config.rollout.urls == ["http://h1:8000", "http://h2:8000"]
-    assert isinstance(config.method, ExitSection) and config.method.kappa == 2.5
+    assert isinstance(config.method, ExitMethod) and config.method.kappa == 2.5
 
 
 def test_bad_overrides_are_rejected(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.settings import load_config
-from pipeline.methods.exit.config import ExitSection
-from pipeline.methods.rise.config import RiseSection
+from pipeline.methods.exit.method import ExitMethod
+from pipeline.methods.rise.method import RiseMethod
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -43,7 +43,7 @@ def test_every_shipped_config_loads_without_touching_the_hub() -> None:
 )
 def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, grader: str) -> None:
     config = load_config(REPO / "configs" / f"{name}.yaml")
-    assert isinstance(config.method, RiseSection)
+    assert isinstance(config.method, RiseMethod)
     assert (config.method.mode, config.method.selection, config.method.tau) == ("self_distill", "all", 0.4)
     assert config.model.name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
     assert config.model.dtype == "bfloat16"
@@ -61,7 +61,7 @@ def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, gr
 def test_exit_math_config_mirrors_the_papers_math_setup() -> None:
     config = load_config(REPO / "configs" / "exit_math.yaml")
     method = config.method
-    assert isinstance(method, ExitSection)
+    assert isinstance(method, ExitMethod)
     assert config.model.name_or_path == "meta-llama/Llama-3.2-3B-Instruct"
     assert (method.buffer_capacity, method.min_buffer, method.select_prob) == (512, 128, 0.5)
     assert (method.divergence_prob, method.group_size, config.training.learning_rate) == (0.2, 8, 1e-6)
@@ -73,7 +73,7 @@ def test_exit_math_config_mirrors_the_papers_math_setup() -> None:
 
 def test_exit_quickstart_runs_on_the_embedded_model_on_cpu() -> None:
     config = load_config(REPO / "configs" / "exit_quickstart.yaml")
-    assert isinstance(config.method, ExitSection)
+    assert isinstance(config.method, ExitMethod)
     assert config.model.name_or_path == "embedded:smollm2-135m-instruct"
     assert config.tasks.train.source == "arithmetic" and config.grader.name == "numeric"
     assert config.evaluation.feedback == "improve" and config.training.accelerate_config is None

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.engine.stage_context import StageContext
 from pipeline.engine.vllm_server import free_port
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.methods.rise.training import training_dataset
@@ -86,7 +87,7 @@ def test_two_processes_train_as_one_on_the_union_of_their_shards_and_only_rank_0
     stage = run.root / "iter_1" / "train"
     audit_writes(monkeypatch, run.root, tmp_path / "writes.tsv")
 
-    run_train_stage(run, 1, show_progress=False)
+    run_train_stage(StageContext(run, 1, progress=False))
 
     data = training_dataset(run.root / "iter_1" / "curate" / "train.jsonl")
     single = run.config.training.model_copy(update={"per_device_batch_size": 8})
@@ -133,7 +134,7 @@ def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: P
     finish_curate(run, 1)
     stage = run.root / "iter_1" / "train"
     with ThreadPoolExecutor(1) as pool:
-        attempt = pool.submit(run_train_stage, run, 1, False)
+        attempt = pool.submit(run_train_stage, StageContext(run, 1, progress=False))
         while checkpoint_step(run) < 2:
             assert not attempt.done(), "the stage ended before its first checkpoint"
             time.sleep(0.02)
@@ -148,7 +149,7 @@ def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: P
     assert record.state is StageState.FAILED and record.error.startswith("TrainError") and "rank 1" in record.error
     resumed_from = checkpoint_step(run)
 
-    run_train_stage(RunDir.open(run.root), 1, show_progress=False)
+    run_train_stage(StageContext(RunDir.open(run.root), 1, progress=False))
 
     record = RunDir.open(run.root).manifest.record(1, "train")
     assert record.state is StageState.DONE and record.attempts == 2
@@ -185,7 +186,7 @@ def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path,
         target=lambda: codes.extend(join_training(run.root, 1, on_join, poll_s=0.2)), daemon=True
     )
     follower.start()
-    run_train_stage(run, 1, show_progress=False)
+    run_train_stage(StageContext(run, 1, progress=False))
     follower.join()
 
     assert joined == [(1, 1)] and codes == [0]

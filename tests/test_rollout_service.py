@@ -27,6 +27,7 @@ from pipeline.engine.adapters import AdapterError, check_adapter_dir
 from pipeline.engine.backends import open_learner
 from pipeline.engine.generation import GenerationError, SamplingParams
 from pipeline.engine.service_client import Endpoint, ServiceClient
+from pipeline.engine.stage_context import StageContext
 from pipeline.engine.vllm_server import VLLMServer
 from pipeline.methods.rise.stages import collection_spec, run_rollout_stage
 from pipeline.rollouts.service import collect, pooled_grading
@@ -108,7 +109,7 @@ def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: 
     config = make_config(tmp_path, tiny_model)
     run = RunDir.create(config)
 
-    path = run_rollout_stage(run, iteration=1, show_progress=False)
+    path = run_rollout_stage(StageContext(run, 1, progress=False))
 
     records = read_jsonl(path)
     assert len(records) == 16
@@ -125,7 +126,7 @@ def test_three_turn_rollout_stage_writes_records_and_stops_its_server(tmp_path: 
     ]
     # A rerun of a finished stage does nothing: no server, same file.
     before = path.stat().st_mtime_ns
-    assert run_rollout_stage(RunDir.open(run.root), iteration=1, show_progress=False) == path
+    assert run_rollout_stage(StageContext(RunDir.open(run.root), 1, progress=False)) == path
     assert path.stat().st_mtime_ns == before
 
 
@@ -145,7 +146,7 @@ def test_stage_uses_running_servers_given_by_url(vllm_server: VLLMServer, tmp_pa
     config.tasks.train.limit = 4
     run = RunDir.create(config)
 
-    records = read_jsonl(run_rollout_stage(run, iteration=1, show_progress=False))
+    records = read_jsonl(run_rollout_stage(StageContext(run, 1, progress=False)))
 
     assert len(records) == 4
     for record in records:

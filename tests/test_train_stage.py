@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from pipeline.engine.stage_context import StageContext
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import StageState
@@ -47,7 +48,7 @@ def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     """Iteration 1 trained without interruption (LoRA from the base model)."""
     run = make_run(tmp_path_factory.mktemp("trained"), tiny_model)
     finish_curate(run, 1)
-    run_train_stage(run, 1, show_progress=False)
+    run_train_stage(StageContext(run, 1, progress=False))
     return run
 
 
@@ -75,7 +76,7 @@ def test_rerun_of_a_done_stage_does_nothing(trained_run: RunDir) -> None:
     stage = trained_run.root / "iter_1" / "train"
     files = [stage / "adapter" / "adapter_model.safetensors", stage / "train_summary.json", stage / "train.log"]
     before = [(p.stat().st_mtime_ns, file_digest(p)) for p in files]
-    assert run_train_stage(RunDir.open(trained_run.root), 1, show_progress=False) == stage / "adapter"
+    assert run_train_stage(StageContext(RunDir.open(trained_run.root), 1, progress=False)) == stage / "adapter"
     assert [(p.stat().st_mtime_ns, file_digest(p)) for p in files] == before
     assert RunDir.open(trained_run.root).manifest.record(1, "train").attempts == 1
 
@@ -114,7 +115,7 @@ def test_progress_writer_appends_the_start_and_every_step_from_the_main_process(
 def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> None:
     run = make_run(tmp_path, tiny_model)
     with pytest.raises(TrainError, match="iteration 1's curate stage is not done"):
-        run_train_stage(run, 1, show_progress=False)
+        run_train_stage(StageContext(run, 1, progress=False))
     record = RunDir.open(run.root).manifest.record(1, "train")
     assert record.state is StageState.FAILED and "curate stage is not done" in record.error
     assert not (run.root / "iter_1" / "train" / "train.log").exists()  # refused before launching
@@ -123,7 +124,7 @@ def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> No
 def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
     run = make_run(tmp_path, tiny_model, finetune="qlora")
     finish_curate(run, 1)
-    adapter = run_train_stage(run, 1, show_progress=False)
+    adapter = run_train_stage(StageContext(run, 1, progress=False))
     assert adapter == run.root / "iter_1" / "train" / "adapter"
     assert lora_b(lora_weights(adapter)).abs().max() > 0  # trained: LoRA's B starts at zero
     assert RunDir.open(run.root).manifest.is_done(1, "train")
@@ -136,7 +137,7 @@ def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir,
     # iteration 1's (trained, non-zero B), where an adapter trained from scratch would have B close to 0.
     run.amend(["method.train_from=previous", "training.learning_rate=1e-7"])  # what `resume --set` does
     finish_curate(run, 2)
-    adapter = run_train_stage(RunDir.open(run.root), 2, show_progress=False)
+    adapter = run_train_stage(StageContext(RunDir.open(run.root), 2, progress=False))
     assert adapter == run.root / "iter_2" / "train" / "adapter"
     first, second = lora_weights(run.root / "iter_1" / "train" / "adapter"), lora_weights(adapter)
     assert first.keys() == second.keys()
@@ -154,7 +155,7 @@ def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model
     cpu_config = REPO / "configs" / "accelerate" / "cpu.yaml"
     run = make_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
     finish_curate(run, 1)
-    model_dir = run_train_stage(run, 1, show_progress=False)
+    model_dir = run_train_stage(StageContext(run, 1, progress=False))
     assert model_dir == run.root / "iter_1" / "train" / "model"
     assert "--config_file" in attempts(model_dir.parent / "train.log")[0].splitlines()[0]
     trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
@@ -167,7 +168,8 @@ def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model
 
 STAGE_SCRIPT = (
     "import sys; from pipeline.run.layout import RunDir; from pipeline.methods.rise.stages import run_train_stage; "
-    "run_train_stage(RunDir.open(sys.argv[1]), 1, show_progress=False)"
+    "from pipeline.engine.stage_context import StageContext; "
+    "run_train_stage(StageContext(RunDir.open(sys.argv[1]), 1, progress=False))"
 )
 
 
@@ -202,7 +204,7 @@ def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterru
     assert RunDir.open(run.root).manifest.record(1, "train").state is StageState.RUNNING
     assert not (stage / "adapter").exists()
 
-    run_train_stage(RunDir.open(run.root), 1, show_progress=False)
+    run_train_stage(StageContext(RunDir.open(run.root), 1, progress=False))
 
     assert 0 < first_resume < second_resume < ROWS
     assert len(attempts(stage / "train.log")) == 3

@@ -10,13 +10,26 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-if TYPE_CHECKING:
-    from pipeline.config.settings import TrainingSection
+
+class LaunchKeys(Protocol):
+    """The ``training`` section's keys that override the accelerate YAML (a protocol, so that the launch settings,
+    which the config's checks read, do not import the config's module)."""
+
+    @property
+    def accelerate_config(self) -> Path | None: ...
+    @property
+    def num_processes(self) -> int | None: ...
+    @property
+    def num_machines(self) -> int | None: ...
+    @property
+    def main_process_ip(self) -> str | None: ...
+    @property
+    def main_process_port(self) -> int | None: ...
 
 
 class _FileSection(BaseModel):
@@ -87,7 +100,7 @@ class LaunchSettings:
     deepspeed_multinode_launcher: str | None
 
     @classmethod
-    def of(cls, settings: TrainingSection) -> LaunchSettings:
+    def of(cls, settings: LaunchKeys) -> LaunchSettings:
         file = read_accelerate_config(settings.accelerate_config) if settings.accelerate_config else None
         num_processes = settings.num_processes or (file.num_processes if file else None) or 1
         if file is None:

@@ -1,21 +1,27 @@
 """The base classes of config sections, kept apart so that each method's package can define its own section.
 
 :class:`MethodSection` is the interface a run's ``method`` section offers to
-the layers below ``pipeline/methods/``: the stages of its plan, the training
-worker to launch, whether training continues the previous iteration's model,
-and its checks of the whole config. Those layers call these, and never ask
-which method a run uses (docs/ARCHITECTURE.md, "The method registry").
+the layers below ``pipeline/methods/``: the stages of its plan, whether
+training continues the previous iteration's model, and which stages each
+stage reads. Those layers call these, and never ask which method a run uses
+(docs/ARCHITECTURE.md, "The method registry"). The section is the method
+itself: each method's class subclasses :class:`pipeline.methods.base.Method`,
+which adds the functions of its stages, its training entry point, its model
+card's rows and its checks of the whole config. This module imports nothing
+else of the config, so that the whole config (:mod:`pipeline.config.settings`)
+holds a method section without an import circle.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, get_args
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-if TYPE_CHECKING:
-    from pipeline.config.settings import PipelineConfig
+F = TypeVar("F", bound=Callable[..., Any])
+_STAGE_MARK = "_stage_serves_model"  # the attribute @stage sets on a stage function
 
 
 class StrictModel(BaseModel):
@@ -53,36 +59,50 @@ class StrictModel(BaseModel):
         return data
 
 
+def stage(*, serves_model: bool = False) -> Callable[[F], F]:
+    """Mark a method of a method's class as a stage of its plan; the plan runs the marked methods in the order the
+    class defines them, its own before its bases' (``eval`` last). ``serves_model``: the stage opens a learner, so
+    the run loop keeps its servers up for the next such stage (:mod:`pipeline.engine.server_keeper`)."""
+
+    def mark(function: F) -> F:
+        setattr(function, _STAGE_MARK, serves_model)
+        return function
+
+    return mark
+
+
 class MethodSection(StrictModel):
-    """A method's ``method`` section; each method subclasses it in ``pipeline/methods/<name>/config.py``."""
+    """A method's ``method`` section; each method's class (``pipeline/methods/<name>/method.py``) subclasses it."""
 
     name: str
-    ITERATION_STAGES: ClassVar[tuple[str, ...]]
-    """The stages of each iteration 1..N, in order (iteration 0 is the base model's eval)."""
-    WORKER: ClassVar[str]
-    """The module whose ``train_iteration(run, iteration)`` the train stage's worker runs."""
+    ITERATION_STAGES: ClassVar[tuple[str, ...]] = ()
+    """The stages of each iteration 1..N, in order (iteration 0 is the base model's eval): the :func:`stage`
+    methods of the class."""
+    SERVING_STAGES: ClassVar[frozenset[str]] = frozenset()
+    """The stages of the plan that serve a model."""
     REPORTED: ClassVar[tuple[str, ...]] = ()
     """The settings worth a place in the report's header."""
     IGNORED: ClassVar[dict[str, str]] = {}
     """Dotted keys of the other sections this method never reads, each with what it uses instead. A config
     that sets one is refused (:meth:`ignored_keys_set`), and the run's resolved config leaves them out."""
 
-    def rollout_attempts_shown(self, config: PipelineConfig) -> int:
-        """The earlier attempts a rollout request's prompt may carry uncut beside the task, each up to
-        ``rollout.sampling.max_tokens`` tokens: with the completion's own budget they must fit
-        ``model.max_model_len`` (the config's check of token budgets). 0 where the method's rollouts
-        generate single turns, or cut their prompts to fit the model themselves."""
-        return 0
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Read the plan off the class's :func:`stage` methods: declared once, where the stages are."""
+        super().__pydantic_init_subclass__(**kwargs)
+        marked: dict[str, bool] = {}
+        for klass in cls.__mro__:
+            for name, value in vars(klass).items():
+                if hasattr(value, _STAGE_MARK):
+                    marked.setdefault(name, getattr(value, _STAGE_MARK))
+        cls.ITERATION_STAGES = tuple(marked)
+        cls.SERVING_STAGES = frozenset(name for name, serves in marked.items() if serves)
 
     def continue_reason(self) -> str | None:
         """Why iteration K > 1 trains on from iteration K-1's model; None when it starts from the base."""
         return None
 
-    def problems(self, config: PipelineConfig) -> list[str]:
-        """What in the rest of the config this method cannot run with, each naming the key to change."""
-        return []
-
-    def ignored_keys_set(self, config: PipelineConfig) -> list[str]:
+    def ignored_keys_set(self, config: BaseModel) -> list[str]:
         """The keys of :attr:`IGNORED` the config sets itself (pydantic's ``model_fields_set``: a default is
         not set), each naming what the method uses instead; a silently ignored setting misleads."""
         return [

@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.choices import Backend, FeedbackMode, Finetune, LossNormalization, TrackerName
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
-from pipeline.config.methods import DEFAULT_METHOD, METHOD_PACKAGES, method_section, method_sections
+from pipeline.config.methods import DEFAULT_METHOD, METHODS, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
 from pipeline.config.reference import key_link
 from pipeline.config.sections import StrictModel, attempts_shown
@@ -602,7 +602,7 @@ class PipelineConfig(StrictModel):
     grader: GraderSection = Field(
         default_factory=GraderSection, description="The grader that scores every answer, and its process pool."
     )
-    # Each registered method's section (pipeline/config/methods.py), told apart by its name.
+    # Each registered method's class (pipeline/config/methods.py), told apart by its name.
     method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
         default_factory=lambda: method_section(DEFAULT_METHOD)(),
         description="The method and its settings, told apart by `name`.",
@@ -831,7 +831,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     problems = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHOD_PACKAGES:
+        if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHODS:
             del loc[1]  # the union tag pydantic inserts for the discriminated section
         message = " ".join(error["msg"].removeprefix("Value error, ").split())
         # A check of the whole config names its keys in its message.

@@ -3,7 +3,7 @@
 ``rollout.backend: vllm`` with no ``rollout.urls`` starts managed vLLM
 servers, ``rollout.server.replicas`` of them side by side, each on its own
 port and GPUs (all stopped when the block exits, also on errors and Ctrl-C),
-unless the run loop keeps servers between stages
+unless the stage is given the run loop's keeper of servers
 (:mod:`pipeline.engine.server_keeper`): then the servers of the stage before
 are reused when they serve the same model, and stay up for the next stage.
 With URLs it uses those servers; either way requests are spread across them.
@@ -21,7 +21,7 @@ from pipeline.config.choices import Backend
 from pipeline.config.settings import PipelineConfig
 from pipeline.engine.generation import GenerationBackend
 from pipeline.engine.model_store import resolve_model
-from pipeline.engine.server_keeper import active_keeper
+from pipeline.engine.server_keeper import ServerKeeper
 from pipeline.engine.service_client import Endpoint, ServiceClient, discover_model_name
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
 
@@ -29,7 +29,9 @@ SERVED_BASE_NAME = "base"
 
 
 @asynccontextmanager
-async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[GenerationBackend]:
+async def open_learner(
+    config: PipelineConfig, log_dir: Path, keeper: ServerKeeper | None = None
+) -> AsyncIterator[GenerationBackend]:
     rollout = config.rollout
     if rollout.backend == Backend.HF:
         from pipeline.engine.hf_backend import HFBackend
@@ -50,7 +52,7 @@ async def open_learner(config: PipelineConfig, log_dir: Path) -> AsyncIterator[G
             base_model = await discover_model_name(endpoints[0].url)
         else:
             model_path = resolve_model(config.model.name_or_path)
-            if (keeper := active_keeper()) is not None:
+            if keeper is not None:
                 # Started from this (the main) thread, not a worker thread: a server dies with the thread
                 # that started it (pipeline.system.processes), and these must outlive this stage's event loop.
                 servers = await keeper.servers(model_path, config.model, rollout.server, log_dir, SERVED_BASE_NAME)

@@ -7,10 +7,11 @@ server costs tens of seconds (more on CPU), so the run loop holds a
 :class:`ServerKeeper` while it walks the plan: a stage that opens a learner
 (:func:`pipeline.engine.backends.open_learner`) asks the keeper, which hands
 back the running servers when they serve the same model with the same
-settings and otherwise stops them and starts new ones. The loop releases the
-servers before a stage that serves nothing (training needs the devices and
-the memory back). Outside the loop (a single ``selfimprove eval`` or
-``rollout``) no keeper is active and each stage starts and stops its own.
+settings and otherwise stops them and starts new ones. The keeper reaches a
+stage in its :class:`pipeline.engine.stage_context.StageContext`. The loop
+releases the servers before a stage that serves nothing (training needs the
+devices and the memory back). Outside the loop (a single ``selfimprove eval``
+or ``rollout``) a stage has no keeper and starts and stops its own.
 
 Only the servers are kept, never an HTTP client: a client belongs to the
 event loop of the stage that made it. Kept servers are started from the main
@@ -23,15 +24,11 @@ finds it stopped and starts a new one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
+from types import TracebackType
 
 from pipeline.config.settings import ModelSection, ServerSection
 from pipeline.engine.vllm_server import VLLMServer, replica_servers, start_servers
-
-_ACTIVE: ContextVar[ServerKeeper | None] = ContextVar("server_keeper", default=None)
 
 
 def serving_key(model_path: str, model: ModelSection, settings: ServerSection, served_name: str) -> str:
@@ -40,7 +37,7 @@ def serving_key(model_path: str, model: ModelSection, settings: ServerSection, s
 
 
 class ServerKeeper:
-    """Holds at most one set of replica servers (one model) between stages."""
+    """Holds at most one set of replica servers (one model) between stages; they stop when its block ends."""
 
     def __init__(self) -> None:
         self._key: str | None = None
@@ -76,19 +73,10 @@ class ServerKeeper:
         for server in servers:
             server.stop()
 
+    def __enter__(self) -> ServerKeeper:
+        return self
 
-def active_keeper() -> ServerKeeper | None:
-    """The keeper of the run loop this stage runs in, or None (the stage owns its servers)."""
-    return _ACTIVE.get()
-
-
-@contextmanager
-def keeping_servers() -> Iterator[ServerKeeper]:
-    """Make a keeper active for the stages run inside the block; its servers stop when the block ends."""
-    keeper = ServerKeeper()
-    token = _ACTIVE.set(keeper)
-    try:
-        yield keeper
-    finally:
-        _ACTIVE.reset(token)
-        keeper.release()
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.release()

@@ -44,7 +44,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from pipeline.config.methods import METHOD_PACKAGES, method_section
+from pipeline.config.methods import METHODS, method_section
 from pipeline.config.settings import ConfigError
 from pipeline.eval.evaluation import (
     compare_task_metrics,
@@ -457,7 +457,7 @@ def _describe_method(method: dict[str, Any]) -> str:
 
 def _reported_settings(name: str) -> tuple[str, ...]:
     """The settings the method's section names as worth the header; none for a method this version does not know."""
-    return method_section(name).REPORTED if name in METHOD_PACKAGES else ()
+    return method_section(name).REPORTED if name in METHODS else ()
 
 
 def _describe_tasks(section: dict[str, Any]) -> str:

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.settings import PipelineConfig, eval_history_window
+from pipeline.engine.server_keeper import ServerKeeper
+from pipeline.engine.stage_context import StageContext
 from pipeline.eval.evaluation import (
     count_grading_errors,
     count_incomplete,
@@ -61,7 +63,6 @@ from pipeline.rollouts.service import (
 )
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
 from pipeline.run.files import CURVES_NAME, EVAL_NAME, PARALLEL_DIR, PER_TASK_NAME, TASK_METRICS_NAME
-from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageError, stage_attempt
 from pipeline.system.atomic import write_json_atomic, write_jsonl_atomic
 from pipeline.tasks import Task, load_tasks
@@ -102,14 +103,18 @@ def evaluate(
     turns: int,
     samples: int,
     show_progress: bool = True,
+    servers: ServerKeeper | None = None,
 ) -> dict[str, Any]:
-    """Generate, grade and summarize; writes the files of the module doc and returns the eval summary."""
+    """Generate, grade and summarize; writes the files of the module doc and returns the eval summary.
+
+    ``servers``: the run loop's keeper, whose servers the eval shares with the stages beside it.
+    """
     if turns < 2:
         raise EvalError(f"evaluation needs turns >= 2 (nothing to revise with {turns}); got {turns}")
     if not tasks:
         raise EvalError("no eval tasks to evaluate")
     config = model.config
-    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress))
+    records, parallel = asyncio.run(_generate(model, tasks, out_dir, turns, samples, show_progress, servers))
     grader = get_grader(config.grader.name, **config.grader.options)
     return write_eval_outputs(
         out_dir, records, parallel, grader, turns, samples, config.run.seed, eval_history_window(config)
@@ -147,14 +152,20 @@ def write_eval_outputs(
 
 
 async def _generate(
-    model: IterationModel, tasks: list[Task], out_dir: Path, turns: int, samples: int, show_progress: bool
+    model: IterationModel,
+    tasks: list[Task],
+    out_dir: Path,
+    turns: int,
+    samples: int,
+    show_progress: bool,
+    servers: ServerKeeper | None,
 ) -> tuple[list[TrajectoryRecord], list[TrajectoryRecord] | None]:
     """The trajectory records and, when n < T at a temperature above 0, the parallel baseline's records.
 
     None for the latter: no parallel samples were drawn (see :func:`pipeline.eval.evaluation.prepare_eval_records`).
     """
     config, adapter = model.config, model.adapter_name
-    async with open_service(model, out_dir) as service:
+    async with open_service(model, out_dir, servers) as service:
         runner = TrajectoryRunner(eval_spec(config, adapter, turns, samples), service.learner, service.grade)
         records = read_records(await collect(tasks, runner, out_dir, "eval", show_progress))
         if samples >= turns or config.evaluation.sampling.temperature == 0:
@@ -171,19 +182,21 @@ def stage_outputs(out_dir: Path) -> list[Path]:
     return [*collected_files(out_dir), *figures, *([parallel] if parallel.is_dir() else [])]
 
 
-def run_eval_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    """Evaluate iteration ``iteration``'s model as the run config says; returns ``eval.json``'s path.
+def run_eval_stage(context: StageContext) -> Path:
+    """Evaluate iteration K's model as the run config says; returns ``eval.json``'s path.
 
     Recorded in the manifest; a rerun of a finished stage does nothing. The
     run's report is rewritten after every eval.
     """
+    run, iteration = context.run, context.iteration
     with stage_attempt(run.manifest, iteration, STAGE) as attempt:
         out_dir = run.stage_dir(iteration, STAGE)
         if attempt.done:
             return out_dir / EVAL_NAME
         settings = run.config.evaluation
         tasks = load_tasks(run.config.tasks.eval, "eval")
-        evaluate(iteration_model(run, iteration), tasks, out_dir, settings.turns, settings.samples, show_progress)
+        model = iteration_model(run, iteration)
+        evaluate(model, tasks, out_dir, settings.turns, settings.samples, context.progress, context.servers)
         attempt.outputs = stage_outputs(out_dir)
     try:
         write_report(run.root)

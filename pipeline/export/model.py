@@ -37,7 +37,6 @@ from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.engine.adapters import merge_adapter
 from pipeline.engine.model_store import resolve_model
 from pipeline.eval.report import metric_rows, read_eval_dir
-from pipeline.methods.registry import method_of
 from pipeline.run.files import CONFIG_NAME
 from pipeline.run.layout import RunDir, final_dir, merged_dir, stage_path
 from pipeline.system.atomic import publish_dir, write_text_atomic
@@ -140,7 +139,7 @@ def model_card(run: RunDir, iteration: int, adapter_only: bool, command: str) ->
         f"# {config.run.name}, iteration {iteration}",
         "",
         f"{kind.capitalize()} of iteration {iteration} of the `selfimprove` run `{config.run.name}`: "
-        f"{method_of(config).title} on top of `{config.model.name_or_path}`, "
+        f"{config.method.TITLE} on top of `{config.model.name_or_path}`, "
         "trained to revise its own answers over several turns.",
         "",
         "## Base model",
@@ -213,17 +212,17 @@ def _training_settings(run: RunDir) -> dict[str, Any]:
 
 def _data_lines(run: RunDir, iteration: int) -> list[str]:
     """Each iteration's training data as its method summarizes it (RISE: curated examples; ExIt: groups, buffer)."""
-    method = method_of(run.config)
-    columns = ["iteration", *method.data_columns]
+    method = run.config.method
+    columns = ["iteration", *method.CARD_COLUMNS]
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    stage, name = method.data_summary
+    stage, name = method.card_summary()
     for k in range(1, iteration + 1):
         path = stage_path(run.root, k, stage) / name
         if not run.manifest.verified_done(k, stage, [path]) or not path.is_file():
             lines.append(f"| {k} | not recorded |" + " |" * (len(columns) - 2))
             continue
         summary = json.loads(path.read_text(encoding="utf-8"))
-        lines.append("| " + " | ".join([str(k), *method.data_row(summary)]) + " |")
+        lines.append("| " + " | ".join([str(k), *method.card_row(summary)]) + " |")
     return lines
 
 

@@ -20,6 +20,7 @@ from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.engine.backends import open_learner, open_teacher
 from pipeline.engine.generation import GenerationBackend, SamplingParams
+from pipeline.engine.server_keeper import ServerKeeper
 from pipeline.rollouts.progress import RolloutProgress
 from pipeline.rollouts.trajectory import GradeFn, RolloutWriter, TrajectoryRunner, trajectory_key
 from pipeline.run.files import ROLLOUTS_NAME, THROUGHPUT_NAME
@@ -135,14 +136,18 @@ class Service:
 
 
 @asynccontextmanager
-async def open_service(model: IterationModel, log_dir: Path) -> AsyncIterator[Service]:
+async def open_service(
+    model: IterationModel, log_dir: Path, servers: ServerKeeper | None = None
+) -> AsyncIterator[Service]:
     """Start (or connect to) the learner's backend with ``model``'s adapter loaded, plus the grading pool.
+
+    ``servers``: the run loop's keeper, whose servers the learner shares with the stages beside this one.
 
     Everything is closed on exit, errors and Ctrl-C included.
     """
     config = model.config
     with grading_pool(config) as pool:
-        async with open_learner(config, log_dir) as learner, open_teacher(config) as teacher:
+        async with open_learner(config, log_dir, servers) as learner, open_teacher(config) as teacher:
             if model.adapter is not None:
                 await learner.load_adapter(*map(str, model.adapter))
             yield Service(learner, teacher, pooled_grading(pool, config.grader.name, config.grader.options))

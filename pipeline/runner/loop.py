@@ -1,8 +1,8 @@
 """The run loop: eval(0), then each iteration's stages.
 
 Each method declares its iterations' stages (RISE: rollout -> curate ->
-train -> eval; ExIt: train -> eval) and the functions that run them
-(:mod:`pipeline.methods.registry`).
+train -> eval; ExIt: train -> eval) and the functions that run them: the
+run's ``method`` section is its method (:mod:`pipeline.methods.base`).
 
 The manifest holds the plan (:func:`pipeline.run.manifest.planned_stages`) and
 each stage's state; the loop only walks the plan and runs every stage that is
@@ -23,8 +23,8 @@ import os
 import shutil
 from collections.abc import Callable
 
-from pipeline.engine.server_keeper import keeping_servers
-from pipeline.methods.registry import method_of
+from pipeline.engine.server_keeper import ServerKeeper
+from pipeline.engine.stage_context import StageContext
 from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.manifest import StageState, parse_stage_key, stage_key
@@ -43,15 +43,15 @@ def run_loop(
     Consecutive stages that serve the same model share its servers (iteration
     K's eval and iteration K+1's rollout); a resumed run starts the ones it needs.
     """
-    method = method_of(run.config)
+    method = run.config.method
     sync_tracking(run)
-    with keeping_servers() as servers:
+    with ServerKeeper() as servers:
         for iteration, stage in run.manifest.unfinished():
-            if stage not in method.serving_stages:
+            if stage not in method.SERVING_STAGES:
                 servers.release()
             if on_stage is not None:
                 on_stage(iteration, stage)
-            method.stages[stage](run, iteration, show_progress=show_progress)
+            method.run_stage(stage, StageContext(run, iteration, servers, show_progress))
             sync_tracking(run)
 
 

@@ -4,14 +4,13 @@
 
 The launcher dies with the pipeline, but its children are its own: each
 worker process ties its life to the launcher's before it imports the
-training stack (:mod:`pipeline.methods.rise.training`), so that an orphaned worker
-never trains on, writing checkpoints beside a rerun's.
+training stack (the run's method imports it, e.g. :mod:`pipeline.methods.rise.training`), so that an
+orphaned worker never trains on, writing checkpoints beside a rerun's.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 
 from pipeline.system.processes import die_with_parent
@@ -32,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.run.layout import RunDir
 
     run = RunDir.open(args.run_dir)
-    # The method's section names its worker module (pipeline/methods/<name>/training.py).
-    importlib.import_module(run.config.method.WORKER).train_iteration(run, args.iteration)
+    # The run's method section is its method (pipeline.methods.base.Method), which knows its own training.
+    run.config.method.train_iteration(run, args.iteration)
 
 
 if __name__ == "__main__":

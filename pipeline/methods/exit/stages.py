@@ -1,4 +1,4 @@
-"""ExIt's stages (train -> eval, the registry's entry); its train stage serves the policy while GRPO trains it.
+"""ExIt's train stage (:mod:`pipeline.methods.exit.method`): it serves the policy while GRPO trains it.
 
 GRPO generates while it trains, so the stage starts the rollout service
 (vLLM on the base model, or the servers of ``rollout.urls``) first, then
@@ -24,29 +24,28 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pipeline.engine.backends import open_learner
-from pipeline.eval.stage import run_eval_stage
-from pipeline.methods.base import Method, counts_cell
+from pipeline.engine.stage_context import StageContext
 from pipeline.methods.exit.layout import RolloutServers, buffer_path, groups_path, write_servers
-from pipeline.run.files import TRAIN_SUMMARY_NAME
 from pipeline.run.layout import RunDir
 from pipeline.training.launch import STAGE, TrainError, output_files, run_training, train_stage
 
 T = TypeVar("T")
 
 
-def run_exit_training(run: RunDir, iteration: int, show_progress: bool) -> None:
-    """Start the rollout service, train beside it, stop it.
+def run_exit_training(context: StageContext) -> None:
+    """Start the rollout service (or take the run loop's servers), train beside it, stop it.
 
     Training runs in this (the main) thread, so that Ctrl-C and SIGTERM
     reach it as they reach RISE's train stage.
     """
-    service = open_learner(run.config, run.stage_dir(iteration, STAGE))
+    run, iteration = context.run, context.iteration
+    service = open_learner(run.config, run.stage_dir(iteration, STAGE), context.servers)
     with asyncio.Runner() as runner, _held(runner, service) as learner:
         write_servers(run, iteration, RolloutServers(tuple(e.url for e in learner.endpoints), learner.base_model))
-        run_training(run, iteration, show_progress)
+        run_training(run, iteration, context.progress)
 
 
 @contextmanager
@@ -70,32 +69,12 @@ def exit_outputs(run: RunDir, iteration: int) -> list[Path]:
     return paths
 
 
-def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    """Train iteration ``iteration``'s adapter by GRPO beside the rollout service; returns its directory."""
+def run_train_stage(context: StageContext) -> Path:
+    """Train iteration K's adapter by GRPO beside the rollout service; returns its directory."""
+    run, iteration = context.run, context.iteration
 
     def train() -> list[Path]:
-        run_exit_training(run, iteration, show_progress)
+        run_exit_training(context)
         return output_files(run, iteration) + exit_outputs(run, iteration)
 
     return train_stage(run, iteration, train)
-
-
-def _data_row(summary: dict[str, Any]) -> list[str]:
-    depth = summary["mean_depth"]
-    return [
-        str(summary["groups"]),
-        "-" if depth is None else f"{depth:.2f}",
-        counts_cell(summary["depth_histogram"]),
-        str(summary["buffer"]["size"]),
-    ]
-
-
-METHOD = Method(
-    stages={"train": run_train_stage, "eval": run_eval_stage},
-    # GRPO generates on the rollout servers while it trains, on devices of their own (a config check).
-    serving_stages=frozenset({"train", "eval"}),
-    title="ExIt (GRPO on self-iteration steps from a learnability buffer)",
-    data_summary=(STAGE, TRAIN_SUMMARY_NAME),
-    data_columns=("groups", "mean depth", "depth histogram", "buffer size"),
-    data_row=_data_row,
-)

@@ -43,8 +43,8 @@ from trl import GRPOConfig, GRPOTrainer
 from pipeline.config.settings import PipelineConfig
 from pipeline.engine.model_store import resolve_model
 from pipeline.methods.exit.buffer import LearnabilityBuffer
-from pipeline.methods.exit.config import ExitSection
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
+from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
 from pipeline.run.files import BUFFER_NAME
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
@@ -148,7 +148,7 @@ def starting_buffer(run: RunDir, iteration: int, checkpoint: str | None) -> Lear
         return LearnabilityBuffer.load(Path(checkpoint) / BUFFER_NAME)
     if iteration > 1:
         return LearnabilityBuffer.load(buffer_path(run, iteration - 1))
-    method: ExitSection = run.config.method
+    method: ExitMethod = run.config.method
     return LearnabilityBuffer(method.buffer_capacity, method.kappa, seed=run.config.run.seed)
 
 

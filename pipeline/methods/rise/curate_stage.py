@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.methods.rise.config import RiseSection
 from pipeline.methods.rise.curation import (
     Example,
     accumulate,
@@ -28,6 +27,7 @@ from pipeline.methods.rise.curation import (
     refuted_examples,
     summarize,
 )
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.rollouts.records import TrajectoryRecord, read_records
 from pipeline.run.files import ROLLOUTS_NAME, SUMMARY_NAME, TRAIN_NAME
 from pipeline.run.layout import RunDir, stage_path
@@ -42,9 +42,9 @@ class CurateError(StageError):
     """The curate stage cannot run with this run's config or files."""
 
 
-def rise_method(run: RunDir) -> RiseSection:
+def rise_method(run: RunDir) -> RiseMethod:
     method = run.config.method
-    if not isinstance(method, RiseSection):
+    if not isinstance(method, RiseMethod):
         raise CurateError(f"the curate stage builds RISE training data, but this run's method is {method.name!r}")
     return method
 

@@ -1,22 +1,19 @@
-"""RISE's stages: rollout -> curate -> train -> eval, the functions its plan runs (the registry's entry).
+"""RISE's rollout and train stages, which its class's stages run (:mod:`pipeline.methods.rise.method`).
 
 The rollout stage collects multi-turn revision trajectories with iteration
-K-1's model; curate builds the weighted SFT set
-(:mod:`pipeline.methods.rise.curate_stage`); train launches the weighted
-SFT worker (:mod:`pipeline.methods.rise.training`) on it; eval is the
-shared eval stage.
+K-1's model; train launches the weighted SFT worker
+(:mod:`pipeline.methods.rise.training`) on the curated set
+(:mod:`pipeline.methods.rise.curate_stage`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from pipeline.config.settings import PipelineConfig
-from pipeline.eval.stage import run_eval_stage
-from pipeline.methods.base import Method, counts_cell
-from pipeline.methods.rise.curate_stage import run_curate_stage, training_set
+from pipeline.engine.stage_context import StageContext
+from pipeline.methods.rise.curate_stage import training_set
 from pipeline.rollouts.service import (
     IterationModel,
     collect,
@@ -26,8 +23,7 @@ from pipeline.rollouts.service import (
     sampling_params,
 )
 from pipeline.rollouts.trajectory import RolloutSpec, TrajectoryRunner
-from pipeline.run.files import ROLLOUTS_NAME, SUMMARY_NAME
-from pipeline.run.layout import RunDir
+from pipeline.run.files import ROLLOUTS_NAME
 from pipeline.run.lifecycle import stage_attempt
 from pipeline.tasks import Task, load_tasks
 from pipeline.training.launch import output_files, run_training, train_stage
@@ -52,56 +48,40 @@ def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
     )
 
 
-def run_rollout_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    """Collect iteration ``iteration``'s trajectories with iteration K-1's model; returns ``rollouts.jsonl``.
+def run_rollout_stage(context: StageContext) -> Path:
+    """Collect iteration K's trajectories with iteration K-1's model; returns ``rollouts.jsonl``.
 
     A rerun of a finished stage does nothing; a rerun of an interrupted one
     completes only the missing trajectories.
     """
+    run, iteration = context.run, context.iteration
     with stage_attempt(run.manifest, iteration, ROLLOUT) as attempt:
         path = run.stage_dir(iteration, ROLLOUT) / ROLLOUTS_NAME
         if not attempt.done:
             model = iteration_model(run, iteration - 1)
             tasks = load_tasks(run.config.tasks.train, "train")
             spec = collection_spec(run.config, model.adapter_name)
-            path = asyncio.run(_collect(model, tasks, spec, path.parent, f"rollout iter {iteration}", show_progress))
+            description = f"rollout iter {iteration}"
+            path = asyncio.run(_collect(model, tasks, spec, path.parent, description, context))
             attempt.outputs = collected_files(path.parent)
     return path
 
 
 async def _collect(
-    model: IterationModel, tasks: list[Task], spec: RolloutSpec, out_dir: Path, description: str, show_progress: bool
+    model: IterationModel, tasks: list[Task], spec: RolloutSpec, out_dir: Path, description: str, context: StageContext
 ) -> Path:
-    async with open_service(model, out_dir) as service:
+    async with open_service(model, out_dir, context.servers) as service:
         runner = TrajectoryRunner(spec, service.learner, service.grade, service.teacher)
-        return await collect(tasks, runner, out_dir, description, show_progress)
+        return await collect(tasks, runner, out_dir, description, context.progress)
 
 
-def run_train_stage(run: RunDir, iteration: int, show_progress: bool = True) -> Path:
-    """Train iteration ``iteration``'s adapter (or model) on its curated set; returns its directory."""
+def run_train_stage(context: StageContext) -> Path:
+    """Train iteration K's adapter (or model) on its curated set; returns its directory."""
+    run, iteration = context.run, context.iteration
 
     def train() -> list[Path]:
         training_set(run, iteration)
-        run_training(run, iteration, show_progress)
+        run_training(run, iteration, context.progress)
         return output_files(run, iteration)
 
     return train_stage(run, iteration, train)
-
-
-def _data_row(summary: dict[str, Any]) -> list[str]:
-    return [str(summary["examples"]), counts_cell(summary["by_turn"], "turn "), counts_cell(summary["by_source"])]
-
-
-METHOD = Method(
-    stages={
-        "rollout": run_rollout_stage,
-        "curate": lambda run, iteration, show_progress=True: run_curate_stage(run, iteration),
-        "train": run_train_stage,
-        "eval": run_eval_stage,
-    },
-    serving_stages=frozenset({"rollout", "eval"}),
-    title="RISE (reward-weighted SFT on multi-turn revisions)",
-    data_summary=("curate", SUMMARY_NAME),
-    data_columns=("examples", "by turn", "by source"),
-    data_row=_data_row,
-)

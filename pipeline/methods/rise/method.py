@@ -1,27 +1,33 @@
-"""RISE's ``method`` section: curation and weighting of the revision turns, and its checks of the config.
+"""RISE, the method: its ``method`` section (curation and weighting of the revision turns), its plan, its checks
+of the config and its model card.
 
-Its plan is rollout -> curate -> train -> eval per iteration; its training
-worker is :mod:`pipeline.methods.rise.training`.
+Its plan is rollout -> curate -> train -> eval per iteration
+(:mod:`pipeline.methods.rise.stages`); its training is
+:mod:`pipeline.methods.rise.training`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.sections import MethodSection, attempts_shown
+from pipeline.config.sections import attempts_shown, stage
+from pipeline.methods.base import Method, counts_cell
 from pipeline.methods.rise.choices import Selection
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
+    from pipeline.engine.stage_context import StageContext
+    from pipeline.run.layout import RunDir
 
 
-class RiseSection(MethodSection):
+class RiseMethod(Method):
     """RISE: reward-weighted SFT on the turns of multi-turn revision rollouts."""
 
-    ITERATION_STAGES: ClassVar[tuple[str, ...]] = ("rollout", "curate", "train", "eval")
-    WORKER: ClassVar[str] = "pipeline.methods.rise.training"
+    TITLE: ClassVar[str] = "RISE (reward-weighted SFT on multi-turn revisions)"
+    CARD_COLUMNS: ClassVar[tuple[str, ...]] = ("examples", "by turn", "by source")
     REPORTED: ClassVar[tuple[str, ...]] = ("mode", "selection", "tau", "train_from", "accumulate", "boost")
 
     name: Literal["rise"] = Field(
@@ -110,5 +116,36 @@ class RiseSection(MethodSection):
             return [(iteration, "curate"), *super().stage_inputs(iteration, stage)]
         return super().stage_inputs(iteration, stage)
 
+    @stage(serves_model=True)
+    def rollout(self, context: StageContext) -> Path:
+        """Collect the iteration's revision trajectories with iteration K-1's model."""
+        from pipeline.methods.rise.stages import run_rollout_stage
 
-SECTION = RiseSection
+        return run_rollout_stage(context)
+
+    @stage()
+    def curate(self, context: StageContext) -> Path:
+        """Build the iteration's weighted SFT set from its rollouts."""
+        from pipeline.methods.rise.curate_stage import run_curate_stage
+
+        return run_curate_stage(context.run, context.iteration)
+
+    @stage()
+    def train(self, context: StageContext) -> Path:
+        """Train the iteration's adapter (or model) on its curated set."""
+        from pipeline.methods.rise.stages import run_train_stage
+
+        return run_train_stage(context)
+
+    def train_iteration(self, run: RunDir, iteration: int) -> None:
+        from pipeline.methods.rise.training import train_iteration
+
+        train_iteration(run, iteration)
+
+    def card_summary(self) -> tuple[str, str]:
+        from pipeline.methods.rise.curate_stage import SUMMARY_NAME
+
+        return "curate", SUMMARY_NAME
+
+    def card_row(self, summary: dict[str, Any]) -> list[str]:
+        return [str(summary["examples"]), counts_cell(summary["by_turn"], "turn "), counts_cell(summary["by_source"])]

@@ -1,29 +1,33 @@
-"""ExIt's ``method`` section: the buffer, the curriculum and GRPO's settings, and its checks of the config.
+"""ExIt, the method: its ``method`` section (the buffer, the curriculum and GRPO's settings), its plan, its
+checks of the config and its model card.
 
-Its plan is train -> eval per iteration; its training worker is
-:mod:`pipeline.methods.exit.training`.
+Its plan is train -> eval per iteration (:mod:`pipeline.methods.exit.stages`);
+its training is :mod:`pipeline.methods.exit.training`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from pipeline.config.choices import Finetune
 from pipeline.config.launch import LaunchSettings
-from pipeline.config.sections import MethodSection
+from pipeline.config.sections import stage
+from pipeline.methods.base import Method, counts_cell
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
+    from pipeline.engine.stage_context import StageContext
+    from pipeline.run.layout import RunDir
 
 
-class ExitSection(MethodSection):
+class ExitMethod(Method):
     """ExIt: GRPO on single improvement steps drawn from a buffer of learnable partial histories."""
 
-    # GRPO generates while it trains, so an iteration has no separate rollout or curate stage.
-    ITERATION_STAGES: ClassVar[tuple[str, ...]] = ("train", "eval")
-    WORKER: ClassVar[str] = "pipeline.methods.exit.training"
+    TITLE: ClassVar[str] = "ExIt (GRPO on self-iteration steps from a learnability buffer)"
+    CARD_COLUMNS: ClassVar[tuple[str, ...]] = ("groups", "mean depth", "depth histogram", "buffer size")
     REPORTED: ClassVar[tuple[str, ...]] = (
         "group_size",
         "steps_per_iteration",
@@ -80,7 +84,7 @@ class ExitSection(MethodSection):
     diversity_bonus: bool = Field(False, description="Scale advantages by embedding distance to the group centroid.")
 
     @model_validator(mode="after")
-    def _buffer_can_fill(self) -> ExitSection:
+    def _buffer_can_fill(self) -> ExitMethod:
         # The buffer keeps at most buffer_capacity items, so a larger min_buffer would silently never sample it.
         if self.min_buffer > self.buffer_capacity:
             raise ValueError(
@@ -128,5 +132,30 @@ class ExitSection(MethodSection):
             )
         return ["method 'exit': " + "; ".join(problems)] if problems else []
 
+    # GRPO generates while it trains, so an iteration has no separate rollout or curate stage; the train stage
+    # serves the policy (on devices of its own: a config check) and shares its servers with the eval.
+    @stage(serves_model=True)
+    def train(self, context: StageContext) -> Path:
+        """Train the iteration's adapter by GRPO beside the rollout service."""
+        from pipeline.methods.exit.stages import run_train_stage
 
-SECTION = ExitSection
+        return run_train_stage(context)
+
+    def train_iteration(self, run: RunDir, iteration: int) -> None:
+        from pipeline.methods.exit.training import train_iteration
+
+        train_iteration(run, iteration)
+
+    def card_summary(self) -> tuple[str, str]:
+        from pipeline.run.layout import TRAIN_STAGE, TRAIN_SUMMARY_NAME
+
+        return TRAIN_STAGE, TRAIN_SUMMARY_NAME
+
+    def card_row(self, summary: dict[str, Any]) -> list[str]:
+        depth = summary["mean_depth"]
+        return [
+            str(summary["groups"]),
+            "-" if depth is None else f"{depth:.2f}",
+            counts_cell(summary["depth_histogram"]),
+            str(summary["buffer"]["size"]),
+        ]
