@@ -23,7 +23,7 @@ from rewards.code_examples import example_calls
 from rewards.code_extract import extract_program, fenced_blocks
 from rewards.code_tests import humaneval_suite, infer_entry_point, suite_from_reference
 from rewards.pool import GradingPool
-from tests.grading import graded
+from tests.helpers.grading import graded
 
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
 ADD_REFERENCE = {

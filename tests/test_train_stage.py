@@ -24,9 +24,8 @@ from pipeline.run.layout import RunDir
 from pipeline.run.manifest import StageState
 from pipeline.system.atomic import file_digest
 from pipeline.training.launch import StepWatcher, TrainError, step_line
-from tests.run_helpers import default_sigint
-from tests.train_helpers import (
-    REPO,
+from tests.helpers.cli_runs import REPO, default_sigint
+from tests.helpers.training import (
     ROWS,
     attempts,
     checkpoint_step,
@@ -34,7 +33,7 @@ from tests.train_helpers import (
     first_step,
     lora_b,
     lora_weights,
-    make_run,
+    training_run,
     wait_until_gone,
 )
 
@@ -42,7 +41,7 @@ from tests.train_helpers import (
 @pytest.fixture(scope="module")
 def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """Iteration 1 trained without interruption (LoRA from the base model)."""
-    run = make_run(tmp_path_factory.mktemp("trained"), tiny_model)
+    run = training_run(tmp_path_factory.mktemp("trained"), tiny_model)
     finish_curate(run, 1)
     run_train_stage(run, 1, show_progress=False)
     return run
@@ -93,7 +92,7 @@ def test_step_watcher_finds_step_lines_after_tqdm_updates_and_across_reads(tmp_p
 
 
 def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> None:
-    run = make_run(tmp_path, tiny_model)
+    run = training_run(tmp_path, tiny_model)
     with pytest.raises(TrainError, match="iteration 1's curate stage is not done"):
         run_train_stage(run, 1, show_progress=False)
     record = RunDir.open(run.root).manifest.record(1, "train")
@@ -102,7 +101,7 @@ def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> No
 
 
 def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
-    run = make_run(tmp_path, tiny_model, finetune="qlora")
+    run = training_run(tmp_path, tiny_model, finetune="qlora")
     finish_curate(run, 1)
     adapter = run_train_stage(run, 1, show_progress=False)
     assert adapter == run.root / "iter_1" / "train" / "adapter"
@@ -133,7 +132,7 @@ def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cpu_config = REPO / "configs" / "accelerate" / "cpu.yaml"
-    run = make_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
+    run = training_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
     finish_curate(run, 1)
     model_dir = run_train_stage(run, 1, show_progress=False)
     assert model_dir == run.root / "iter_1" / "train" / "model"
@@ -167,7 +166,7 @@ def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int
 def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterrupted_run(
     trained_run: RunDir, tmp_path: Path, tiny_model: Path
 ) -> None:
-    run = make_run(tmp_path, tiny_model)  # the same config and data as trained_run
+    run = training_run(tmp_path, tiny_model)  # the same config and data as trained_run
     finish_curate(run, 1)
     stage = run.root / "iter_1" / "train"
     # Ctrl-C: the stage stops its launcher and worker and records the failure.
