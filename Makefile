@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-cpu
 GPU_STAMP := $(VENV)/.installed-gpu
 
-.PHONY: install install-gpu tcmalloc test docs docs-reference demo demo-exit bench clean-venv
+.PHONY: install install-gpu tcmalloc test test-fast docs docs-reference demo demo-exit bench clean-venv
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ $(GPU_STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# Everyday work: the tests that start no vLLM server and launch no training (tests/conftest.py marks
+# the others slow), in under 2 minutes on 2 cores.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 # The documentation site (mkdocs.yml, docs/) into site/; a warning (a broken link or anchor) fails it.
 # tests/test_docs.py builds it the same way.

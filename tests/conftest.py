@@ -33,6 +33,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+# The fixtures below that train an adapter or start a vLLM server. A test that uses one, itself or through
+# another fixture, is marked slow here, so that `make test-fast` (-m "not slow") leaves it out without
+# anyone having to remember the mark; a test that starts a server or a training launch itself carries it.
+HEAVY_FIXTURES = frozenset(
+    {"tiny_adapter", "hint_following_adapter", "answering_model", "answering_server", "tracked_run"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def grading_pool() -> Iterator[GradingPool]:
     """Grading workers for tests that grade batches of programs: two per CPU, as many runs as overlap

@@ -47,6 +47,7 @@ def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     return run
 
 
+@pytest.mark.slow
 def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tiny_model: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -67,6 +68,7 @@ def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tin
     assert not list(adapter.parent.glob(".adapter.partial"))
 
 
+@pytest.mark.slow
 def test_rerun_of_a_done_stage_does_nothing(trained_run: RunDir) -> None:
     stage = trained_run.root / "iter_1" / "train"
     files = [stage / "adapter" / "adapter_model.safetensors", stage / "train_summary.json", stage / "train.log"]
@@ -100,6 +102,7 @@ def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> No
     assert not (run.root / "iter_1" / "train" / "train.log").exists()  # refused before launching
 
 
+@pytest.mark.slow
 def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
     run = training_run(tmp_path, tiny_model, finetune="qlora")
     finish_curate(run, 1)
@@ -109,6 +112,7 @@ def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Pa
     assert RunDir.open(run.root).manifest.is_done(1, "train")
 
 
+@pytest.mark.slow
 def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir, tmp_path: Path) -> None:
     shutil.copytree(trained_run.root, tmp_path / "r")
     run = RunDir.open(tmp_path / "r")
@@ -126,6 +130,7 @@ def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir,
     assert not torch.equal(lora_b(second), lora_b(first))  # it did train
 
 
+@pytest.mark.slow
 def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -163,6 +168,7 @@ def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int
     assert pipeline.wait() != 0
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterrupted_run(
     trained_run: RunDir, tmp_path: Path, tiny_model: Path
 ) -> None:
