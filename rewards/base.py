@@ -96,9 +96,19 @@ class Grader(Protocol):
     for batch grading) and must not raise from ``grade``.
     """
 
-    name: str
-    binary: bool  # scores are only 0 or 1 (ExIt then rewards an improvement step with the score itself)
-    placement: Placement  # where grades run; a grader that declares none gets Placement.POOL, the safe side
+    # Read-only members: a grader may hold them as class variables, fields or properties.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def binary(self) -> bool:
+        """Scores are only 0 or 1 (ExIt then rewards an improvement step with the score itself)."""
+        ...
+
+    @property
+    def placement(self) -> Placement:
+        """Where grades run; a grader that declares none gets Placement.POOL, the safe side."""
+        ...
 
     def grade(self, response: str, reference: Any) -> GradeResult: ...
 

@@ -147,7 +147,7 @@ def _type_name(value: Any) -> str:
 def _score_problem(score: Real) -> str | None:
     if math.isnan(score):
         return "grader returned NaN"
-    if not 0 <= score <= 1:
+    if not 0 <= float(score) <= 1:
         return f"grader returned {score!r}, outside [0, 1]"
     return None
 

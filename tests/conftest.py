@@ -1,4 +1,7 @@
-"""Shared fixtures: a grading pool, a tiny random-weights model and a LoRA adapter trained on it by TRL."""
+"""Shared fixtures: a grading pool, a tiny random-weights model, LoRA adapters trained on it by TRL, a vLLM
+server on it, and hand-built run directories. Plain helpers are in ``tests/helpers/``.
+
+Imports of the project stay inside the fixtures: the environment below is set before anything reads it."""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
-from tests.tiny_model import build_tiny_model
+from tests.helpers.tiny_model import build_tiny_model, train_tiny_adapter
 
 if TYPE_CHECKING:
     from pipeline.engine.vllm_server import VLLMServer
+    from pipeline.run.layout import RunDir
     from rewards import GradingPool
 
 # No time limit per example: on a loaded machine hypothesis's default 200 ms deadline fails correct code.
@@ -27,6 +31,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # in a process of its own): one Python start-up fewer per server, about 15.5 s a start here against 25.
 # The servers are otherwise the users' (`make demo` keeps vLLM's default).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+# The fixtures below that train an adapter or start a vLLM server. A test that uses one, itself or through
+# another fixture, is marked slow here, so that `make test-fast` (-m "not slow") leaves it out without
+# anyone having to remember the mark; a test that starts a server or a training launch itself carries it.
+HEAVY_FIXTURES = frozenset(
+    {"tiny_adapter", "hint_following_adapter", "answering_model", "answering_server", "tracked_run"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -43,39 +62,6 @@ def grading_pool() -> Iterator[GradingPool]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-def train_tiny_adapter(tiny_model: Path, pairs: list[tuple[str, str]], out: Path) -> Path:
-    """A LoRA adapter trained for a few steps by TRL's SFTTrainer on one-turn (prompt, answer) ``pairs``,
-    with a learning rate high enough to change greedy output; returns the adapter's directory."""
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
-
-    rows = [
-        {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
-        for prompt, answer in pairs
-    ]
-    trainer = SFTTrainer(
-        model=str(tiny_model),
-        args=SFTConfig(
-            output_dir=str(out / "trainer"),
-            max_steps=16,
-            per_device_train_batch_size=8,
-            learning_rate=2e-2,
-            logging_steps=100,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-        ),
-        train_dataset=Dataset.from_list(rows),
-        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
-    trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    return out / "adapter"
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +101,7 @@ def answering_server(answering_model: Path, tmp_path_factory: pytest.TempPathFac
     """One vLLM server on the answering model for every run that takes its server by URL (the loop's killed
     run, the tracked run, the ExIt runs): each run loads its adapters under names that hold the run's name,
     so the runs share the server without seeing each other's adapters, and the suite pays for one start."""
-    from tests.run_helpers import serving, smoke_config
+    from tests.helpers.cli_runs import serving, smoke_config
 
     root = tmp_path_factory.mktemp("answering-server")
     with serving(answering_model, smoke_config(root / "runs", answering_model, "server"), root / "vllm.log") as server:
@@ -124,8 +110,35 @@ def answering_server(answering_model: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def tracked_run(answering_model: Path, answering_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory):
-    """A tiny RISE run logging to TensorBoard and W&B (offline), interrupted and resumed (tests/eco_run.py)."""
-    from tests.eco_run import interrupted_then_resumed
+    """A tiny RISE run logging to TensorBoard and W&B (offline), interrupted and resumed (tests/helpers/eco_run.py)."""
+    from tests.helpers.eco_run import interrupted_then_resumed
 
     root = tmp_path_factory.mktemp("tracked")
     return interrupted_then_resumed(root, answering_model, answering_server, ["tensorboard", "wandb"])
+
+
+@pytest.fixture
+def curated(tmp_path: Path) -> RunDir:
+    """Iteration 1 with 43 rollouts and its curate stage done for real."""
+    from pipeline.methods.rise.curate_stage import run_curate_stage
+    from tests.helpers.rollout_records import records
+    from tests.helpers.runs import curation_run, finish_rollout
+
+    run = curation_run(tmp_path, selection="all", accumulate=False)
+    finish_rollout(run, 1, records())
+    run_curate_stage(run, 1)
+    return run
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> RunDir:
+    """A run whose base-model eval is done, with its eval.json recorded."""
+    from pipeline.system.atomic import write_json_atomic
+    from tests.helpers.runs import make_run
+
+    run = make_run(tmp_path, run={"iterations": 1})
+    path = run.stage_dir(0, "eval") / "eval.json"
+    write_json_atomic(path, {"turns": 2})
+    run.manifest.start(0, "eval")
+    run.manifest.complete(0, "eval", [path])
+    return run

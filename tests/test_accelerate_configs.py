@@ -24,7 +24,9 @@ from pipeline.engine.stage_context import StageContext
 from pipeline.engine.vllm_server import ServerError, replica_devices, replica_servers
 from pipeline.methods.rise.stages import run_train_stage
 from pipeline.training.launch import TrainError, cpu_allocator, launch_env, launch_options, summary_line
-from tests.train_helpers import REPO, finish_curate, make_run
+from tests.helpers.cli_runs import REPO
+from tests.helpers.runs import arithmetic_tasks
+from tests.helpers.training import finish_curate, training_run
 
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
 # file -> (distributed type, processes, machines, on the CPU)
@@ -37,7 +39,7 @@ EXPECTED = {
     "zero3.yaml": (DistributedType.DEEPSPEED, 8, 1, False),
     "multinode_2x8.yaml": (DistributedType.MULTI_GPU, 16, 2, False),
 }
-MINIMAL = {"tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}}
+MINIMAL = {"tasks": arithmetic_tasks()}
 
 
 def accelerate_args(path: Path) -> tuple[Any, Any]:
@@ -222,7 +224,7 @@ def test_deepspeed_missing_fails_the_stage_before_launching(
 ) -> None:
     # DeepSpeed is not a dependency; None in sys.modules makes it unimportable even where it is installed.
     monkeypatch.setitem(sys.modules, "deepspeed", None)
-    run = make_run(tmp_path, tiny_model, accelerate_config=str(ACCELERATE_DIR / "zero2.yaml"))
+    run = training_run(tmp_path, tiny_model, accelerate_config=str(ACCELERATE_DIR / "zero2.yaml"))
     finish_curate(run, 1)
     with pytest.raises(TrainError, match="uses DeepSpeed, which is not installed here: `pip install deepspeed`"):
         run_train_stage(StageContext(run, 1, progress=False))

@@ -23,7 +23,7 @@ from rewards.code.examples import example_calls
 from rewards.code.extract import extract_program, fenced_blocks
 from rewards.code.suite import humaneval_suite, infer_entry_point, suite_from_reference
 from rewards.pool import GradingPool
-from tests.grading import graded
+from tests.helpers.grading import graded
 
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
 ADD_REFERENCE = {

@@ -28,7 +28,7 @@ from rewards.code import CodeGrader
 from rewards.code.wire import WireError, decode, encode
 from rewards.pool import GradingPool
 from rewards.sandbox import Limits, LocalRunner
-from tests.grading import graded
+from tests.helpers.grading import graded
 
 PROBLEMS = read_problems()
 TASKS = ("HumanEval/0", "HumanEval/2")

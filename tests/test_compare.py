@@ -9,40 +9,9 @@ import matplotlib.image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config.settings import parse_config
-from pipeline.eval.stage import write_eval_outputs
-from pipeline.run.layout import RunDir
-from rewards import get_grader
-from tests.test_evaluation import graded_record
+from tests.helpers.eval_dirs import finish_eval, hand_evaluated_run, tasks, write_eval_dir
 
-TURNS = 3
 runner = CliRunner()
-
-
-def write_eval_dir(out: Path, answers_by_task: dict[str, list[str]]) -> Path:
-    """An eval directory as the eval stage writes it, from real numeric grades (reference 7, n=3 >= T)."""
-    records = [
-        graded_record(task, sample, [f"\\boxed{{{a}}}" for a in answers], "numeric", "7")
-        for task, answers in answers_by_task.items()
-        for sample in range(3)
-    ]
-    out.mkdir(parents=True)
-    write_eval_outputs(out, records, None, get_grader("numeric"), TURNS, 3, seed=0, history_window=None)
-    return out
-
-
-def finish_eval(run: RunDir, iteration: int, n_right: int) -> None:
-    """Write iteration ``iteration``'s eval stage of ``run`` (``n_right`` of 40 tasks revised right) and mark it done."""
-    out = run.stage_dir(iteration, "eval")
-    out.rmdir()
-    write_eval_dir(out, tasks(n_right))
-    run.manifest.start(iteration, "eval")
-    run.manifest.complete(iteration, "eval", [out / "eval.json"])
-
-
-def tasks(n_right: int, total: int = 40) -> dict[str, list[str]]:
-    """``total`` tasks, the first ``n_right`` answered 5 -> 7 -> 7 (revised), the rest 5, 5, 5."""
-    return {f"t{i}": (["5", "7", "7"] if i < n_right else ["5", "5", "5"]) for i in range(total)}
 
 
 def test_compare_two_eval_dirs(tmp_path: Path) -> None:
@@ -80,16 +49,7 @@ def test_compare_refuses_other_tasks(tmp_path: Path) -> None:
 
 
 def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
-    arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
-    config = parse_config(
-        {
-            "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1},
-            "model": {"name_or_path": "org/some-model"},
-            "tasks": {"train": arithmetic, "eval": arithmetic},
-            "evaluation": {"turns": TURNS, "samples": 3, "sampling": {"temperature": 0.7}},
-        }
-    )
-    run = RunDir.create(config)
+    run = hand_evaluated_run(tmp_path, iterations=1, samples=3)
     finish_eval(run, 0, 0)
     finish_eval(run, 1, 10)
     base = tmp_path / "base"

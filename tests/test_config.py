@@ -11,14 +11,10 @@ import yaml
 from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
 from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.rise.method import RiseMethod
+from tests.helpers.runs import arithmetic_tasks
 
 REPO = Path(__file__).resolve().parents[1]
-MINIMAL = {
-    "tasks": {
-        "train": {"source": "arithmetic", "options": {"seed": 1}},
-        "eval": {"source": "arithmetic", "options": {"seed": 1}},
-    }
-}
+MINIMAL = {"tasks": arithmetic_tasks(seed=1)}
 
 
 def write(tmp_path: Path, data: dict) -> Path:
@@ -155,8 +151,7 @@ def test_eval_history_window_falls_back_to_the_rollouts() -> None:
     """RISE's --context_window: evaluation.history_window, else rollout.history_window, else every attempt."""
     from pipeline.eval.stage import eval_history_window
 
-    arithmetic = {"source": "arithmetic"}
-    base = {"tasks": {"train": arithmetic, "eval": arithmetic}}
+    base = {"tasks": arithmetic_tasks()}
     assert eval_history_window(parse_config(base)) is None
     assert eval_history_window(parse_config({**base, "rollout": {"history_window": 1}})) == 1
     both = {**base, "rollout": {"history_window": 1}, "evaluation": {"history_window": 2}}

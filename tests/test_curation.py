@@ -30,63 +30,10 @@ from pipeline.methods.rise.curation import (
 from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import StageState
-from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
+from pipeline.system.atomic import read_jsonl
 from rewards import GradeResult
-
-TAU = 0.4
-
-
-def grade(score: float, error: str | None = None) -> GradeResult:
-    return GradeResult(score=score, correct=score == 1.0, parsed=str(score), feedback="fb", error=error)
-
-
-def candidate(response: str, score: float, error: str | None = None) -> Candidate:
-    return Candidate(response, grade(score, error), completion_tokens=5, finish_reason="stop")
-
-
-def make_record(
-    task_id: str,
-    rewards: list[float],
-    sample: int = 0,
-    extra: dict[int, list[Candidate]] | None = None,
-    error: str | None = None,
-    rationales: dict[int, Candidate] | None = None,
-) -> TrajectoryRecord:
-    """A rollout record in the schema ``TrajectoryRunner.run`` writes (:class:`TrajectoryRecord`).
-
-    Turn t's best response is ``"{task_id} answer t"`` with reward
-    ``rewards[t-1]``; ``extra[t]`` lists further (non-best) candidates of turn t, ``rationales[t]``
-    is turn t's hinted right answer.
-    """
-    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, f"solve {task_id}", "1", None, error=error)
-    messages = [{"role": "user", "content": f"solve {task_id}"}]
-    for number, reward in enumerate(rewards, start=1):
-        best = candidate(f"{task_id} answer {number}", reward)
-        candidates = [best, *(extra or {}).get(number, [])]
-        feedback = None if number == len(rewards) else f"feedback {number}"
-        record.turns.append(
-            TurnRecord(
-                turn=number,
-                source="learner",
-                messages=list(messages),
-                candidates=candidates,
-                best=0,
-                response=best.response,
-                grade=best.grade,
-                prompt_tokens=10,
-                completion_tokens=5 * len(candidates),
-                finish_reason="stop",
-                feedback=feedback,
-                rationale=(rationales or {}).get(number),
-            )
-        )
-        messages += [
-            {"role": "assistant", "content": best.response},
-            {"role": "user", "content": f"feedback {number}"},
-        ]
-    record.solved_at_turn = next((i for i, r in enumerate(rewards, start=1) if r == 1.0), None)
-    return record
-
+from tests.helpers.rollout_records import candidate, grade, make_record
+from tests.helpers.runs import TAU, arithmetic_tasks, curation_run, finish_rollout
 
 TRAJECTORIES = {"a": [0, 0, 1], "b": [0.5, 0.2, 0.7], "c": [1], "d": [0, 0.5, 0.5]}
 KEPT = {
@@ -230,28 +177,8 @@ def _render(table: Any) -> str:
 # --- the stage ---------------------------------------------------------------
 
 
-def make_run(tmp_path: Path, rollout: dict[str, Any] | None = None, **method: Any) -> RunDir:
-    return RunDir.create(
-        parse_config(
-            {
-                "run": {"name": "r", "output_dir": str(tmp_path), "iterations": 2},
-                "rollout": rollout or {},
-                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-                "method": {"name": "rise", "tau": TAU, **method},
-            }
-        )
-    )
-
-
-def finish_rollout(run: RunDir, iteration: int, records: list[TrajectoryRecord]) -> None:
-    path = run.stage_dir(iteration, "rollout") / "rollouts.jsonl"
-    write_jsonl_atomic(path, [record.to_dict() for record in records])
-    run.manifest.start(iteration, "rollout")
-    run.manifest.complete(iteration, "rollout", [path])
-
-
 def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> None:
-    run = make_run(tmp_path, selection="better", boost=True, accumulate=True)
+    run = curation_run(tmp_path, selection="better", boost=True, accumulate=True)
     finish_rollout(run, 1, table_records())
     path = run_curate_stage(run, 1)
     assert path == run.root / "iter_1" / "curate" / "train.jsonl"
@@ -271,14 +198,14 @@ def test_stage_writes_train_set_and_summary_and_records_them(tmp_path: Path) -> 
 
 
 def test_stage_without_accumulation_uses_only_this_iteration(tmp_path: Path) -> None:
-    run = make_run(tmp_path, selection="success", accumulate=False)
+    run = curation_run(tmp_path, selection="success", accumulate=False)
     finish_rollout(run, 2, table_records())
     rows = read_jsonl(run_curate_stage(run, 2))
     assert [r["example_id"] for r in rows] == ["2:a#0:t3", "2:c#0:t1"]
 
 
 def test_rerun_of_a_done_stage_is_a_no_op(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = curation_run(tmp_path)
     finish_rollout(run, 1, table_records())
     path = run_curate_stage(run, 1)
     before = (path.read_bytes(), path.stat().st_mtime_ns, run.manifest.record(1, "curate").to_dict())
@@ -288,7 +215,7 @@ def test_rerun_of_a_done_stage_is_a_no_op(tmp_path: Path) -> None:
 
 
 def test_missing_rollouts_are_a_clear_error_recorded_in_the_manifest(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = curation_run(tmp_path)
     with pytest.raises(CurateError, match="iteration 1's rollout stage is not done"):
         run_curate_stage(run, 1)
     record = run.manifest.record(1, "curate")
@@ -297,7 +224,7 @@ def test_missing_rollouts_are_a_clear_error_recorded_in_the_manifest(tmp_path: P
 
 
 def test_accumulation_needs_the_earlier_curate_output(tmp_path: Path) -> None:
-    run = make_run(tmp_path, accumulate=True)
+    run = curation_run(tmp_path, accumulate=True)
     finish_rollout(run, 2, table_records())
     with pytest.raises(CurateError, match="iteration 1's curate output"):
         run_curate_stage(run, 2)
@@ -308,7 +235,7 @@ def test_stage_refuses_a_non_rise_method(tmp_path: Path) -> None:
         parse_config(
             {
                 "run": {"name": "x", "output_dir": str(tmp_path)},
-                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
+                "tasks": arithmetic_tasks(),
                 "method": {"name": "exit"},
             }
         )
@@ -421,7 +348,7 @@ def test_records_without_rationales_are_written_as_before() -> None:
 
 
 def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
-    run = make_run(tmp_path, {"stop_at_success": False}, selection="success", rationalize=1, keep_ratio=1.0)
+    run = curation_run(tmp_path, {"stop_at_success": False}, selection="success", rationalize=1, keep_ratio=1.0)
     records = [
         make_record("r", [0.0, 0.0], rationales={2: candidate("r hinted", 1.0)}),
         *(make_record(f"k{i}", [1.0, 1.0]) for i in range(3)),
@@ -479,12 +406,12 @@ def test_refuted_examples_mark_each_distinct_repeat_of_a_refuted_answer() -> Non
 
 
 def test_stage_adds_refuted_examples_only_when_configured(tmp_path: Path) -> None:
-    run = make_run(tmp_path, rollout={"stop_at_success": True})
+    run = curation_run(tmp_path, rollout={"stop_at_success": True})
     finish_rollout(run, 1, [_refuted_record()])
     run_curate_stage(run, 1)
     rows = read_jsonl(run.stage_dir(1, "curate") / "train.jsonl")
     assert not any(row["refuted_span"] for row in rows)
-    on = make_run(tmp_path / "on", rollout={"stop_at_success": True}, refuted_weight=1.0)
+    on = curation_run(tmp_path / "on", rollout={"stop_at_success": True}, refuted_weight=1.0)
     finish_rollout(on, 1, [_refuted_record()])
     run_curate_stage(on, 1)
     rows = read_jsonl(on.stage_dir(1, "curate") / "train.jsonl")

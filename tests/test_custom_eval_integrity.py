@@ -20,7 +20,7 @@ from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir, final_dir, summary_path
 from pipeline.run.lock import run_lock
 from pipeline.system.atomic import read_jsonl
-from tests.test_integrity import assert_one_line_error
+from tests.helpers.cli import assert_one_line_error
 
 
 def cli(*args: str | Path) -> tuple[int, str]:

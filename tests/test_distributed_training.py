@@ -30,16 +30,16 @@ from pipeline.run.manifest import StageState
 from pipeline.system.atomic import read_jsonl
 from pipeline.training.checkpoints import train
 from pipeline.training.launch import TrainError, join_training
-from tests.train_helpers import (
-    REPO,
+from tests.helpers.cli_runs import REPO
+from tests.helpers.training import (
     attempts,
     checkpoint_step,
     finish_curate,
     first_steps,
     lora_b,
     lora_weights,
-    make_run,
     processes_mentioning,
+    training_run,
     wait_until_gone,
 )
 
@@ -80,7 +80,7 @@ def test_two_processes_train_as_one_on_the_union_of_their_shards_and_only_rank_0
     was seen twice, the gradients were averaged, and the weight sum was
     gathered across the processes. The adapters then agree too.
     """
-    run = make_run(
+    run = training_run(
         tmp_path / "runs", tiny_model, accelerate_config=str(CPU_2PROC), per_device_batch_size=4, save_steps=1
     )
     finish_curate(run, 1, rows=8)
@@ -130,7 +130,7 @@ def rank_pid(root: Path, rank: int) -> int | None:
 
 def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: Path, tiny_model: Path) -> None:
     """No accelerate config, training.num_processes 2: torchrun's DDP launch, here on gloo. 12 steps."""
-    run = make_run(tmp_path, tiny_model, num_processes=2, epochs=2)
+    run = training_run(tmp_path, tiny_model, num_processes=2, epochs=2)
     finish_curate(run, 1)
     stage = run.root / "iter_1" / "train"
     with ThreadPoolExecutor(1) as pool:
@@ -162,7 +162,7 @@ def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: P
 def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path, tiny_model: Path) -> None:
     """Two machines of one process each, both on this host: the pipeline launches machine 0, join machine 1."""
     port = free_port()
-    run = make_run(
+    run = training_run(
         tmp_path,
         tiny_model,
         num_processes=2,
@@ -200,7 +200,7 @@ def test_a_second_machine_joins_each_train_stage_of_the_main_one(tmp_path: Path,
 def test_join_exits_non_zero_when_the_main_machines_stage_fails(tmp_path: Path, tiny_model: Path) -> None:
     """`selfimprove join` in a subprocess joins attempt 1; the main machine's attempt then fails (recorded in
     the manifest as the pipeline records it): the joiner stops its launcher and exits 1 with the main error."""
-    run = make_run(
+    run = training_run(
         tmp_path,
         tiny_model,
         num_processes=2,

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.reference import REFERENCE_PAGE, reference_page
 from pipeline.config.settings import ConfigError, PipelineConfig, parse_config
+from tests.helpers.runs import arithmetic_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-MINIMAL = {"tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}}
+MINIMAL = {"tasks": arithmetic_tasks()}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

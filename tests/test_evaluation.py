@@ -18,40 +18,11 @@ from pipeline.eval.evaluation import (
     summarize_eval,
 )
 from pipeline.eval.metrics import TurnOutcome
-from pipeline.rollouts.records import Candidate, TrajectoryRecord, TurnRecord
-from rewards import GradeResult
-
-REFERENCE = "7"
-Answers = list[str | None]
+from pipeline.rollouts.records import TrajectoryRecord
+from tests.helpers.eval_records import Answers, graded_record, make_record, parallel_record
 
 
-def make_record(task_id: str, sample: int, answers: Answers, error: str | None = None) -> TrajectoryRecord:
-    """A rollout record as pipeline.rollouts.trajectory writes it, one turn per parsed answer (correct iff == REFERENCE)."""
-    record = TrajectoryRecord(f"{task_id}#{sample}", task_id, sample, "What is 3 + 4?", REFERENCE, None, error=error)
-    for turn, parsed in enumerate(answers, start=1):
-        correct = parsed == REFERENCE
-        grade = GradeResult(score=float(correct), correct=correct, parsed=parsed, feedback="", error=None)
-        response = f"The answer is {parsed}."
-        record.turns.append(
-            TurnRecord(
-                turn=turn,
-                source="learner",
-                messages=[{"role": "user", "content": "What is 3 + 4?"}],
-                candidates=[Candidate(response, grade, completion_tokens=5, finish_reason="stop")],
-                best=0,
-                response=response,
-                grade=grade,
-                prompt_tokens=10,
-                completion_tokens=5,
-                finish_reason="stop",
-                feedback=None if turn == len(answers) else "Your answer is incorrect.",
-            )
-        )
-    record.solved_at_turn = next((t.turn for t in record.turns if t.grade.correct), None)
-    return record
-
-
-def make_records(tasks: dict[str, list[Answers]]) -> list[TrajectoryRecord]:
+def make_records(tasks: dict[str, list[Answers]]) -> list[dict[str, Any]]:
     """Records for task id -> one answer list per trajectory (sample = list index)."""
     return [
         make_record(task_id, sample, answers)
@@ -277,21 +248,6 @@ def test_first_turn_samples_count_missing_candidates_as_wrong_abstentions() -> N
 # --- Issue 13: votes compare canonical answer keys; the oracle baseline pk@t1 ---
 
 
-def graded_record(
-    task_id: str, sample: int, responses: list[str], grader_name: str, reference: str
-) -> TrajectoryRecord:
-    """A record whose turns carry what a real grader returned for each response."""
-    from rewards import get_grader
-
-    record = make_record(task_id, sample, ["x"] * len(responses))
-    grader = get_grader(grader_name)
-    for turn, response in zip(record.turns, responses):
-        grade = grader.grade(response, reference)
-        turn.response, turn.grade = response, grade
-        turn.candidates = [Candidate(response, grade, completion_tokens=5, finish_reason="stop")]
-    return record
-
-
 def test_numeric_spellings_of_one_number_vote_together() -> None:
     """84/2, 42 and 42.0 are one answer: with parsed strings they split and a wrong answer won."""
     responses = ["\\boxed{41}", "\\boxed{84/2}", "\\boxed{41}", "\\boxed{42}", "\\boxed{42.0}"]
@@ -357,15 +313,6 @@ def test_incomplete_trajectories_are_counted() -> None:
 
 
 # --- Issue 33: transition rates, revision against the parallel samples ---
-
-
-def parallel_record(task_id: str, answers: Answers, error: str | None = None) -> TrajectoryRecord:
-    """A parallel-baseline record: one turn whose candidates are ``answers`` (fewer than T when its request failed)."""
-    record = make_record(task_id, 0, answers, error=error)
-    first = record.turns[0]
-    first.candidates = [turn.candidates[0] for turn in record.turns]
-    record.turns = [first]
-    return record
 
 
 def with_key(record: TrajectoryRecord, turn: int, key: str) -> TrajectoryRecord:

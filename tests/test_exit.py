@@ -34,7 +34,7 @@ from pipeline.methods.exit.rollout import PromptFitter, chat_template_counter, i
 from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task
-from tests.run_helpers import REPO, cli, cli_env, run_cli, write_config, write_tasks
+from tests.helpers.cli_runs import REPO, cli, cli_env, run_cli, write_config, write_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -266,7 +266,7 @@ def test_two_training_processes_share_each_group(
 def test_the_buffer_is_tracked_at_every_grpo_step(resumed_run: dict) -> None:
     """TensorBoard (the default tracker) has the buffer's size at every step of both iterations, on one axis."""
     from pipeline.run.layout import RunDir
-    from tests.tracker_files import scalars
+    from tests.helpers.tracker_files import scalars
 
     run = RunDir.open(resumed_run["root"])
     sizes = scalars(run, "train/buffer/size")

@@ -30,6 +30,7 @@ from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
 from pipeline.training.launch import TrainError
+from tests.helpers.runs import arithmetic_tasks
 
 
 def test_fresh_answers_and_binary_verifiers_earn_the_score() -> None:
@@ -87,7 +88,7 @@ def test_advantages_are_multiplied_by_the_rollouts_factors() -> None:
 
 
 def exit_data(**changes: dict) -> dict:
-    data = {"tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}, "method": {"name": "exit"}}
+    data = {"tasks": arithmetic_tasks(), "method": {"name": "exit"}}
     for section, values in changes.items():
         data[section] = {**data.get(section, {}), **values}
     return data

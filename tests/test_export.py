@@ -15,7 +15,7 @@ from pipeline.export.model import ExportError, export_model
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import get_task_source, load_tasks
-from tests.run_helpers import run_cli, serving
+from tests.helpers.cli_runs import run_cli, serving
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 from rewards import CodeGrader, GradeResult, GradingPool, NumericGrader, Placement, get_grader
 from rewards.math_equiv import MathGrader
 from rewards.pool import placement
-from tests.grading import graded
+from tests.helpers.grading import graded
 
 # A genuinely slow input, no mock: math-verify evaluates 10^(10^10) when it
 # compares it with 1, which takes far longer than any timeout used here.

@@ -13,7 +13,7 @@ from pipeline.tasks.mbpp import SAMPLE_PATH, MbppJsonlSource
 from pipeline.tasks.rows import BadRowError
 from rewards.code import CodeGrader
 from rewards.pool import GradingPool
-from tests.grading import graded
+from tests.helpers.grading import graded
 
 
 def test_sources_are_registered() -> None:

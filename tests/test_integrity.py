@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,57 +19,19 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config.settings import ConfigError, parse_config
+from pipeline.config.settings import ConfigError
 from pipeline.methods.rise.curate_stage import run_curate_stage
-from pipeline.rollouts.records import TrajectoryRecord
 from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError, Manifest, StageState
 from pipeline.runner.loop import redo_damaged
 from pipeline.system.atomic import CorruptFileError, make_temp_dir, read_jsonl, write_json_atomic, write_text_atomic
-from tests.test_curation import finish_rollout, make_record, make_run
+from tests.helpers.cli import assert_one_line_error, cli
+from tests.helpers.damage import edit_a_line, tear_last_line
+from tests.helpers.rollout_records import make_record, records
+from tests.helpers.runs import ROLLOUTS, arithmetic_tasks, curation_run, finish_rollout
 
-ROLLOUTS = "iter_1/rollout/rollouts.jsonl"
-TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
-
-
-def records(count: int = 43) -> list[TrajectoryRecord]:
-    """``count`` rollout records, each solved at turn 2 (so each gives two examples with selection 'all')."""
-    return [make_record(f"t{i}", [0.0, 1.0]) for i in range(count)]
-
-
-@pytest.fixture
-def curated(tmp_path: Path) -> RunDir:
-    """Iteration 1 with 43 rollouts and its curate stage done for real."""
-    run = make_run(tmp_path, selection="all", accumulate=False)
-    finish_rollout(run, 1, records())
-    run_curate_stage(run, 1)
-    return run
-
-
-def tear_last_line(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 40])
-
-
-def edit_a_line(path: Path) -> None:
-    lines = path.read_text().splitlines(keepends=True)
-    lines[10] = lines[10].replace('"reference": "1"', '"reference": "2"')
-    path.write_text("".join(lines))
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def assert_one_line_error(code: int, output: str, *names: str) -> None:
-    assert code == 1, output
-    assert "Traceback" not in output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), output
-    for name in names:
-        assert name in lines[0], (name, output)
+TASKS = arithmetic_tasks()
 
 
 # --- damaged outputs ------------------------------------------------------------
@@ -100,7 +62,7 @@ def test_a_damaged_rollout_file_is_shown_refused_and_redone(curated: RunDir, dam
 
 def test_curate_refuses_a_torn_rollout_file_naming_it(tmp_path: Path) -> None:
     """The issue's case: curate on a torn file silently dropped the torn record (42 examples' worth instead of 43)."""
-    run = make_run(tmp_path, selection="all", accumulate=False)
+    run = curation_run(tmp_path, selection="all", accumulate=False)
     finish_rollout(run, 1, records())
     tear_last_line(run.root / ROLLOUTS)
 
@@ -131,7 +93,7 @@ def test_a_deleted_curate_directory_is_redone_by_resume_with_the_same_examples(c
 def test_resume_redoes_a_damaged_stage_before_going_on(tmp_path: Path) -> None:
     """Through the CLI: the redone curate stage runs for real; the train stage after it stops at once on an
     empty training set (no rollout turn is kept by 'success'), so no training has to run."""
-    run = make_run(tmp_path, selection="success", accumulate=False)
+    run = curation_run(tmp_path, selection="success", accumulate=False)
     write_json_atomic(run.stage_dir(0, "eval") / "eval.json", {})
     run.manifest.start(0, "eval")
     run.manifest.complete(0, "eval", [run.root / "iter_0" / "eval" / "eval.json"])
@@ -152,7 +114,7 @@ def test_resume_redoes_a_damaged_stage_before_going_on(tmp_path: Path) -> None:
 def test_a_deleted_adapter_is_never_served(tmp_path: Path) -> None:
     from pipeline.rollouts.service import iteration_model
 
-    run = make_run(tmp_path)
+    run = curation_run(tmp_path)
     adapter = run.stage_dir(1, "train") / "adapter"
     adapter.mkdir()
     files = [adapter / "adapter_config.json", adapter / "adapter_model.safetensors"]
@@ -346,19 +308,6 @@ def test_an_unreadable_accelerate_config_is_named(tmp_path: Path, kind: str) -> 
 def test_an_unclosed_set_value_is_one_line(tmp_path: Path) -> None:
     code, output = cli("run", str(write_config(tmp_path)), "--set", "rollout.sampling.stop=[a", "--dry-run")
     assert_one_line_error(code, output, "--set 'rollout.sampling.stop=[a'", "is not valid YAML")
-
-
-@pytest.fixture
-def finished(tmp_path: Path) -> Iterator[RunDir]:
-    """A run whose base-model eval is done, with its eval.json recorded."""
-    run = RunDir.create(
-        parse_config({"run": {"name": "r", "output_dir": str(tmp_path), "iterations": 1}, "tasks": TASKS})
-    )
-    path = run.stage_dir(0, "eval") / "eval.json"
-    write_json_atomic(path, {"turns": 2})
-    run.manifest.start(0, "eval")
-    run.manifest.complete(0, "eval", [path])
-    yield run
 
 
 def test_a_corrupt_manifest_is_one_line(finished: RunDir) -> None:

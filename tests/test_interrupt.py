@@ -26,7 +26,7 @@ import pytest
 from pipeline.run.files import TIMINGS_NAME
 from pipeline.run.manifest import Manifest, StageState
 from pipeline.system.atomic import read_jsonl
-from tests.run_helpers import REPO, cli, cli_env, default_sigint, run_cli, smoke_config, write_config
+from tests.helpers.cli_runs import REPO, cli, cli_env, default_sigint, run_cli, smoke_config, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -18,24 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.settings import parse_config
 from pipeline.run.files import LOCK_NAME, MANIFEST_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.lifecycle import StageNotPlannedError, stage_attempt
 from pipeline.run.manifest import Manifest, StageState
-from tests.run_helpers import REPO, cli_env, run_cli
+from tests.helpers.cli_runs import REPO, cli_env, run_cli
+from tests.helpers.runs import make_run
 
 
 def new_run(tmp_path: Path, method: str = "rise") -> RunDir:
-    return RunDir.create(
-        parse_config(
-            {
-                "run": {"name": f"plan_{method}", "output_dir": str(tmp_path), "iterations": 2, "report_to": []},
-                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-                "method": {"name": method},
-            }
-        )
-    )
+    return make_run(tmp_path, run={"name": f"plan_{method}", "report_to": []}, method={"name": method})
 
 
 @pytest.mark.parametrize(

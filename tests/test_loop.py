@@ -27,7 +27,7 @@ from pipeline.engine.vllm_server import VLLMServer
 from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.run.timings import stage_times
 from pipeline.system.atomic import read_jsonl
-from tests.run_helpers import REPO, SMOKE_TURNS, cli, cli_env, run_cli, smoke_config, write_config
+from tests.helpers.cli_runs import REPO, SMOKE_TURNS, cli, cli_env, run_cli, smoke_config, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -13,21 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir, RunDirError
 from pipeline.run.lock import run_lock
 from pipeline.run.manifest import Manifest, StageState, planned_stages
 from pipeline.system.atomic import file_digest, read_jsonl
-
-CONFIG = {
-    "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-}
-
-
-def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
-    return RunDir.create(
-        parse_config({**CONFIG, "run": {"name": "r", "output_dir": str(tmp_path), "iterations": iterations}})
-    )
+from tests.helpers.runs import make_run
 
 
 def test_plan_is_base_eval_then_each_iteration() -> None:
@@ -75,7 +65,7 @@ def test_run_dir_refuses_to_overwrite_and_reopens(tmp_path: Path) -> None:
 
 
 def test_status_prints_the_manifest(tmp_path: Path) -> None:
-    run = make_run(tmp_path, iterations=1)
+    run = make_run(tmp_path, run={"iterations": 1})
     run.manifest.start(0, "eval")
     with run_lock(run.root):  # a process drives the run: its stage is running (not interrupted)
         result = CliRunner().invoke(app, ["status", str(run.root)])

@@ -18,28 +18,20 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pipeline.config.settings import parse_config
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.training.launch import output_files
-from tests.test_compare import tasks, write_eval_dir
-from tests.test_integrity import ROLLOUTS, assert_one_line_error, cli, curated, edit_a_line, finished, tear_last_line  # noqa: F401 (fixtures)
+from tests.helpers.cli import assert_one_line_error, cli
+from tests.helpers.damage import edit_a_line, tear_last_line
+from tests.helpers.eval_dirs import tasks, write_eval_dir
+from tests.helpers.runs import ROLLOUTS, make_run
 
-TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 
-def make_run(root: Path, name: str = "r", **model: str) -> RunDir:
-    return RunDir.create(
-        parse_config(
-            {
-                "run": {"name": name, "output_dir": str(root), "iterations": 1},
-                "tasks": TASKS,
-                "rollout": {"serve_merged": True},
-                "model": model,
-            }
-        )
-    )
+def merged_run(root: Path, name: str = "r", **model: str) -> RunDir:
+    """A one-iteration run with ``rollout.serve_merged``: its train stage publishes a merged model too."""
+    return make_run(root, run={"name": name, "iterations": 1}, rollout={"serve_merged": True}, model=model)
 
 
 def write_model_dir(path: Path, config_name: str, config: dict, weights_name: str) -> None:
@@ -65,7 +57,7 @@ def finish_train(run: RunDir) -> None:
 
 @pytest.fixture
 def trained(tmp_path: Path) -> RunDir:
-    run = make_run(tmp_path / "runs")
+    run = merged_run(tmp_path / "runs")
     finish_train(run)
     return run
 
@@ -85,7 +77,7 @@ def finish_eval(run: RunDir, n_right: int) -> None:
 
 @pytest.fixture
 def evaluated(tmp_path: Path) -> RunDir:
-    run = make_run(tmp_path / "runs")
+    run = merged_run(tmp_path / "runs")
     finish_eval(run, 0)
     return run
 
@@ -124,7 +116,7 @@ def test_an_export_whose_model_directories_are_gone_is_one_line(tmp_path: Path) 
     base = tmp_path / "base"  # a base model that cannot load, so that nothing may get as far as loading it
     base.mkdir()
     (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    run = make_run(tmp_path / "runs", name_or_path=str(base))
+    run = merged_run(tmp_path / "runs", name_or_path=str(base))
     finish_train(run)
     shutil.rmtree(run.root / "iter_1" / "train" / "adapter")
     shutil.rmtree(run.root / "iter_1" / "train" / "merged")
@@ -143,7 +135,7 @@ def duplicate_a_line(path: Path) -> None:
 @pytest.mark.parametrize(
     "damage", [tear_last_line, edit_a_line, duplicate_a_line], ids=["torn row", "edited row", "duplicated row"]
 )
-def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, damage: Callable[[Path], None]) -> None:  # noqa: F811 (fixture)
+def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, damage: Callable[[Path], None]) -> None:
     damage(curated.root / ROLLOUTS)
     code, output = cli("export", str(curated.root), "--data", "--out", str(tmp_path / "data"))
     assert_one_line_error(code, output, f"{curated.root / ROLLOUTS} does not match the digest", "selfimprove resume")
@@ -163,7 +155,7 @@ def test_a_data_export_refuses_damaged_records(curated: RunDir, tmp_path: Path, 
     ],
     ids=["outputs a list", "finish time a number", "error a number", "output outside the run"],
 )
-def test_a_manifest_of_the_wrong_shape_is_one_line(finished: RunDir, record: dict, commands: tuple[str, ...]) -> None:  # noqa: F811 (fixture)
+def test_a_manifest_of_the_wrong_shape_is_one_line(finished: RunDir, record: dict, commands: tuple[str, ...]) -> None:
     """Valid JSON, wrong structure. (Resume is only asked where it failed before it could start a stage.)"""
     manifest = finished.root / "manifest.json"
     manifest.write_text(
@@ -196,7 +188,7 @@ def test_compare_out_onto_an_existing_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_compare_refuses_a_damaged_eval_of_a_run(tmp_path: Path) -> None:
-    runs = [make_run(tmp_path / "runs", name) for name in ("a", "b")]
+    runs = [merged_run(tmp_path / "runs", name) for name in ("a", "b")]
     for run, n_right in zip(runs, (0, 20)):
         finish_eval(run, n_right)
     rows = runs[1].root / "iter_0" / "eval" / "task_metrics.jsonl"

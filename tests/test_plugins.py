@@ -23,9 +23,10 @@ from pipeline.cli import app
 from pipeline.config.settings import EMBEDDED_MODEL
 from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.system.atomic import read_jsonl
-from tests.run_helpers import REPO, cli, cli_env
+from tests.helpers.cli_runs import REPO, cli, cli_env
+from tests.helpers.runs import arithmetic_tasks
 
-TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
+TASKS = arithmetic_tasks()
 
 MISBEHAVING = '''
 import math

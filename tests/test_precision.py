@@ -11,10 +11,11 @@ from pipeline.engine import precision
 from pipeline.engine.precision import cpu_flags, cpu_has_native_bf16, resolve_dtype
 from pipeline.engine.vllm_server import VLLMServer, is_cpu_build
 from pipeline.training.trainer import training_precision
+from tests.helpers.runs import arithmetic_tasks
 
 AVX2 = "fpu sse sse2 avx avx2 fma"
 SAPPHIRE_RAPIDS = AVX2 + " avx512f avx512bw avx512_bf16 amx_bf16 amx_tile"
-TASKS = {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}
+TASKS = arithmetic_tasks()
 
 
 def _config(**sections: dict) -> PipelineConfig:

@@ -23,8 +23,8 @@ from rewards import GradeResult, GradingPool, Placement, get_grader
 from rewards.extract import MAX_ANSWER_CHARS
 from rewards.pool import preloaded
 from rewards.reasoning_gym import INSTALL_HINT, ReasoningGymGrader, checked_score
-from tests.grading import graded
-from tests.test_integrity import assert_one_line_error
+from tests.helpers.cli import assert_one_line_error
+from tests.helpers.grading import graded
 
 REPO = Path(__file__).resolve().parents[1]
 

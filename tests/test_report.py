@@ -11,28 +11,14 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config.settings import parse_config
 from pipeline.eval.report import ReportError, collect_evals, report_table, training_depths, write_report
 from pipeline.run.files import ACCURACY_PLOT, CURVES_PLOT, REPORT_NAME, TRANSITIONS_PLOT
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import DamagedOutputError
+from tests.helpers.eval_dirs import TURNS, finish_eval, hand_evaluated_run
+from tests.helpers.eval_records import make_record, parallel_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TURNS = 3
-
-
-def make_run(tmp_path: Path, iterations: int = 2) -> RunDir:
-    """A fresh run directory (config.yaml + manifest) with every stage pending."""
-    arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
-    config = parse_config(
-        {
-            "run": {"name": "demo", "output_dir": str(tmp_path), "iterations": iterations},
-            "model": {"name_or_path": "org/some-model"},
-            "tasks": {"train": arithmetic, "eval": arithmetic},
-            "evaluation": {"turns": TURNS, "samples": 2, "sampling": {"temperature": 0.7}},
-        }
-    )
-    return RunDir.create(config)
 
 
 def summary(pass1: list[float], m1: float, p1: float, mT: float | None, deltas: tuple[float, float, float]) -> dict:
@@ -86,7 +72,7 @@ def table_rows(table: Table) -> list[list[str]]:
 @pytest.fixture
 def run(tmp_path: Path) -> RunDir:
     """Base and iteration 1 evaluated; iteration 2's eval written but still running."""
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     write_eval(run, 0, BASE, BASE_CURVES)
     write_eval(run, 1, ITER1, ITER1_CURVES)
     write_eval(run, 2, summary([0.9, 0.9, 0.9], 0.9, 0.9, 0.9, (0, 0, 0)), BASE_CURVES, done=False)
@@ -132,7 +118,7 @@ def test_plots_are_valid_pngs_linked_relatively(run: RunDir) -> None:
 
 
 def test_unmeasured_parallel_baseline_reads_n_a(tmp_path: Path) -> None:
-    run = make_run(tmp_path, iterations=1)
+    run = hand_evaluated_run(tmp_path, iterations=1)
     write_eval(run, 0, {**BASE, f"m{TURNS}@t1": None}, curves([0.235, 0.24, 0.25], [0.235, None, None]))
     text = write_report(run.root).read_text(encoding="utf-8")
     assert "| m3@t1 | n/a |" in text
@@ -157,7 +143,7 @@ def test_rerun_replaces_every_file_and_leaves_no_temp_files(run: RunDir) -> None
 
 
 def test_a_run_with_no_finished_eval_has_nothing_to_report(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     write_eval(run, 0, BASE, BASE_CURVES, done=False)
     assert collect_evals(run.root) == []
     with pytest.raises(ReportError, match="no eval stage is done yet"):
@@ -172,7 +158,7 @@ def test_a_done_eval_without_its_files_is_an_error(run: RunDir) -> None:
 
 
 def test_evals_with_different_turns_cannot_share_a_report(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     write_eval(run, 0, BASE, BASE_CURVES)
     write_eval(run, 1, {**ITER1, "samples": 4}, ITER1_CURVES)
     with pytest.raises(ReportError, match="differ in turns or samples"):
@@ -206,9 +192,7 @@ def test_exit_runs_mark_each_iterations_mean_training_depth(run: RunDir) -> None
 
 def test_report_shows_the_oracle_baseline_intervals_and_incomplete_count(tmp_path: Path) -> None:
     """Evals written by the eval stage's own writer: p3@t1, the gaps with intervals, changes vs base with intervals."""
-    from tests.test_compare import finish_eval
-
-    run = make_run(tmp_path, iterations=1)
+    run = hand_evaluated_run(tmp_path, iterations=1)
     finish_eval(run, 0, 0)
     finish_eval(run, 1, 10)
     text = write_report(run.root).read_text(encoding="utf-8")
@@ -234,7 +218,6 @@ def finish_eval_with_records(run: RunDir, iteration: int, keep_transitions: bool
     """
     from pipeline.eval.stage import write_eval_outputs
     from rewards import get_grader
-    from tests.test_evaluation import make_record, parallel_record
 
     answers = {
         "a": ["5", "5", "7"],
@@ -265,7 +248,7 @@ def test_report_shows_transition_rates_also_for_an_eval_that_predates_them(tmp_p
 
     from pipeline.cli import app
 
-    run = make_run(tmp_path, iterations=1)
+    run = hand_evaluated_run(tmp_path, iterations=1)
     finish_eval_with_records(run, 0, keep_transitions=False)
     finish_eval_with_records(run, 1, keep_transitions=True)
     result = CliRunner().invoke(app, ["report", str(run.root)])

@@ -37,6 +37,7 @@ from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task, load_tasks
 from rewards.pool import GradingPool
+from tests.helpers.runs import arithmetic_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -70,10 +71,7 @@ def make_config(tmp_path: Path, model: Path, **rollout: object) -> PipelineConfi
                 "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 64, "startup_timeout_s": 300},
                 **rollout,
             },
-            "tasks": {
-                "train": {"source": "arithmetic", "options": {"seed": 0, "n_train": 16, "n_eval": 8}},
-                "eval": {"source": "arithmetic", "options": {"seed": 0, "n_train": 16, "n_eval": 8}},
-            },
+            "tasks": arithmetic_tasks(seed=0, n_train=16, n_eval=8),
             "grader": {"name": "numeric", "workers": 1},
         }
     )

@@ -15,9 +15,9 @@ from pipeline.run.files import CONFIG_NAME, MANIFEST_NAME
 from pipeline.run.layout import RunDir
 from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.system.atomic import write_json_atomic
-from tests.test_compare import finish_eval
-from tests.test_integrity import assert_one_line_error, cli
-from tests.test_lifecycle import new_run
+from tests.helpers.cli import assert_one_line_error, cli
+from tests.helpers.eval_dirs import finish_eval
+from tests.helpers.runs import make_run
 
 
 def edit_config(run: RunDir, **run_keys: object) -> None:
@@ -40,7 +40,7 @@ def finish_all_but_eval(run: RunDir) -> None:
 
 def test_a_config_edited_after_the_start_is_refused_naming_the_keys(tmp_path: Path) -> None:
     """Fewer iterations in config.yaml used to drop iteration 2 from the report and the data export without a word."""
-    run = new_run(tmp_path)
+    run = make_run(tmp_path, run={"report_to": []})
     for iteration in (0, 1, 2):
         finish_eval(run, iteration, n_right=10 * iteration)
     code, output = cli("report", str(run.root))
@@ -69,7 +69,7 @@ def test_a_config_edited_after_the_start_is_refused_naming_the_keys(tmp_path: Pa
 
 def test_resume_set_changes_the_config_for_the_rest_of_the_run_and_the_manifest_records_it(tmp_path: Path) -> None:
     """More iterations in config.yaml used to meet "nothing to resume"; resume --set plans them."""
-    run = new_run(tmp_path)
+    run = make_run(tmp_path, run={"report_to": []})
     finish_all_but_eval(run)
     for iteration in (0, 1, 2):
         finish_eval(run, iteration, n_right=iteration)
@@ -98,7 +98,7 @@ def test_resume_set_changes_the_config_for_the_rest_of_the_run_and_the_manifest_
 
 
 def test_a_run_from_before_the_recorded_config_adopts_its_config_yaml(tmp_path: Path) -> None:
-    run = new_run(tmp_path)
+    run = make_run(tmp_path, run={"report_to": []})
     path = run.root / MANIFEST_NAME
     legacy = {key: value for key, value in json.loads(path.read_text()).items() if key not in ("config", "overrides")}
     path.write_text(json.dumps(legacy))
@@ -113,7 +113,7 @@ def test_a_run_from_before_the_recorded_config_adopts_its_config_yaml(tmp_path: 
 
 
 def test_a_stage_command_given_another_config_for_an_existing_run_names_the_keys(tmp_path: Path) -> None:
-    run = new_run(tmp_path)
+    run = make_run(tmp_path, run={"report_to": []})
     config = tmp_path / "config.yaml"
     config.write_text((run.root / CONFIG_NAME).read_text())
     code, output = cli("rollout", str(config), "-i", "1", "--set", "run.seed=5")

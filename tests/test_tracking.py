@@ -1,6 +1,6 @@
 """Tracking on a real tiny run: TensorBoard event files and W&B offline files, read back by their own readers.
 
-The run (``tests/eco_run.py``) trains two RISE iterations through the real
+The run (``tests/helpers/eco_run.py``) trains two RISE iterations through the real
 train stage (TRL's integration callbacks in the accelerate-launched worker)
 and is interrupted before iteration 2 and resumed, so these tests also check
 that the global step continues across iterations and processes and that a
@@ -18,8 +18,9 @@ from pipeline.config.settings import ConfigError, parse_config
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl
 from pipeline.tracking.trackers import STEP_KEY, eval_metrics, logged_stages
-from tests.eco_run import ITERATIONS
-from tests.tracker_files import scalars, wandb_history
+from tests.helpers.eco_run import ITERATIONS
+from tests.helpers.runs import arithmetic_tasks
+from tests.helpers.tracker_files import scalars, wandb_history
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +113,7 @@ def test_eval_metrics_flatten_the_headline_figures_and_intervals() -> None:
 
 
 def test_report_to_names_known_trackers_once(tmp_path: Path) -> None:
-    base = {"tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}}}
+    base = {"tasks": arithmetic_tasks()}
     assert parse_config(base).run.report_to == ["tensorboard"]
     for bad, message in ((["tensorboard", "tensorboard"], "twice"), (["mlflow"], "run.report_to")):
         with pytest.raises(ConfigError, match=message):

@@ -28,9 +28,8 @@ from pipeline.system.atomic import file_digest
 from pipeline.training.launch import TrainError
 from pipeline.training.progress import ProgressFollower, StepProgress, append_progress
 from pipeline.training.trainer import ProgressWriter
-from tests.run_helpers import default_sigint
-from tests.train_helpers import (
-    REPO,
+from tests.helpers.cli_runs import REPO, default_sigint
+from tests.helpers.training import (
     ROWS,
     attempts,
     checkpoint_step,
@@ -38,7 +37,7 @@ from tests.train_helpers import (
     first_steps,
     lora_b,
     lora_weights,
-    make_run,
+    training_run,
     wait_until_gone,
 )
 
@@ -46,12 +45,13 @@ from tests.train_helpers import (
 @pytest.fixture(scope="module")
 def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """Iteration 1 trained without interruption (LoRA from the base model)."""
-    run = make_run(tmp_path_factory.mktemp("trained"), tiny_model)
+    run = training_run(tmp_path_factory.mktemp("trained"), tiny_model)
     finish_curate(run, 1)
     run_train_stage(StageContext(run, 1, progress=False))
     return run
 
 
+@pytest.mark.slow
 def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tiny_model: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -72,6 +72,7 @@ def test_stage_trains_a_loadable_adapter_and_records_it(trained_run: RunDir, tin
     assert not list(adapter.parent.glob(".adapter.partial"))
 
 
+@pytest.mark.slow
 def test_rerun_of_a_done_stage_does_nothing(trained_run: RunDir) -> None:
     stage = trained_run.root / "iter_1" / "train"
     files = [stage / "adapter" / "adapter_model.safetensors", stage / "train_summary.json", stage / "train.log"]
@@ -113,7 +114,7 @@ def test_progress_writer_appends_the_start_and_every_step_from_the_main_process(
 
 
 def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> None:
-    run = make_run(tmp_path, tiny_model)
+    run = training_run(tmp_path, tiny_model)
     with pytest.raises(TrainError, match="iteration 1's curate stage is not done"):
         run_train_stage(StageContext(run, 1, progress=False))
     record = RunDir.open(run.root).manifest.record(1, "train")
@@ -121,8 +122,9 @@ def test_refuses_when_curate_is_not_done(tmp_path: Path, tiny_model: Path) -> No
     assert not (run.root / "iter_1" / "train" / "train.log").exists()  # refused before launching
 
 
+@pytest.mark.slow
 def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
-    run = make_run(tmp_path, tiny_model, finetune="qlora")
+    run = training_run(tmp_path, tiny_model, finetune="qlora")
     finish_curate(run, 1)
     adapter = run_train_stage(StageContext(run, 1, progress=False))
     assert adapter == run.root / "iter_1" / "train" / "adapter"
@@ -130,6 +132,7 @@ def test_qlora_trains_an_adapter_on_the_4bit_base(tmp_path: Path, tiny_model: Pa
     assert RunDir.open(run.root).manifest.is_done(1, "train")
 
 
+@pytest.mark.slow
 def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir, tmp_path: Path) -> None:
     shutil.copytree(trained_run.root, tmp_path / "r")
     run = RunDir.open(tmp_path / "r")
@@ -147,13 +150,14 @@ def test_train_from_previous_continues_iteration_1s_adapter(trained_run: RunDir,
     assert not torch.equal(lora_b(second), lora_b(first))  # it did train
 
 
+@pytest.mark.slow
 def test_full_finetuning_under_the_cpu_accelerate_config_writes_a_servable_model(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cpu_config = REPO / "configs" / "accelerate" / "cpu.yaml"
-    run = make_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
+    run = training_run(tmp_path, tiny_model, finetune="full", accelerate_config=str(cpu_config), save_steps=ROWS)
     finish_curate(run, 1)
     model_dir = run_train_stage(StageContext(run, 1, progress=False))
     assert model_dir == run.root / "iter_1" / "train" / "model"
@@ -185,10 +189,11 @@ def interrupt_after_checkpoint(run: RunDir, sig: signal.Signals, after_step: int
     assert pipeline.wait() != 0
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_from_its_checkpoints_and_matches_an_uninterrupted_run(
     trained_run: RunDir, tmp_path: Path, tiny_model: Path
 ) -> None:
-    run = make_run(tmp_path, tiny_model)  # the same config and data as trained_run
+    run = training_run(tmp_path, tiny_model)  # the same config and data as trained_run
     finish_curate(run, 1)
     stage = run.root / "iter_1" / "train"
     # Ctrl-C: the stage stops its launcher and worker and records the failure.

@@ -10,14 +10,13 @@ from typing import Any
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config.settings import parse_config
 from pipeline.eval.stage import write_eval_outputs
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_json_atomic, write_jsonl_atomic
 from rewards import get_grader
-from tests.test_evaluation import graded_record, make_record
+from tests.helpers.eval_dirs import TURNS, hand_evaluated_run
+from tests.helpers.eval_records import graded_record, make_record
 
-TURNS = 3
 runner = CliRunner()
 HOSTILE = "</script><script>alert(1)</script><!-- & <b>bold</b>"
 
@@ -81,19 +80,6 @@ def write_eval_dir(
     return out
 
 
-def make_run(tmp_path: Path) -> RunDir:
-    arithmetic = {"source": "arithmetic", "options": {"seed": 1}}
-    config = parse_config(
-        {
-            "run": {"name": "demo", "output_dir": str(tmp_path), "iterations": 2},
-            "model": {"name_or_path": "org/some-model"},
-            "tasks": {"train": arithmetic, "eval": arithmetic},
-            "evaluation": {"turns": TURNS, "samples": 2, "sampling": {"temperature": 0.7}},
-        }
-    )
-    return RunDir.create(config)
-
-
 def finish_eval(run: RunDir, iteration: int, trajectories: dict[str, list[list[str]]]) -> None:
     out = run.stage_dir(iteration, "eval")
     write_eval_dir(out, trajectories)
@@ -113,7 +99,7 @@ def view(*paths: Path, out: Path | None = None) -> Page:
 
 
 def test_a_run_gives_one_self_contained_file_with_base_and_last_eval_side_by_side(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     finish_eval(run, 0, BASE)
     finish_eval(run, 1, BETTER)
     write_eval_dir(run.stage_dir(2, "eval"), BASE)  # written but not done: left out
@@ -231,7 +217,7 @@ def test_two_eval_dirs_side_by_side_into_out(tmp_path: Path) -> None:
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    damaged = make_run(tmp_path)
+    damaged = hand_evaluated_run(tmp_path)
     finish_eval(damaged, 0, BASE)
     with open(damaged.stage_dir(0, "eval") / "rollouts.jsonl", "a") as handle:
         handle.write("{}\n")
@@ -247,14 +233,14 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_a_run_without_a_finished_eval_has_nothing_to_view(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     result = runner.invoke(app, ["view", str(run.root)])
     assert result.exit_code == 1
     assert "has no finished eval yet" in result.output and not (run.root / "viewer.html").exists()
 
 
 def test_the_report_points_to_the_viewer(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    run = hand_evaluated_run(tmp_path)
     finish_eval(run, 0, BASE)
     result = runner.invoke(app, ["report", str(run.root)])
     assert result.exit_code == 0, result.output

@@ -251,7 +251,7 @@ def test_unlikelihood_training_makes_a_likely_refuted_answer_unlikely(tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import train_tiny_adapter
+    from tests.helpers.tiny_model import train_tiny_adapter
 
     adapter = train_tiny_adapter(tiny_model, [("What is 3 + 4?", REFUTED)], tmp_path / "taught")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter, is_trainable=True)

@@ -44,7 +44,7 @@ class Interval:
 
 
 def bootstrap_mean(
-    values: Sequence[float], seed: int, resamples: int = RESAMPLES, confidence: float = CONFIDENCE
+    values: Sequence[float] | np.ndarray, seed: int, resamples: int = RESAMPLES, confidence: float = CONFIDENCE
 ) -> Interval:
     """The mean of per-task ``values`` with its percentile bootstrap interval (tasks resampled with replacement)."""
     data = np.asarray(values, dtype=float)

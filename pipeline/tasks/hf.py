@@ -111,7 +111,7 @@ class HfTaskSource:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown hf task source option(s) {unknown}; known: preset, {', '.join(sorted(known))}")
-        merged = {**PRESETS.get(preset, {}), **options}
+        merged = {**(PRESETS[preset] if preset is not None else {}), **options}
         if "dataset" not in merged:
             raise ValueError("hf task source needs `dataset` (a hub dataset or a local directory) or a `preset`")
         self.options = HfOptions(**merged)

@@ -110,7 +110,7 @@ def load(spec: dict[str, Any]) -> Callable[..., Any]:
     function = namespace.get(entry, missing)
     if function is missing or function is before:
         raise NameError(f"the program does not define a function named {entry!r}")
-    return function  # type: ignore[return-value]
+    return function
 
 
 def answer(function: Callable[..., Any], request: dict[str, Any], cpu_s: float) -> bytes:

@@ -50,7 +50,7 @@ from rewards.code.wire import MAX_LINE_BYTES, WireError, decode, dump_line, enco
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing would cost every run a few milliseconds
-    from typing import Any
+    from typing import Any, TypeGuard
 
 OBSERVED = "__observed__"
 MAX_REPR_CHARS = 200
@@ -189,7 +189,7 @@ class Candidate:
         raise self.channel.broken
 
 
-def _is_error(payload: Any) -> bool:
+def _is_error(payload: Any) -> TypeGuard[dict[str, str]]:
     return isinstance(payload, dict) and all(
         isinstance(payload.get(key), str) for key in ("type", "message", "frames", "summary")
     )

@@ -29,7 +29,7 @@ MAX_LINE_BYTES = 4 << 20
 """The longest line either side accepts (a reply larger than this fails its call)."""
 
 _SCALARS = (type(None), bool, int, float, str)
-_TAGGED = {tuple: "tuple", set: "set", frozenset: "frozenset"}
+_TAGGED: dict[type, str] = {tuple: "tuple", set: "set", frozenset: "frozenset"}
 _UNTAG = {"tuple": tuple, "set": set, "frozenset": frozenset}
 PLAIN_TYPES = "None, bool, int, float, str, list, tuple, dict, set or frozenset"
 

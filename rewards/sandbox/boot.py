@@ -110,7 +110,7 @@ def enter_namespaces() -> list[str]:
     program could not create files in the tmpfs it would get (and no map is
     written, so that it stays ``nobody``).
     """
-    entered = []
+    entered: list[str] = []
     wanted = [(CLONE_NEWNET, "net"), (CLONE_NEWPID, "pid"), (CLONE_NEWIPC, "ipc")]
     if os.geteuid() == 0:
         wanted.append((CLONE_NEWNS, "mnt"))

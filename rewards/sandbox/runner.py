@@ -481,7 +481,7 @@ def _result(returncode: int, streams: _Streams, uid: int | None, limits: Limits,
     )
 
 
-_SIGNAL_CAUSES = {
+_SIGNAL_CAUSES: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
     signal.SIGXFSZ: "file size limit exceeded",
     signal.SIGSEGV: "segmentation fault (deep recursion or memory limit?)",

@@ -162,8 +162,7 @@ class LearnabilityBuffer:
         item = BufferItem(task_id, tuple(history), float(score), self.next_seq)
         if item.key in self.items:
             return False
-        if len(self.items) >= self.capacity:
-            weakest = self.min_item()
+        if len(self.items) >= self.capacity and (weakest := self.min_item()) is not None:
             if item.score < weakest.score:
                 return False
             del self.items[weakest.key]
@@ -197,7 +196,7 @@ class LearnabilityBuffer:
         """Give the held item ``key`` a new score; returns its old one (None when it is not held:
         a fresh task, or an item evicted since it was drawn)."""
         item = self.items.get(key) if key is not None else None
-        if item is None:
+        if key is None or item is None:
             return None
         self.items[key] = replace(item, score=float(score))
         return item.score

@@ -16,7 +16,7 @@ from pipeline.config.settings import parse_config
 from pipeline.engine.vllm_server import VLLMServer
 from pipeline.run.layout import RunDir
 from pipeline.runner.loop import run_loop
-from tests.run_helpers import SMOKE_TURNS, smoke_config
+from tests.helpers.cli_runs import SMOKE_TURNS, smoke_config
 
 TURNS = SMOKE_TURNS
 ITERATIONS = 2

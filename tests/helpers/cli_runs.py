@@ -16,7 +16,7 @@ import yaml
 from pipeline.config.settings import parse_config
 from pipeline.engine.vllm_server import VLLMServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_tasks(path: Path) -> Path:

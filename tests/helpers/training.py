@@ -10,14 +10,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config.settings import parse_config
+from pipeline.run.files import PROGRESS_NAME
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl, write_jsonl_atomic
 from pipeline.training.checkpoints import checkpoint_step as step_of_checkpoint
 from pipeline.training.checkpoints import last_checkpoint
-from pipeline.training.progress import PROGRESS_NAME
+from tests.helpers.runs import make_run
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = 12  # batch size 1: 12 optimizer steps, a checkpoint every 2
 TRAINING = {
     "lora_r": 4,
@@ -32,17 +31,14 @@ TRAINING = {
 }
 
 
-def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
-    return RunDir.create(
-        parse_config(
-            {
-                "run": {"name": "r", "output_dir": str(root), "iterations": 2, "seed": 0},
-                "model": {"name_or_path": str(model)},
-                "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-                "method": method or {"name": "rise"},
-                "training": {**TRAINING, **training},
-            }
-        )
+def training_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
+    """A run that trains ``model`` with TRAINING's settings, ``training`` over them."""
+    return make_run(
+        root,
+        run={"seed": 0},
+        model={"name_or_path": str(model)},
+        method=method or {"name": "rise"},
+        training={**TRAINING, **training},
     )
 
 
