@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -97,7 +97,7 @@ def _locked(root: Path) -> ExitStack:
     return stack
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     """Print the error and exit; under ``--debug``, re-raise the exception being handled, traceback and all."""
     if _debug and sys.exc_info()[1] is not None:
         raise
@@ -578,6 +578,7 @@ def export(
             path = export_data(run, out)
         else:
             command = shlex.join(["selfimprove", *sys.argv[1:]])
+            assert iteration is not None, "a model export names its iteration (checked above)"
             path = export_model(run, iteration, out, adapter_only=adapter, command=command)
     except (*_OPEN_ERRORS, ExportError, DamagedOutputError) as exc:
         _fail(str(exc))

@@ -9,7 +9,22 @@ state no sample solved, ``{message}`` being that message and ``{reference}``
 the task's reference answer.
 """
 
-DEFAULT_TEMPLATES: dict[str, str | None] = {
+from typing import TypedDict
+
+
+class Templates(TypedDict):
+    """The templates by name; only ``system`` may be absent (None)."""
+
+    system: str | None
+    binary_feedback: str
+    grader_feedback: str
+    no_feedback: str
+    hint: str
+    improve: str
+    diverge: str
+
+
+DEFAULT_TEMPLATES: Templates = {
     "system": None,
     "binary_feedback": "Your answer is incorrect. Please try again.",
     "grader_feedback": "Your answer is incorrect.\n{feedback}\nPlease try again.",

@@ -137,8 +137,10 @@ class HFBackend:
             ids = ids[: ids.index(eos)]
         ids = [t for t in ids if t != self.tokenizer.pad_token_id]
         sampled = ids + [eos] if finished else ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str), "one sequence of ids decodes to one string"
         return Completion(
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            text=text,
             finish_reason="stop" if finished else "length",
             prompt_tokens=len(prompt),
             completion_tokens=len(sampled),

@@ -25,6 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -59,7 +60,7 @@ class VLLMServer:
     port: int | None = None
     devices: str | None = None
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
-    _log_handle: object | None = field(default=None, init=False, repr=False)
+    _log_handle: BinaryIO | None = field(default=None, init=False, repr=False)
     _launched_at: float = field(default=0.0, init=False, repr=False)
 
     @property

@@ -37,7 +37,7 @@ from pipeline.eval.report import (
     points,
     read_eval_dir,
 )
-from pipeline.eval.transitions import RATES, SIDES, rate_change
+from pipeline.eval.transitions import RATES, SIDES, StepCounts, rate_change
 from pipeline.run.files import CONFIG_NAME, EVAL_NAME, MANIFEST_NAME
 from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.system.atomic import write_bytes_atomic, write_text_atomic
@@ -160,11 +160,9 @@ def compare_evals(evals: Sequence[NamedEval]) -> Comparison:
     if len(evals) < 2:
         raise CompareError("compare needs at least two evaluations")
     first = evals[0].result
+    task_rows = []
     for ev in evals:
-        if ev.result.task_rows is None:
-            raise CompareError(
-                f"{ev.label} has no per-task figures (task_metrics.jsonl): re-run its eval to compare it"
-            )
+        task_rows.append(_task_rows(ev))
         if ev.result.turns != first.turns:
             raise CompareError(
                 f"{ev.label} has {ev.result.turns} turns, {evals[0].label} {first.turns}: not comparable"
@@ -172,20 +170,23 @@ def compare_evals(evals: Sequence[NamedEval]) -> Comparison:
     keys = headline_keys(first.turns) + list(revision_gaps(first.turns))
     rows = []
     for key in keys:
-        values = [_mean(ev.result.task_rows, key) for ev in evals]
+        values = [_mean(figures, key) for figures in task_rows]
         try:
-            differences = [
-                compare_task_metrics(ev.result.task_rows, first.task_rows, key, first.seed) for ev in evals[1:]
-            ]
+            differences = [compare_task_metrics(figures, task_rows[0], key, first.seed) for figures in task_rows[1:]]
         except ValueError as exc:
             raise CompareError(f"{exc}: compare evaluations of the same tasks") from exc
         rows.append(
             MetricRow(key, values, differences, is_change=key.startswith("delta") or key in revision_gaps(first.turns))
         )
     rows += [_transition_row(evals, rate, side) for rate in RATES for side in (*SIDES, None)]
-    return Comparison(
-        [ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(first.task_rows), rows
-    )
+    return Comparison([ev.label for ev in evals], [str(ev.path) for ev in evals], first.turns, len(task_rows[0]), rows)
+
+
+def _task_rows(ev: NamedEval) -> list[dict[str, Any]]:
+    """``ev``'s per-task figures; one line naming ``ev`` when it has none."""
+    if ev.result.task_rows is None:
+        raise CompareError(f"{ev.label} has no per-task figures (task_metrics.jsonl): re-run its eval to compare it")
+    return ev.result.task_rows
 
 
 def _transition_row(evals: Sequence[NamedEval], rate: str, side: str | None) -> MetricRow:
@@ -211,11 +212,19 @@ def _all_turns_rate(result: IterationEval, rate: str, side: str | None) -> float
 
 def _rate_change(result: IterationEval, first: IterationEval, rate: str, side: str | None) -> Interval | None:
     """``result``'s rate minus ``first``'s, paired by task id; None when either lacks its per-task step counts."""
-    steps = [{row["task_id"]: row.get("steps") for row in ev.task_rows or []} for ev in (result, first)]
-    if any(None in by_task.values() or not by_task for by_task in steps):
+    mine, theirs = _steps_by_task(result), _steps_by_task(first)
+    if mine is None or theirs is None:
         return None
-    task_ids = list(steps[1])
-    return rate_change([steps[0][t] for t in task_ids], [steps[1][t] for t in task_ids], rate, first.seed, side)
+    task_ids = list(theirs)
+    return rate_change([mine[t] for t in task_ids], [theirs[t] for t in task_ids], rate, first.seed, side)
+
+
+def _steps_by_task(result: IterationEval) -> dict[str, dict[str, StepCounts]] | None:
+    """Each task's per-step counts by task id; None when the eval has no tasks or a task lacks them."""
+    rows = result.task_rows or []
+    if not rows or any(row.get("steps") is None for row in rows):
+        return None
+    return {row["task_id"]: row["steps"] for row in rows}
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -275,8 +284,9 @@ def _cells(row: MetricRow) -> list[str]:
 
 
 def _mean(rows: Sequence[dict[str, Any]], key: str) -> float | None:
-    values = [row.get(key) for row in rows]
-    return None if any(v is None for v in values) else sum(values) / len(values)
+    if any(row.get(key) is None for row in rows):
+        return None
+    return sum(row[key] for row in rows) / len(rows)
 
 
 def _plot(comparison: Comparison) -> Figure:
@@ -297,7 +307,8 @@ def _plot(comparison: Comparison) -> Figure:
     by_turn.legend(fontsize="small")
     names = [row.metric for row in comparison.rows]
     for offset, label in enumerate(comparison.labels[1:]):
-        ys, xs, errors = [], [], [[], []]
+        ys, xs = [], []
+        errors: list[list[float]] = [[], []]
         for y, row in enumerate(comparison.rows):
             if (d := row.differences[offset]) is not None:
                 ys.append(y + 0.15 * offset)

@@ -104,7 +104,9 @@ def summarize_eval(
     }
     for key in headline_keys(turns)[turns:]:
         summary[key] = _mean_of(rows, key)
-    summary["delta_t1_tT"] = _mean_of(rows, pass_at_1_key(turns)) - _mean_of(rows, pass_at_1_key(1))
+    first_turn, last_turn = _mean_of(rows, pass_at_1_key(1)), _mean_of(rows, pass_at_1_key(turns))
+    assert first_turn is not None and last_turn is not None, "pass@1 is measured at every turn"
+    summary["delta_t1_tT"] = last_turn - first_turn
     summary["intervals"] = {key: interval.to_dict() for key, interval in eval_intervals(rows, turns, seed).items()}
     summary["transitions"] = summarize_transitions([row["steps"] for row in rows], turns, seed)
     summary["incomplete"] = count_incomplete(records, turns)
@@ -168,10 +170,9 @@ def compare_task_metrics(
     if set(by_task) != {row["task_id"] for row in first}:
         missing = len({row["task_id"] for row in first} ^ set(by_task))
         raise ValueError(f"the two evaluations are not of the same tasks ({missing} task ids appear in only one)")
-    pairs = [(row.get(key), by_task[row["task_id"]].get(key)) for row in first]
-    if any(a is None or b is None for a, b in pairs):
+    if any(row.get(key) is None or by_task[row["task_id"]].get(key) is None for row in first):
         return None
-    return paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed)
+    return paired_difference([row[key] for row in first], [by_task[row["task_id"]][key] for row in first], seed)
 
 
 def summarize_curves(

@@ -123,8 +123,9 @@ class TrajectoryRunner:
         )
         for turn in range(1, spec.turns + 1):
             messages = build_messages(task.prompt, attempts, spec.templates, spec.history_window)
-            use_teacher = self.teacher is not None and turn > 1
-            backend = self.teacher if use_teacher else self.learner
+            teacher = self.teacher if turn > 1 else None  # a teacher answers the turns after the first
+            use_teacher = teacher is not None
+            backend = self.learner if teacher is None else teacher
             try:
                 completions, grades = await chat_and_grade(
                     backend,

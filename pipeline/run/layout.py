@@ -91,6 +91,7 @@ class RunDir:
         drops a finished stage (fewer iterations than the run has done).
         """
         recorded = self.manifest.config
+        assert recorded is not None, "create and open record the run's config in the manifest"
         if fixed := [key for key in config_changes(recorded, _overridden(recorded, overrides)) if key in FIXED_KEYS]:
             raise RunDirError(
                 f"--set cannot change {', '.join(fixed)} of the run in {self.root}: start a new run instead"

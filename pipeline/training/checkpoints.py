@@ -40,7 +40,11 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 def checkpoint_step(checkpoint: str | Path | None) -> int:
     """The step a checkpoint directory holds (0 for None: training starts at the beginning)."""
-    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1)) if checkpoint else 0
+    if not checkpoint:
+        return 0
+    if (match := _CHECKPOINT.match(Path(checkpoint).name)) is None:
+        raise ValueError(f"{checkpoint} is not a checkpoint directory ({PREFIX_CHECKPOINT_DIR}-<step>)")
+    return int(match.group(1))
 
 
 def _is_complete(checkpoint: Path) -> bool:

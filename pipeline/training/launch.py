@@ -314,7 +314,7 @@ def join_training(
     iterations = range(1, run.config.run.iterations + 1)
     over = _attempts_over(Manifest.load(run_root), iterations)
     joined = dict(over)  # per iteration, the last attempt launched here
-    codes = []
+    codes: list[int] = []
     while True:
         manifest = Manifest.load(run_root)
         if all(manifest.record(iteration, STAGE).state is StageState.DONE for iteration in iterations):

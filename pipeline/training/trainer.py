@@ -8,6 +8,7 @@ them without importing the other.
 from __future__ import annotations
 
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def trainer_arguments(
     fp16: bool,
     seed: int,
     use_cpu: bool,
-    report_to: list[str] | None = None,
+    report_to: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The ``training`` section as the Trainer arguments every trainer here shares (SFT and GRPO).
 

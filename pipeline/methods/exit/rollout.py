@@ -316,7 +316,7 @@ class ExitGenerator:
         self.adapter: str | None = None
         self._synced: tuple[int, Path] | None = None  # step and directory of the adapter the servers hold
 
-    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any] | None]:
         """The batch TRL expects for ``prompts``: ``num_generations`` consecutive copies of each group's prompt."""
         started = time.monotonic()
         step = trainer.state.global_step + 1  # the optimizer step these completions will train
@@ -388,7 +388,7 @@ class ExitGenerator:
             raise GenerationError("the rollout server returned no prompt_token_ids; it must support return_token_ids")
         return GroupResult(instance, task, shown, completions, grades)
 
-    def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any]]:
+    def _record(self, results: list[GroupResult], size: int, step: int) -> dict[str, list[Any] | None]:
         """Update the buffer and the group log, in group order; return the batch TRL expects."""
         out: dict[str, list[Any]] = {"prompt_ids": [], "completion_ids": [], REWARD: [], ADVANTAGE_SCALE: []}
         records = []
@@ -401,15 +401,14 @@ class ExitGenerator:
                 out[REWARD] += [None] * size
                 out[ADVANTAGE_SCALE] += [1.0] * size
                 continue
-            records[-1][ADVANTAGE_SCALE] = self._scales(result)
+            records[-1][ADVANTAGE_SCALE] = self._scales(result.completions)
             out["prompt_ids"] += [list(c.prompt_token_ids) for c in result.completions]
             out["completion_ids"] += [list(c.token_ids) or [self.eos_token_id] for c in result.completions]
             out[REWARD] += records[-1]["rewards"]
             out[ADVANTAGE_SCALE] += records[-1][ADVANTAGE_SCALE]
         self.records.buffer.save(self.records.buffer_path)
         self.records.log.append(records)
-        out["logprobs"] = None  # GRPO recomputes the policy's log-probabilities itself
-        return out
+        return {**out, "logprobs": None}  # GRPO recomputes the policy's log-probabilities itself
 
     def _record_group(self, result: GroupResult, step: int, index: int) -> dict[str, Any]:
         instance, buffer = result.instance, self.records.buffer
@@ -444,10 +443,10 @@ class ExitGenerator:
             "buffer_scores": buffer.score_quantiles(),
         }
 
-    def _scales(self, result: GroupResult) -> list[float]:
+    def _scales(self, completions: list[Completion]) -> list[float]:
         if self.scoring.diversity is None:
-            return [1.0] * len(result.completions)
-        return self.scoring.diversity.scales([c.text for c in result.completions])
+            return [1.0] * len(completions)
+        return self.scoring.diversity.scales([c.text for c in completions])
 
 
 class ExitRollout:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.engine.backends import open_learner
+from pipeline.engine.service_client import ServiceClient
 from pipeline.engine.stage_context import StageContext
 from pipeline.methods.exit.layout import RolloutServers, buffer_path, groups_path, write_servers
 from pipeline.run.layout import RunDir
@@ -44,6 +45,7 @@ def run_exit_training(context: StageContext) -> None:
     run, iteration = context.run, context.iteration
     service = open_learner(run.config, run.stage_dir(iteration, STAGE), context.servers)
     with asyncio.Runner() as runner, _held(runner, service) as learner:
+        assert isinstance(learner, ServiceClient), "ExIt's config requires rollout.backend vllm"
         write_servers(run, iteration, RolloutServers(tuple(e.url for e in learner.endpoints), learner.base_model))
         run_training(run, iteration, context.progress)
 

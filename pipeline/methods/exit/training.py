@@ -45,7 +45,7 @@ from pipeline.engine.model_store import resolve_model
 from pipeline.methods.exit.buffer import LearnabilityBuffer
 from pipeline.methods.exit.layout import buffer_path, groups_path, sync_dir
 from pipeline.methods.exit.method import ExitMethod
-from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, open_rollout
+from pipeline.methods.exit.rollout import ADVANTAGE_SCALE, REWARD, ExitRollout, open_rollout
 from pipeline.run.files import BUFFER_NAME
 from pipeline.run.layout import RunDir, checkpoints_dir, final_dir, summary_path
 from pipeline.system.atomic import read_jsonl, write_json_atomic
@@ -77,6 +77,8 @@ def scaled_advantages(advantages: torch.Tensor, inputs: list[dict[str, Any]]) ->
 class ExitGRPOTrainer(GRPOTrainer):
     """GRPO with ExIt's additions: the diversity bonus on advantages, the buffer in checkpoints and in the logs."""
 
+    rollout_func: ExitRollout  # always ExIt's rollout, whose generator holds the buffer
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # On the CPU the policy's LM head scores the completion tokens alone (pipeline.training.lm_head).
@@ -98,8 +100,10 @@ class ExitGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
+            generator = self.rollout_func.generator
+            assert generator is not None, "the main process, the one that saves, holds the generator"
             folder.mkdir(parents=True, exist_ok=True)
-            self.rollout_func.generator.records.buffer.save(folder / BUFFER_NAME)
+            generator.records.buffer.save(folder / BUFFER_NAME)
         super()._save_checkpoint(model, trial)
 
 
