@@ -25,12 +25,13 @@ TRAINING = {
     "lora_alpha": 8,
     "lora_dropout": 0.0,
     "learning_rate": 1e-2,
-    "epochs": 1,
     "per_device_batch_size": 1,
-    "max_seq_length": 128,
     "save_steps": 2,
     "save_total_limit": None,  # keep every checkpoint: the tests look at where each attempt resumed
 }
+
+
+RISE = {"name": "rise", "epochs": 1, "max_seq_length": 128}
 
 
 def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
@@ -40,7 +41,7 @@ def make_run(root: Path, model: Path, method: dict[str, Any] | None = None, **tr
                 "run": {"name": "r", "output_dir": str(root), "iterations": 2, "seed": 0},
                 "model": {"name_or_path": str(model)},
                 "tasks": {"train": {"source": "arithmetic"}, "eval": {"source": "arithmetic"}},
-                "method": method or {"name": "rise"},
+                "method": method or RISE,
                 "training": {**TRAINING, **training},
             }
         )
