@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
+from pipeline.config.settings import MOVED_KEYS, ConfigError, dump_config, load_config, parse_config
 from pipeline.methods.exit.config import ExitSection
 from pipeline.methods.rise.config import RiseSection
 
@@ -127,6 +127,33 @@ def test_bad_overrides_are_rejected(tmp_path: Path) -> None:
         load_config(path, ["method.turns=3", "method.turns.x=1"])
     with pytest.raises(ConfigError, match="rollout.nonsense: Extra inputs are not permitted"):
         load_config(path, ["rollout.nonsense=1"])
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED_KEYS.items()))
+def test_a_moved_key_is_a_one_line_error_naming_its_new_place(tmp_path: Path, old: str, new: str) -> None:
+    section, name = old.split(".")
+    path = write(tmp_path, merge(MINIMAL, {section: {name: 1}}))
+    with pytest.raises(ConfigError) as in_file:
+        load_config(path)
+    assert str(in_file.value) == f"{path}: {old} moved to {new}"
+    with pytest.raises(ConfigError) as in_set:
+        load_config(write(tmp_path, MINIMAL), [f"{old}=1"])
+    assert str(in_set.value) == f"{path}: {old} moved to {new}"
+
+
+def test_moved_keys_are_named_together_and_their_new_places_load() -> None:
+    old = {"rollout": {"turns": 2, "stop_at_success": False}, "training": {"epochs": 1}}
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "rollout.turns moved to method.turns; rollout.stop_at_success moved to method.stop_at_success; "
+            "training.epochs moved to method.epochs"
+        ),
+    ):
+        parse_config({**MINIMAL, **old})
+    config = parse_config({**MINIMAL, "method": {"turns": 2, "stop_at_success": False, "epochs": 1}})
+    assert isinstance(config.method, RiseSection)  # a method section without a name is the default method's
+    assert (config.method.turns, config.method.stop_at_success, config.method.epochs) == (2, False, 1)
 
 
 def test_unreadable_files_fail_clearly(tmp_path: Path) -> None:

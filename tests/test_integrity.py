@@ -310,6 +310,8 @@ def test_set_overrides_are_as_strict_as_the_file(tmp_path: Path) -> None:
     assert code == 0 and "turns: 4" in output, output
     code, output = cli("run", str(write_config(tmp_path)), "--set", "method.turns=true", "--dry-run")
     assert_one_line_error(code, output, "method.turns: expects a number, got the boolean true")
+    code, output = cli("run", str(write_config(tmp_path)), "--set", "rollout.turns=3", "--dry-run")
+    assert_one_line_error(code, output, "rollout.turns moved to method.turns")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""RISE's ``method`` section: curation and weighting of the revision turns, and its checks of the config.
+"""RISE's ``method`` section: its collection, curation and weighting of the revision turns, its SFT's settings,
+and its checks of the config.
 
 Its plan is rollout -> curate -> train -> eval per iteration; its training
 worker is :mod:`pipeline.methods.rise.training`.
