@@ -119,7 +119,7 @@ def reset_peak() -> None:
 
 def sft_section(model: Path, examples: int, batch_size: int, rounds: int, on_gpu: bool, work: Path) -> dict:
     """Plain against weighted SFT on one model, the same data and arguments, alternating which goes first."""
-    data, training = sft_bench.chats(examples), sft_bench.settings(batch_size)
+    data, training, method = sft_bench.chats(examples), sft_bench.settings(batch_size), sft_bench.sft_settings()
     contenders = {"plain": sft_bench.plain_trainer, "weighted": sft_bench.weighted_trainer}
     speed: dict[str, list[float]] = {name: [] for name in contenders}
     memory: dict[str, list[float]] = {name: [] for name in contenders}
@@ -128,7 +128,7 @@ def sft_section(model: Path, examples: int, batch_size: int, rounds: int, on_gpu
         for name in order:
             reset_peak()
             trainer = contenders[name](
-                model, data, work / f"{name}-{round_index}", training, use_cpu=not on_gpu, bf16=on_gpu
+                model, data, work / f"{name}-{round_index}", training, method, use_cpu=not on_gpu, bf16=on_gpu
             )
             tokens_per_s, peak = sft_bench.tokens_per_second(trainer), peak_gib()
             print(
@@ -154,9 +154,15 @@ def sft_section(model: Path, examples: int, batch_size: int, rounds: int, on_gpu
 def answering_policy(model: Path, examples: int, epochs: int, on_gpu: bool, work: Path) -> Path:
     """``model`` fully fine-tuned on bench/train.py's chats, saved with its tokenizer: it answers the products
     of :func:`grpo_tasks` in their format, rightly for those it has learned."""
-    training = sft_bench.settings(16).model_copy(update={"finetune": "full", "epochs": epochs, "learning_rate": 5e-4})
+    training = sft_bench.settings(16).model_copy(update={"finetune": "full", "learning_rate": 5e-4})
     trainer = sft_bench.weighted_trainer(
-        model, sft_bench.chats(examples), work / "trainer", training, use_cpu=not on_gpu, bf16=on_gpu
+        model,
+        sft_bench.chats(examples),
+        work / "trainer",
+        training,
+        sft_bench.sft_settings(epochs),
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
     )
     trainer.train()
     trainer.save_model(str(work / "model"))

@@ -51,9 +51,8 @@ from rewards.pool import GradingPool
 def bench_config(requests: int, max_tokens: int, reserved_cores: int | None = 0) -> dict:
     return {
         "model": {"max_model_len": 1024},
+        "method": {"name": "rise", "turns": 1, "samples_per_turn": 1},
         "rollout": {
-            "turns": 1,
-            "samples_per_turn": 1,
             "max_concurrency": requests,
             "sampling": {"temperature": 0.8, "max_tokens": max_tokens},
             "server": {"max_num_seqs": requests, "cpu_kvcache_space_gib": 2, "cpu_reserved_cores": reserved_cores},

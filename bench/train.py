@@ -40,6 +40,7 @@ from trl import SFTTrainer
 
 from pipeline.config.settings import TrainingSection, load_config
 from pipeline.engine.model_store import embedded_checkpoint
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.methods.rise.training import training_dataset
 from pipeline.methods.rise.weighted_sft import WEIGHT, build_trainer, sft_config
 from pipeline.training.launch import cpu_allocator
@@ -88,7 +89,12 @@ def chats(count: int) -> Dataset:
 
 
 def settings(batch_size: int) -> TrainingSection:
-    return TrainingSection(lora_r=16, lora_alpha=32, lora_dropout=0.0, per_device_batch_size=batch_size, epochs=1)
+    return TrainingSection(lora_r=16, lora_alpha=32, lora_dropout=0.0, per_device_batch_size=batch_size)
+
+
+def sft_settings(epochs: float = 1) -> RiseMethod:
+    """RISE's section with the SFT settings the benchmark trains with."""
+    return RiseMethod(epochs=epochs)
 
 
 def plain_trainer(
@@ -96,12 +102,13 @@ def plain_trainer(
     data: Dataset,
     out: Path,
     training: TrainingSection,
+    method: RiseMethod,
     use_cpu: bool = True,
     bf16: bool = False,
     max_steps: int = -1,
 ) -> SFTTrainer:
     """TRL's own SFTTrainer with exactly the arguments build_trainer uses."""
-    args = sft_config(out, training, use_cpu=use_cpu, bf16=bf16, seed=SEED, max_steps=max_steps)
+    args = sft_config(out, training, method, use_cpu=use_cpu, bf16=bf16, seed=SEED, max_steps=max_steps)
     args.save_strategy = "no"
     return SFTTrainer(
         model=str(model), args=args, train_dataset=data.remove_columns(WEIGHT), peft_config=lora_config(training)
@@ -113,11 +120,14 @@ def weighted_trainer(
     data: Dataset,
     out: Path,
     training: TrainingSection,
+    method: RiseMethod,
     use_cpu: bool = True,
     bf16: bool = False,
     max_steps: int = -1,
 ) -> SFTTrainer:
-    trainer = build_trainer(model, data, out, training, use_cpu=use_cpu, bf16=bf16, seed=SEED, max_steps=max_steps)
+    trainer = build_trainer(
+        model, data, out, training, method, use_cpu=use_cpu, bf16=bf16, seed=SEED, max_steps=max_steps
+    )
     trainer.args.save_strategy = "no"
     return trainer
 
@@ -133,12 +143,13 @@ def tokens_per_second(trainer: SFTTrainer) -> float:
 
 def contender(name: str, data: Path, steps: int, bf16: bool, out: str) -> dict[str, float]:
     """Train ``steps`` steps with one contender; its trained tokens/s, seconds a step, peak RSS and parameter count."""
-    training = load_config(QUICKSTART).training
+    config = load_config(QUICKSTART)
     trainer = CONTENDERS[name](
         embedded_checkpoint(),
         training_dataset(data),
         Path(out),
-        training,
+        config.training,
+        config.method,
         use_cpu=not torch.cuda.is_available(),
         bf16=bf16,
         max_steps=steps,
@@ -187,11 +198,12 @@ def main() -> None:
                     flush=True,
                 )
 
-    training = load_config(QUICKSTART).training
+    config = load_config(QUICKSTART)
+    training = config.training
     print(
         f"\nmodel: SmolLM2-135M-Instruct, {QUICKSTART.name}'s training section (LoRA r {training.lora_r}, "
         f"{training.per_device_batch_size} x {training.gradient_accumulation_steps} examples a step, "
-        f"{training.train_sampling_strategy}), {opts.data.name}, {opts.steps} steps, {opts.rounds} round(s), "
+        f"{config.method.train_sampling_strategy}), {opts.data.name}, {opts.steps} steps, {opts.rounds} round(s), "
         f"trained in {dtype}, {torch.get_num_threads()} threads"
     )
     print(f"allocator: {os.environ.get('LD_PRELOAD') or 'the system malloc'}")

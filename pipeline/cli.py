@@ -56,7 +56,7 @@ RunDirArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/quicks
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", help="Iteration number K.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: --set rollout.turns=3 (repeatable).")
+    list[str] | None, typer.Option("--set", help="Override a config key: --set method.turns=3 (repeatable).")
 ]
 
 _STATE_STYLE = {

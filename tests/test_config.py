@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config.settings import ConfigError, dump_config, load_config, parse_config
+from pipeline.config.settings import MOVED_KEYS, ConfigError, dump_config, load_config, parse_config
 from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.rise.method import RiseMethod
 from tests.helpers.runs import arithmetic_tasks
@@ -47,7 +47,7 @@ def test_dump_then_load_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ({"rollout": {"turns": 0}}, "rollout.turns: Input should be greater than or equal to 1"),
+        ({"method": {"name": "rise", "turns": 0}}, "method.turns: Input should be greater than or equal to 1"),
         (
             {"rollout": {"sampling": {"temperature": "hot"}}},
             "rollout.sampling.temperature: Input should be a valid number",
@@ -73,10 +73,10 @@ def test_dump_then_load_round_trips(tmp_path: Path) -> None:
         ),
         ({"grader": {"name": "numeric", "options": {"tolerance": 1}}}, "grader: options do not fit 'numeric'"),
         ({"training": {"accelerate_config": "/no/such.yaml"}}, "training.accelerate_config: file not found"),
-        ({"method": {"name": "rise", "mode": "distill"}}, "method.mode 'distill' needs rollout.teacher"),
+        ({"method": {"name": "rise", "mode": "distill"}}, "method.mode 'distill' needs method.teacher"),
         (
-            {"rollout": {"samples_per_turn": 4, "sampling": {"temperature": 0}}},
-            "rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0",
+            {"method": {"name": "rise", "samples_per_turn": 4}, "rollout": {"sampling": {"temperature": 0}}},
+            "method.samples_per_turn > 1 needs rollout.sampling.temperature > 0",
         ),
     ],
 )
@@ -94,7 +94,9 @@ def test_missing_required_section_is_named(tmp_path: Path) -> None:
 
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, merge(MINIMAL, {"rollout": {"turns": 0, "max_concurrency": 0}})))
+        load_config(
+            write(tmp_path, merge(MINIMAL, {"method": {"name": "rise", "turns": 0}, "rollout": {"max_concurrency": 0}}))
+        )
     assert "2 invalid setting(s)" in str(info.value) and "\n" not in str(info.value)  # one line for the CLI
 
 
@@ -116,11 +118,38 @@ def test_overrides_set_nested_keys_with_yaml_values(tmp_path: Path) -> None:
 def test_bad_overrides_are_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        load_config(path, ["rollout.turns"])
-    with pytest.raises(ConfigError, match="rollout.turns is not a section"):
-        load_config(path, ["rollout.turns=3", "rollout.turns.x=1"])
+        load_config(path, ["method.turns"])
+    with pytest.raises(ConfigError, match="method.turns is not a section"):
+        load_config(path, ["method.turns=3", "method.turns.x=1"])
     with pytest.raises(ConfigError, match="rollout.nonsense: Extra inputs are not permitted"):
         load_config(path, ["rollout.nonsense=1"])
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED_KEYS.items()))
+def test_a_moved_key_is_a_one_line_error_naming_its_new_place(tmp_path: Path, old: str, new: str) -> None:
+    section, name = old.split(".")
+    path = write(tmp_path, merge(MINIMAL, {section: {name: 1}}))
+    with pytest.raises(ConfigError) as in_file:
+        load_config(path)
+    assert str(in_file.value) == f"{path}: {old} moved to {new}"
+    with pytest.raises(ConfigError) as in_set:
+        load_config(write(tmp_path, MINIMAL), [f"{old}=1"])
+    assert str(in_set.value) == f"{path}: {old} moved to {new}"
+
+
+def test_moved_keys_are_named_together_and_their_new_places_load() -> None:
+    old = {"rollout": {"turns": 2, "stop_at_success": False}, "training": {"epochs": 1}}
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "rollout.turns moved to method.turns; rollout.stop_at_success moved to method.stop_at_success; "
+            "training.epochs moved to method.epochs"
+        ),
+    ):
+        parse_config({**MINIMAL, **old})
+    config = parse_config({**MINIMAL, "method": {"turns": 2, "stop_at_success": False, "epochs": 1}})
+    assert isinstance(config.method, RiseMethod)  # a method section without a name is the default method's
+    assert (config.method.turns, config.method.stop_at_success, config.method.epochs) == (2, False, 1)
 
 
 def test_unreadable_files_fail_clearly(tmp_path: Path) -> None:
@@ -163,7 +192,7 @@ def test_eval_history_window_falls_back_to_the_rollouts() -> None:
 @pytest.mark.parametrize(
     ("counts", "message"),
     [
-        ([], "rollout.samples_per_turn: needs at least one count"),
+        ([], "method.samples_per_turn: needs at least one count"),
         ([1, 0], "every count must be >= 1"),
         (0, "every count must be >= 1"),
         ([1, 4, 4, 4], "samples_per_turn has 4 counts for turns=3"),
@@ -171,15 +200,16 @@ def test_eval_history_window_falls_back_to_the_rollouts() -> None:
 )
 def test_bad_sample_schedules_are_refused(counts: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        parse_config({**MINIMAL, "rollout": {"samples_per_turn": counts}})
+        parse_config({**MINIMAL, "method": {"name": "rise", "samples_per_turn": counts}})
 
 
 def test_sample_schedule_repeats_the_last_count() -> None:
-    assert parse_config(MINIMAL).rollout.sample_schedule == (1, 4, 4)  # RISE's reference schedule by default
-    assert parse_config({**MINIMAL, "rollout": {"samples_per_turn": 2}}).rollout.sample_schedule == (2, 2, 2)
+    assert parse_config(MINIMAL).method.sample_schedule == (1, 4, 4)  # RISE's reference schedule by default
+    rise = {"name": "rise", "samples_per_turn": 2}
+    assert parse_config({**MINIMAL, "method": rise}).method.sample_schedule == (2, 2, 2)
     assert parse_config(
-        {**MINIMAL, "rollout": {"turns": 4, "samples_per_turn": [1, 2, 8]}}
-    ).rollout.sample_schedule == (1, 2, 8, 8)
+        {**MINIMAL, "method": {"name": "rise", "turns": 4, "samples_per_turn": [1, 2, 8]}}
+    ).method.sample_schedule == (1, 2, 8, 8)
 
 
 def test_rationalization_needs_an_answer_to_hint() -> None:
@@ -190,21 +220,17 @@ def test_rationalization_needs_an_answer_to_hint() -> None:
         parse_config(
             {**MINIMAL, "rollout": {"templates": {"hint": "{message}"}}, "method": {"name": "rise", "rationalize": 1}}
         )
-    greedy = {"samples_per_turn": 1, "sampling": {"temperature": 0}}
-    assert (
-        parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 1}}).method.rationalize
-        == 1
-    )
+    greedy = {"sampling": {"temperature": 0}}
+    one = {"name": "rise", "samples_per_turn": 1}
+    assert parse_config({**MINIMAL, "rollout": greedy, "method": {**one, "rationalize": 1}}).method.rationalize == 1
     with pytest.raises(ConfigError, match="method.rationalize > 1 needs rollout.sampling.temperature > 0"):
-        parse_config({**MINIMAL, "rollout": greedy, "method": {"name": "rise", "rationalize": 2}})
+        parse_config({**MINIMAL, "rollout": greedy, "method": {**one, "rationalize": 2}})
 
 
 def test_keep_cap_needs_collection_after_success() -> None:
-    with pytest.raises(ConfigError, match="set rollout.stop_at_success false"):
+    with pytest.raises(ConfigError, match="set method.stop_at_success false"):
         parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}})
-    config = parse_config(
-        {**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5}, "rollout": {"stop_at_success": False}}
-    )
+    config = parse_config({**MINIMAL, "method": {"name": "rise", "keep_ratio": 0.5, "stop_at_success": False}})
     assert config.method.keep_ratio == 0.5
 
 
@@ -257,7 +283,7 @@ def test_numbers_refuse_booleans_but_keep_yaml_spellings(tmp_path: Path) -> None
     """A YAML boolean never becomes a count (pydantic alone reads true as 1); YAML reads 1e-6 as a string, which a
     float must still take, and flags still take YAML's booleans."""
     with pytest.raises(ConfigError, match=re.escape("samples_per_turn: expects a number, got the boolean [true, 4]")):
-        parse_config({**MINIMAL, "rollout": {"samples_per_turn": [True, 4]}})
+        parse_config({**MINIMAL, "method": {"name": "rise", "samples_per_turn": [True, 4]}})
     with pytest.raises(ConfigError, match="method.group_size: expects a number, got the boolean false"):
         parse_config({**MINIMAL, "method": {"name": "exit", "group_size": False}})
     path = tmp_path / "config.yaml"

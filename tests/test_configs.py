@@ -53,7 +53,7 @@ def test_real_model_configs_are_rise_on_their_dataset(name: str, preset: str, gr
     assert config.grader.name == grader
     assert (config.evaluation.turns, config.evaluation.feedback) == (5, "binary")
     assert config.run.iterations == 2
-    assert config.rollout.samples_per_turn == [1, 16]  # the reference code's --num_of_samples 1 16
+    assert config.method.samples_per_turn == [1, 16]  # the reference code's --num_of_samples 1 16
     # Evaluation keeps only the last attempt in the prompt, as the reference code's context window does.
     assert config.rollout.history_window == 1
 

@@ -348,7 +348,7 @@ def test_records_without_rationales_are_written_as_before() -> None:
 
 
 def test_stage_adds_rationales_and_counts_them_as_fixes(tmp_path: Path) -> None:
-    run = curation_run(tmp_path, {"stop_at_success": False}, selection="success", rationalize=1, keep_ratio=1.0)
+    run = curation_run(tmp_path, stop_at_success=False, selection="success", rationalize=1, keep_ratio=1.0)
     records = [
         make_record("r", [0.0, 0.0], rationales={2: candidate("r hinted", 1.0)}),
         *(make_record(f"k{i}", [1.0, 1.0]) for i in range(3)),
@@ -406,12 +406,12 @@ def test_refuted_examples_mark_each_distinct_repeat_of_a_refuted_answer() -> Non
 
 
 def test_stage_adds_refuted_examples_only_when_configured(tmp_path: Path) -> None:
-    run = curation_run(tmp_path, rollout={"stop_at_success": True})
+    run = curation_run(tmp_path, stop_at_success=True)
     finish_rollout(run, 1, [_refuted_record()])
     run_curate_stage(run, 1)
     rows = read_jsonl(run.stage_dir(1, "curate") / "train.jsonl")
     assert not any(row["refuted_span"] for row in rows)
-    on = curation_run(tmp_path / "on", rollout={"stop_at_success": True}, refuted_weight=1.0)
+    on = curation_run(tmp_path / "on", stop_at_success=True, refuted_weight=1.0)
     finish_rollout(on, 1, [_refuted_record()])
     run_curate_stage(on, 1)
     rows = read_jsonl(on.stage_dir(1, "curate") / "train.jsonl")

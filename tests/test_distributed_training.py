@@ -32,6 +32,7 @@ from pipeline.training.checkpoints import train
 from pipeline.training.launch import TrainError, join_training
 from tests.helpers.cli_runs import REPO
 from tests.helpers.training import (
+    RISE,
     attempts,
     checkpoint_step,
     finish_curate,
@@ -91,7 +92,9 @@ def test_two_processes_train_as_one_on_the_union_of_their_shards_and_only_rank_0
 
     data = training_dataset(run.root / "iter_1" / "curate" / "train.jsonl")
     single = run.config.training.model_copy(update={"per_device_batch_size": 8})
-    reference = build_trainer(tiny_model, data, tmp_path / "single", single, use_cpu=True, seed=run.config.run.seed)
+    reference = build_trainer(
+        tiny_model, data, tmp_path / "single", single, run.config.method, use_cpu=True, seed=run.config.run.seed
+    )
     train(reference, tmp_path / "single" / "adapter", resume=False)
 
     two, one = first_log_entry(stage / "checkpoints" / "checkpoint-1"), reference.state.log_history[0]
@@ -130,7 +133,7 @@ def rank_pid(root: Path, rank: int) -> int | None:
 
 def test_a_killed_rank_fails_the_stage_naming_it_and_a_rerun_resumes(tmp_path: Path, tiny_model: Path) -> None:
     """No accelerate config, training.num_processes 2: torchrun's DDP launch, here on gloo. 12 steps."""
-    run = training_run(tmp_path, tiny_model, num_processes=2, epochs=2)
+    run = training_run(tmp_path, tiny_model, {**RISE, "epochs": 2}, num_processes=2)
     finish_curate(run, 1)
     stage = run.root / "iter_1" / "train"
     with ThreadPoolExecutor(1) as pool:

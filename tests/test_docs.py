@@ -96,7 +96,7 @@ def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize(
     ("patch", "anchor"),
     [
-        ({"rollout": {"turns": 0}}, "rollout.turns"),
+        ({"method": {"name": "rise", "turns": 0}}, "method.turns"),
         ({"rollout": {"sampling": {"top_p": 2}}}, "rollout.sampling.top_p"),
         ({"method": {"name": "exit", "kappa": "high"}}, "method.kappa"),
         ({"run": {"report_to": ["trackio"]}}, "run.report_to"),

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.config.settings import ConfigError, TemplatesSection, dump_config, parse_config
+from pipeline.config.settings import MOVED_KEYS, ConfigError, TemplatesSection, dump_config, parse_config
 from pipeline.methods.exit.buffer import Instance, LearnabilityBuffer, Step
 from pipeline.methods.exit.diversity import DiversityScorer, advantage_scales
 from pipeline.methods.exit.layout import RolloutServers, read_servers, write_servers
+from pipeline.methods.exit.method import ExitMethod
 from pipeline.methods.exit.rollout import (
     ADVANTAGE_SCALE,
     FailureCount,
@@ -26,6 +27,7 @@ from pipeline.methods.exit.rollout import (
     prompt_index,
 )
 from pipeline.methods.exit.training import scaled_advantages, summarize
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_jsonl_atomic
 from pipeline.tasks import Task
@@ -134,33 +136,42 @@ def test_exit_refuses_sharded_weights() -> None:
         parse_config(exit_data(training={"accelerate_config": str(fsdp2)}))
 
 
-EXIT_IGNORED = {
-    "training.epochs": 3,
-    "training.max_seq_length": 512,
-    "training.loss_normalization": "mean",
+RISE_KEYS = {
     "rollout.turns": 4,
     "rollout.samples_per_turn": 2,
     "rollout.feedback": "none",
     "rollout.stop_at_success": False,
     "rollout.teacher": {"url": "http://127.0.0.1:1", "model": "teacher"},
+    "training.epochs": 3,
+    "training.max_seq_length": 512,
+    "training.loss_normalization": "mean",
+    "training.train_sampling_strategy": "random",
 }
 
 
-@pytest.mark.parametrize("key", sorted(EXIT_IGNORED))
-def test_keys_exit_ignores_are_refused_by_name(key: str) -> None:
+def test_exit_section_has_no_rise_keys() -> None:
+    assert set(MOVED_KEYS) == set(RISE_KEYS)
+    owned = {new.removeprefix("method.") for new in MOVED_KEYS.values()}
+    assert owned <= set(RiseMethod.model_fields) and not owned & set(ExitMethod.model_fields)
+
+
+@pytest.mark.parametrize("key", sorted(RISE_KEYS))
+def test_rise_keys_are_refused_by_name_in_an_exit_config(key: str) -> None:
     section, name = key.split(".")
-    with pytest.raises(ConfigError, match=re.escape(f"{key} is not used by method 'exit' (")):
-        parse_config(exit_data(**{section: {name: EXIT_IGNORED[key]}}))
+    with pytest.raises(ConfigError, match=re.escape(f"{key} moved to method.{name}, which method 'exit' does not")):
+        parse_config(exit_data(**{section: {name: RISE_KEYS[key]}}))
+    with pytest.raises(ConfigError, match=re.escape(f"method.{name}: Extra inputs are not permitted")):
+        parse_config(exit_data(method={"name": "exit", name: RISE_KEYS[key]}))
 
 
-def test_rise_still_takes_the_keys_exit_ignores() -> None:
-    data = exit_data(training={"epochs": 3, "max_seq_length": 512})
-    data["method"] = {"name": "rise"}
-    assert parse_config(data).training.epochs == 3
+def test_rise_takes_the_keys_exit_has_not() -> None:
+    data = exit_data()
+    data["method"] = {"name": "rise", "epochs": 3, "max_seq_length": 512}
+    assert parse_config(data).method.epochs == 3
 
 
 def test_a_resolved_exit_config_reads_back() -> None:
-    """The run directory's config.yaml leaves out the keys ExIt ignores, so a resume does not refuse it."""
+    """The run directory's config.yaml holds only keys ExIt's config has, so a resume reads it back."""
     import yaml
 
     config = parse_config(exit_data())

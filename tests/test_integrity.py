@@ -207,7 +207,7 @@ def test_dry_run_counts_the_tasks_it_read(tmp_path: Path) -> None:
         ),
         # Turn 5 of a trajectory shows its 4 earlier attempts uncut: up to 5 x 512 tokens with its own answer.
         (
-            {"rollout": {"turns": 5, "sampling": {"max_tokens": 512}}},
+            {"method": {"name": "rise", "turns": 5}, "rollout": {"sampling": {"max_tokens": 512}}},
             "rollout.sampling.max_tokens (512) x 5 (the answer and the 4 earlier attempt(s) the prompt of a rollout turn "
             "shows) = 2560 must be below model.max_model_len (2048)",
         ),
@@ -223,7 +223,10 @@ def test_dry_run_counts_the_tasks_it_read(tmp_path: Path) -> None:
             "method.unparsed_reward: Input should be a finite number",
         ),
         ({"model": {"name_or_path": "/no/such/model"}}, "model.name_or_path: /no/such/model: no such model directory"),
-        ({"rollout": {"turns": True, "samples_per_turn": 4}}, "rollout.turns: expects a number, got the boolean true"),
+        (
+            {"method": {"name": "rise", "turns": True, "samples_per_turn": 4}},
+            "method.turns: expects a number, got the boolean true",
+        ),
         ({"evaluation": {"samples": True}}, "evaluation.samples: expects a number, got the boolean true"),
         ({"run": {"seed": -1}}, "run.seed: Input should be greater than or equal to 0"),
         (
@@ -267,10 +270,12 @@ def test_dry_run_refuses_settings_that_would_fail_later(tmp_path: Path, sections
 
 def test_set_overrides_are_as_strict_as_the_file(tmp_path: Path) -> None:
     """--set values are read as YAML: an int still sets a count, a boolean is refused as in the file."""
-    code, output = cli("run", str(write_config(tmp_path)), "--set", "rollout.turns=4", "--dry-run")
+    code, output = cli("run", str(write_config(tmp_path)), "--set", "method.turns=4", "--dry-run")
     assert code == 0 and "turns: 4" in output, output
-    code, output = cli("run", str(write_config(tmp_path)), "--set", "rollout.turns=true", "--dry-run")
-    assert_one_line_error(code, output, "rollout.turns: expects a number, got the boolean true")
+    code, output = cli("run", str(write_config(tmp_path)), "--set", "method.turns=true", "--dry-run")
+    assert_one_line_error(code, output, "method.turns: expects a number, got the boolean true")
+    code, output = cli("run", str(write_config(tmp_path)), "--set", "rollout.turns=3", "--dry-run")
+    assert_one_line_error(code, output, "rollout.turns moved to method.turns")
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 from pipeline.config.settings import TrainingSection
 from pipeline.methods.rise import weighted_sft
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.methods.rise.weighted_sft import SFT_OUTPUTS, WEIGHT, build_trainer
 from pipeline.training.lm_head import add_compact_lm_head, compact_head_applies
 
@@ -80,7 +81,9 @@ def _rows() -> list[dict]:
 
 def _losses(tiny_model: Path, out: Path) -> tuple[list[float], bool]:
     settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=4, learning_rate=1e-2, save_steps=100)
-    trainer = build_trainer(tiny_model, Dataset.from_list(_rows()), out, settings, use_cpu=True, max_steps=6)
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(_rows()), out, settings, RiseMethod(), use_cpu=True, max_steps=6
+    )
     trainer.args.save_strategy = "no"
     trainer.args.logging_steps = 1
     trainer.train()
@@ -104,7 +107,7 @@ def test_bf16_training_on_the_cpu_keeps_a_float32_loss(tiny_model: Path, tmp_pat
     """training.mixed_precision bf16 on the CPU (auto picks it where the CPU computes bfloat16 natively)."""
     settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=4, learning_rate=1e-2)
     trainer = build_trainer(
-        tiny_model, Dataset.from_list(_rows()), tmp_path, settings, use_cpu=True, bf16=True, max_steps=2
+        tiny_model, Dataset.from_list(_rows()), tmp_path, settings, RiseMethod(), use_cpu=True, bf16=True, max_steps=2
     )
     trainer.args.save_strategy = "no"
     assert trainer.compact_lm_head and trainer.args.bf16

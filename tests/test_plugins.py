@@ -121,10 +121,9 @@ def write_config(
         "rollout": {
             "backend": "hf",
             "hf_batch_size": 8,
-            "turns": 1,
-            "samples_per_turn": 2,
             "sampling": {"temperature": 1.0, "max_tokens": 8},
         },
+        "method": {"name": "rise", "turns": 1, "samples_per_turn": 2},
         "tasks": tasks,
         "grader": {"name": grader, "options": options or {}, "workers": 2, "timeout_s": 2},
     }
@@ -331,14 +330,14 @@ def test_the_guides_own_task_runs_end_to_end(tiny_model: Path, tmp_path: Path) -
         "model.dtype": "float32",
         "model.max_model_len": 1024,
         "rollout.backend": "hf",
-        "rollout.turns": 2,
-        "rollout.samples_per_turn": 1,
+        "method.turns": 2,
+        "method.samples_per_turn": 1,
         "rollout.sampling.max_tokens": 8,
         "evaluation.turns": 2,
         "evaluation.sampling.max_tokens": 8,
         "tasks.train.limit": 4,
         "tasks.eval.limit": 3,
-        "training.max_seq_length": 256,
+        "method.max_seq_length": 256,
     }
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     result = subprocess.run(

@@ -58,14 +58,13 @@ RECORD_KEYS = {"key", "task_id", "sample", "prompt", "reference", "adapter", "tu
 GRADE_KEYS = {"score", "correct", "parsed", "feedback", "error", "answer_key"}
 
 
-def make_config(tmp_path: Path, model: Path, **rollout: object) -> PipelineConfig:
+def make_config(tmp_path: Path, model: Path, method: dict | None = None, **rollout: object) -> PipelineConfig:
     return parse_config(
         {
             "run": {"name": "rollout-test", "output_dir": str(tmp_path)},
             "model": {"name_or_path": str(model), "max_model_len": 1024},
+            "method": {"name": "rise", "turns": 3, "samples_per_turn": 2, **(method or {})},
             "rollout": {
-                "turns": 3,
-                "samples_per_turn": 2,
                 "max_concurrency": 32,
                 "sampling": {"temperature": 0.8, "max_tokens": 24},
                 "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 64, "startup_timeout_s": 300},
@@ -244,8 +243,8 @@ def test_collection_stops_at_first_success(vllm_server: VLLMServer, tiny_adapter
 
 def test_each_turn_draws_its_scheduled_count(vllm_server: VLLMServer, tmp_path: Path) -> None:
     """RISE's reference schedule: one on-policy answer at turn 1, best-of-N after (the last count repeats)."""
-    config = make_config(tmp_path, Path(vllm_server.model_path), turns=4, samples_per_turn=[1, 3])
-    assert config.rollout.sample_schedule == (1, 3, 3, 3)
+    config = make_config(tmp_path, Path(vllm_server.model_path), {"turns": 4, "samples_per_turn": [1, 3]})
+    assert config.method.sample_schedule == (1, 3, 3, 3)
     tasks = [Task("never", "What is 123 + 456?", "-1")]  # the random model never answers -1: all 4 turns run
     (record,) = run_collection(vllm_server, collection_spec(config, adapter=None), tasks, tmp_path / "out")
     assert [len(turn["candidates"]) for turn in record["turns"]] == [1, 3, 3, 3]
@@ -254,7 +253,7 @@ def test_each_turn_draws_its_scheduled_count(vllm_server: VLLMServer, tmp_path: 
 def test_teacher_answers_turns_after_the_first(vllm_server: VLLMServer, tiny_adapter: Path, tmp_path: Path) -> None:
     """Distillation: the learner (the base model) answers turn 1, the teacher (the adapter) the rest."""
     config = make_config(
-        tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling={"temperature": 0.0, "max_tokens": 16}
+        tmp_path, Path(vllm_server.model_path), {"samples_per_turn": 1}, sampling={"temperature": 0.0, "max_tokens": 16}
     )
     spec = collection_spec(config, adapter=None)
     greedy = SamplingParams(temperature=0.0, max_tokens=16)
@@ -382,7 +381,7 @@ def test_two_replicas_share_a_rollout_and_both_serve_the_adapter(
     requests = sum(len(r["turns"]) for r in records)
     # Both replicas answered, and every request exactly once (vLLM counts each of a request's n samples).
     assert all(count > 0 for count in finished.values()), finished
-    assert sum(finished.values()) == requests * config.rollout.samples_per_turn
+    assert sum(finished.values()) == requests * config.method.samples_per_turn
     assert all(names == {"base", "tiny-iter1"} for names in served.values()), served
     assert (tmp_path / "logs" / "vllm_server.log").stat().st_size > 0
     assert (tmp_path / "logs" / "vllm_server.1.log").stat().st_size > 0
@@ -402,7 +401,7 @@ def test_hf_backend_rollout_through_the_cli_has_the_same_schema(tmp_path: Path, 
         assert_well_formed(record, turns=3, samples=2)
     # The same command again reuses the finished run; another config for it is refused.
     assert CliRunner().invoke(app, command).exit_code == 0
-    other = CliRunner().invoke(app, [*command, "--set", "rollout.turns=2"])
+    other = CliRunner().invoke(app, [*command, "--set", "method.turns=2"])
     assert other.exit_code == 1 and "holds a run with another config" in other.output
 
 
@@ -412,7 +411,7 @@ def test_a_turn_no_answer_solved_gets_a_hinted_rationale(
     """STaR's rationalization, served for real: the adapter answers 3 to "Hello" and 7 to "Hello" under the
     default hint template with reference 7, so the turn is wrong and its hinted sample right."""
     greedy = {"temperature": 0.0, "max_tokens": 16}
-    config = make_config(tmp_path, Path(vllm_server.model_path), samples_per_turn=1, sampling=greedy)
+    config = make_config(tmp_path, Path(vllm_server.model_path), {"samples_per_turn": 1}, sampling=greedy)
     spec = replace(collection_spec(config, adapter="hint-iter1"), rationalize=1)
     tasks = [Task("seven", "Hello", "7")]
     (record,) = run_collection(vllm_server, spec, tasks, tmp_path / "out", hint_following_adapter)

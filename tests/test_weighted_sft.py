@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers.training_args import OptimizerNames
 
 from pipeline.config.settings import TrainingSection
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.methods.rise.weighted_sft import WEIGHT, WeightedSFTTrainer, build_trainer
 from pipeline.training.checkpoints import last_checkpoint, train
 
@@ -30,9 +31,11 @@ def _trainer(tiny_model: Path, tmp_path: Path, rows: list[dict], **overrides) ->
         lora_dropout=0.0,
         per_device_batch_size=len(rows),
         learning_rate=overrides.pop("learning_rate", 1e-3),
-        loss_normalization=overrides.pop("loss_normalization", "weights"),
     )
-    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, **overrides)
+    method = RiseMethod(loss_normalization=overrides.pop("loss_normalization", "weights"))
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, method, use_cpu=True, **overrides
+    )
     trainer.args.save_strategy = "no"
     return trainer
 
@@ -148,7 +151,9 @@ def _lora_after_one_step(tiny_model: Path, tmp_path: Path, batch_size: int, grad
     settings = TrainingSection(
         lora_dropout=0.0, per_device_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=1e-2
     )
-    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path, settings, use_cpu=True, max_steps=1)
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(rows), tmp_path, settings, RiseMethod(), use_cpu=True, max_steps=1
+    )
     trainer.args.save_strategy = "no"
     # SGD moves each weight by lr x its gradient, so the weights compare the gradients themselves; Adam's
     # first step is about lr x sign(gradient), which turns float noise in a near-zero gradient into a
@@ -170,7 +175,9 @@ def test_train_saves_adapter_and_resumes_from_last_checkpoint(tiny_model: Path, 
     settings = TrainingSection(per_device_batch_size=1, save_steps=1)
 
     def fresh() -> WeightedSFTTrainer:
-        return build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, max_steps=2)
+        return build_trainer(
+            tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, RiseMethod(), use_cpu=True, max_steps=2
+        )
 
     final = train(fresh(), tmp_path / "adapter")
     assert (final / "adapter_config.json").is_file()
@@ -196,7 +203,9 @@ def test_qlora_loads_the_base_in_4bit_and_trains_only_lora(tiny_model: Path, tmp
 
     settings = TrainingSection(finetune="qlora", lora_dropout=0.0, per_device_batch_size=2)
     rows = [_row(TARGETS[0], 1.0), _row(TARGETS[1], 2.0)]
-    trainer = build_trainer(tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, use_cpu=True, max_steps=2)
+    trainer = build_trainer(
+        tiny_model, Dataset.from_list(rows), tmp_path / "out", settings, RiseMethod(), use_cpu=True, max_steps=2
+    )
     trainer.args.save_strategy = "no"
     quantized = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all(m.weight.quant_type == "nf4" for m in quantized)
@@ -257,7 +266,7 @@ def test_unlikelihood_training_makes_a_likely_refuted_answer_unlikely(tiny_model
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter, is_trainable=True)
     settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=1, learning_rate=1e-2)
     rows = Dataset.from_list([_refuted_row(REFUTED, "12345")])
-    trainer = build_trainer(model, rows, tmp_path / "out", settings, use_cpu=True, max_steps=8)
+    trainer = build_trainer(model, rows, tmp_path / "out", settings, RiseMethod(), use_cpu=True, max_steps=8)
     trainer.args.save_strategy = "no"
     batch = trainer.data_collator([dict(trainer.train_dataset[0])])
 

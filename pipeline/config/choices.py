@@ -20,7 +20,7 @@ class Choice(StrEnum):
 
 
 class FeedbackMode(Choice):
-    """The user message after an answer (``rollout.feedback``, ``evaluation.feedback``)."""
+    """The user message after an answer (RISE's ``method.feedback``, ``evaluation.feedback``)."""
 
     BINARY = "binary"
     GRADER = "grader"
@@ -34,13 +34,6 @@ class Finetune(Choice):
     LORA = "lora"
     QLORA = "qlora"
     FULL = "full"
-
-
-class LossNormalization(Choice):
-    """What a batch's weighted loss is divided by (``training.loss_normalization``)."""
-
-    WEIGHTS = "weights"
-    MEAN = "mean"
 
 
 class Backend(Choice):

@@ -1,4 +1,5 @@
-"""The base classes of config sections, kept apart so that each method's package can define its own section.
+"""The base classes of config sections, and the parts a method's section holds (:class:`TeacherSection`), kept
+apart so that each method's package can define its own section.
 
 :class:`MethodSection` is the interface a run's ``method`` section offers to
 the layers below ``pipeline/methods/``: the stages of its plan, whether
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,9 +83,6 @@ class MethodSection(StrictModel):
     """The stages of the plan that serve a model."""
     REPORTED: ClassVar[tuple[str, ...]] = ()
     """The settings worth a place in the report's header."""
-    IGNORED: ClassVar[dict[str, str]] = {}
-    """Dotted keys of the other sections this method never reads, each with what it uses instead. A config
-    that sets one is refused (:meth:`ignored_keys_set`), and the run's resolved config leaves them out."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -102,15 +100,6 @@ class MethodSection(StrictModel):
         """Why iteration K > 1 trains on from iteration K-1's model; None when it starts from the base."""
         return None
 
-    def ignored_keys_set(self, config: BaseModel) -> list[str]:
-        """The keys of :attr:`IGNORED` the config sets itself (pydantic's ``model_fields_set``: a default is
-        not set), each naming what the method uses instead; a silently ignored setting misleads."""
-        return [
-            f"{key} is not used by method {self.name!r} ({instead}): remove it"
-            for key, instead in self.IGNORED.items()
-            if _is_set(config, key.split("."))
-        ]
-
     def stage_inputs(self, iteration: int, stage: str) -> list[tuple[int, str]]:
         """The stages whose outputs stage ``(iteration, stage)`` reads, so whose redo makes it stale.
 
@@ -122,6 +111,15 @@ class MethodSection(StrictModel):
         if stage == "eval":
             return [(iteration, "train")] if iteration >= 1 else []
         return []
+
+
+class TeacherSection(StrictModel):
+    """Another served model that answers turns > 1 (RISE distillation); here, not in RISE's package, because the
+    engine's backends open it."""
+
+    url: str = Field(description="The teacher's OpenAI-compatible endpoint.")
+    model: str = Field(description="The model name the teacher's server serves.")
+    api_key: str | None = Field(None, description="The teacher server's API key; null: none.")
 
 
 def attempts_shown(turns: int, history_window: int | None) -> int:
@@ -143,10 +141,3 @@ def _boolean_for_a_number(model: type[BaseModel], key: str, value: Any) -> bool:
 def _mentions(annotation: Any, types: tuple[Any, ...]) -> bool:
     """Whether a field's type is, or holds (``int | list[int]``, ``dict[str, Any]``), one of ``types``."""
     return annotation in types or any(_mentions(arg, types) for arg in get_args(annotation))
-
-
-def _is_set(section: BaseModel, path: list[str]) -> bool:
-    """Whether the config itself sets the dotted key ``path`` (each section on the way included)."""
-    if path[0] not in section.model_fields_set:
-        return False
-    return len(path) == 1 or _is_set(getattr(section, path[0]), path[1:])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.choices import Backend, FeedbackMode, Finetune, LossNormalization, TrackerName
+from pipeline.config.choices import Backend, FeedbackMode, Finetune, TrackerName
 from pipeline.config.launch import LaunchSettings, unreadable_yaml
 from pipeline.config.methods import DEFAULT_METHOD, METHODS, method_section, method_sections
 from pipeline.config.prompts import DEFAULT_TEMPLATES
@@ -31,6 +31,21 @@ if TYPE_CHECKING:
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 # A Hugging Face hub id as the hub defines one: an optional owner, then the name, of letters, digits, - _ and .
 HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]{1,96}$")
+
+
+# Keys of the shared sections that only RISE read, now in its ``method`` section: a config that still sets one
+# is refused with its new place (read silently under its old name, it would have no effect).
+MOVED_KEYS = {
+    "rollout.turns": "method.turns",
+    "rollout.samples_per_turn": "method.samples_per_turn",
+    "rollout.feedback": "method.feedback",
+    "rollout.stop_at_success": "method.stop_at_success",
+    "rollout.teacher": "method.teacher",
+    "training.epochs": "method.epochs",
+    "training.max_seq_length": "method.max_seq_length",
+    "training.loss_normalization": "method.loss_normalization",
+    "training.train_sampling_strategy": "method.train_sampling_strategy",
+}
 
 
 class ConfigError(ValueError):
@@ -210,7 +225,8 @@ class SamplingSection(StrictModel):
         256,
         gt=0,
         description="The longest answer in tokens. With the earlier attempts a turn's "
-        "prompt shows uncut (`turns - 1`, cut by `history_window`; each up to `max_tokens`), it "
+        "prompt shows uncut (`turns - 1` of RISE's `method.turns` or of `evaluation.turns`, cut by "
+        "`history_window`; each up to `max_tokens`), it "
         "must be below `model.max_model_len`; ExIt cuts its prompts to fit, so there `max_tokens` "
         "alone must be.",
     )
@@ -253,14 +269,6 @@ class TemplatesSection(StrictModel):
     )
 
 
-class TeacherSection(StrictModel):
-    """Another served model that answers turns > 1 (RISE distillation)."""
-
-    url: str = Field(description="The teacher's OpenAI-compatible endpoint.")
-    model: str = Field(description="The model name the teacher's server serves.")
-    api_key: str | None = Field(None, description="The teacher server's API key; null: none.")
-
-
 class RolloutSection(StrictModel):
     backend: Backend = Field(
         Backend.VLLM,
@@ -287,59 +295,15 @@ class RolloutSection(StrictModel):
         "vLLM's CPU build); needs a managed server (no `rollout.urls`). ExIt's training still syncs its adapter; its "
         "eval serves a merged copy.",
     )
-    turns: int = Field(3, ge=1, description="Turns per collection trajectory (RISE).")
-    samples_per_turn: int | list[int] = Field(
-        default_factory=lambda: [1, 4],
-        description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
-        "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
-    )
-    feedback: FeedbackMode = Field(
-        FeedbackMode.BINARY,
-        description='The user message after a collection turn: `binary` says "incorrect", `grader` gives '
-        "the grader's own text, `none` asks for a review, `improve` for an improvement.",
-    )
-    stop_at_success: bool = Field(
-        True,
-        description="Stop a collection trajectory at its first correct turn; false "
-        'goes on, told "incorrect" as in evaluation (the states keep targets need).',
-    )
     history_window: int | None = Field(
         None, ge=1, description="Keep only the last W attempts in a turn's prompt; null: all."
     )
     sampling: SamplingSection = Field(
         default_factory=SamplingSection, description="How collection and GRPO requests sample."
     )
-    teacher: TeacherSection | None = Field(
-        None, description="A served model that answers turns > 1 (`method.mode: distill`); null: none."
-    )
     templates: TemplatesSection = Field(
         default_factory=TemplatesSection, description="The prompts of the revision protocol."
     )
-
-    @field_validator("samples_per_turn")
-    @classmethod
-    def _positive_counts(cls, value: int | list[int]) -> int | list[int]:
-        counts = value if isinstance(value, list) else [value]
-        if not counts:
-            raise ValueError("needs at least one count")
-        if any(count < 1 for count in counts):
-            raise ValueError(f"every count must be >= 1; got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_count_per_turn_at_most(self) -> RolloutSection:
-        if isinstance(self.samples_per_turn, list) and len(self.samples_per_turn) > self.turns:
-            raise ValueError(
-                f"samples_per_turn has {len(self.samples_per_turn)} counts for turns={self.turns}: "
-                "give at most one per turn (the last repeats)"
-            )
-        return self
-
-    @property
-    def sample_schedule(self) -> tuple[int, ...]:
-        """The count of each turn 1..turns."""
-        counts = self.samples_per_turn if isinstance(self.samples_per_turn, list) else [self.samples_per_turn]
-        return tuple(counts[min(turn, len(counts) - 1)] for turn in range(self.turns))
 
 
 class TaskSourceSection(StrictModel):
@@ -451,11 +415,6 @@ class TrainingSection(StrictModel):
     finetune: Finetune = Field(
         Finetune.LORA, description="`lora`, `qlora` (LoRA on the base loaded in 4-bit NF4 by bitsandbytes) or `full`."
     )
-    loss_normalization: LossNormalization = Field(
-        LossNormalization.WEIGHTS,
-        description="Weighted SFT loss: sum w_i L_i over sum w_i (`weights`, so the learning rate needs no retuning "
-        "whatever tau is) or over the example count (`mean`, RISE's reference code).",
-    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on LoRA's input.")
@@ -463,19 +422,12 @@ class TrainingSection(StrictModel):
         "all-linear", description="The modules LoRA adapts: `all-linear` or a list of module names."
     )
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(2, gt=0, description="Epochs over each iteration's training set (RISE).")
     per_device_batch_size: int = Field(8, ge=1, description="Examples per process in a micro-batch.")
     gradient_accumulation_steps: int = Field(
         1,
         ge=1,
         description="Micro-batches per optimizer step: a step covers "
         "processes x per_device_batch_size x this many examples.",
-    )
-    max_seq_length: int = Field(1024, gt=0, description="The longest training example in tokens (RISE).")
-    train_sampling_strategy: Literal["random", "group_by_length"] = Field(
-        "group_by_length",
-        description="Order of the SFT examples: `group_by_length` batches examples of similar "
-        "length (transformers' LengthGroupedSampler, in random order), so that little of a batch is padding.",
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="The share of the steps that warm the learning rate up.")
     lr_scheduler: str = Field(
@@ -617,12 +569,37 @@ class PipelineConfig(StrictModel):
         description="How every eval runs: T turns per held-out task, never told whether an answer was right.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_named(cls, data: Any) -> Any:
+        """A ``method`` section without a ``name`` is the default method's, as a config without one is: so
+        ``--set method.turns=3`` needs no ``--set method.name=rise`` beside it."""
+        if isinstance(data, dict) and isinstance(data.get("method"), dict) and "name" not in data["method"]:
+            return {**data, "method": {"name": DEFAULT_METHOD, **data["method"]}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moved_keys(cls, data: Any) -> Any:
+        """Refuse each key of :data:`MOVED_KEYS` the config sets, naming its new place (and whether the config's
+        method has it), before any other check can report it as unknown."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method")
+        name = method.get("name", DEFAULT_METHOD) if isinstance(method, dict) else DEFAULT_METHOD
+        fields = method_section(name).model_fields if name in METHODS else {}
+        moved = [
+            f"{old} moved to {new}" + ("" if new.split(".")[1] in fields else f", which method {name!r} does not have")
+            for old, new in MOVED_KEYS.items()
+            if _holds(data, old.split("."))
+        ]
+        if moved:
+            raise ValueError("; ".join(moved))
+        return data
+
     @model_validator(mode="after")
     def _greedy_means_one_sample(self) -> PipelineConfig:
-        # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
-        collects = "rollout.samples_per_turn" not in self.method.IGNORED
-        if collects and max(self.rollout.sample_schedule) > 1 and self.rollout.sampling.temperature == 0:
-            raise ValueError("rollout.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
+        # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0 (the method checks its own).
         if self.evaluation.samples > 1 and self.evaluation.sampling.temperature == 0:
             raise ValueError("evaluation.samples > 1 needs evaluation.sampling.temperature > 0")
         return self
@@ -664,13 +641,22 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _the_method_can_run(self) -> PipelineConfig:
-        if problems := self.method.problems(self) + self.method.ignored_keys_set(self):
+        if problems := self.method.problems(self):
             raise ValueError("; ".join(problems))
         return self
 
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name
+
+
+def _holds(data: Any, path: list[str]) -> bool:
+    """Whether the plain data ``data`` holds the dotted key ``path``."""
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 def eval_history_window(config: PipelineConfig) -> int | None:
@@ -718,7 +704,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. rollout.turns=3")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. run.iterations=3")
         node = data
         parts = key.strip().split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -783,16 +769,8 @@ def load_split(section: TaskSourceSection, split: str) -> list[Task]:
 
 
 def dump_config(config: PipelineConfig) -> str:
-    """The resolved config as YAML, without the keys its method ignores: read back, it passes the method's
-    refusal of ignored keys, and it shows no setting that has no effect."""
-    ignored: dict[str, Any] = {}
-    for key in config.method.IGNORED:
-        *sections, name = key.split(".")
-        node = ignored
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = True
-    return yaml.safe_dump(config.model_dump(mode="json", exclude=ignored), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML, every key with its value: it reads back as the same config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def config_data(config: PipelineConfig) -> dict[str, Any]:
@@ -817,7 +795,7 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> dict[str, str]:
 
 
 def format_changes(changes: dict[str, str]) -> str:
-    """``run.iterations: 2 -> 3; rollout.turns: 3 -> 2``: config changes on one line."""
+    """``run.iterations: 2 -> 3; method.turns: 3 -> 2``: config changes on one line."""
     return "; ".join(f"{key}: {change}" for key, change in changes.items())
 
 

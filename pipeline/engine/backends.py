@@ -18,7 +18,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pipeline.config.choices import Backend
-from pipeline.config.settings import PipelineConfig
+from pipeline.config.sections import TeacherSection
+from pipeline.config.settings import PipelineConfig, RolloutSection
 from pipeline.engine.generation import GenerationBackend
 from pipeline.engine.model_store import resolve_model
 from pipeline.engine.server_keeper import ServerKeeper
@@ -79,17 +80,19 @@ async def open_learner(
 
 
 @asynccontextmanager
-async def open_teacher(config: PipelineConfig) -> AsyncIterator[GenerationBackend | None]:
-    teacher = config.rollout.teacher
+async def open_teacher(
+    teacher: TeacherSection | None, rollout: RolloutSection
+) -> AsyncIterator[GenerationBackend | None]:
+    """A client of ``teacher``'s server, asked as ``rollout`` asks the learner's; None without a teacher."""
     if teacher is None:
         yield None
         return
     client = ServiceClient(
         [Endpoint(teacher.url.rstrip("/"))],
         base_model=teacher.model,
-        max_concurrency=config.rollout.max_concurrency,
-        request_timeout_s=config.rollout.request_timeout_s,
-        max_retries=config.rollout.max_retries,
+        max_concurrency=rollout.max_concurrency,
+        request_timeout_s=rollout.request_timeout_s,
+        max_retries=rollout.max_retries,
         api_key=teacher.api_key,
     )
     try:

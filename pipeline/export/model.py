@@ -190,8 +190,8 @@ def _describe_base(name_or_path: str, hub_id: str | None) -> str:
 
 
 def _training_settings(run: RunDir) -> dict[str, Any]:
-    """The settings that decide the weights (not the launch: processes, ports, GPUs; not the keys the method
-    ignores)."""
+    """The settings of the ``training`` section that decide the weights (not the launch: processes, ports, GPUs);
+    the method's own are in its section."""
     keep = (
         "finetune",
         "lora_r",
@@ -199,15 +199,13 @@ def _training_settings(run: RunDir) -> dict[str, Any]:
         "lora_dropout",
         "target_modules",
         "learning_rate",
-        "epochs",
         "per_device_batch_size",
         "gradient_accumulation_steps",
-        "max_seq_length",
         "warmup_ratio",
         "lr_scheduler",
     )
     settings = run.config.training.model_dump(mode="json")
-    return {key: settings[key] for key in keep if f"training.{key}" not in run.config.method.IGNORED}
+    return {key: settings[key] for key in keep}
 
 
 def _data_lines(run: RunDir, iteration: int) -> list[str]:

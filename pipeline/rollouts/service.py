@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.config.choices import Finetune
+from pipeline.config.sections import TeacherSection
 from pipeline.config.settings import PipelineConfig, SamplingSection
 from pipeline.engine.adapters import AdapterError, adapter_name, check_adapter_dir
 from pipeline.engine.backends import open_learner, open_teacher
@@ -137,9 +138,13 @@ class Service:
 
 @asynccontextmanager
 async def open_service(
-    model: IterationModel, log_dir: Path, servers: ServerKeeper | None = None
+    model: IterationModel,
+    log_dir: Path,
+    servers: ServerKeeper | None = None,
+    teacher: TeacherSection | None = None,
 ) -> AsyncIterator[Service]:
-    """Start (or connect to) the learner's backend with ``model``'s adapter loaded, plus the grading pool.
+    """Start (or connect to) the learner's backend with ``model``'s adapter loaded, plus the grading pool, and a
+    client of ``teacher`` when one is given (RISE's distillation).
 
     ``servers``: the run loop's keeper, whose servers the learner shares with the stages beside this one.
 
@@ -147,7 +152,10 @@ async def open_service(
     """
     config = model.config
     with grading_pool(config) as pool:
-        async with open_learner(config, log_dir, servers) as learner, open_teacher(config) as teacher:
+        async with (
+            open_learner(config, log_dir, servers) as learner,
+            open_teacher(teacher, config.rollout) as teacher_backend,
+        ):
             if model.adapter is not None:
                 await learner.load_adapter(*map(str, model.adapter))
-            yield Service(learner, teacher, pooled_grading(pool, config.grader.name, config.grader.options))
+            yield Service(learner, teacher_backend, pooled_grading(pool, config.grader.name, config.grader.options))

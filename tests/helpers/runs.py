@@ -42,9 +42,9 @@ def make_run(root: Path, **sections: dict[str, Any]) -> RunDir:
     return RunDir.create(parse_config({"run": run, "tasks": arithmetic_tasks(), **sections}))
 
 
-def curation_run(root: Path, rollout: dict[str, Any] | None = None, **method: Any) -> RunDir:
-    """A RISE run with weights exp(r / TAU) and ``method``'s curation settings, for the curate stage."""
-    return make_run(root, rollout=rollout or {}, method={"name": "rise", "tau": TAU, **method})
+def curation_run(root: Path, **method: Any) -> RunDir:
+    """A RISE run with weights exp(r / TAU) and ``method``'s settings, for the curate stage."""
+    return make_run(root, method={"name": "rise", "tau": TAU, **method})
 
 
 def finish_rollout(run: RunDir, iteration: int, records: list[TrajectoryRecord]) -> None:

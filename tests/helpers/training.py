@@ -23,21 +23,23 @@ TRAINING = {
     "lora_alpha": 8,
     "lora_dropout": 0.0,
     "learning_rate": 1e-2,
-    "epochs": 1,
     "per_device_batch_size": 1,
-    "max_seq_length": 128,
     "save_steps": 2,
     "save_total_limit": None,  # keep every checkpoint: the tests look at where each attempt resumed
 }
 
 
+RISE = {"name": "rise", "epochs": 1, "max_seq_length": 128}
+"""RISE's SFT settings for the tiny model: one epoch, short examples."""
+
+
 def training_run(root: Path, model: Path, method: dict[str, Any] | None = None, **training: Any) -> RunDir:
-    """A run that trains ``model`` with TRAINING's settings, ``training`` over them."""
+    """A run that trains ``model`` with TRAINING's settings, ``training`` over them, and ``method`` (RISE's)."""
     return make_run(
         root,
         run={"seed": 0},
         model={"name_or_path": str(model)},
-        method=method or {"name": "rise"},
+        method=method or RISE,
         training={**TRAINING, **training},
     )
 

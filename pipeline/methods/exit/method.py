@@ -36,18 +36,6 @@ class ExitMethod(Method):
         "select_prob",
         "divergence_prob",
     )
-    IGNORED: ClassVar[dict[str, str]] = {
-        "training.epochs": "training runs method.steps_per_iteration GRPO steps",
-        "training.max_seq_length": "a prompt is cut to model.max_model_len - rollout.sampling.max_tokens tokens, "
-        "a completion to rollout.sampling.max_tokens",
-        "training.loss_normalization": "GRPO's loss has no example weights",
-        "training.train_sampling_strategy": "each GRPO step draws its own groups of tasks and buffer instances",
-        "rollout.turns": "a GRPO group is one improvement step; evaluation.turns sets the eval's steps",
-        "rollout.samples_per_turn": "a group has method.group_size completions",
-        "rollout.feedback": "an improvement step asks with rollout.templates.improve or .diverge",
-        "rollout.stop_at_success": "a GRPO group is one step",
-        "rollout.teacher": "GRPO samples from the policy being trained",
-    }
 
     name: Literal["exit"] = Field(
         "exit",

@@ -12,3 +12,10 @@ class Selection(Choice):
     BETTER = "better"
     BEST = "best"
     SUCCESS = "success"
+
+
+class LossNormalization(Choice):
+    """What a batch's weighted loss is divided by (``method.loss_normalization``; :mod:`~.weighted_sft`)."""
+
+    WEIGHTS = "weights"
+    MEAN = "mean"

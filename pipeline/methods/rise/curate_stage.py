@@ -82,7 +82,7 @@ def build_training_set(run: RunDir, iteration: int) -> tuple[list[Example], dict
             method.tau,
             iteration,
             method.pairs_per_state,
-            rollout.feedback,
+            method.feedback,
             rollout.templates,
             rollout.history_window,
         )

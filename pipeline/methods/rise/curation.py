@@ -15,7 +15,7 @@ exp(-1 / 0.4) = 0.08), not skipped.
 Self-correction constructions (docs/rise.md, "Self-correction data"), each off unless
 configured, each a fix for a state RISE's own data never holds:
 
-- **keep targets** (with ``rollout.stop_at_success: false``): a turn after a
+- **keep targets** (with ``method.stop_at_success: false``): a turn after a
   correct answer and "incorrect" that answers correctly again teaches the
   model not to flip a right answer. Too many freeze it (SCoRe), so
   :func:`cap_keeps` holds them to ``keep_ratio`` x the fix examples.

@@ -1,5 +1,5 @@
-"""RISE, the method: its ``method`` section (curation and weighting of the revision turns), its plan, its checks
-of the config and its model card.
+"""RISE, the method: its ``method`` section (collection, curation and weighting of the revision turns, its SFT's
+settings), its plan, its checks of the config and its model card.
 
 Its plan is rollout -> curate -> train -> eval per iteration
 (:mod:`pipeline.methods.rise.stages`); its training is
@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.sections import attempts_shown, stage
+from pipeline.config.choices import FeedbackMode
+from pipeline.config.sections import TeacherSection, attempts_shown, stage
 from pipeline.methods.base import Method, counts_cell
-from pipeline.methods.rise.choices import Selection
+from pipeline.methods.rise.choices import LossNormalization, Selection
 
 if TYPE_CHECKING:
     from pipeline.config.settings import PipelineConfig
@@ -37,7 +38,26 @@ class RiseMethod(Method):
         "self_distill",
         description="`self_distill`: the model's own best "
         "answers are the targets; `distill`: a served teacher "
-        "(`rollout.teacher`) answers turns > 1.",
+        "(`method.teacher`) answers turns > 1.",
+    )
+    turns: int = Field(3, ge=1, description="Turns per collection trajectory.")
+    samples_per_turn: int | list[int] = Field(
+        default_factory=lambda: [1, 4],
+        description="Best-of-N at each collection turn: one count for every turn, or one per turn with the last "
+        "repeated. RISE's reference code (--num_of_samples 1 16): one on-policy answer at turn 1, best-of-N after.",
+    )
+    feedback: FeedbackMode = Field(
+        FeedbackMode.BINARY,
+        description='The user message after a collection turn: `binary` says "incorrect", `grader` gives '
+        "the grader's own text, `none` asks for a review, `improve` for an improvement.",
+    )
+    stop_at_success: bool = Field(
+        True,
+        description="Stop a collection trajectory at its first correct turn; false "
+        'goes on, told "incorrect" as in evaluation (the states keep targets need).',
+    )
+    teacher: TeacherSection | None = Field(
+        None, description="A served model that answers turns > 1 (`method.mode: distill`); null: none."
     )
     selection: Selection = Field(
         Selection.ALL,
@@ -45,6 +65,18 @@ class RiseMethod(Method):
         "first turn's above 0); `best`, no earlier turn's reward higher; `success`, the correct turns.",
     )
     tau: float = Field(0.4, gt=0, description="Temperature of the weights exp(r / tau).")
+    epochs: float = Field(2, gt=0, description="Epochs over each iteration's training set.")
+    max_seq_length: int = Field(1024, gt=0, description="The longest training example in tokens.")
+    loss_normalization: LossNormalization = Field(
+        LossNormalization.WEIGHTS,
+        description="Weighted SFT loss: sum w_i L_i over sum w_i (`weights`, so the learning rate needs no retuning "
+        "whatever tau is) or over the example count (`mean`, RISE's reference code).",
+    )
+    train_sampling_strategy: Literal["random", "group_by_length"] = Field(
+        "group_by_length",
+        description="Order of the SFT examples: `group_by_length` batches examples of similar "
+        "length (transformers' LengthGroupedSampler, in random order), so that little of a batch is padding.",
+    )
     accumulate: bool = Field(True, description="Train on the data of all iterations so far.")
     train_from: Literal["base", "previous"] = Field(
         "base", description="Retrain from the base or continue the previous adapter."
@@ -58,7 +90,7 @@ class RiseMethod(Method):
         None,
         ge=0,
         description="Cap keep examples (right after right, told 'incorrect') at this many per fix example; "
-        "needs rollout.stop_at_success false (null: no cap).",
+        "needs method.stop_at_success false (null: no cap).",
     )
     informative_only: bool = Field(False, description="Keep only targets whose state's samples are mixed.")
     refuted_weight: float | None = Field(
@@ -74,22 +106,50 @@ class RiseMethod(Method):
         "where no sample succeeds; a right one is a target for the state without the hint (STaR). 0: off.",
     )
 
+    @field_validator("samples_per_turn")
+    @classmethod
+    def _positive_counts(cls, value: int | list[int]) -> int | list[int]:
+        counts = value if isinstance(value, list) else [value]
+        if not counts:
+            raise ValueError("needs at least one count")
+        if any(count < 1 for count in counts):
+            raise ValueError(f"every count must be >= 1; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_count_per_turn_at_most(self) -> RiseMethod:
+        if isinstance(self.samples_per_turn, list) and len(self.samples_per_turn) > self.turns:
+            raise ValueError(
+                f"samples_per_turn has {len(self.samples_per_turn)} counts for turns={self.turns}: "
+                "give at most one per turn (the last repeats)"
+            )
+        return self
+
+    @property
+    def sample_schedule(self) -> tuple[int, ...]:
+        """The count of each turn 1..turns."""
+        counts = self.samples_per_turn if isinstance(self.samples_per_turn, list) else [self.samples_per_turn]
+        return tuple(counts[min(turn, len(counts) - 1)] for turn in range(self.turns))
+
     def rollout_attempts_shown(self, config: PipelineConfig) -> int:
         """A collection turn shows the earlier attempts of its trajectory, cut only by rollout.history_window."""
-        return attempts_shown(config.rollout.turns, config.rollout.history_window)
+        return attempts_shown(self.turns, config.rollout.history_window)
 
     def continue_reason(self) -> str | None:
         return "method.train_from is 'previous'" if self.train_from == "previous" else None
 
     def problems(self, config: PipelineConfig) -> list[str]:
         problems = []
-        if self.mode == "distill" and config.rollout.teacher is None:
-            problems.append("method.mode 'distill' needs rollout.teacher (url and model of the teacher endpoint)")
-        if self.keep_ratio is not None and config.rollout.stop_at_success:
+        if self.mode == "distill" and self.teacher is None:
+            problems.append("method.mode 'distill' needs method.teacher (url and model of the teacher endpoint)")
+        if self.keep_ratio is not None and self.stop_at_success:
             problems.append(
                 "method.keep_ratio caps keep examples, which exist only when collection goes on after "
-                "a success: set rollout.stop_at_success false"
+                "a success: set method.stop_at_success false"
             )
+        # Identical greedy samples are useless, and vLLM refuses n > 1 at temperature 0.
+        if max(self.sample_schedule) > 1 and config.rollout.sampling.temperature == 0:
+            problems.append("method.samples_per_turn > 1 needs rollout.sampling.temperature > 0")
         if self.rationalize:
             problems += self._rationalize_problems(config)
         return problems

@@ -32,19 +32,19 @@ ROLLOUT = "rollout"
 
 
 def collection_spec(config: PipelineConfig, adapter: str | None) -> RolloutSpec:
-    rollout = config.rollout
+    rollout, method = config.rollout, config.method
     return RolloutSpec(
-        turns=rollout.turns,
-        samples_per_turn=rollout.sample_schedule,
+        turns=method.turns,
+        samples_per_turn=method.sample_schedule,
         trajectories_per_task=1,
-        feedback=rollout.feedback,
-        stop_at_success=rollout.stop_at_success,
+        feedback=method.feedback,
+        stop_at_success=method.stop_at_success,
         history_window=rollout.history_window,
         sampling=sampling_params(rollout.sampling),
         templates=rollout.templates,
         seed=config.run.seed,
         adapter=adapter,
-        rationalize=config.method.rationalize,
+        rationalize=method.rationalize,
     )
 
 
@@ -70,7 +70,7 @@ def run_rollout_stage(context: StageContext) -> Path:
 async def _collect(
     model: IterationModel, tasks: list[Task], spec: RolloutSpec, out_dir: Path, description: str, context: StageContext
 ) -> Path:
-    async with open_service(model, out_dir, context.servers) as service:
+    async with open_service(model, out_dir, context.servers, model.config.method.teacher) as service:
         runner = TrajectoryRunner(spec, service.learner, service.grade, service.teacher)
         return await collect(tasks, runner, out_dir, description, context.progress)
 

@@ -90,6 +90,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
         dataset,
         checkpoints_dir(run, iteration),
         run.config.training,
+        run.config.method,
         bf16=bf16,
         fp16=precision == "fp16",
         seed=run.config.run.seed,
@@ -98,7 +99,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
     )
     if len(trainer.train_dataset) == 0:
         raise ValueError(
-            f"no example has a target token within training.max_seq_length={run.config.training.max_seq_length}: "
+            f"no example has a target token within method.max_seq_length={run.config.method.max_seq_length}: "
             "every prompt fills it; raise it"
         )
     trainer.add_callback(ProgressWriter(progress_path(run, iteration)))

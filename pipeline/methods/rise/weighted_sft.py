@@ -16,7 +16,7 @@ whole say of an example, so a long target does not outweigh a short one of
 higher reward, as in RWR. Dividing by the weight sum keeps the loss on the
 scale of plain SFT whatever tau is, so the learning rate needs no retuning;
 a batch whose weights are all zero has loss exactly 0 (no NaN) and no
-gradient. ``training.loss_normalization: mean`` divides by the number of
+gradient. ``method.loss_normalization: mean`` divides by the number of
 examples instead, as RISE's reference code does (its loss is the plain mean
 of ``w_i L_i``): the loss then grows with the weights' scale.
 
@@ -53,8 +53,9 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.config.choices import LossNormalization
 from pipeline.config.settings import TrainingSection
+from pipeline.methods.rise.choices import LossNormalization
+from pipeline.methods.rise.method import RiseMethod
 from pipeline.training.lm_head import IGNORE_INDEX, use_compact_lm_head
 from pipeline.training.trainer import lora_config, trainer_arguments
 
@@ -258,6 +259,7 @@ class WeightedSFTTrainer(SFTTrainer):
 def sft_config(
     output_dir: str | Path,
     settings: TrainingSection,
+    method: RiseMethod,
     *,
     bf16: bool = False,
     fp16: bool = False,
@@ -266,15 +268,16 @@ def sft_config(
     use_cpu: bool = False,
     report_to: list[str] | None = None,
 ) -> SFTConfig:
-    """TRL's SFT arguments from the run config's ``training`` section (see :func:`trainer_arguments`)."""
+    """TRL's SFT arguments from the run config's ``training`` section (see :func:`trainer_arguments`) and the
+    SFT's own settings in RISE's ``method`` section."""
     return SFTConfig(
         **trainer_arguments(
             output_dir, settings, bf16=bf16, fp16=fp16, seed=seed, use_cpu=use_cpu, report_to=report_to
         ),
-        num_train_epochs=settings.epochs,
+        num_train_epochs=method.epochs,
         max_steps=max_steps,
-        max_length=settings.max_seq_length,
-        train_sampling_strategy=settings.train_sampling_strategy,
+        max_length=method.max_seq_length,
+        train_sampling_strategy=method.train_sampling_strategy,
         logging_steps=max(1, settings.save_steps // 5),
         # Counted per batch from the attention mask: gives the train_tokens_per_second metric.
         include_num_input_tokens_seen="non_padding",
@@ -286,9 +289,11 @@ def build_trainer(
     dataset: Dataset,
     output_dir: str | Path,
     settings: TrainingSection,
+    method: RiseMethod,
     **config_options: Any,
 ) -> WeightedSFTTrainer:
-    """A WeightedSFTTrainer configured from the ``training`` section; ``config_options`` go to :func:`sft_config`.
+    """A WeightedSFTTrainer configured from the ``training`` and ``method`` sections; ``config_options`` go to
+    :func:`sft_config`.
 
     ``model`` is a checkpoint to load (a new LoRA adapter is added unless
     ``finetune`` is ``full``) or a loaded model; a loaded ``PeftModel``
@@ -296,7 +301,7 @@ def build_trainer(
     new one is added. Checkpoints go to ``output_dir`` every ``save_steps``;
     see :func:`train`.
     """
-    args = sft_config(output_dir, settings, **config_options)
+    args = sft_config(output_dir, settings, method, **config_options)
     if isinstance(model, PreTrainedModel | PeftModel):
         args.model_init_kwargs = None  # only used to load a checkpoint
     else:
@@ -306,6 +311,6 @@ def build_trainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        normalization=settings.loss_normalization,
+        normalization=method.loss_normalization,
         peft_config=peft_config,
     )
