@@ -462,10 +462,11 @@ def evaluate(
     if out is None:
         path = _run_stage("eval", run, iteration, progress)
     else:
+        errors: tuple[type[BaseException], ...] = (*_stage_errors(), RunLockedError)
         try:
             with _exit_on_interrupt("run the same command again to finish it"):
                 path = run_custom_eval(run, iteration, out, tasks, turns, samples, limit, show_progress=progress)
-        except (*_stage_errors(), RunLockedError) as exc:
+        except errors as exc:
             _fail(str(exc))
     console.print(format_eval_table(json.loads(path.read_text())))
     console.print(f"[green]eval[/]: {path}")

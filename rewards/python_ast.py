@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import ast
 import threading
-from typing import Literal
+from typing import Literal, overload
 
 _LOCK = threading.Lock()
 
 
-def parse(source: str, mode: Literal["exec", "eval"] = "exec") -> ast.AST:
+@overload
+def parse(source: str, mode: Literal["exec"] = "exec") -> ast.Module: ...
+
+
+@overload
+def parse(source: str, mode: Literal["eval"]) -> ast.Expression: ...
+
+
+def parse(source: str, mode: Literal["exec", "eval"] = "exec") -> ast.Module | ast.Expression:
     """``ast.parse(source, mode=mode)``, one thread at a time."""
     with _LOCK:
-        return ast.parse(source, mode=mode)
+        return ast.parse(source, mode="eval") if mode == "eval" else ast.parse(source)

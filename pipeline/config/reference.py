@@ -173,7 +173,8 @@ def _default(field: FieldInfo) -> str:
     else:
         value = field.default
     if isinstance(value, BaseModel):
-        return f"`{value.name}`" if "name" in type(value).model_fields else "its keys' defaults"
+        named = "name" in type(value).model_fields
+        return f"`{value.model_dump(include={'name'})['name']}`" if named else "its keys' defaults"
     return f"`{_yaml(value)}`"
 
 

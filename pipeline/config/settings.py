@@ -556,7 +556,7 @@ class PipelineConfig(StrictModel):
     )
     # Each registered method's class (pipeline/config/methods.py), told apart by its name.
     method: Annotated[Union[method_sections()], Field(discriminator="name")] = Field(  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
-        default_factory=lambda: method_section(DEFAULT_METHOD)(),
+        default_factory=lambda: method_section(DEFAULT_METHOD)(name=DEFAULT_METHOD),
         description="The method and its settings, told apart by `name`.",
     )
     training: TrainingSection = Field(

@@ -46,7 +46,7 @@ class HFBackend:
             AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=_DTYPES[resolve_dtype(dtype, on_cpu=self.device == "cpu")]
             )
-            .to(self.device)
+            .to(self.device)  # type: ignore[arg-type]  # transformers' decorated ``to`` hides its signature
             .eval()
         )
         self._adapters: set[str] = set()

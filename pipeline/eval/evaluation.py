@@ -259,15 +259,17 @@ def merge_answer_classes(
     (trajectories and parallel samples) may be passed together: one task gets
     one set of classes.
     """
-    graded_by_task: dict[str, list[TurnRecord | Candidate]] = defaultdict(list)
+    keyed_by_task: dict[str, list[tuple[str, TurnRecord | Candidate]]] = defaultdict(list)
     for record in records:
         for turn in record.turns:
-            graded = [turn, *turn.candidates]
-            graded_by_task[record.task_id] += [g for g in graded if g.grade.answer_key is not None]
-    for graded in graded_by_task.values():
-        classes = cluster(list(dict.fromkeys(g.grade.answer_key for g in graded)))
-        for answer in graded:
-            answer.grade = replace(answer.grade, answer_key=classes[answer.grade.answer_key])
+            answers: list[TurnRecord | Candidate] = [turn, *turn.candidates]
+            keyed_by_task[record.task_id] += [
+                (a.grade.answer_key, a) for a in answers if a.grade.answer_key is not None
+            ]
+    for keyed in keyed_by_task.values():
+        classes = cluster(list(dict.fromkeys(key for key, _ in keyed)))
+        for key, answer in keyed:
+            answer.grade = replace(answer.grade, answer_key=classes[key])
 
 
 def group_trajectories(records: Iterable[TrajectoryRecord], turns: int, samples: int) -> TaskTrajectories:

@@ -145,7 +145,9 @@ def task_tables(tables: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[tup
     found: dict[str, dict[str, dict[str, Any]]] = {"train": {}, "eval": {}}
     for (config, _), rows in tables.items():
         split = {"rollouts": "train", "eval": "eval"}.get(config)
-        for row in rows if split is not None else []:
+        if split is None:
+            continue
+        for row in rows:
             found[split].setdefault(row["task_id"], {field: row[field] for field in TASK_FIELDS})
     return {("tasks", split): list(tasks.values()) for split, tasks in found.items() if tasks}
 

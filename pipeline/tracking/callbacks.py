@@ -23,7 +23,7 @@ from pipeline.run.layout import RunDir
 from pipeline.tracking.trackers import steps_through
 
 
-class RunStep:
+class RunStep(TrainerCallback):
     """Mixin for an integration callback: its logs land at ``step_offset`` + the trainer's step."""
 
     step_offset = 0

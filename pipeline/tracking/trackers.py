@@ -209,7 +209,7 @@ class WandbTracker:
             id=env["WANDB_RUN_ID"],
             name=env["WANDB_NAME"],
             dir=env["WANDB_DIR"],
-            mode=env["WANDB_MODE"],
+            mode=env["WANDB_MODE"],  # type: ignore[arg-type]  # tracking_env writes one of wandb's modes
             resume="allow",
             config={"selfimprove": run.config.model_dump(mode="json")},
             settings=wandb.Settings(console="off"),  # the pipeline's console is progress bars, not logs

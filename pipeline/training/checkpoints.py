@@ -74,7 +74,8 @@ def agreed_checkpoint(trainer: Trainer) -> str | None:
     longer match; a process on another machine could see the shared
     directory a moment out of date, so it does not look for itself.
     """
-    found = [last_checkpoint(trainer.args.output_dir) if trainer.accelerator.is_main_process else None]
+    output_dir = trainer.args.output_dir
+    found = [last_checkpoint(output_dir) if output_dir and trainer.accelerator.is_main_process else None]
     if trainer.accelerator.num_processes > 1:
         broadcast_object_list(found)
     return found[0]

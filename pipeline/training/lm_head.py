@@ -57,7 +57,9 @@ def use_compact_lm_head(trainer: Trainer, outputs: tuple[str, ...], temperature:
     """
     model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
     fp32_head = getattr(trainer.args, "cast_lm_head_to_fp32", False)  # GRPO's: the projection itself in float32
-    if trainer.args.device.type != "cpu" or fp32_head or not compact_head_applies(model, outputs):
+    if not isinstance(model, PreTrainedModel) or trainer.args.device.type != "cpu" or fp32_head:
+        return False
+    if not compact_head_applies(model, outputs):
         return False
     add_compact_lm_head(model, temperature, outputs)
     return True
@@ -84,7 +86,7 @@ def add_compact_lm_head(
         num_items_in_batch: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if not fused_lm_head or shift_labels is not None:
+        if not fused_lm_head or shift_labels is not None or labels is None:
             return trl_forward(
                 *args,
                 fused_lm_head=fused_lm_head,
@@ -122,22 +124,15 @@ def compact_log_probs(
     selected = targets[mask]
     logits = lm_head(hidden[mask]).float() / temperature
     log_softmax = logits.log_softmax(dim=-1)
-    per_token: dict[str, torch.Tensor | None] = dict.fromkeys(COMPACT_OUTPUTS)
-    per_token["log_probs"] = log_softmax.gather(-1, selected.unsqueeze(-1)).squeeze(-1)
-    if "entropy" in outputs:
-        per_token["entropy"] = -(log_softmax.exp() * log_softmax).sum(dim=-1)
-    if "is_top1" in outputs:
-        per_token["is_top1"] = logits.detach().argmax(dim=-1) == selected
-    # ``masked_scatter`` keeps the result connected to the graph even when no position is labelled.
-    full = {
-        name: None if value is None else value.new_zeros(mask.shape).masked_scatter(mask, value)
-        for name, value in per_token.items()
-    }
+
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        """Per-label values back in the targets' shape; ``masked_scatter`` keeps the graph even with no label."""
+        return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+    log_probs = spread(log_softmax.gather(-1, selected.unsqueeze(-1)).squeeze(-1))
+    entropy = spread(-(log_softmax.exp() * log_softmax).sum(dim=-1)) if "entropy" in outputs else None
+    is_top1 = spread(logits.detach().argmax(dim=-1) == selected) if "is_top1" in outputs else None
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     return FusedCausalLMOutput(
-        loss=-full["log_probs"].sum() / denominator,
-        log_probs=full["log_probs"],
-        entropy=full["entropy"],
-        is_top1=full["is_top1"],
-        label_mask=mask,
+        loss=-log_probs.sum() / denominator, log_probs=log_probs, entropy=entropy, is_top1=is_top1, label_mask=mask
     )

@@ -402,7 +402,7 @@ def _refuted_in_state(
     for index, candidate in enumerate(repeats.values()):
         parsed = candidate.grade.parsed
         start = candidate.response.rfind(parsed) if parsed else -1
-        if start < 0:
+        if parsed is None or start < 0:
             continue  # the answer is not written as parsed (a reformatted box): nothing to mark
         examples.append(
             _state_example(
@@ -492,7 +492,9 @@ def accumulate(current: list[Example], earlier_lists: Iterable[list[Example]]) -
     return list(union.values())
 
 
-def weight_histogram(examples: list[Example], tau: float, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
+def weight_histogram(
+    examples: list[Example], tau: float, bins: int = HISTOGRAM_BINS
+) -> dict[str, list[float] | list[int]]:
     """Counts over fixed, equal-width bins spanning ``[exp(0), exp(1 / tau)]``.
 
     Fixed edges (the weights of rewards 0 and 1) make histograms of different

@@ -97,7 +97,7 @@ def train_iteration(run: RunDir, iteration: int) -> Path:
         use_cpu=on_cpu,
         report_to=run.config.run.report_to,
     )
-    if len(trainer.train_dataset) == 0:
+    if len(trainer.train_dataset) == 0:  # type: ignore[arg-type]  # a map-style Dataset (WeightedSFTTrainer)
         raise ValueError(
             f"no example has a target token within method.max_seq_length={run.config.method.max_seq_length}: "
             "every prompt fills it; raise it"

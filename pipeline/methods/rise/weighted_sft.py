@@ -157,7 +157,7 @@ class WeightedSFTTrainer(SFTTrainer):
 
     def __init__(
         self,
-        model: str | PreTrainedModel,
+        model: str | PreTrainedModel | PeftModel,
         args: SFTConfig,
         train_dataset: Dataset,
         normalization: LossNormalization = LossNormalization.WEIGHTS,
@@ -170,7 +170,7 @@ class WeightedSFTTrainer(SFTTrainer):
             self.train_dataset = self._with_refuted_masks(self.train_dataset)
         self.data_collator = WeightCollator(self.data_collator)
         # Each micro-batch loss is already divided by the whole window's weight.
-        self.loss_is_scaled_for_ga = True
+        self.loss_is_scaled_for_ga = True  # type: ignore[assignment]  # declared ``bool | None`` by transformers
         self._window_weight: torch.Tensor | None = None
         # On the CPU, the loss's LM head scores the completion tokens alone (pipeline.training.lm_head).
         self.compact_lm_head = use_compact_lm_head(self, SFT_OUTPUTS)
@@ -178,9 +178,9 @@ class WeightedSFTTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self) -> None:
         """Keep ``weight`` when ``remove_unused_columns`` prunes the tokenized dataset."""
         super()._set_signature_columns_if_needed()
-        for column in (WEIGHT, REFUTED_MASK):
-            if column not in self._signature_columns:
-                self._signature_columns.append(column)
+        columns: list[str] = list(self._signature_columns or [])
+        # transformers types the attribute by its initial None; the base method has just set a list.
+        self._signature_columns = columns + [c for c in (WEIGHT, REFUTED_MASK) if c not in columns]  # type: ignore[assignment]
 
     def _with_refuted_masks(self, dataset: Dataset) -> Dataset:
         """The tokenized rows with a ``refuted_mask`` column: the tokens of each unlikelihood row's span."""
@@ -244,7 +244,7 @@ class WeightedSFTTrainer(SFTTrainer):
         if refuted is not None:
             per_example = _with_unlikelihood(per_example, outputs.log_probs.float(), refuted[:, 1:])
         weighted_sum = (weights.to(per_example) * per_example).sum()
-        if self.model.training and self._window_weight is not None:
+        if self.model is not None and self.model.training and self._window_weight is not None:
             scale = self.accelerator.num_processes
             return _safe_divide(weighted_sum * scale, self._window_weight.to(weighted_sum))
         return _safe_divide(weighted_sum, self._denominator(weights.to(per_example)))
