@@ -66,6 +66,21 @@ def test_compare_reads_a_run_directorys_last_eval(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "neither an eval directory" in result.output
 
 
+def test_two_runs_evals_of_one_name_keep_their_runs_names(tmp_path: Path) -> None:
+    """``selfimprove eval RUN --out RUN/eval-heldout`` for two runs: the columns say which run is which."""
+    first = hand_evaluated_run(tmp_path, iterations=1, name="control")
+    second = hand_evaluated_run(tmp_path, iterations=1, name="signal")
+    write_eval_dir(first.root / "eval-heldout", tasks(0))
+    write_eval_dir(second.root / "eval-heldout", tasks(10))
+    loose = write_eval_dir(tmp_path / "eval-heldout", tasks(0))
+    out = tmp_path / "cmp"
+    paths = [first.root / "eval-heldout", second.root / "eval-heldout", loose]
+    result = runner.invoke(app, ["compare", *map(str, paths), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels = json.loads((out / "compare.json").read_text())["labels"]
+    assert labels == ["control/eval-heldout", "signal/eval-heldout", "eval-heldout"]
+
+
 def test_a_corrupt_eval_file_is_one_line_naming_it(tmp_path: Path) -> None:
     base = write_eval_dir(tmp_path / "base", tasks(0))
     broken = write_eval_dir(tmp_path / "broken", tasks(0))

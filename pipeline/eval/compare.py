@@ -148,10 +148,14 @@ def _run_stage(path: Path) -> tuple[Path, int] | None:
 
 
 def _eval_dir_label(path: Path) -> str:
-    """``quickstart/iter_2`` for a run's eval stage directory, else the directory's name."""
-    parts = path.resolve().parts
+    """``quickstart/iter_2`` for a run's eval stage directory, ``quickstart/eval-heldout`` for an ``--out``
+    directory inside a run (so two runs' evals of the same name stay apart), else the directory's name."""
+    resolved = path.resolve()
+    parts = resolved.parts
     if len(parts) >= 3 and parts[-1] == "eval" and parts[-2].startswith("iter_"):
         return f"{parts[-3]}/{parts[-2]}"
+    if (resolved.parent / CONFIG_NAME).is_file():
+        return f"{parts[-2]}/{parts[-1]}"
     return parts[-1]
 
 

@@ -13,12 +13,12 @@ from tests.helpers.runs import arithmetic_tasks, make_run
 TURNS = 3
 
 
-def hand_evaluated_run(root: Path, iterations: int = 2, samples: int = 2) -> RunDir:
+def hand_evaluated_run(root: Path, iterations: int = 2, samples: int = 2, name: str = "demo") -> RunDir:
     """A run of ``TURNS``-turn evals of ``samples`` samples whose eval stages the test writes: its model is
     a Hub name that nothing loads."""
     return make_run(
         root,
-        run={"name": "demo", "iterations": iterations},
+        run={"name": name, "iterations": iterations},
         model={"name_or_path": "org/some-model"},
         tasks=arithmetic_tasks(seed=1),
         evaluation={"turns": TURNS, "samples": samples, "sampling": {"temperature": 0.7}},
