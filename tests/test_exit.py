@@ -34,7 +34,7 @@ from pipeline.methods.exit.rollout import PromptFitter, chat_template_counter, i
 from pipeline.run.manifest import Manifest, planned_stages
 from pipeline.system.atomic import read_jsonl
 from pipeline.tasks import Task
-from tests.helpers.cli_runs import REPO, cli, cli_env, run_cli, write_config, write_tasks
+from tests.helpers.cli_runs import REPO, cli, cli_env, run_cli, tiny_run_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,51 +49,33 @@ def exit_config(output_dir: Path, model: Path, name: str, urls: list[str]) -> di
     The servers are given by URL (``conftest.answering_server``, one for the
     whole suite), so the stages and the resume do not each pay for a server start.
     """
-    tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
-    return {
-        "run": {"name": name, "output_dir": str(output_dir), "seed": 5, "iterations": 2},
-        "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
-        "rollout": {
-            "urls": urls,
-            "max_concurrency": 16,
-            "history_window": 2,
-            # At temperature 1 the answering model rambles; at 0.6 some of its answers are \boxed{7}.
-            "sampling": {"temperature": 0.6, "max_tokens": 12},
-            "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 32, "startup_timeout_s": 300},
-        },
-        "tasks": {
-            "train": {"source": "jsonl", "options": {"train_path": tasks}},
-            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 4},
-        },
-        "grader": {"name": "numeric", "workers": 1},
-        "method": {
-            "name": "exit",
-            "group_size": 4,
-            "steps_per_iteration": STEPS,
-            "buffer_capacity": 6,
-            "min_buffer": 1,
-            "select_prob": 0.9,
-            "divergence_prob": 0.5,
-            "sync_every": 1,
-            "diversity_bonus": True,
-            "kl_beta": 0.04,
-        },
-        "training": {
-            "lora_r": 8,
-            "lora_alpha": 16,
-            "lora_dropout": 0.0,
-            "learning_rate": 5e-3,
-            "per_device_batch_size": 4 * GROUPS_PER_STEP,
-            "save_steps": 1,
-            "save_total_limit": None,
-        },
-        "evaluation": {
-            "turns": 4,
-            "samples": 1,
-            "feedback": "improve",
-            "sampling": {"temperature": 0.6, "max_tokens": 12},
-        },
+    config = tiny_run_config(output_dir, model, name, seed=5, eval_limit=4)
+    # At temperature 1 the answering model rambles; at 0.6 some of its answers are \boxed{7}.
+    config["rollout"] |= {"urls": urls, "history_window": 2, "sampling": {"temperature": 0.6, "max_tokens": 12}}
+    config["method"] = {
+        "name": "exit",
+        "group_size": 4,
+        "steps_per_iteration": STEPS,
+        "buffer_capacity": 6,
+        "min_buffer": 1,
+        "select_prob": 0.9,
+        "divergence_prob": 0.5,
+        "sync_every": 1,
+        "diversity_bonus": True,
+        "kl_beta": 0.04,
     }
+    config["training"] |= {
+        "learning_rate": 5e-3,
+        "per_device_batch_size": 4 * GROUPS_PER_STEP,
+        "save_total_limit": None,
+    }
+    config["evaluation"] = {
+        "turns": 4,
+        "samples": 1,
+        "feedback": "improve",
+        "sampling": {"temperature": 0.6, "max_tokens": 12},
+    }
+    return config
 
 
 def wait_for_checkpoint(process: subprocess.Popen, checkpoint: Path) -> None:

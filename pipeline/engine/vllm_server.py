@@ -31,6 +31,7 @@ import httpx
 
 from pipeline.config.settings import ModelSection, ServerSection
 from pipeline.engine.precision import resolve_dtype
+from pipeline.run.files import server_log_name
 from pipeline.run.timings import phase
 from pipeline.system.processes import start_in_own_session, stop_group, tail
 
@@ -202,7 +203,7 @@ def replica_servers(
 ) -> list[VLLMServer]:
     """One server per ``settings.replicas``, each with its own port, log and GPUs (not started).
 
-    Replica 0 logs to ``vllm_server.log``, replica i to ``vllm_server.i.log``;
+    Replica i logs to :func:`~pipeline.run.files.server_log_name`;
     with a fixed ``port`` (else ``settings.port``) replica i listens on port + i,
     else on a free port, picked for all at once so that no two get the same.
     """
@@ -218,7 +219,7 @@ def replica_servers(
             model=model,
             settings=settings,
             served_name=served_name,
-            log_path=None if log_dir is None else log_dir / ("vllm_server.log" if i == 0 else f"vllm_server.{i}.log"),
+            log_path=None if log_dir is None else log_dir / server_log_name(i),
             port=ports[i],
             devices=devices,
         )

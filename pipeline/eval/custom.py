@@ -28,13 +28,12 @@ from pydantic import ValidationError
 from pipeline.config.settings import TaskSourceSection, eval_budget_problem, load_split
 from pipeline.eval.stage import EvalError, eval_spec, evaluate
 from pipeline.rollouts.service import iteration_model
-from pipeline.run.files import EVAL_NAME, LOCK_NAME
+from pipeline.run.files import EVAL_NAME, EVAL_SPEC_NAME, LOCK_NAME
 from pipeline.run.layout import TRAIN_STAGE, RunDir
 from pipeline.run.lock import run_lock
 from pipeline.system.atomic import CorruptFileError, read_json, write_json_atomic
 from pipeline.tasks import Task, task_source_names
 
-SPEC_NAME = "eval_spec.json"
 STAGE_PREFIX = "iter_"
 
 
@@ -173,8 +172,14 @@ def check_foreign_files(out_dir: Path) -> None:
     Checked before the folder's lock is taken, so that refusing someone's
     folder leaves nothing in it.
     """
-    if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()) and not (out_dir / SPEC_NAME).is_file():
-        raise EvalError(f"{out_dir} holds files but no {SPEC_NAME}, so not a custom eval's; evaluate into a new folder")
+    if (
+        out_dir.is_dir()
+        and any(p.name != LOCK_NAME for p in out_dir.iterdir())
+        and not (out_dir / EVAL_SPEC_NAME).is_file()
+    ):
+        raise EvalError(
+            f"{out_dir} holds files but no {EVAL_SPEC_NAME}, so not a custom eval's; evaluate into a new folder"
+        )
 
 
 def claim_out_dir(out_dir: Path, spec: dict[str, Any]) -> None:
@@ -183,7 +188,7 @@ def claim_out_dir(out_dir: Path, spec: dict[str, Any]) -> None:
     Called under the folder's lock, so the spec read is the one whose
     records the folder holds.
     """
-    path = out_dir / SPEC_NAME
+    path = out_dir / EVAL_SPEC_NAME
     if not path.is_file():
         write_json_atomic(path, spec)
         return

@@ -34,18 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.eval.compare import CompareError, resolve_evals
-from pipeline.eval.custom import SPEC_NAME
 from pipeline.eval.evaluation import merge_answer_classes, turn_outcome
 from pipeline.eval.report import STAGE
 from pipeline.eval.transitions import Step, steps
 from pipeline.rollouts.records import TrajectoryRecord
-from pipeline.run.files import CONFIG_NAME, EVAL_NAME, MANIFEST_NAME, ROLLOUTS_NAME
+from pipeline.run.files import CONFIG_NAME, EVAL_NAME, EVAL_SPEC_NAME, MANIFEST_NAME, ROLLOUTS_NAME, VIEWER_NAME
 from pipeline.run.layout import fixed_config_data, stage_path
 from pipeline.run.manifest import Manifest
 from pipeline.system.atomic import read_json, read_jsonl, write_text_atomic
 from rewards import get_grader
 
-VIEWER_NAME = "viewer.html"
 TEMPLATE_NAME = "viewer_template.html"
 # Tasks per page; the template reads it from the payload, so the two cannot disagree.
 PAGE_SIZE = 50
@@ -126,8 +124,8 @@ def _run_grader(run_root: Path) -> dict[str, Any] | None:
 def _eval_dir_grader(eval_dir: Path) -> dict[str, Any] | None:
     """The grader an eval directory's votes used: a custom eval's ``eval_spec.json``, else its run's config when
     it is a run's ``iter_K/eval``; None for a directory that records neither (keys are used as written)."""
-    if (eval_dir / SPEC_NAME).is_file():
-        return read_json(eval_dir / SPEC_NAME).get("grader")
+    if (eval_dir / EVAL_SPEC_NAME).is_file():
+        return read_json(eval_dir / EVAL_SPEC_NAME).get("grader")
     root = eval_dir.resolve().parent.parent
     return _run_grader(root) if (root / MANIFEST_NAME).is_file() and (root / CONFIG_NAME).is_file() else None
 

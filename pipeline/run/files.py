@@ -26,8 +26,17 @@ RUN_ID_NAME = "run_id"
 SUPERSEDED_DIR = "superseded"
 """Where ``resume`` moves a damaged stage and the stages built on it."""
 
+VIEWER_NAME = "viewer.html"
+"""``selfimprove view``'s page of the run's last eval."""
+
 # Every stage's directory.
 TIMINGS_NAME = "timings.jsonl"
+
+
+def server_log_name(replica: int) -> str:
+    """The log of a stage's managed vLLM server: ``vllm_server.log`` for replica 0, ``vllm_server.i.log`` after."""
+    return "vllm_server.log" if replica == 0 else f"vllm_server.{replica}.log"
+
 
 # A rollout stage (and an eval, which rolls out too).
 ROLLOUTS_NAME = "rollouts.jsonl"
@@ -59,6 +68,8 @@ SERVERS_NAME = "servers.json"
 
 # An eval stage.
 EVAL_NAME = "eval.json"
+EVAL_SPEC_NAME = "eval_spec.json"
+"""A custom eval's (``selfimprove eval --out``) model, tasks, turns and samples."""
 CURVES_NAME = "curves.json"
 TASK_METRICS_NAME = "task_metrics.jsonl"
 PER_TASK_NAME = "per_task.jsonl"

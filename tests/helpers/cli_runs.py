@@ -63,40 +63,40 @@ def serving(model: Path, data: dict, log_path: Path) -> Iterator[VLLMServer]:
 SMOKE_TURNS = 3
 
 
-def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
-    """Two iterations on 6 train and 5 eval tasks; seeded sampling so that reruns reproduce records."""
+def tiny_run_config(output_dir: Path, model: Path, name: str, seed: int, eval_limit: int) -> dict:
+    """What the configs of the tests that run the CLI share: two iterations of the tiny model on the CPU, the
+    6 tasks of :func:`write_tasks`, numeric grading, a small LoRA saved every step."""
     tasks = str(write_tasks(output_dir.parent / "tasks.jsonl"))
     return {
-        "run": {"name": name, "output_dir": str(output_dir), "seed": 3, "iterations": 2},
+        "run": {"name": name, "output_dir": str(output_dir), "seed": seed, "iterations": 2},
         "model": {"name_or_path": str(model), "dtype": "float32", "max_model_len": 1024},
         "rollout": {
-            "urls": urls or [],
             "max_concurrency": 16,
-            "sampling": {"temperature": 1.0, "max_tokens": 12},
             "server": {"cpu_kvcache_space_gib": 1, "max_num_seqs": 32, "startup_timeout_s": 300},
         },
         "tasks": {
             "train": {"source": "jsonl", "options": {"train_path": tasks}},
-            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": 5},
+            "eval": {"source": "jsonl", "options": {"eval_path": tasks}, "limit": eval_limit},
         },
         "grader": {"name": "numeric", "workers": 1},
-        "method": {
-            "name": "rise",
-            "selection": "all",
-            "accumulate": True,
-            "train_from": "base",
-            "turns": SMOKE_TURNS,
-            "samples_per_turn": 2,
-            "epochs": 1,
-            "max_seq_length": 256,
-        },
-        "training": {
-            "lora_r": 8,
-            "lora_alpha": 16,
-            "lora_dropout": 0.0,
-            "learning_rate": 1e-3,
-            "per_device_batch_size": 4,
-            "save_steps": 1,
-        },
-        "evaluation": {"turns": SMOKE_TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}},
+        "training": {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "save_steps": 1},
     }
+
+
+def smoke_config(output_dir: Path, model: Path, name: str, urls: list[str] | None = None) -> dict:
+    """Two RISE iterations on 6 train and 5 eval tasks; seeded sampling so that reruns reproduce records."""
+    config = tiny_run_config(output_dir, model, name, seed=3, eval_limit=5)
+    config["rollout"] |= {"urls": urls or [], "sampling": {"temperature": 1.0, "max_tokens": 12}}
+    config["method"] = {
+        "name": "rise",
+        "selection": "all",
+        "accumulate": True,
+        "train_from": "base",
+        "turns": SMOKE_TURNS,
+        "samples_per_turn": 2,
+        "epochs": 1,
+        "max_seq_length": 256,
+    }
+    config["training"] |= {"learning_rate": 1e-3, "per_device_batch_size": 4}
+    config["evaluation"] = {"turns": SMOKE_TURNS, "samples": 1, "sampling": {"temperature": 1.0, "max_tokens": 12}}
+    return config
