@@ -70,7 +70,7 @@ docs: install
 
 # docs/configuration.md, written from the config's pydantic models (tests/test_docs.py fails while it differs).
 docs-reference: install
-	$(PY) -m pipeline.config.reference docs/configuration.md
+	$(PY) -m pipeline.config.write_reference docs/configuration.md
 
 # The quickstart: RISE on arithmetic with SmolLM2-135M-Instruct on vLLM's CPU build
 # (eval of the base model, then 2 iterations). A second `make demo` resumes the

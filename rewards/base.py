@@ -134,7 +134,7 @@ _REGISTRY: dict[str, GraderFactory] = {}
 
 
 def register_grader(name: str) -> Callable[[GraderFactory], GraderFactory]:
-    """Class decorator that makes a grader available to ``get_grader(name)``."""
+    """Class decorator that makes a grader available to :func:`rewards.get_grader` as ``name``."""
 
     def decorate(factory: GraderFactory) -> GraderFactory:
         _REGISTRY[name] = factory
@@ -143,14 +143,9 @@ def register_grader(name: str) -> Callable[[GraderFactory], GraderFactory]:
     return decorate
 
 
-def get_grader(name: str, **options: Any) -> Grader:
-    """Build the grader registered as ``name`` with its options, else the user's grader that ``name`` names
-    (:mod:`rewards.plugin_grader`: an installed entry point or an import path)."""
-    if name in _REGISTRY:
-        return _REGISTRY[name](**options)
-    from rewards.plugin_grader import PluginGrader  # it builds on this module
-
-    return PluginGrader(name, options)
+def registered_grader(name: str) -> GraderFactory | None:
+    """The factory of the built-in grader registered as ``name``, or None."""
+    return _REGISTRY.get(name)
 
 
 def grader_names() -> list[str]:

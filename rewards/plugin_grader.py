@@ -36,7 +36,7 @@ from dataclasses import replace
 from numbers import Real
 from typing import Any
 
-from rewards.base import GradeResult, Placement, grader_names, never_raises
+from rewards.base import Grader, GradeResult, Placement, grader_names, never_raises, registered_grader
 from rewards.extract import CORRECT_FEEDBACK, SHOWN_CHARS
 from rewards.plugins import GRADER, build, check_call, find_plugin, load_plugin, one_line
 
@@ -177,3 +177,10 @@ def _returns_bool(function: Callable[..., Any]) -> bool:
         return inspect.signature(function).return_annotation in (bool, "bool")
     except (TypeError, ValueError):
         return False
+
+
+def get_grader(name: str, **options: Any) -> Grader:
+    """Build the built-in grader registered as ``name`` with its options, else the user's grader that ``name``
+    names (an installed entry point or an import path)."""
+    factory = registered_grader(name)
+    return factory(**options) if factory is not None else PluginGrader(name, options)

