@@ -49,10 +49,10 @@ $(GPU_STAMP): pyproject.toml
 test: install lint typecheck
 	$(PY) -m pytest
 
-# Everyday work: the tests that start no vLLM server and launch no training (tests/conftest.py marks
-# the others slow).
+# Everyday work: the tests that start no vLLM server, train nothing and grade no whole benchmark
+# (tests/conftest.py marks the others slow), on every core (pytest-xdist).
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto
 
 # ruff's lint and format check (configured in pyproject.toml).
 lint: install

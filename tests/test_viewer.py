@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -184,6 +185,7 @@ def test_model_output_shows_as_text_and_cannot_break_out_of_the_data(tmp_path: P
     assert "innerHTML" not in code and "insertAdjacentHTML" not in code and "document.write" not in code
 
 
+@pytest.mark.slow
 def test_ten_thousand_trajectories_are_paged(tmp_path: Path) -> None:
     eval_dir = tmp_path / "big"
     eval_dir.mkdir()

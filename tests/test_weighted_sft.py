@@ -130,6 +130,7 @@ def _nll_after_training(tiny_model: Path, tmp_path: Path, weights: tuple[float, 
         return _completion_nll(trainer.model.eval(), _batch(trainer, [0, 1], [1.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_weights_choose_what_is_learned(tiny_model: Path, tmp_path: Path) -> None:
     first = _nll_after_training(tiny_model, tmp_path / "a", (1.0, 0.0))
     second = _nll_after_training(tiny_model, tmp_path / "b", (0.0, 1.0))
@@ -163,6 +164,7 @@ def _lora_after_one_step(tiny_model: Path, tmp_path: Path, batch_size: int, grad
     return [p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n]
 
 
+@pytest.mark.slow
 def test_training_with_accumulation_equals_one_big_batch(tiny_model: Path, tmp_path: Path) -> None:
     big = _lora_after_one_step(tiny_model, tmp_path / "big", batch_size=4, grad_accum=1)
     accumulated = _lora_after_one_step(tiny_model, tmp_path / "acc", batch_size=2, grad_accum=2)
@@ -170,6 +172,7 @@ def test_training_with_accumulation_equals_one_big_batch(tiny_model: Path, tmp_p
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_train_saves_adapter_and_resumes_from_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
     rows = [_row(TARGETS[0], 1.0), _row(TARGETS[1], 2.0)]
     settings = TrainingSection(per_device_batch_size=1, save_steps=1)
@@ -254,6 +257,7 @@ def test_unlikelihood_row_loss_is_minus_log_one_minus_the_answer_probability(tin
     torch.testing.assert_close(loss, want.to(loss.dtype), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_unlikelihood_training_makes_a_likely_refuted_answer_unlikely(tiny_model: Path, tmp_path: Path) -> None:
     """From a model taught to give the answer, steps on the unlikelihood row lower the answer's probability
     more than that of the words before it (which carry no loss)."""
