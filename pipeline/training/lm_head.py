@@ -57,9 +57,8 @@ def use_compact_lm_head(trainer: Trainer, outputs: tuple[str, ...], temperature:
     """
     model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
     fp32_head = getattr(trainer.args, "cast_lm_head_to_fp32", False)  # GRPO's: the projection itself in float32
-    if not isinstance(model, PreTrainedModel) or trainer.args.device.type != "cpu" or fp32_head:
-        return False
-    if not compact_head_applies(model, outputs):
+    on_cpu = trainer.args.device.type == "cpu"
+    if not isinstance(model, PreTrainedModel) or not on_cpu or fp32_head or not compact_head_applies(model, outputs):
         return False
     add_compact_lm_head(model, temperature, outputs)
     return True

@@ -401,8 +401,7 @@ def _refuted_in_state(
     examples = []
     for index, candidate in enumerate(repeats.values()):
         parsed = candidate.grade.parsed
-        start = candidate.response.rfind(parsed) if parsed else -1
-        if parsed is None or start < 0:
+        if not parsed or (start := candidate.response.rfind(parsed)) < 0:
             continue  # the answer is not written as parsed (a reformatted box): nothing to mark
         examples.append(
             _state_example(
