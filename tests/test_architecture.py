@@ -13,6 +13,7 @@ own modules, which import each other without a circle.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, list[st
     """(imported module, names imported from it, whether only for type checking) of each import in ``path``,
     strings that name a module of ``pipeline`` included; ``top_level_only``: those the module runs when imported
     (at its top, or under ``if TYPE_CHECKING:``), not those inside its functions."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     hidden = _type_checking_nodes(tree)
     found = []
     for node in _top_level_nodes(tree) if top_level_only else ast.walk(tree):
@@ -76,6 +77,12 @@ def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, list[st
             module, _, name = node.value.partition(":")
             found.append((module, [name] if name else [], id(node) in hidden))
     return found
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """``path``'s syntax tree, parsed once for all the tests (none changes a tree)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
 def _top_level_nodes(tree: ast.Module) -> list[ast.AST]:
@@ -92,10 +99,9 @@ def _top_level_nodes(tree: ast.Module) -> list[ast.AST]:
 
 def imports_by_name(path: Path) -> list[str]:
     """The calls in ``path`` that import a module whose name is only known when they run."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
     return [
         ast.unparse(node.func)
-        for node in ast.walk(tree)
+        for node in ast.walk(_tree(path))
         if isinstance(node, ast.Call) and ast.unparse(node.func).rpartition(".")[2] in IMPORTS_BY_NAME
     ]
 
@@ -104,6 +110,7 @@ def modules() -> dict[str, Path]:
     return {module_name(path): path for path in sorted(PIPELINE.rglob("*.py"))}
 
 
+@functools.cache
 def package_edges() -> dict[tuple[str, str], str]:
     """(importing sub-package, imported sub-package) -> one module that does it, for the runtime imports."""
     edges = {}

@@ -17,7 +17,7 @@ import pytest
 from pipeline.config.settings import ConfigError, parse_config
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import read_jsonl
-from pipeline.tracking.trackers import STEP_KEY, eval_metrics, logged_stages
+from pipeline.tracking.trackers import STEP_KEY, logged_stages
 from tests.helpers.eco_run import ITERATIONS
 from tests.helpers.runs import arithmetic_tasks
 from tests.helpers.tracker_files import scalars, wandb_history
@@ -91,25 +91,6 @@ def test_wandb_offline_holds_the_same_figures_on_the_same_steps(tracked_run: Run
 
 def test_the_ledger_names_every_stage_once_in_plan_order(tracked_run: RunDir) -> None:
     assert logged_stages(tracked_run) == list(tracked_run.manifest.stages)
-
-
-def test_eval_metrics_flatten_the_headline_figures_and_intervals() -> None:
-    summary = {
-        "turns": 2,
-        "per_turn": [{"turn": 1, "pass@1": 0.25}, {"turn": 2, "pass@1": 0.5}],
-        "m1@t2": 0.5,
-        "p1@t2": 0.75,
-        "m2@t1": None,
-        "p2@t1": None,
-        "delta_i_to_c": 0.25,
-        "delta_c_to_i": 0.0,
-        "delta_t1_tT": 0.25,
-        "incomplete": 0,
-        "intervals": {"pass@1 turn 2": {"estimate": 0.5, "low": 0.1, "high": 0.9}},
-    }
-    metrics = eval_metrics(summary)
-    assert metrics["eval/pass@1_turn_2"] == 0.5 and metrics["eval_interval/pass@1_turn_2_high"] == 0.9
-    assert "eval/m2@t1" not in metrics  # not measured: left out, never plotted as 0
 
 
 def test_report_to_names_known_trackers_once(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from pipeline.engine.stage_context import StageContext
 from pipeline.run.files import SUPERSEDED_DIR
 from pipeline.run.layout import RunDir, stage_path
 from pipeline.run.manifest import StageState, parse_stage_key, stage_key
+from pipeline.runner.stage_figures import stage_metrics
 from pipeline.tracking.trackers import sync_tracking
 
 
@@ -44,7 +45,7 @@ def run_loop(
     K's eval and iteration K+1's rollout); a resumed run starts the ones it needs.
     """
     method = run.config.method
-    sync_tracking(run)
+    sync_tracking(run, stage_metrics)
     with ServerKeeper() as servers:
         for iteration, stage in run.manifest.unfinished():
             if stage not in method.SERVING_STAGES:
@@ -52,7 +53,7 @@ def run_loop(
             if on_stage is not None:
                 on_stage(iteration, stage)
             method.run_stage(stage, StageContext(run, iteration, servers, show_progress))
-            sync_tracking(run)
+            sync_tracking(run, stage_metrics)
 
 
 def redo_damaged(run: RunDir) -> dict[str, str]:

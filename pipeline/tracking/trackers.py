@@ -6,9 +6,10 @@ run, in ``RUN/tracking/``:
 - the train stage's worker hands ``report_to`` to TRL, whose integration
   callbacks log loss, learning rate, grad norm and tokens/s per step
   (:mod:`pipeline.tracking.callbacks` shifts their step onto the run's);
-- the pipeline logs each finished stage's figures (:func:`sync_tracking`):
-  an eval's headline metrics with their intervals, the curation counts, a
-  rollout's accuracy per turn and tokens/s.
+- the pipeline logs each finished stage's figures (:func:`sync_tracking`,
+  with :mod:`pipeline.runner.stage_figures`): an eval's headline metrics with
+  their intervals, the curation counts, a rollout's accuracy per turn and
+  tokens/s.
 
 The global step is the number of optimizer steps trained so far in the run:
 iteration K's training logs at ``steps_through(K - 1) + s``; its eval at
@@ -33,23 +34,20 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pipeline.config.choices import TrackerName
 from pipeline.run.files import (
-    EVAL_NAME,
     LEDGER_NAME,
-    ROLLOUTS_NAME,
     RUN_ID_NAME,
-    SUMMARY_NAME,
     TENSORBOARD_DIR,
-    THROUGHPUT_NAME,
     TRACKING_DIR,
 )
-from pipeline.run.layout import RunDir, stage_path, summary_path
+from pipeline.run.layout import RunDir, summary_path
 from pipeline.run.manifest import StageState, parse_stage_key
-from pipeline.system.atomic import read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.system.atomic import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -108,71 +106,6 @@ def steps_through(run: RunDir, iteration: int) -> int:
 def stage_step(run: RunDir, iteration: int, stage: str) -> int:
     """The global step a stage's figures are logged at (module doc)."""
     return steps_through(run, iteration if stage in ("train", "eval") else iteration - 1)
-
-
-def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """An ``eval.json`` as flat scalars: pass@1 per turn, the headline figures, and each interval's bounds."""
-    turns = summary["turns"]
-    metrics = {f"eval/pass@1_turn_{row['turn']}": row["pass@1"] for row in summary["per_turn"]}
-    for key in (
-        f"m1@t{turns}",
-        f"p1@t{turns}",
-        f"m{turns}@t1",
-        f"p{turns}@t1",
-        "delta_i_to_c",
-        "delta_c_to_i",
-        "delta_t1_tT",
-    ):
-        metrics[f"eval/{key}"] = summary.get(key)
-    for key, interval in summary.get("intervals", {}).items():
-        name = _tag(key)
-        metrics[f"eval/{name}"] = interval["estimate"]
-        metrics[f"eval_interval/{name}_low"] = interval["low"]
-        metrics[f"eval_interval/{name}_high"] = interval["high"]
-    metrics["eval/incomplete"] = summary.get("incomplete")
-    return _scalars(metrics)
-
-
-def curate_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """A curate ``summary.json`` as scalars: examples in all, per turn and per source."""
-    metrics: dict[str, Any] = {"curate/examples": summary["examples"], "curate/mean_reward": summary.get("mean_reward")}
-    metrics |= {f"curate/examples_turn_{turn}": count for turn, count in summary["by_turn"].items()}
-    metrics |= {f"curate/examples_{source}": count for source, count in summary["by_source"].items()}
-    metrics |= {f"curate/examples_{kind}": count for kind, count in summary.get("by_kind", {}).items()}
-    metrics["curate/unparsed_targets"] = summary.get("unparsed")
-    return _scalars(metrics)
-
-
-def rollout_metrics(records: list[dict[str, Any]], throughput: dict[str, Any] | None) -> dict[str, float]:
-    """Accuracy of the chosen answer at each turn a trajectory reached, errors, and the last attempt's tokens/s."""
-    reached: dict[int, int] = {}
-    correct: dict[int, int] = {}
-    for record in records:
-        for turn in record["turns"]:
-            reached[turn["turn"]] = reached.get(turn["turn"], 0) + 1
-            correct[turn["turn"]] = correct.get(turn["turn"], 0) + int(bool(turn["grade"]["correct"]))
-    metrics: dict[str, Any] = {f"rollout/accuracy_turn_{t}": correct[t] / reached[t] for t in sorted(reached)}
-    metrics["rollout/trajectories"] = len(records)
-    metrics["rollout/errors"] = sum(bool(record.get("error")) for record in records)
-    metrics["rollout/solved"] = sum(record.get("solved_at_turn") is not None for record in records)
-    if throughput is not None:
-        metrics["rollout/tokens_per_s"] = throughput.get("tokens_per_s")
-    return _scalars(metrics)
-
-
-def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
-    """The figures the pipeline logs for one finished stage, read from its files (train: TRL logged them)."""
-    stage_dir = stage_path(run.root, iteration, stage)
-    if stage == "eval":
-        return eval_metrics(_read_json(stage_dir / EVAL_NAME))
-    if stage == "curate":
-        return curate_metrics(_read_json(stage_dir / SUMMARY_NAME))
-    if stage == "rollout":
-        throughput = stage_dir / THROUGHPUT_NAME
-        return rollout_metrics(
-            read_jsonl(stage_dir / ROLLOUTS_NAME), _read_json(throughput) if throughput.is_file() else None
-        )
-    return {}
 
 
 class Tracker(Protocol):
@@ -248,8 +181,13 @@ def logged_stages(run: RunDir) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8"))["stages"] if path.is_file() else []
 
 
-def sync_tracking(run: RunDir) -> list[str]:
-    """Log every finished stage not logged yet, in plan order; returns their keys (``iter_K/stage``).
+StageFigures = Callable[[RunDir, int, str], dict[str, float]]
+"""A finished stage's figures from its files, given the run, the iteration and the stage's name
+(:func:`pipeline.runner.stage_figures.stage_metrics`): the stages sit above tracking, so it is handed in."""
+
+
+def sync_tracking(run: RunDir, figures: StageFigures) -> list[str]:
+    """Log every finished stage not logged yet, in plan order, with ``figures``; returns their keys (``iter_K/stage``).
 
     The ledger is written after the trackers are closed (their files
     flushed), so a crash in between at worst logs those stages again.
@@ -261,7 +199,9 @@ def sync_tracking(run: RunDir) -> list[str]:
     if not todo:
         return []
     batches = [
-        (stage_step(run, *parse_stage_key(key)), metrics) for key in todo if (metrics := _trackable_metrics(run, key))
+        (stage_step(run, *parse_stage_key(key)), metrics)
+        for key in todo
+        if (metrics := _trackable_metrics(run, key, figures))
     ]
     if batches:  # a train stage alone has nothing to add: TRL logged it
         trackers = open_trackers(run)
@@ -276,24 +216,10 @@ def sync_tracking(run: RunDir) -> list[str]:
     return todo
 
 
-def _trackable_metrics(run: RunDir, key: str) -> dict[str, float]:
+def _trackable_metrics(run: RunDir, key: str, figures: StageFigures) -> dict[str, float]:
     """A stage's figures, or none (with a warning) when its files cannot give them: tracking never stops a run."""
     try:
-        return stage_metrics(run, *parse_stage_key(key))
+        return figures(run, *parse_stage_key(key))
     except (KeyError, TypeError, ValueError, OSError) as exc:  # CorruptFileError is a ValueError
         logger.warning("not tracked: %s (%s: %s)", key, type(exc).__name__, exc)
         return {}
-
-
-def _tag(key: str) -> str:
-    """A summary key as a tag without spaces (``pass@1 turn 2`` -> ``pass@1_turn_2``)."""
-    return key.replace(" ", "_")
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """Drop figures that were not measured (None), so trackers never plot a gap as zero."""
-    return {key: float(value) for key, value in metrics.items() if value is not None}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
