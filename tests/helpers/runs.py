@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.config.settings import parse_config
 from pipeline.rollouts.records import TrajectoryRecord
+from pipeline.run.files import ROLLOUTS_NAME
 from pipeline.run.layout import RunDir
 from pipeline.system.atomic import write_jsonl_atomic
 
@@ -49,7 +50,7 @@ def curation_run(root: Path, **method: Any) -> RunDir:
 
 def finish_rollout(run: RunDir, iteration: int, records: list[TrajectoryRecord]) -> None:
     """Write ``records`` as the iteration's rollout output and record the stage done."""
-    path = run.stage_dir(iteration, "rollout") / "rollouts.jsonl"
+    path = run.stage_dir(iteration, "rollout") / ROLLOUTS_NAME
     write_jsonl_atomic(path, [record.to_dict() for record in records])
     run.manifest.start(iteration, "rollout")
     run.manifest.complete(iteration, "rollout", [path])
