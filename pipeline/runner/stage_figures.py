@@ -9,13 +9,12 @@ stage an earlier process finished is logged the same way.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from pipeline.rollouts.records import TrajectoryRecord, read_records
 from pipeline.run.files import EVAL_NAME, ROLLOUTS_NAME, SUMMARY_NAME, THROUGHPUT_NAME
 from pipeline.run.layout import RunDir, stage_path
+from pipeline.system.atomic import read_json
 
 
 def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -72,13 +71,13 @@ def stage_metrics(run: RunDir, iteration: int, stage: str) -> dict[str, float]:
     """The figures the pipeline logs for one finished stage (a train stage: none, TRL logged them)."""
     stage_dir = stage_path(run.root, iteration, stage)
     if stage == "eval":
-        return eval_metrics(_read_json(stage_dir / EVAL_NAME))
+        return eval_metrics(read_json(stage_dir / EVAL_NAME))
     if stage == "curate":
-        return curate_metrics(_read_json(stage_dir / SUMMARY_NAME))
+        return curate_metrics(read_json(stage_dir / SUMMARY_NAME))
     if stage == "rollout":
         throughput = stage_dir / THROUGHPUT_NAME
         return rollout_metrics(
-            read_records(stage_dir / ROLLOUTS_NAME), _read_json(throughput) if throughput.is_file() else None
+            read_records(stage_dir / ROLLOUTS_NAME), read_json(throughput) if throughput.is_file() else None
         )
     return {}
 
@@ -91,7 +90,3 @@ def _tag(key: str) -> str:
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """Drop figures that were not measured (None), so trackers never plot a gap as zero."""
     return {key: float(value) for key, value in metrics.items() if value is not None}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
